@@ -1,0 +1,32 @@
+"""fluidml-tvm: FluidML's inference optimizations as Apache TVM (Relax) passes.
+
+Public API::
+
+    import fluidml_tvm
+    lib = fluidml_tvm.compile("model.onnx", target="x86", input_shapes={"x": [1, 3, 224, 224]})
+    lib.export("model.so")
+    model = fluidml_tvm.load("model.so")
+    outputs = model.run({"x": array})
+"""
+
+from .errors import FluidMLError
+from .options import Options
+
+__version__ = "0.1.0"
+
+
+def compile(model, target="x86", input_shapes=None, options=None, **kwargs):  # noqa: A001
+    """Compile an ONNX model (path or ``onnx.ModelProto``); see :func:`fluidml_tvm.compiler.compile`."""
+    from .compiler import compile as _compile
+
+    return _compile(model, target=target, input_shapes=input_shapes, options=options, **kwargs)
+
+
+def load(path, device=None, num_threads=None):
+    """Load a library written by ``compile(...).export(path)``; see :func:`fluidml_tvm.runtime.load`."""
+    from .runtime import load as _load
+
+    return _load(path, device=device, num_threads=num_threads)
+
+
+__all__ = ["FluidMLError", "Options", "compile", "load", "__version__"]

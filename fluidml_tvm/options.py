@@ -1,0 +1,156 @@
+"""One frozen options object for every FluidML stage.
+
+The same options are reachable as keyword arguments (``Options(layout=False)``), as tvmc-style
+``--pass-config`` flags (``fluidml.layout=0``) and as TVM ``PassContext`` config keys
+(``{"fluidml.layout": False}``, registered by :mod:`fluidml_tvm.config_keys` where a C++ compiler is
+available). ``fluidml`` (alone) switches the whole FluidML pipeline on or off; the others are the
+per-stage kill switches, so a wrong result or a slowdown can be bisected to one stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+
+from .errors import FluidMLError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(
+        "FLUIDML_TVM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fluidml-tvm")
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """Configuration of the ``fluidml`` pipeline.
+
+    Parameters
+    ----------
+    enable
+        ``fluidml=1`` runs the FluidML pipeline, ``fluidml=0`` stock TVM's
+        ``relax.get_default_pipeline(target)`` (for apples-to-apples comparisons).
+    layout, memory, schedule
+        Kill switches of the three FluidML stages (all on by default).
+    verify
+        Run the independent memory-plan verifier at compile time.
+    cost
+        Where layout/schedule costs come from: ``measured`` (run kernels on the target, cached),
+        ``learned`` (XGBoost model trained on the cache) or ``analytic``.
+    tune_trials
+        Measurement budget per kernel when candidate schedules are measured.
+    cache_dir
+        The on-disk measurement database (sqlite); survives restarts.
+    num_threads
+        Threads the TVM runtime uses when fluidml-tvm runs or measures a model (0: all cores).
+    """
+
+    enable: bool = True
+    layout: bool = True
+    memory: bool = True
+    schedule: bool = True
+    verify: bool = False
+    cost: str = "measured"
+    tune_trials: int = 8
+    cache_dir: str = field(default_factory=default_cache_dir)
+    num_threads: int = 0
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> dict[str, dataclasses.Field]:
+        """Map of pass-config key (``fluidml``, ``fluidml.layout``, ...) to dataclass field."""
+        out = {}
+        for f in fields(cls):
+            out["fluidml" if f.name == "enable" else "fluidml." + f.name] = f
+        return out
+
+    @classmethod
+    def from_pass_config(cls, items, base: "Options | None" = None) -> "Options":
+        """Build options from ``key=value`` strings or a ``{key: value}`` mapping.
+
+        Unknown ``fluidml.*`` keys and malformed values raise :class:`FluidMLError` naming the key.
+        Keys outside the ``fluidml`` namespace are returned untouched by :func:`split_pass_config`.
+        """
+        if isinstance(items, dict):
+            pairs = list(items.items())
+        else:
+            pairs = []
+            for item in items:
+                if "=" not in item:
+                    raise FluidMLError(
+                        f"--pass-config expects KEY=VALUE, got {item!r} (e.g. fluidml.layout=0)"
+                    )
+                k, v = item.split("=", 1)
+                pairs.append((k.strip(), v.strip()))
+        known = cls.keys()
+        changes = {}
+        for k, v in pairs:
+            if k not in known:
+                raise FluidMLError(
+                    f"unknown pass-config key {k!r}; known FluidML keys: {', '.join(sorted(known))}"
+                )
+            f = known[k]
+            changes[f.name] = _coerce(k, f, v)
+        opts = dataclasses.replace(base or cls(), **changes)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if self.cost not in ("measured", "learned", "analytic"):
+            raise FluidMLError(
+                f"fluidml.cost must be measured, learned or analytic, got {self.cost!r}"
+            )
+        if self.tune_trials < 1:
+            raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
+        if self.num_threads < 0:
+            raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, f.name) for k, f in self.keys().items()}
+
+    def describe(self) -> str:
+        if not self.enable:
+            return "stock TVM pipeline (fluidml=0)"
+        on = [s for s in ("layout", "memory", "schedule") if getattr(self, s)]
+        off = [s for s in ("layout", "memory", "schedule") if not getattr(self, s)]
+        text = "fluidml pipeline, stages on: " + (", ".join(on) or "none")
+        return text + (f"; off: {', '.join(off)}" if off else "")
+
+
+def _coerce(key: str, f: dataclasses.Field, value):
+    typ = f.type if isinstance(f.type, type) else {"bool": bool, "int": int, "str": str}[f.type]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return bool(value)
+        s = str(value).lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise FluidMLError(f"{key} expects 0 or 1, got {value!r}")
+    if typ is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise FluidMLError(f"{key} expects an integer, got {value!r}") from None
+    return str(value)
+
+
+def split_pass_config(items) -> tuple[list[str], dict[str, str]]:
+    """Split ``--pass-config`` items into FluidML ones and other TVM PassContext ones."""
+    ours, theirs = [], {}
+    for item in items or []:
+        key = item.split("=", 1)[0].strip()
+        if key == "fluidml" or key.startswith("fluidml."):
+            ours.append(item)
+        else:
+            if "=" not in item:
+                raise FluidMLError(f"--pass-config expects KEY=VALUE, got {item!r}")
+            theirs[key] = item.split("=", 1)[1].strip()
+    return ours, theirs

@@ -1,0 +1,15 @@
+"""FluidML Relax passes, one per file.
+
+``layout_stage`` and ``memory_stage`` return the pass lists the pipeline puts in its layout and
+memory slots (an empty list: that stage has nothing to run yet).
+"""
+
+
+def layout_stage(target, options) -> list:
+    """Passes of the layout slot (before legalization). Not implemented yet: runs nothing."""
+    return []
+
+
+def memory_stage(target, options) -> list:
+    """Passes of the memory slot (StaticPlanBlockMemory's); empty keeps the stock planner."""
+    return []

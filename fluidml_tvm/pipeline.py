@@ -1,0 +1,97 @@
+"""The ``fluidml`` Relax pipeline.
+
+It is TVM's fused CPU pipeline (``relax.backend.cpu_generic``) with FluidML's stages put in their
+slots, each behind its own kill switch::
+
+    library dispatch
+    [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
+    legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+    [schedule]   FluidML TensorIR schedules for every fused PrimFunc
+    lower        RewriteDataflowReshape, ToNonDataflow, RemovePurityChecking, CallTIRRewrite
+    [memory]     FluidML arena planner in StaticPlanBlockMemory's slot
+    finalize     LowerAllocTensor, KillAfterLastUse, LowerRuntimeBuiltin, ComputePrimValue, ...
+
+A disabled stage is an empty ``Sequential``; a disabled memory stage puts the stock
+StaticPlanBlockMemory back. ``fluidml=0`` returns ``relax.get_default_pipeline(target)`` itself.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend import cpu_generic
+
+from .options import Options
+
+
+def _stage(name: str, passes: list) -> tvm.transform.Pass:
+    return tvm.transform.Sequential(passes, name=f"fluidml.{name}")
+
+
+def layout_passes(target, options: Options) -> list:
+    if not options.layout:
+        return []
+    from .passes import layout_stage
+
+    return layout_stage(target, options)
+
+
+def schedule_passes(target, options: Options) -> list:
+    if not options.schedule:
+        return []
+    from .schedules import schedule_stage
+
+    return schedule_stage(target, options)
+
+
+def memory_passes(target, options: Options) -> list:
+    if options.memory:
+        from .passes import memory_stage
+
+        stage = memory_stage(target, options)
+        if stage:
+            return stage
+    return [relax.transform.StaticPlanBlockMemory()]
+
+
+def phases(target: tvm.target.Target, options: Options) -> list[tuple[str, list]]:
+    """The pipeline as named phases (used for ``--print-ir-after`` / ``--dump-ir``)."""
+    finalize = cpu_generic.finalize_passes(target)
+    assert finalize and "StaticPlanBlockMemory" in str(type(finalize[0]))
+    return [
+        ("dispatch", cpu_generic.library_dispatch_passes(target)),
+        ("layout", layout_passes(target, options)),
+        ("legalize", cpu_generic.legalize_passes(target)),
+        ("schedule", schedule_passes(target, options)),
+        ("lower", cpu_generic.dataflow_lower_passes(target)),
+        ("memory", memory_passes(target, options)),
+        ("finalize", finalize[1:]),
+    ]
+
+
+def get_pipeline(target: tvm.target.Target, options: Options | None = None) -> tvm.transform.Pass:
+    """The Relax pipeline for ``options`` (stock TVM's when ``options.enable`` is false)."""
+    options = options or Options()
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    if not options.enable:
+        return relax.get_default_pipeline(target)
+    seq = tvm.transform.Sequential(
+        [_stage(name, passes) for name, passes in phases(target, options)], name="fluidml"
+    )
+
+    @tvm.transform.module_pass(opt_level=0, name="FluidMLPipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            return seq(mod)
+
+    return _pipeline
+
+
+@relax.register_pipeline("fluidml")
+def _registered(target=None, options: Options | None = None, **kwargs):
+    """``tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("fluidml", target=t))``."""
+    if target is None:
+        target = tvm.target.Target.current(allow_none=False)
+    if kwargs:
+        options = Options.from_pass_config(kwargs, base=options)
+    return get_pipeline(target, options)

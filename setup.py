@@ -1,0 +1,36 @@
+"""fluidml-tvm: FluidML inference optimizations (layout selection, static memory planning,
+measured TensorIR schedules) for Apache TVM 0.27 (Relax)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fluidml-tvm",
+    version="0.1.0",
+    description="FluidML whole-graph layout, memory and schedule optimizations as Apache TVM Relax passes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fluidml_tvm", "fluidml_tvm.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        # TVM 0.27 (Relax only). apache-tvm-ffi 0.1.15.post2 segfaults when serializing any object
+        # holding a dtype (meta-schedule databases, save_json): pin the release before it.
+        "apache-tvm==0.27.0.post1",
+        "apache-tvm-ffi==0.1.14.post0",
+        "onnx>=1.16",
+        # onnxsim folds the Shape -> Gather -> Concat -> Reshape subgraphs of exported models once the
+        # input shapes are fixed (TVM's importer cannot take a computed Reshape target).
+        "onnxsim>=0.4.36",
+        "numpy>=1.24",
+        "xgboost>=2.0",
+        "tqdm>=4.60",
+        # tvm.rpc and meta-schedule need these; the wheel does not bring them.
+        "tornado>=6.0",
+        "psutil>=5.9",
+        "cloudpickle>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "onnxruntime>=1.17", "ruff>=0.5"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": ["fluidml-tvm=fluidml_tvm.cli:main"]},
+)
