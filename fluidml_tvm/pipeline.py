@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.backend import cpu_generic
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from .options import Options
 
@@ -57,7 +57,7 @@ def memory_passes(target, options: Options) -> list:
 def phases(target: tvm.target.Target, options: Options) -> list[tuple[str, list]]:
     """The pipeline as named phases (used for ``--print-ir-after`` / ``--dump-ir``)."""
     finalize = cpu_generic.finalize_passes(target)
-    assert finalize and "StaticPlanBlockMemory" in str(type(finalize[0]))
+    assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
     return [
         ("dispatch", cpu_generic.library_dispatch_passes(target)),
         ("layout", layout_passes(target, options)),
