@@ -66,7 +66,17 @@ class Options:
         out = {}
         for f in fields(cls):
             out["fluidml" if f.name == "enable" else "fluidml." + f.name] = f
+        out["fluidml.enable"] = out["fluidml"]  # PassContext-style spelling of the same switch
         return out
+
+    @classmethod
+    def from_context(cls, base: "Options | None" = None) -> "Options":
+        """``base`` updated with the ``fluidml.*`` keys of the current TVM ``PassContext``."""
+        import tvm
+
+        config = tvm.transform.PassContext.current().config
+        found = {k: config[k] for k in cls.keys() if k in config}
+        return cls.from_pass_config(found, base=base) if found else (base or cls())
 
     @classmethod
     def from_pass_config(cls, items, base: "Options | None" = None) -> "Options":
@@ -110,7 +120,7 @@ class Options:
             raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, f.name) for k, f in self.keys().items()}
+        return {k: getattr(self, f.name) for k, f in self.keys().items() if k != "fluidml.enable"}
 
     def describe(self) -> str:
         if not self.enable:

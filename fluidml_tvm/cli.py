@@ -1,0 +1,201 @@
+"""The ``fluidml-tvm`` command line: where former ``tvmc`` users land.
+
+Flag names follow tvmc where tvmc had them (``--target``, ``--input-shapes``, ``--pass-config``,
+``-o``, ``--inputs``, ``--fill-mode``, ``--outputs``, ``--repeat``, ``--number``, ``--print-time``,
+``--print-top``, ``--rpc-tracker``, ``--rpc-key``). This module only parses arguments and hands them
+to the library; every user error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import FluidMLError
+
+
+def _add_compile(sub):
+    p = sub.add_parser("compile", help="compile an ONNX model to a shared library",
+                       description="Compile an ONNX model into a TVM library (plus NAME.json).")
+    p.add_argument("model", help="path to an .onnx file, or zoo:NAME[:tiny|full] for a zoo model")
+    p.add_argument("--target", default="x86",
+                   help="x86 | rasp4b | jetson-orin | cuda | cuda-sm90 | a TVM tag | a JSON "
+                        "object (default: x86, this machine's CPU)")
+    p.add_argument("--input-shapes", default=None, metavar="SHAPES",
+                   help='fix input shapes, e.g. "input_ids:[1,128] attention_mask:[1,128]"')
+    p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="fluidml=0|1 (stock TVM vs FluidML pipeline), fluidml.layout=0, "
+                        "fluidml.memory=0, fluidml.schedule=0, fluidml.verify=1, ...; other keys "
+                        "go to TVM's PassContext. Repeatable.")
+    p.add_argument("-o", "--output", default=None,
+                   help="output library path (default: MODEL.so beside the current directory)")
+    p.add_argument("--cross-compiler", default=None,
+                   help="C compiler used to link the library (default for aarch64 targets: "
+                        "aarch64-linux-gnu-gcc)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after every pass with this name (e.g. FuseTIR, "
+                        "fluidml.memory); repeatable")
+    p.add_argument("--dump-ir", default=None, metavar="DIR",
+                   help="write the IR after each pipeline stage into DIR")
+    p.add_argument("--timing", action="store_true", help="print the slowest passes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="run a compiled library",
+                       description="Run a library written by 'fluidml-tvm compile'.")
+    p.add_argument("library", help="the .so written by compile (its .json must be beside it)")
+    p.add_argument("--inputs", default=None, help=".npz file with inputs keyed by ONNX input name")
+    p.add_argument("--fill-mode", default="random", choices=["random", "zeros", "ones"],
+                   help="how to make inputs missing from --inputs (default: random)")
+    p.add_argument("--outputs", default=None, help="write the outputs to this .npz file")
+    p.add_argument("--repeat", type=int, default=1, help="timed repetitions (default 1)")
+    p.add_argument("--number", type=int, default=1, help="runs per repetition (default 1)")
+    p.add_argument("--print-time", action="store_true", help="print latency statistics")
+    p.add_argument("--print-top", type=int, default=None, metavar="N",
+                   help="print the N largest values of each output")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="runtime threads (default: TVM_NUM_THREADS, else all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fluidml-tvm",
+        description="FluidML inference optimizations for Apache TVM: compile ONNX models with "
+                    "whole-graph layout selection, static memory planning and measured schedules.",
+    )
+    parser.add_argument("--version", action="version", version=f"fluidml-tvm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_compile(sub)
+    _add_run(sub)
+    sub.add_parser("targets", help="list the target presets")
+    return parser
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def _resolve_model(spec: str):
+    if spec.startswith("zoo:"):
+        from . import zoo
+
+        try:
+            model, _ = zoo.resolve(spec)
+        except (KeyError, ValueError) as err:
+            raise FluidMLError(str(err).strip("'\"")) from None
+        return model, spec.replace(":", "_")
+    return spec, os.path.splitext(os.path.basename(spec))[0]
+
+
+def cmd_compile(args) -> int:
+    from .compiler import compile as compile_model
+    from .compiler import metadata_path
+
+    model, stem = _resolve_model(args.model)
+    out = args.output or f"{stem}.so"
+    result = compile_model(
+        model, target=args.target, input_shapes=args.input_shapes, pass_config=args.pass_config,
+        print_ir_after=args.print_ir_after or None, dump_ir=args.dump_ir,
+        progress=not args.quiet, timing=args.timing,
+    )
+    result.export(out, cross_compiler=args.cross_compiler)
+    planned = result.planned_memory or {}
+    mem = ", ".join(f"{k}: {v / 2**20:.2f} MiB" for k, v in planned.items()) or "n/a"
+    if not args.quiet:
+        print(f"[fluidml-tvm] wrote {out} and {metadata_path(out)} "
+              f"(planned activation memory {mem})", file=sys.stderr)
+    return 0
+
+
+def _load_inputs(path):
+    import numpy as np
+
+    if path is None:
+        return {}
+    if not os.path.exists(path):
+        raise FluidMLError(f"inputs file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:
+        raise FluidMLError(f"cannot read {path} as an .npz file: {err}") from None
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .runtime import load
+
+    if args.repeat < 1 or args.number < 1:
+        raise FluidMLError("--repeat and --number must be >= 1")
+    model = load(args.library, num_threads=args.num_threads)
+    inputs = model.random_inputs(args.fill_mode)
+    given = _load_inputs(args.inputs)
+    unknown = [k for k in given if k not in inputs]
+    if unknown:
+        raise FluidMLError(
+            f"{args.inputs} has input(s) {', '.join(unknown)} that the model does not take; "
+            f"its inputs are {', '.join(model.input_names)}"
+        )
+    inputs.update(given)
+    outputs = model.run(inputs)
+    if args.outputs:
+        tmp = args.outputs + ".tmp.npz"
+        np.savez(tmp, **outputs)
+        os.replace(tmp, args.outputs)
+    if args.print_top:
+        for name, value in outputs.items():
+            flat = value.ravel()
+            top = np.argsort(flat)[::-1][: args.print_top]
+            print(f"{name}: top {len(top)} (index: value): "
+                  + ", ".join(f"{i}: {flat[i]:.6g}" for i in top))
+    if args.print_time or args.repeat > 1:
+        times = np.array(model.time(inputs, repeat=args.repeat, number=args.number)) * 1e3
+        print(f"Execution time summary ({model.num_threads} threads, {args.repeat} x "
+              f"{args.number} runs):")
+        print(" mean (ms)   median (ms)    max (ms)     min (ms)     std (ms)")
+        print(f"{times.mean():10.4f}    {np.median(times):10.4f}    {times.max():10.4f}   "
+              f"{times.min():10.4f}   {times.std():10.4f}")
+    if not args.outputs and not args.print_top and not args.print_time:
+        for name, value in outputs.items():
+            print(f"{name}: shape {list(value.shape)} {value.dtype}, "
+                  f"mean {float(np.mean(value)):.6g}")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .targets import describe_all
+
+    print(describe_all())
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "targets": cmd_targets}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except FluidMLError as err:
+        print(f"fluidml-tvm: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("fluidml-tvm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: one line unless asked for the traceback
+        if os.environ.get("FLUIDML_TVM_DEBUG"):
+            raise
+        print(f"fluidml-tvm: internal error: {type(err).__name__}: "
+              f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''} "
+              "(set FLUIDML_TVM_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

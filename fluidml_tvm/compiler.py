@@ -1,0 +1,223 @@
+"""``fluidml_tvm.compile``: ONNX in, a TVM executable (and an exported library) out."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import frontend, targets
+from .errors import FluidMLError
+from .options import Options
+
+METADATA_VERSION = 1
+
+# Passes after which --dump-ir writes the module: the FluidML stages and stock TVM's top-level passes.
+_DUMP_NAMES = [
+    "fluidml.dispatch", "fluidml.layout", "fluidml.legalize", "fluidml.schedule", "fluidml.lower",
+    "fluidml.memory", "fluidml.finalize", "LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR",
+    "CallTIRRewrite", "StaticPlanBlockMemory", "VMShapeLower",
+]
+
+
+def metadata_path(lib_path: str) -> str:
+    """The metadata file written beside a library: ``model.so`` -> ``model.json``."""
+    return os.path.splitext(os.fspath(lib_path))[0] + ".json"
+
+
+@dataclass
+class CompiledModel:
+    """The result of :func:`compile`; :meth:`export` writes the library and its metadata."""
+
+    executable: object
+    target: object
+    inputs: list
+    outputs: list
+    options: Options
+    source: str
+    cross_compiler: str | None = None
+    planned_memory: dict | None = None
+    pass_times: dict = field(default_factory=dict)
+    compile_seconds: float = 0.0
+    folding: str = ""
+
+    def metadata(self) -> dict:
+        return {
+            "format": "fluidml-tvm",
+            "version": METADATA_VERSION,
+            "source": self.source,
+            "target": _to_plain(self.target.export()),
+            "target_kind": self.target.kind.name,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "options": self.options.to_dict(),
+            "pipeline": self.options.describe(),
+            "planned_memory_bytes": self.planned_memory,
+            "compile_seconds": round(self.compile_seconds, 3),
+            "shape_folding": self.folding,
+        }
+
+    def export(self, path: str, cross_compiler: str | None = None) -> str:
+        """Write the shared library to ``path`` and metadata beside it; returns ``path``."""
+        path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FluidMLError(f"output directory does not exist: {parent}")
+        cc = cross_compiler or self.cross_compiler
+        kwargs = {}
+        if cc:
+            import shutil
+
+            import tvm.support.cc
+
+            if shutil.which(cc) is None:
+                raise FluidMLError(
+                    f"cross compiler {cc!r} not found on PATH (on Debian/Ubuntu: "
+                    "apt-get install gcc-aarch64-linux-gnu), or pass --cross-compiler"
+                )
+            kwargs["fcompile"] = tvm.support.cc.cross_compiler(cc)
+        tmp = path + ".tmp.so"
+        try:
+            self.executable.export_library(tmp, **kwargs)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        meta = self.metadata()
+        meta["cross_compiler"] = cc
+        with open(metadata_path(path), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        return path
+
+    def load(self, device=None, num_threads=None):
+        """A runnable model in this process, without exporting (host targets only)."""
+        from .runtime import Model
+
+        return Model.from_executable(self.executable, self.metadata(), device, num_threads)
+
+
+def _to_plain(obj):
+    """A target's ``export()`` (FFI maps, arrays, nested targets) as plain JSON values."""
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if hasattr(obj, "items"):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if hasattr(obj, "export"):  # a nested Target (the host)
+        return _to_plain(obj.export())
+    if hasattr(obj, "__iter__"):
+        return [_to_plain(v) for v in obj]
+    return str(obj)
+
+
+def resolve_options(options=None, pass_config=None) -> tuple[Options, dict]:
+    """Options from (in increasing priority) the current PassContext, ``options``, ``pass_config``.
+
+    ``pass_config`` is a list of ``KEY=VALUE`` strings or a dict; keys outside ``fluidml.*`` are
+    returned as TVM PassContext config.
+    """
+    from .options import split_pass_config
+
+    base = options if options is not None else Options.from_context()
+    if isinstance(pass_config, dict):
+        pass_config = [f"{k}={v}" for k, v in pass_config.items()]
+    ours, theirs = split_pass_config(pass_config or [])
+    return Options.from_pass_config(ours, base=base), theirs
+
+
+def compile(  # noqa: A001
+    model,
+    target="x86",
+    input_shapes=None,
+    options: Options | None = None,
+    pass_config=None,
+    print_ir_after=None,
+    dump_ir: str | None = None,
+    progress: bool = False,
+    timing: bool = False,
+):
+    """Compile an ONNX model for ``target``.
+
+    Parameters
+    ----------
+    model
+        Path to an ``.onnx`` file or an ``onnx.ModelProto``.
+    target
+        Preset name (``x86``, ``rasp4b``, ``jetson-orin``, ``cuda``), TVM tag, JSON string, dict or
+        ``tvm.target.Target``.
+    input_shapes
+        ``{name: [dims]}`` or tvmc's string form ``"name:[1,3,224,224] other:[1,128]"``.
+    options, pass_config
+        :class:`Options`, and/or ``["fluidml.layout=0", ...]`` (tvmc ``--pass-config`` items;
+        non-``fluidml`` keys go to TVM's PassContext).
+    print_ir_after, dump_ir
+        Pass names whose output IR is printed; a directory that receives the IR after each stage.
+    progress, timing
+        Print stage progress / the per-pass timing table to stderr.
+    """
+    import tvm
+
+    from . import config_keys, instruments
+    from .pipeline import get_pipeline
+
+    t0 = time.perf_counter()
+    config_keys.register()
+    opts, tvm_config = resolve_options(options, pass_config)
+    tgt, cross = targets.resolve(target)
+    if isinstance(input_shapes, str):
+        input_shapes = frontend.parse_input_shapes(input_shapes)
+    say = (lambda msg: print(f"[fluidml-tvm] {msg}", file=sys.stderr, flush=True)) if progress \
+        else (lambda msg: None)
+    source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
+    say(f"importing {source}")
+    imported = frontend.import_onnx(model, input_shapes)
+    say(f"  {imported.folding}; inputs: "
+        + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
+    say(f"compiling for {tgt.kind.name} ({opts.describe()})")
+
+    capture = instruments.CaptureAfter(["StaticPlanBlockMemory", "fluidml.memory"])
+    times = instruments.PassTimes()
+    inst = [capture, times]
+    if progress:
+        inst.append(instruments.StageProgress())
+    printer = None
+    if print_ir_after:
+        names = [print_ir_after] if isinstance(print_ir_after, str) else list(print_ir_after)
+        printer = instruments.PrintIRAfter(names)
+        inst.append(printer)
+    if dump_ir:
+        inst.append(instruments.DumpIR(dump_ir, _DUMP_NAMES))
+    config = dict(tvm_config)
+    if config_keys.register():
+        config.update({k: v for k, v in opts.to_dict().items()})
+    try:
+        with tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
+            ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
+    except FluidMLError:
+        raise
+    except tvm.error.TVMError as err:
+        first = str(err).strip().splitlines()
+        raise FluidMLError(f"TVM failed to compile the model: {first[-1] if first else err}") \
+            from err
+    if printer is not None and not printer.seen:
+        say(f"warning: --print-ir-after: no pass named {', '.join(printer.names)} ran")
+    planned = None
+    if capture.mod is not None:
+        planned = _planned_bytes(capture.mod)
+    elapsed = time.perf_counter() - t0
+    say(f"compiled in {elapsed:.1f} s")
+    if timing:
+        print("[fluidml-tvm] slowest passes:\n" + times.table(), file=sys.stderr)
+    return CompiledModel(
+        executable=ex, target=tgt, inputs=imported.inputs, outputs=imported.outputs,
+        options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
+        pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
+    )
+
+
+def _planned_bytes(mod) -> dict:
+    """Bytes of every ``alloc_storage`` per Relax function, right after the memory planner."""
+    from .passes.memory_analysis import planned_bytes
+
+    return planned_bytes(mod)

@@ -1,0 +1,106 @@
+"""Observability of a compile: progress per stage, per-pass timing, IR printing and dumps.
+
+All are TVM pass instruments, so they see every pass of the pipeline, FluidML's and TVM's alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import tvm
+
+
+def _script(mod) -> str:
+    return mod.script(show_meta=False)
+
+
+@tvm.ir.instrument.pass_instrument
+class StageProgress:
+    """Prints ``[fluidml-tvm] stage NAME ... 1.2 s`` for each pipeline stage (to stderr)."""
+
+    def __init__(self, stream=None, prefix="[fluidml-tvm]"):
+        self.stream = stream or sys.stderr
+        self.prefix = prefix
+        self.start = {}
+
+    def run_before_pass(self, mod, info):
+        if info.name.startswith("fluidml."):
+            self.start[info.name] = time.perf_counter()
+            print(f"{self.prefix}   {info.name[8:]:<9} ...", file=self.stream, flush=True)
+
+    def run_after_pass(self, mod, info):
+        if info.name in self.start:
+            dt = time.perf_counter() - self.start.pop(info.name)
+            print(f"{self.prefix}   {info.name[8:]:<9} done in {dt:.2f} s", file=self.stream,
+                  flush=True)
+
+
+@tvm.ir.instrument.pass_instrument
+class PassTimes:
+    """Wall time of every pass (nested passes counted inside their parents too)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._stack = []
+
+    def run_before_pass(self, mod, info):
+        self._stack.append((info.name, time.perf_counter()))
+
+    def run_after_pass(self, mod, info):
+        name, t0 = self._stack.pop()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def table(self, top: int = 15) -> str:
+        rows = sorted(self.times.items(), key=lambda kv: -kv[1])[:top]
+        return "\n".join(f"  {t:8.3f} s  {n}" for n, t in rows)
+
+
+@tvm.ir.instrument.pass_instrument
+class CaptureAfter:
+    """Keeps the module as it was right after the last pass named in ``names``."""
+
+    def __init__(self, names):
+        self.names = set(names)
+        self.mod = None
+        self.after = None
+
+    def run_after_pass(self, mod, info):
+        if info.name in self.names:
+            self.mod, self.after = mod, info.name
+
+
+@tvm.ir.instrument.pass_instrument
+class PrintIRAfter:
+    """``--print-ir-after NAME``: print the IR after every pass called NAME."""
+
+    def __init__(self, names, stream=None):
+        self.names = set(names)
+        self.seen = set()
+        self.stream = stream or sys.stdout
+
+    def run_after_pass(self, mod, info):
+        if info.name in self.names:
+            self.seen.add(info.name)
+            print(f"# IR after {info.name}\n{_script(mod)}", file=self.stream, flush=True)
+
+
+@tvm.ir.instrument.pass_instrument
+class DumpIR:
+    """``--dump-ir DIR``: write ``NN-<pass>.py`` after each pipeline stage and each top pass."""
+
+    def __init__(self, directory, names):
+        self.directory = directory
+        self.names = set(names)
+        self.count = 0
+        os.makedirs(directory, exist_ok=True)
+
+    def run_after_pass(self, mod, info):
+        if info.name in self.names:
+            self.count += 1
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", info.name)
+            path = os.path.join(self.directory, f"{self.count:02d}-{safe}.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(_script(mod))

@@ -1,0 +1,158 @@
+"""Load and run a library written by ``fluidml_tvm.compile(...).export(path)``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import FluidMLError
+
+
+def set_num_threads(num_threads: int | None) -> int:
+    """Make TVM's runtime use ``num_threads`` threads (0/None: all cores); returns the count.
+
+    TVM sizes its thread pool from ``TVM_NUM_THREADS`` when the pool first starts (it otherwise uses
+    half the hardware threads: 1 on a 2-vCPU machine), so this must run before the first kernel.
+    An explicit ``TVM_NUM_THREADS`` in the environment wins over the default.
+    """
+    if num_threads:
+        os.environ["TVM_NUM_THREADS"] = str(int(num_threads))
+    elif "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(os.cpu_count() or 1)
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
+def read_metadata(lib_path: str) -> dict:
+    from .compiler import metadata_path
+
+    meta = metadata_path(lib_path)
+    if not os.path.exists(meta):
+        raise FluidMLError(
+            f"no metadata file {meta} beside {lib_path}; was it written by fluidml-tvm compile?"
+        )
+    try:
+        with open(meta, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise FluidMLError(f"cannot read metadata {meta}: {err}") from None
+    if data.get("format") != "fluidml-tvm":
+        raise FluidMLError(f"{meta} is not a fluidml-tvm metadata file")
+    return data
+
+
+class Model:
+    """A loaded model: ``run({name: array}) -> {name: array}`` and ``time(...)``."""
+
+    def __init__(self, vm, device, metadata: dict, num_threads: int):
+        self.vm = vm
+        self.device = device
+        self.metadata = metadata
+        self.num_threads = num_threads
+        self.input_names = [i["name"] for i in metadata["inputs"]]
+        self.output_names = [o["name"] for o in metadata["outputs"]]
+
+    @classmethod
+    def from_executable(cls, executable, metadata, device=None, num_threads=None):
+        import tvm
+        from tvm import relax
+
+        n = set_num_threads(num_threads)
+        device = device or tvm.cpu()
+        return cls(relax.VirtualMachine(executable, device), device, metadata, n)
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
+        """Inputs of the right shapes/dtypes: ``random``, ``zeros`` or ``ones`` (tvmc's modes)."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for spec in self.metadata["inputs"]:
+            shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+            if fill_mode == "zeros":
+                out[spec["name"]] = np.zeros(shape, dtype)
+            elif fill_mode == "ones":
+                out[spec["name"]] = np.ones(shape, dtype)
+            elif fill_mode == "random":
+                if dtype.kind in "iu":
+                    out[spec["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
+                elif dtype.kind == "b":
+                    out[spec["name"]] = rng.integers(0, 2, size=shape).astype(bool)
+                else:
+                    out[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+            else:
+                raise FluidMLError(f"--fill-mode must be random, zeros or ones, got {fill_mode!r}")
+        return out
+
+    def _arrays(self, inputs) -> list:
+        import tvm
+
+        if inputs is None:
+            inputs = self.random_inputs()
+        if not isinstance(inputs, dict):
+            inputs = dict(zip(self.input_names, inputs))
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise FluidMLError(
+                f"missing input(s) {', '.join(missing)}; the model takes {', '.join(self.input_names)}"
+            )
+        extra = [n for n in inputs if n not in self.input_names]
+        if extra:
+            raise FluidMLError(
+                f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(self.input_names)}"
+            )
+        arrays = []
+        for spec in self.metadata["inputs"]:
+            a = np.asarray(inputs[spec["name"]])
+            if tuple(a.shape) != tuple(spec["shape"]):
+                raise FluidMLError(
+                    f"input {spec['name']} has shape {list(a.shape)}, the model was compiled for "
+                    f"{spec['shape']}"
+                )
+            if a.dtype != np.dtype(spec["dtype"]):
+                a = a.astype(spec["dtype"])
+            arrays.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+        return arrays
+
+    # ---- execution ------------------------------------------------------------------------------
+    def run(self, inputs=None) -> dict:
+        result = self.vm["main"](*self._arrays(inputs))
+        outs = _flatten(result)
+        return {name: o.numpy() for name, o in zip(self.output_names, outs)}
+
+    def time(self, inputs=None, repeat: int = 10, number: int = 1, warmup: int = 1) -> list:
+        """Seconds per run, ``repeat`` samples (each the mean of ``number`` runs)."""
+        args = self._arrays(inputs)
+        for _ in range(warmup):
+            self.vm["main"](*args)
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return list(timer(*args).results)
+
+
+def _flatten(result) -> list:
+    if hasattr(result, "numpy"):
+        return [result]
+    out = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+def load(path: str, device=None, num_threads: int | None = None) -> Model:
+    """Load ``path`` (a library from :meth:`CompiledModel.export`) with its metadata."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FluidMLError(f"library not found: {path}")
+    meta = read_metadata(path)
+    n = set_num_threads(num_threads)
+    import tvm
+    from tvm import relax
+
+    try:
+        lib = tvm.runtime.load_module(os.path.abspath(path))
+    except Exception as err:
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        raise FluidMLError(f"cannot load {path}: {reason}") from None
+    device = device or tvm.cpu()
+    return Model(relax.VirtualMachine(lib, device), device, meta, n)
