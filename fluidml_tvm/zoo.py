@@ -495,7 +495,8 @@ def _conv_bn(g: _Graph, x: str, c_in: int, c_out: int, k: int, prefix: str, stri
 
 def _resnet50(g: _Graph, size: str):
     _, div, _, classes = _CNN[size]
-    blocks = [3, 4, 6, 3] if size == "full" else [1, 1, 1, 1]
+    # tiny: one identity-shortcut block and one strided downsample block, as in every stage
+    blocks = [3, 4, 6, 3] if size == "full" else [2, 1]
     width = 64 // div
     x = _conv_bn(g, "input", 3, width, 7, "stem", stride=2)
     x = g.op("MaxPool", [x], name="maxpool/MaxPool", kernel_shape=[3, 3], strides=[2, 2],
@@ -525,7 +526,9 @@ def _mobilenet(g: _Graph, size: str):
     # (expansion t, channels c, repeats n, stride s) as in the MobileNetV2 paper
     cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
            (6, 160, 3, 2), (6, 320, 1, 1)]
-    width = 1.0 if size == "full" else 0.25
+    width = 1.0
+    if size == "tiny":  # a quarter of the width, first three stages: every kind of block once
+        width, cfg = 0.25, [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2)]
 
     def ch(c: float) -> int:  # torchvision's _make_divisible(c * width, 8)
         c = c * width
@@ -537,7 +540,7 @@ def _mobilenet(g: _Graph, size: str):
     idx = 1
     for t, c, n, s in cfg:
         c_out = ch(c)
-        for r in range(n if size == "full" else 1):
+        for r in range(n):
             pre = f"features.{idx}"
             hidden = c_in * t
             y = x
