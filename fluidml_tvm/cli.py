@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .errors import FluidMLError
+from .errors import FluidMLError, names
 
 
 def _add_compile(sub):
@@ -135,8 +135,8 @@ def cmd_run(args) -> int:
     unknown = [k for k in given if k not in inputs]
     if unknown:
         raise FluidMLError(
-            f"{args.inputs} has input(s) {', '.join(unknown)} that the model does not take; "
-            f"its inputs are {', '.join(model.input_names)}"
+            f"{args.inputs} has input(s) {names(unknown)} that the model does not take; "
+            f"its inputs are {names(model.input_names)}"
         )
     inputs.update(given)
     outputs = model.run(inputs)

@@ -14,7 +14,7 @@ from .options import Options
 
 METADATA_VERSION = 1
 
-# Passes after which --dump-ir writes the module: the FluidML stages and stock TVM's top-level passes.
+# Passes after which --dump-ir writes the module: FluidML's stages and stock TVM's top passes.
 _DUMP_NAMES = [
     "fluidml.dispatch", "fluidml.layout", "fluidml.legalize", "fluidml.schedule", "fluidml.lower",
     "fluidml.memory", "fluidml.finalize", "LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR",

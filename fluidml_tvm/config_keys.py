@@ -2,9 +2,9 @@
 
 TVM rejects ``PassContext(config={...})`` keys it does not know, and Python cannot register one: the
 registry is the C++ static ``tvm::transform::PassContext::RegisterConfigOption``, exported by
-``libtvm_compiler.so``. A few lines of C++, built once with ``tvm_ffi.cpp.load_inline`` (cached under
-``~/.cache/tvm-ffi``), call it. Where no C++ compiler is available the keys are simply not registered:
-pass :class:`fluidml_tvm.Options` (or ``--pass-config``) instead, which always works.
+``libtvm_compiler.so``. A few lines of C++, built once with ``tvm_ffi.cpp.load_inline`` (cached
+under ``~/.cache/tvm-ffi``), call it. Where no C++ compiler is available the keys are not
+registered: pass :class:`fluidml_tvm.Options` (or ``--pass-config``) instead, which always works.
 
 ``import tvm`` calls :func:`_autoload` through the ``tvm.backends`` entry point, so after installing
 fluidml-tvm ``tvm.transform.PassContext(config={"fluidml.layout": False})`` works in any TVM flow.

@@ -10,3 +10,10 @@ class FluidMLError(Exception):
     """An error the user can fix; ``str(err)`` is a complete one-line message."""
 
     exit_code = 2
+
+
+def names(items, limit: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ... (12 more)``: lists in one-line error messages stay short."""
+    items = [str(i) for i in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

@@ -7,8 +7,8 @@ Steps, each with a one-line :class:`FluidMLError` on bad input:
    without a given shape names the input and shows the flag to pass.
 3. :func:`check_supported` lists *all* operators TVM's importer lacks, with counts, at once.
 4. :func:`fold_shapes` folds the ``Shape -> Gather -> Concat -> Reshape`` subgraphs that exporters
-   emit, with onnxsim (constant folding through ONNX Runtime plus ONNX shape inference): once the input
-   shapes are fixed they are constants, and TVM's importer cannot take a computed Reshape target.
+   emit, with onnxsim (constant folding through ONNX Runtime plus ONNX shape inference): once the
+   input shapes are fixed they are constants, and TVM's importer cannot take a computed Reshape target.
 5. :func:`to_relax` converts with ``tvm.relax.frontend.onnx.from_onnx``.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FluidMLError
+from .errors import names as names_of
 
 log = logging.getLogger("fluidml_tvm")
 
@@ -152,20 +153,20 @@ def input_specs(proto, input_shapes: dict | None = None) -> list[TensorSpec]:
     unknown = [n for n in input_shapes if n not in names]
     if unknown:
         raise FluidMLError(
-            f"--input-shapes names {', '.join(map(repr, unknown))}, which the model does not have; "
-            f"its inputs are: {', '.join(names)}"
+            f"--input-shapes names {names_of(map(repr, unknown))}, which the model does not "
+            f"have; its inputs are: {names_of(names)}"
         )
     specs = []
     for vi in inputs:
         if not vi.type.HasField("tensor_type"):
-            raise FluidMLError(f"input {vi.name!r} is not a tensor; only tensor inputs are supported")
+            raise FluidMLError(f"input {vi.name!r} is not a tensor; only tensors are supported")
         dims = vi.type.tensor_type.shape.dim
         declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
         if vi.name in input_shapes:
             given = input_shapes[vi.name]
             if len(given) != len(declared):
                 raise FluidMLError(
-                    f"--input-shapes {vi.name}:{given} has rank {len(given)}, but the model declares "
+                    f"--input-shapes {vi.name}:{given} has rank {len(given)}, the model declares "
                     f"rank {len(declared)} {_fmt(declared)}"
                 )
             for g, d in zip(given, declared):
@@ -177,7 +178,9 @@ def input_specs(proto, input_shapes: dict | None = None) -> list[TensorSpec]:
             shape = tuple(given)
         else:
             if any(not isinstance(d, int) or d <= 0 for d in declared):
-                example = ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in declared)
+                example = ",".join(
+                    str(d) if isinstance(d, int) and d > 0 else "N" for d in declared
+                )
                 raise FluidMLError(
                     f"input {vi.name!r} has dynamic dims {_fmt(declared)}; fix them with "
                     f"--input-shapes \"{vi.name}:[{example}]\" (N: the size you will run with)"
@@ -200,7 +203,9 @@ def unsupported_ops(proto) -> collections.Counter:
     missing = collections.Counter()
     for node in proto.graph.node:
         if node.op_type not in convert_map and node.op_type not in _DIRECT_OPS:
-            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            key = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                key = f"{node.domain}.{key}"
             missing[key] += 1
     return missing
 

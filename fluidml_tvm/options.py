@@ -70,7 +70,7 @@ class Options:
         return out
 
     @classmethod
-    def from_context(cls, base: "Options | None" = None) -> "Options":
+    def from_context(cls, base: Options | None = None) -> Options:
         """``base`` updated with the ``fluidml.*`` keys of the current TVM ``PassContext``."""
         import tvm
 
@@ -79,7 +79,7 @@ class Options:
         return cls.from_pass_config(found, base=base) if found else (base or cls())
 
     @classmethod
-    def from_pass_config(cls, items, base: "Options | None" = None) -> "Options":
+    def from_pass_config(cls, items, base: Options | None = None) -> Options:
         """Build options from ``key=value`` strings or a ``{key: value}`` mapping.
 
         Unknown ``fluidml.*`` keys and malformed values raise :class:`FluidMLError` naming the key.

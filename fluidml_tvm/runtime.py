@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .errors import FluidMLError
+from .errors import FluidMLError, names
 
 
 def set_num_threads(num_threads: int | None) -> int:
@@ -94,12 +94,12 @@ class Model:
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise FluidMLError(
-                f"missing input(s) {', '.join(missing)}; the model takes {', '.join(self.input_names)}"
+                f"missing input(s) {names(missing)}; the model takes {names(self.input_names)}"
             )
         extra = [n for n in inputs if n not in self.input_names]
         if extra:
             raise FluidMLError(
-                f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(self.input_names)}"
+                f"unknown input(s) {names(extra)}; the model takes {names(self.input_names)}"
             )
         arrays = []
         for spec in self.metadata["inputs"]:
