@@ -12,4 +12,6 @@ def layout_stage(target, options) -> list:
 
 def memory_stage(target, options) -> list:
     """Passes of the memory slot (StaticPlanBlockMemory's); empty keeps the stock planner."""
-    return []
+    from .memory_plan import FluidMLMemoryPlan
+
+    return [FluidMLMemoryPlan(verify=options.verify)]

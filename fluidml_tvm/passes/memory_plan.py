@@ -1,0 +1,334 @@
+"""FluidMLMemoryPlan: one arena per Relax function, in StaticPlanBlockMemory's slot.
+
+Contract
+--------
+Reads a module right after ``CallTIRRewrite``: every kernel output is an
+``R.builtin.alloc_tensor``. For each Relax function it
+
+1. computes each intermediate's lifetime (allocating binding .. last use of it or of any alias,
+   no padding; :func:`memory_analysis.collect_lifetimes`);
+2. packs the intermediates into one arena: several orders (greedy by size as FluidML/TFLite,
+   greedy by breadth, by lifetime area, by start) with best-fit and first-fit gap choice, plus a few
+   seeded random perturbations; the smallest packing wins (ties: the first strategy tried);
+3. rewrites the function: one ``R.memory.alloc_storage`` (``uint8``, the arena size in bytes) at
+   the top, every planned tensor ``R.memory.alloc_tensor(arena, offset, shape, dtype)`` with a
+   64-byte aligned offset; a non-zero offset goes through ``R.memory.ensure_zero_offset`` (kernels
+   assume ``byte_offset == 0``; an aligned offset makes it a free view).
+
+What it does not plan, it leaves as ``R.builtin.alloc_tensor`` and hands to the stock
+``StaticPlanBlockMemory``, which runs right after it, with the reason logged at debug level:
+tensors that escape (returned, passed to a non-kernel call), symbolic shapes, non-global scopes or
+other devices, and whole functions with control flow or dataflow blocks.
+
+``verify=True`` runs the independent verifier (:mod:`memory_verify`) on the result and raises
+:class:`memory_verify.MemoryPlanError` on a bad plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from .memory_analysis import collect_lifetimes, relax_functions
+
+logger = logging.getLogger("fluidml_tvm.memory")
+
+ALIGN = 64
+
+
+def align_up(x: int, a: int = ALIGN) -> int:
+    return (x + a - 1) // a * a
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing abstract intervals
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A buffer of ``size`` bytes live at program points ``start..end`` (inclusive)."""
+
+    size: int
+    start: int
+    end: int
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.start <= other.end and other.start <= self.end
+
+
+@dataclass
+class Packing:
+    offsets: list[int]
+    size: int
+    strategy: str
+    tried: dict[str, int] = field(default_factory=dict)
+
+
+def live_bound(intervals: list[Interval], align: int = 1) -> int:
+    """Max over program points of the summed (aligned) sizes live there."""
+    events = []
+    for iv in intervals:
+        events.append((iv.start, 0, align_up(iv.size, align)))
+        events.append((iv.end, 1, -align_up(iv.size, align)))
+    best = acc = 0
+    for _, _, d in sorted(events):
+        acc += d
+        best = max(best, acc)
+    return best
+
+
+def _place(intervals: list[Interval], order: list[int], best_fit: bool, align: int) -> list[int]:
+    offsets = [-1] * len(intervals)
+    placed: list[int] = []
+    for i in order:
+        iv = intervals[i]
+        size = align_up(iv.size, align)
+        busy = sorted(
+            (offsets[j], offsets[j] + align_up(intervals[j].size, align))
+            for j in placed
+            if intervals[j].overlaps(iv)
+        )
+        chosen, chosen_gap, cursor = None, None, 0
+        for lo, hi in busy:
+            gap = lo - cursor
+            if gap >= size and (chosen is None or (best_fit and gap < chosen_gap)):
+                chosen, chosen_gap = cursor, gap
+                if not best_fit:
+                    break
+            cursor = max(cursor, hi)
+        offsets[i] = cursor if chosen is None else chosen
+        placed.append(i)
+    return offsets
+
+
+def _orders(intervals: list[Interval]) -> dict[str, list[int]]:
+    n = range(len(intervals))
+    iv = intervals
+    orders = {
+        "size": sorted(n, key=lambda i: (-iv[i].size, iv[i].start, -iv[i].end)),
+        "area": sorted(n, key=lambda i: (-iv[i].size * (iv[i].end - iv[i].start + 1), iv[i].start)),
+        "length": sorted(n, key=lambda i: (-(iv[i].end - iv[i].start), -iv[i].size)),
+        "start": sorted(n, key=lambda i: (iv[i].start, -iv[i].size)),
+    }
+    # Greedy by breadth (TFLite): program points by live bytes, largest first; at each, its
+    # tensors by size.
+    if intervals:
+        last = max(x.end for x in intervals)
+        live = [0] * (last + 2)
+        for x in intervals:
+            for p in range(x.start, x.end + 1):
+                live[p] += x.size
+        seen, breadth = set(), []
+        for p in sorted(range(last + 1), key=lambda p: -live[p]):
+            for i in sorted(
+                (i for i in n if iv[i].start <= p <= iv[i].end), key=lambda i: -iv[i].size
+            ):
+                if i not in seen:
+                    seen.add(i)
+                    breadth.append(i)
+        orders["breadth"] = breadth
+    return orders
+
+
+def pack(
+    intervals: list[Interval], align: int = ALIGN, random_tries: int = 16, seed: int = 0
+) -> Packing:
+    """Assign an ``align``-aligned offset to every interval; the smallest of several heuristics.
+
+    Two intervals that overlap in time never overlap in bytes. The arena size is the largest
+    ``offset + align_up(size)``.
+    """
+    if not intervals:
+        return Packing([], 0, "empty")
+    bound = live_bound(intervals, align)
+    best: Packing | None = None
+    tried: dict[str, int] = {}
+
+    def consider(name: str, order: list[int], best_fit: bool):
+        nonlocal best
+        offs = _place(intervals, order, best_fit, align)
+        size = max(o + align_up(iv.size, align) for o, iv in zip(offs, intervals))
+        tried[name] = size
+        if best is None or size < best.size:
+            best = Packing(offs, size, name)
+
+    for name, order in _orders(intervals).items():
+        for best_fit in (True, False):
+            consider(f"{name}/{'best' if best_fit else 'first'}-fit", order, best_fit)
+            if best.size <= bound:
+                break
+        if best.size <= bound:
+            break
+    rng = random.Random(seed)
+    base = _orders(intervals)["size"] if best.size > bound else []
+    for k in range(random_tries if base else 0):
+        # Perturb greedy-by-size: sort by size times a random factor in [0.7, 1.3].
+        noisy = sorted(base, key=lambda i: -intervals[i].size * rng.uniform(0.7, 1.3))
+        consider(f"size+noise#{k}/best-fit", noisy, True)
+        if best.size <= bound:
+            break
+    if best.size > bound and len(intervals) > 1:
+        _local_search(intervals, best, bound, align, rng, tried)
+    best.tried = tried
+    return best
+
+
+def _local_search(intervals, best: Packing, bound: int, align: int, rng, tried) -> None:
+    """Improve ``best`` in place: move one tensor earlier in the placement order, keep if not worse.
+
+    The placement order is recovered from the best packing (by offset, then size); the number of
+    moves is limited so that the work stays near 2e6 overlap tests.
+    """
+    n = len(intervals)
+    order = sorted(range(n), key=lambda i: (best.offsets[i], -intervals[i].size))
+    moves = max(8, min(400, 2_000_000 // (n * n)))
+    cur = best.size
+    for _ in range(moves):
+        i, j = sorted(rng.sample(range(n), 2))
+        cand = order[:i] + [order[j]] + order[i:j] + order[j + 1 :]
+        offs = _place(intervals, cand, True, align)
+        size = max(o + align_up(iv.size, align) for o, iv in zip(offs, intervals))
+        if size <= cur:
+            order, cur = cand, size
+            if size < best.size:
+                best.offsets, best.size, best.strategy = offs, size, "local-search/best-fit"
+                if size <= bound:
+                    break
+    tried["local-search/best-fit"] = cur
+
+
+# ----------------------------------------------------------------------------------------------
+# The pass
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FunctionPlan:
+    """What the planner decided for one function (for reports and tests)."""
+
+    name: str
+    arena: int = 0
+    bound: int = 0
+    strategy: str = ""
+    planned: int = 0
+    fallback: list[str] = field(default_factory=list)  # "tensor: reason" or "function: reason"
+
+
+@tvm.transform.module_pass(opt_level=0, name="FluidMLMemoryPlan")
+class FluidMLMemoryPlan:
+    """Plan every Relax function's intermediates into one 64-byte aligned arena.
+
+    Parameters
+    ----------
+    verify
+        Run :func:`memory_verify.check_module` on the result; a bad plan raises.
+    random_tries
+        Extra randomly perturbed greedy-by-size orders tried when no heuristic reaches the
+        live-set bound.
+    stock_fallback
+        Run ``StaticPlanBlockMemory`` afterwards for what this pass leaves unplanned (True in the
+        pipeline; tests may switch it off to look at the raw result).
+    """
+
+    def __init__(self, verify: bool = False, random_tries: int = 16, stock_fallback: bool = True):
+        self.verify = verify
+        self.random_tries = random_tries
+        self.stock_fallback = stock_fallback
+        self.plans: dict[str, FunctionPlan] = {}
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.plans = {}
+        for gv in relax_functions(mod):
+            func = self._plan_function(mod, gv)
+            if func is not None:
+                mod[gv] = func
+        if self.stock_fallback:
+            mod = relax.transform.StaticPlanBlockMemory()(mod)
+        if self.verify:
+            from .memory_verify import check_module
+
+            check_module(mod)
+        return mod
+
+    def _plan_function(self, mod: tvm.IRModule, gv) -> relax.Function | None:
+        name = gv.name_hint
+        plan = self.plans[name] = FunctionPlan(name)
+        func = mod[gv]
+        life = collect_lifetimes(mod, gv)
+        if life.unsupported is None and any(
+            isinstance(b, relax.DataflowBlock) for b in func.body.blocks
+        ):
+            life.unsupported = "dataflow block (expected ToNonDataflow before the memory slot)"
+        if life.unsupported:
+            plan.fallback.append(f"function: {life.unsupported}")
+            logger.debug("%s: left to StaticPlanBlockMemory: %s", name, life.unsupported)
+            return None
+        chosen = []
+        for t in life.tensors:
+            if t.kind != "builtin":
+                continue
+            why = None
+            if t.escaped:
+                why = t.escaped
+            elif t.nbytes is None:
+                why = "symbolic shape"
+            elif t.scope != "global":
+                why = f"storage scope {t.scope}"
+            elif t.device_index != 0:
+                why = f"runtime device index {t.device_index}"
+            if why:
+                plan.fallback.append(f"{t.var.name}: {why}")
+                logger.debug("%s: %s left to StaticPlanBlockMemory: %s", name, t.var.name, why)
+            else:
+                chosen.append(t)
+        if not chosen:
+            return None
+        intervals = [Interval(t.nbytes, t.start, t.end) for t in chosen]
+        packing = pack(intervals, ALIGN, self.random_tries)
+        plan.arena, plan.strategy, plan.planned = packing.size, packing.strategy, len(chosen)
+        plan.bound = live_bound(intervals)
+        logger.debug(
+            "%s: %d tensors in one arena of %d bytes (live-set bound %d) by %s; tried %s",
+            name,
+            len(chosen),
+            packing.size,
+            plan.bound,
+            packing.strategy,
+            packing.tried,
+        )
+        where = {t.index: off for t, off in zip(chosen, packing.offsets)}
+        return _rewrite(func, where, packing.size)
+
+
+def _rewrite(func: relax.Function, where: dict[int, int], arena_size: int) -> relax.Function:
+    bb = relax.BlockBuilder()
+    storage_call = bb.normalize(
+        relax.op.memory.alloc_storage(relax.ShapeExpr([arena_size]), 0, "global", "uint8")
+    )
+    arena = relax.Var("fluidml_arena", storage_call.ty)
+    blocks, index = [], 0
+    for bi, block in enumerate(func.body.blocks):
+        new = [relax.VarBinding(arena, storage_call)] if bi == 0 else []
+        for b in block.bindings:
+            if index in where:
+                call, off = b.value, where[index]
+                tensor = bb.normalize(
+                    relax.op.memory.alloc_tensor(arena, off, call.args[0], call.args[1], 0)
+                )
+                if off == 0:
+                    new.append(relax.VarBinding(b.var, tensor))
+                else:
+                    raw = relax.Var(b.var.name + "_at", tensor.ty)
+                    new.append(relax.VarBinding(raw, tensor))
+                    new.append(
+                        relax.VarBinding(
+                            b.var, bb.normalize(relax.op.memory.ensure_zero_offset(raw))
+                        )
+                    )
+            else:
+                new.append(b)
+            index += 1
+        blocks.append(relax.BindingBlock(new))
+    body = relax.SeqExpr(blocks, func.body.body)
+    return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
