@@ -194,8 +194,8 @@ class _Graph:
         return self.op("Conv", ins, name=f"{prefix}/Conv", kernel_shape=[k, k],
                        strides=[stride, stride], pads=[pad] * 4, group=group, dilations=[1, 1])
 
-    def batch_norm(self, x: str, c: int, prefix: str) -> str:
-        g = self.param(f"{prefix}.weight", (c,), 0.1, mean=1.0)
+    def batch_norm(self, x: str, c: int, prefix: str, gamma: float = 1.0) -> str:
+        g = self.param(f"{prefix}.weight", (c,), 0.1 * gamma, mean=gamma)
         b = self.param(f"{prefix}.bias", (c,), 0.1)
         mean = self.buffer(f"{prefix}.running_mean",
                            (self.rng.standard_normal(c) * 0.1).astype(np.float32))
@@ -482,9 +482,9 @@ def _vgg(name: str):
 
 
 def _conv_bn(g: _Graph, x: str, c_in: int, c_out: int, k: int, prefix: str, stride: int = 1,
-             group: int = 1, act: str | None = "relu") -> str:
+             group: int = 1, act: str | None = "relu", gamma: float = 1.0) -> str:
     x = g.conv(x, c_in, c_out, k, f"{prefix}.conv", stride=stride, group=group, bias=False)
-    x = g.batch_norm(x, c_out, f"{prefix}.bn")
+    x = g.batch_norm(x, c_out, f"{prefix}.bn", gamma)
     if act == "relu":
         x = g.op("Relu", [x], name=f"{prefix}/Relu")
     elif act == "relu6":
@@ -509,7 +509,9 @@ def _resnet50(g: _Graph, size: str):
             stride = 2 if (bi == 0 and li > 0) else 1
             y = _conv_bn(g, x, c_in, planes, 1, f"{pre}.1")
             y = _conv_bn(g, y, planes, planes, 3, f"{pre}.2", stride=stride)
-            y = _conv_bn(g, y, planes, planes * 4, 1, f"{pre}.3", act=None)
+            # a small last-BN scale keeps the residual stream O(1) through 16 blocks (the
+            # random running statistics do not normalise like trained ones would)
+            y = _conv_bn(g, y, planes, planes * 4, 1, f"{pre}.3", act=None, gamma=0.2)
             if bi == 0:
                 x = _conv_bn(g, x, c_in, planes * 4, 1, f"{pre}.downsample", stride=stride,
                              act=None)
