@@ -79,4 +79,10 @@ def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
     gone = {t.name for t in unused}
     for vi in [i for i in g.input if i.name in gone]:
         g.input.remove(vi)
+    # Random weights saturate the final Softmax into a one-hot vector that proves little: expose
+    # its input (the logits) as a second output, so the comparison sees real numbers.
+    for node in g.node:
+        if node.op_type == "Softmax" and node.output[0] in {o.name for o in g.output}:
+            elem = onnx.TensorProto.FLOAT
+            g.output.append(onnx.helper.make_tensor_value_info(node.input[0], elem, None))
     return out

@@ -1,0 +1,147 @@
+"""The fluidml-tvm command line: compile, run, targets, and one-line errors with exit code 2."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx_models import computed_reshape, mlp, ort_run, with_unsupported_ops
+
+from fluidml_tvm import cli
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def mlp_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
+    onnx.save(mlp(), str(path))
+    return path
+
+
+def test_compile_then_run_matches_ort(mlp_file, tmp_path, capsys):
+    lib = tmp_path / "mlp.so"
+    code, _, err = run_cli(["compile", mlp_file, "-o", lib, "--pass-config", "fluidml=1"], capsys)
+    assert code == 0, err
+    assert "importing" in err and "wrote" in err  # progress output
+    meta = json.loads((tmp_path / "mlp.json").read_text())
+    assert meta["inputs"] == [{"name": "x", "shape": [4, 32], "dtype": "float32"}]
+    assert meta["outputs"] == [{"name": "y", "shape": [4, 16], "dtype": "float32"}]
+    assert meta["options"]["fluidml"] is True and meta["target_kind"] == "llvm"
+    assert meta["planned_memory_bytes"]["main"] > 0
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype("float32")
+    np.savez(tmp_path / "in.npz", x=x)
+    code, out, err = run_cli(["run", lib, "--inputs", tmp_path / "in.npz", "--outputs",
+                              tmp_path / "out.npz", "--print-time", "--repeat", "3"], capsys)
+    assert code == 0, err
+    assert "median (ms)" in out
+    got = np.load(tmp_path / "out.npz")["y"]
+    np.testing.assert_allclose(got, ort_run(mlp(), {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_stock_and_fluidml_pipelines_both_selectable(mlp_file, tmp_path, capsys):
+    for flag in ("fluidml=0", "fluidml=1"):
+        lib = tmp_path / f"m{flag[-1]}.so"
+        code, _, err = run_cli(["compile", mlp_file, "-o", lib, "-q", "--pass-config", flag],
+                               capsys)
+        assert code == 0, err
+        meta = json.loads((tmp_path / f"m{flag[-1]}.json").read_text())
+        assert meta["options"]["fluidml"] is (flag == "fluidml=1")
+        assert ("stock" in meta["pipeline"]) is (flag == "fluidml=0")
+
+
+def test_kill_switches_and_ir_dump(mlp_file, tmp_path, capsys):
+    dump = tmp_path / "ir"
+    code, out, err = run_cli(
+        ["compile", mlp_file, "-o", tmp_path / "k.so", "--pass-config", "fluidml.layout=0",
+         "--pass-config", "fluidml.memory=0", "--pass-config", "fluidml.schedule=0",
+         "--dump-ir", dump, "--print-ir-after", "FuseTIR", "--timing"], capsys)
+    assert code == 0, err
+    assert "# IR after FuseTIR" in out and "def main" in out
+    assert "slowest passes" in err
+    dumped = sorted(os.listdir(dump))
+    assert any("fluidml.legalize" in f for f in dumped), dumped
+    meta = json.loads((tmp_path / "k.json").read_text())
+    assert not meta["options"]["fluidml.layout"] and not meta["options"]["fluidml.memory"]
+
+
+def test_run_fill_modes_and_print_top(mlp_file, tmp_path, capsys):
+    lib = tmp_path / "f.so"
+    assert run_cli(["compile", mlp_file, "-o", lib, "-q"], capsys)[0] == 0
+    for mode in ("zeros", "ones", "random"):
+        code, out, err = run_cli(["run", lib, "--fill-mode", mode, "--print-top", "3"], capsys)
+        assert code == 0, err
+        assert out.startswith("y: top 3")
+
+
+def _expect_error(args, capsys, *words):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (code, out, err)
+    lines = [ln for ln in err.splitlines() if ln.startswith("fluidml-tvm: error:")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, mlp_file):
+    _expect_error(["compile", tmp_path / "nope.onnx"], capsys, "not found")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(os.urandom(3000))
+    _expect_error(["compile", garbage], capsys, "ONNX")
+    data = open(mlp_file, "rb").read()
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(data[: len(data) // 3])
+    _expect_error(["compile", truncated], capsys, "ONNX")
+    unsup = tmp_path / "unsup.onnx"
+    onnx.save(with_unsupported_ops(), str(unsup))
+    _expect_error(["compile", unsup], capsys, "FrobnicateA x2", "FrobnicateB x1")
+    dyn = tmp_path / "dyn.onnx"
+    onnx.save(computed_reshape(), str(dyn))
+    _expect_error(["compile", dyn], capsys, "'x'", "--input-shapes")
+    _expect_error(["compile", dyn, "--input-shapes", "x:[1,2"], capsys, "malformed")
+    _expect_error(["compile", mlp_file, "--target", "potato"], capsys, "unknown target")
+    _expect_error(["compile", mlp_file, "--target", '{"kind": "nope"}'], capsys, "invalid target")
+    _expect_error(["compile", mlp_file, "--pass-config", "fluidml.bogus=1"], capsys,
+                  "unknown pass-config key")
+    _expect_error(["compile", mlp_file, "--pass-config", "fluidml.layout=maybe"], capsys,
+                  "expects 0 or 1")
+    _expect_error(["compile", mlp_file, "-o", tmp_path / "no" / "dir" / "x.so"], capsys,
+                  "does not exist")
+    _expect_error(["run", tmp_path / "missing.so"], capsys, "not found")
+
+
+def test_run_errors(mlp_file, tmp_path, capsys):
+    lib = tmp_path / "r.so"
+    assert run_cli(["compile", mlp_file, "-o", lib, "-q"], capsys)[0] == 0
+    np.savez(tmp_path / "bad.npz", z=np.zeros(3, "float32"))
+    _expect_error(["run", lib, "--inputs", tmp_path / "bad.npz"], capsys, "does not take")
+    np.savez(tmp_path / "shape.npz", x=np.zeros((2, 2), "float32"))
+    _expect_error(["run", lib, "--inputs", tmp_path / "shape.npz"], capsys, "compiled for")
+    (tmp_path / "notnpz.npz").write_text("no")
+    _expect_error(["run", lib, "--inputs", tmp_path / "notnpz.npz"], capsys, "cannot read")
+
+
+def test_targets_lists_presets(capsys):
+    code, out, _ = run_cli(["targets"], capsys)
+    assert code == 0
+    for name in ("x86", "rasp4b", "jetson-orin", "cuda"):
+        assert name in out
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point: a real process, exit code 2, no traceback."""
+    exe = shutil.which("fluidml-tvm")
+    assert exe, "the fluidml-tvm console script is not installed (pip install -e .)"
+    proc = subprocess.run([exe, "compile", str(tmp_path / "missing.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("fluidml-tvm: error: model file not")
+    assert "Traceback" not in proc.stderr
