@@ -1,0 +1,306 @@
+"""``FluidMLSchedule``: give every PrimFunc of a module a CPU schedule.
+
+Runs after LegalizeOps/FuseOps/FuseTIR. For each PrimFunc not yet marked ``tirx.is_scheduled``
+the rules are tried in order; the first that applies wins:
+
+1. ``matmul``   (:mod:`.matmul`) - matmul/dense/batch-matmul with prologues and epilogues.
+   Candidate tiles and loop orders are compiled and timed on this machine (``tune_trials`` of
+   them), the fastest is kept in the measurement database (:mod:`fluidml_tvm.costdb`) under
+   (target, threads, kernel structural hash, shape), so a second compile measures nothing.
+   When B is a constant at every call site the PrimFunc takes B packed ``[N/nr, K, nr]`` and
+   the Relax caller's constant is packed here, at compile time.
+2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride, depthwise).
+3. ``reduction`` (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
+4. ``injective`` (:mod:`.injective`) - everything without a reduction.
+
+Every decision is kept in :attr:`FluidMLSchedule.decisions` with its reason; a PrimFunc that no
+rule schedules is reported by name (``warnings.warn`` and the ``fluidml_tvm.schedules`` logger),
+never silently left naive. Dynamic-shape kernels fall to the generic rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+
+from ..options import Options
+from . import matmul as mm
+from .conv2d import schedule_conv2d
+from .injective import schedule_injective
+from .measure import can_measure, time_func
+from .reduction import schedule_reduction
+from .target_info import CPUInfo, cpu_info
+
+log = logging.getLogger("fluidml_tvm.schedules")
+
+
+@dataclass
+class Decision:
+    """What happened to one PrimFunc."""
+
+    kernel: str
+    rule: str  # "matmul", "conv2d", "reduction", "injective", "none", "skipped"
+    reason: str
+    config: dict = field(default_factory=dict)
+    measured: int = 0  # candidates timed for this decision (0: from the cache or analytic)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        s = f"{self.kernel}: {self.rule} - {self.reason}"
+        if self.measured:
+            s += f" [measured {self.measured} candidates]"
+        return s
+
+
+@tvm.transform.module_pass(opt_level=0, name="FluidMLSchedule")
+class FluidMLSchedule:
+    """Schedule every unscheduled PrimFunc of an IRModule for a CPU target.
+
+    Parameters
+    ----------
+    target
+        The llvm target (a ``Target`` or its dict/tag); ``None`` uses ``Target.current()``.
+    options
+        :class:`fluidml_tvm.options.Options` (``tune_trials``, ``cost``, ``cache_dir``).
+
+    Reads PrimFuncs and the Relax functions calling them (to know which arguments are
+    constants); rewrites the PrimFuncs and, for packed matmul weights, the constants passed at
+    their call sites. Non-llvm targets are left alone (GPU kernels need GPU schedules).
+    """
+
+    def __init__(self, target=None, options: Options | None = None):
+        self.target = target
+        self.options = options or Options()
+        self.decisions: list[Decision] = []
+
+    # -- pass entry --------------------------------------------------------------------------
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        target = self.target
+        if target is None:
+            target = tvm.target.Target.current(allow_none=False)
+        elif not isinstance(target, tvm.target.Target):
+            target = tvm.target.Target(target)
+        if target.kind.name != "llvm":
+            log.warning("FluidMLSchedule: target %s is not a CPU (llvm) target; skipped", target)
+            return mod
+        cpu = cpu_info(target)
+        self.decisions = []
+        consts = _constant_args(mod)
+        db = None
+        if self.options.cost == "measured" and self.options.cache_dir:
+            from ..costdb import CostDB
+
+            db = CostDB(self.options.cache_dir)
+        measure_ok = self.options.cost == "measured" and can_measure(target)
+        packs: dict[str, dict[int, tuple]] = {}
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                self.decisions.append(Decision(gv.name_hint, "skipped", "already scheduled"))
+                continue
+            name = gv.name_hint
+            new, dec, pack = self._schedule_one(
+                name, func, target, cpu, consts.get(name, {}), db, measure_ok
+            )
+            self.decisions.append(dec)
+            if new is None:
+                msg = f"FluidMLSchedule: no rule schedules kernel {name!r} ({dec.reason}); naive"
+                warnings.warn(msg, stacklevel=2)
+                log.warning(msg)
+                continue
+            log.info("%s", dec)
+            new = new.with_attr("tirx.is_scheduled", True)
+            if pack is not None:  # the signature changes: a new GlobalVar, callers rewritten
+                packs[name] = (new, pack)
+            else:
+                updates[gv] = new
+        for gv, func in updates.items():
+            mod[gv] = func
+        if packs:
+            mod = _pack_constants(mod, packs)
+        if db is not None:
+            db.close()
+        return mod
+
+    # -- one kernel --------------------------------------------------------------------------
+    def _schedule_one(self, name, func, target, cpu: CPUInfo, const_args, db, measure_ok):
+        reasons = []
+        try:
+            match, why = mm.analyze(func)
+        except Exception as err:  # noqa: BLE001
+            match, why = None, f"analysis failed: {err}"
+        if match is not None:
+            pack_param = match.b_param is not None and const_args.get(match.b_param, False)
+            try:
+                out = self._matmul(name, func, match, target, cpu, pack_param, db, measure_ok)
+                if out is not None:
+                    return out
+                reasons.append("matmul: no tile divides the shape")
+            except Exception as err:  # noqa: BLE001
+                reasons.append(f"matmul: {type(err).__name__}: {str(err)[:200]}")
+        else:
+            reasons.append(f"matmul: {why}")
+        for rule, fn in (
+            ("conv2d", schedule_conv2d),
+            ("reduction", schedule_reduction),
+            ("injective", schedule_injective),
+        ):
+            try:
+                sch, why = fn(func, cpu)
+            except Exception as err:  # noqa: BLE001
+                sch, why = None, f"{type(err).__name__}: {str(err)[:200]}"
+            if sch is not None:
+                if reasons:  # say why the better rules did not apply
+                    why += " | not " + "; not ".join(reasons)
+                return sch.mod["main"], Decision(name, rule, why), None
+            reasons.append(f"{rule}: {why}")
+        return None, Decision(name, "none", "; ".join(reasons)), None
+
+    def _matmul(self, name, func, match, target, cpu, pack_param, db, measure_ok):
+        cands = mm.candidates(match, cpu, self.options.tune_trials)
+        if not cands:
+            return None
+        threads = os.environ.get("TVM_NUM_THREADS", "default")
+        tkey = f"{target}|{cpu.key()}|threads={threads}"
+        workload = (
+            f"{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFF:012x}:{match.shape_key()}"
+            f":{'constB' if pack_param else 'B'}"
+        )
+        chosen, measured, seconds = None, 0, 0.0
+        if db is not None:
+            hit = db.best(tkey, "matmul", workload)
+            if hit is not None:
+                chosen = mm.MatmulConfig.from_dict(hit[0])
+                seconds = hit[1]
+        if chosen is None and measure_ok and len(cands) > 1:
+            best = None
+            for i, cfg in enumerate(cands):
+                try:
+                    sch = mm.apply(func, match, cfg, cpu, pack_param)
+                    t = time_func(sch.mod["main"], target)
+                except Exception as err:  # noqa: BLE001 - a candidate that does not build
+                    log.info("%s: candidate %s failed: %s", name, cfg.describe(), err)
+                    continue
+                measured += 1
+                log.info(
+                    "measuring %s [%d/%d] %s: %.1f GFLOP/s",
+                    name, i + 1, len(cands), cfg.describe(), match.flops() / t / 1e9,
+                )
+                if db is not None:
+                    db.record(tkey, "matmul", workload, cfg.to_dict(), t, match.flops())
+                if best is None or t < best[1]:
+                    best = (cfg, t)
+            if best is not None:
+                chosen, seconds = best
+                if db is not None:
+                    db.choose(tkey, "matmul", workload, chosen.to_dict(), seconds, measured)
+        if chosen is None:
+            chosen = cands[0]
+        sch = mm.apply(func, match, chosen, cpu, pack_param)
+        how = "measured" if measured else ("cached" if seconds else "analytic")
+        reason = f"{match.shape_key()} {chosen.describe()} ({how})"
+        if seconds:
+            reason += f", {match.flops() / seconds / 1e9:.1f} GFLOP/s"
+        pack = None
+        if pack_param and chosen.pack:
+            pack = {match.b_param: (tuple(match.roles_b), chosen.nv * cpu.lanes(32))}
+        dec = Decision(name, "matmul", reason, chosen.to_dict(), measured, seconds)
+        return sch.mod["main"], dec, pack
+
+
+# ---- Relax side: which call_tir arguments are constants; packing them -------------------------
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+
+
+def _is_const(e) -> bool:
+    return isinstance(e, tvm.ir.GenericConst)
+
+
+def _calls(mod):
+    for _, f in mod.functions_items():
+        if not isinstance(f, relax.Function):
+            continue
+        found: list = []
+
+        def visit(e, found=found):
+            if isinstance(e, relax.Call) and e.op.same_as(_CALL_TIR):
+                found.append(e)
+
+        relax.analysis.post_order_visit(f, visit)
+        yield from found
+
+
+def _constant_args(mod) -> dict[str, dict[int, bool]]:
+    """For each PrimFunc called by call_tir: param index -> constant at every call site."""
+    out: dict[str, dict[int, bool]] = {}
+    for call in _calls(mod):
+        gv = call.args[0]
+        args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+        slot = out.setdefault(gv.name_hint, {})
+        for i, a in enumerate(args):
+            slot[i] = slot.get(i, True) and _is_const(a)
+    return out
+
+
+def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
+    """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``."""
+    rest = [i for i, r in enumerate(roles) if r not in ("n", "k")]
+    n_ax = roles.index("n")
+    k_ax = roles.index("k")
+    t = np.transpose(arr, [*rest, n_ax, k_ax])
+    lead = t.shape[: len(rest)]
+    n, k = t.shape[-2:]
+    t = t.reshape(*lead, n // nr, nr, k)
+    return np.ascontiguousarray(np.swapaxes(t, -1, -2))
+
+
+def _pack_constants(mod, packs):
+    """Replace each packed PrimFunc (new signature: new GlobalVar) and pack the constants its
+    callers pass. ``packs``: name -> (new PrimFunc, {param index: (roles of B's dims, nr)})."""
+    new_gvs = {}
+    done = []  # (constant, roles, nr, packed): a weight shared by several calls is packed once
+
+    @relax.expr_functor.mutator
+    class _Repack(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor name
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and call.op.same_as(_CALL_TIR)):
+                return call
+            name = call.args[0].name_hint
+            if name not in packs:
+                return call
+            fields = list(call.args[1].fields)
+            for idx, (roles, nr) in packs[name][1].items():
+                const = fields[idx]
+                hit = [p for c, r, n, p in done if c.same_as(const) and (r, n) == (roles, nr)]
+                if not hit:
+                    arr = pack_array(const.value.numpy(), roles, nr)
+                    hit = [relax.const(arr, str(arr.dtype))]
+                    done.append((const, roles, nr, hit[0]))
+                fields[idx] = hit[0]
+            return relax.Call(call.op, [new_gvs[name], relax.Tuple(fields)], call.attrs,
+                              call.ty_args, call.span)
+
+    mutator = _Repack(mod)
+    for name, (func, _) in packs.items():
+        new_gvs[name] = mutator.builder_.add_func(func, name + "_packed")
+    for gv, f in mod.functions_items():
+        if isinstance(f, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(f))
+    out = mutator.builder_.get()
+    keep = {gv: f for gv, f in out.functions_items() if gv.name_hint not in packs}
+    return tvm.IRModule(keep, attrs=out.attrs, global_infos=out.global_infos)
+
+
+def report(decisions: list[Decision]) -> str:
+    """One line per kernel: which rule scheduled it and why."""
+    return "\n".join(str(d) for d in decisions)

@@ -1,0 +1,435 @@
+"""Matmul / dense / batch-matmul rule (NN, NT, TN operands) with fused epilogues.
+
+Matches a PrimFunc whose only reduction block computes ``C[b.., i, j] += A[.. i .. k ..] *
+B[.. k .. j ..]`` with every index a plain iteration variable (any operand order: the transposed
+forms attention and Gemm produce are covered), optionally preceded by injective prologues (inlined)
+and followed by injective epilogues (bias, GELU, residual add: inlined into one block computed per
+register tile).
+
+The kernel (the design that matched ONNX Runtime's MLAS on this project's machines):
+
+* B is read in a packed layout ``[.., N/nr, K, nr]`` - for a constant weight the PrimFunc's
+  parameter itself takes that layout (the caller packs the constant at compile time, see
+  :mod:`.packing`); otherwise a copy stage packs it at run time (O(N*K), against O(M*N*K)).
+* Register tile ``mr x nr`` (``nr = nv`` vectors of the target's lanes), accumulated in place,
+  ``mr`` and ``nv`` unrolled, the lanes vectorized.
+* Loop order, one of :data:`ORDERS` (FluidML's loop-order search, measured per shape):
+  ``rows``: ``fuse(batch, row block of mc, column panel)`` parallel | rows of mr | k | tile;
+  ``cols``: ``fuse(batch, column panel, row block)`` parallel | rows of mr | k | tile;
+  ``kblock``: like ``rows`` with K split in blocks of ``kc`` outside the row loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import tvm
+from tvm import s_tir, tirx
+
+from .target_info import CPUInfo
+
+ORDERS = ("rows", "cols", "kblock")
+# Below this much work a parallel launch costs more than it saves.
+PARALLEL_MIN_FLOPS = 1 << 21
+_get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """One candidate kernel: tile sizes, loop order and packing."""
+
+    mr: int
+    nv: int
+    mc: int
+    order: str = "rows"
+    kc: int = 0
+    pack: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MatmulConfig:
+        return cls(**d)
+
+    def describe(self) -> str:
+        s = f"{self.order} mr={self.mr} nv={self.nv} mc={self.mc}"
+        if self.kc:
+            s += f" kc={self.kc}"
+        return s + (" packedB" if self.pack else "")
+
+
+@dataclass
+class MatmulMatch:
+    """What the analysis found: roles of the loops and operands of the main block."""
+
+    block: str  # name of the reduction block
+    a_index: int  # index of A in the block's reads
+    b_index: int  # index of B in the block's reads
+    b_param: int | None  # position of B among the PrimFunc's params (None: B is an intermediate)
+    roles_b: list[str]  # role of each dim of B: "b" batch, "k", "n", "1" (unit/other)
+    batch: int
+    m: int
+    n: int
+    k: int
+    loop_roles: list[str]  # role of each loop of the block, in order: "b", "m", "n", "k", "1"
+    dtype: str
+
+    def shape_key(self) -> str:
+        return f"b{self.batch}m{self.m}n{self.n}k{self.k}"
+
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.m * self.n * self.k
+
+
+def _var_of(expr):
+    """The iteration variable an index expression is, or None (constants give 'const')."""
+    if isinstance(expr, tirx.Var):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return "const"
+    return None
+
+
+def _int(x) -> int | None:
+    return int(x) if isinstance(x, tirx.IntImm | int) else None
+
+
+def _reduction_blocks(sch, blocks):
+    out = []
+    for b in blocks:
+        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars):
+            out.append(b)
+    return out
+
+
+def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
+    """Match ``func`` as a matmul; returns (match, reason) with the reason it did not match."""
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    blocks = sch.get_child_blocks(root) if root is not None else []
+    reds = _reduction_blocks(sch, blocks)
+    if len(reds) != 1:
+        return None, f"{len(reds)} reduction blocks (matmul needs exactly 1)"
+    main = reds[0]
+    stmt = sch.get(main)
+    if len(stmt.writes) != 1 or len(stmt.reads) != 2:
+        return None, "reduction block does not read exactly two buffers"
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return None, "reduction body is not C = C + ..."
+    prod = body.value.b
+    while isinstance(prod, tirx.Cast):
+        prod = prod.value
+    if not isinstance(prod, tirx.Mul):
+        return None, "reduction body is not a sum of products"
+    if _dtype(body.buffer) != "float32":
+        return None, f"dtype {_dtype(body.buffer)} (fp32 only)"
+    kinds = {iv.var: iv.iter_type for iv in stmt.iter_vars}
+    extents = {iv.var: _int(iv.dom.extent) for iv in stmt.iter_vars}
+    if any(e is None for e in extents.values()):
+        return None, "dynamic shape"
+
+    def dims(region):
+        out = []
+        for r in region.region:
+            if _int(r.extent) != 1:
+                return None
+            out.append(_var_of(r.min))
+        return out
+
+    c_dims = dims(stmt.writes[0])
+    r_dims = [dims(r) for r in stmt.reads]
+    if c_dims is None or any(d is None for d in r_dims) or None in c_dims:
+        return None, "an operand index is not a plain loop variable"
+    if any(None in d for d in r_dims):
+        return None, "an operand index is not a plain loop variable"
+    sets = [set(v for v in d if v != "const") for d in r_dims]
+    c_set = set(v for v in c_dims if v != "const")
+    red = [v for v, k in kinds.items() if k == tirx.IterVar.CommReduce and extents[v] > 1]
+    if len(red) != 1:
+        return None, f"{len(red)} non-trivial reduction axes"
+    kv = red[0]
+    if not (kv in sets[0] and kv in sets[1]):
+        return None, "reduction axis not in both operands"
+    # The N axis is C's innermost non-unit dim; B is the operand that has it.
+    inner = [v for v in c_dims if v != "const" and extents[v] > 1]
+    if not inner:
+        return None, "output has no non-unit dim"
+    nv_ = inner[-1]
+    if (nv_ in sets[0]) == (nv_ in sets[1]):
+        return None, "innermost output axis is in both operands (not a matmul)"
+    b_i = 0 if nv_ in sets[0] else 1
+    a_i = 1 - b_i
+    roles = {}
+    for v, kind in kinds.items():
+        if extents[v] == 1:
+            roles[v] = "1"
+        elif v == kv:
+            roles[v] = "k"
+        elif v == nv_:
+            roles[v] = "n"
+        elif kind != tirx.IterVar.DataPar or v not in c_set:
+            return None, "unexpected iteration axis"
+        elif v in sets[a_i] and v in sets[b_i]:
+            roles[v] = "b"
+        elif v in sets[a_i]:
+            roles[v] = "m"
+        else:
+            return None, "a spatial axis only in B besides N"
+    if list(roles.values()).count("m") > 1:
+        return None, "several M axes"
+    loops = sch.get_loops(main)
+    loop_vars = [sch.get(lp).loop_var for lp in loops]
+    realize_vals = _iter_values(sch, main)
+    if realize_vals is None or len(realize_vals) != len(loops):
+        return None, "block bindings are not one loop per axis"
+    if not all(isinstance(val, tirx.Var) for val in realize_vals):
+        return None, "block binding is not a plain loop variable"
+    var_by_loop = {}
+    for iv, val in zip(stmt.iter_vars, realize_vals):
+        idx = next((i for i, lv in enumerate(loop_vars) if lv.same_as(val)), None)
+        if idx is None:
+            return None, "binding does not use the block's loops"
+        var_by_loop[idx] = iv.var
+    loop_roles = [roles[var_by_loop[i]] for i in range(len(loops))]
+    b_region = stmt.reads[b_i]
+    roles_b = [("1" if d == "const" else roles[d]) for d in r_dims[b_i]]
+    b_param = None
+    for i, p in enumerate(func.params):
+        if p.same_as(b_region.source):
+            b_param = i
+    batch = 1
+    m = n = k = 1
+    for v, r in roles.items():
+        if r == "b":
+            batch *= extents[v]
+        elif r == "m":
+            m = extents[v]
+        elif r == "n":
+            n = extents[v]
+        elif r == "k":
+            k = extents[v]
+    return (
+        MatmulMatch(
+            block=stmt.name_hint,
+            a_index=a_i,
+            b_index=b_i,
+            b_param=b_param,
+            roles_b=roles_b,
+            batch=batch,
+            m=m,
+            n=n,
+            k=k,
+            loop_roles=loop_roles,
+            dtype=_dtype(body.buffer),
+        ),
+        "matmul",
+    )
+
+
+def _dtype(buf) -> str:
+    return str(buf.ty.dtype) if hasattr(buf, "ty") and hasattr(buf.ty, "dtype") else str(buf.dtype)
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _iter_values(sch, block):
+    """The SBlockRealize bindings of ``block`` (found by walking its parent loop body)."""
+    return list(_get_sblock_realize(sch, block).iter_values)
+
+
+# ---- candidates -------------------------------------------------------------------------------
+def candidates(match: MatmulMatch, cpu: CPUInfo, budget: int) -> list[MatmulConfig]:
+    """Register tiles that fit the target's vector registers and divide the shape, best guess
+    first; at most ``budget`` of them."""
+    lanes = cpu.lanes(32)
+    regs = cpu.vector_registers
+    tiles = []
+    for nv in (6, 4, 3, 2, 1):
+        for mr in (16, 14, 12, 8, 6, 4, 3, 2, 1):
+            # accumulators + one broadcast of A + one B vector must fit (FMA can take B from L1)
+            if mr * nv + 2 > regs or match.n % (nv * lanes) or match.m % mr:
+                continue
+            # FLOPs per loaded register: the register tile's arithmetic intensity
+            tiles.append((mr * nv / (mr + nv), mr * nv, mr, nv))
+    tiles.sort(reverse=True)
+    picked = [(mr, nv) for _, _, mr, nv in tiles]
+    out = []
+    for mr, nv in picked[:3]:
+        mcs = [mc for mc in (128, 64, 32, 256) if match.m % mc == 0 and mc % mr == 0]
+        mc = mcs[0] if mcs else match.m
+        out.append(MatmulConfig(mr, nv, mc, "rows"))
+    if out:
+        mr, nv = picked[0]
+        base = out[0]
+        extra = [
+            MatmulConfig(mr, nv, base.mc, "cols"),
+            MatmulConfig(mr, nv, base.mc, "kblock", kc=_kc(match.k)),
+        ]
+        for mc in (32, 64, 256):
+            if mc != base.mc and match.m % mc == 0 and mc % mr == 0:
+                extra.append(MatmulConfig(mr, nv, mc, "rows"))
+        out = [out[0]] + extra[:1] + out[1:] + extra[1:]
+    out = [c for c in out if c.order != "kblock" or c.kc]
+    # never return duplicates
+    uniq = []
+    for c in out:
+        if c not in uniq:
+            uniq.append(c)
+    return uniq[: max(1, budget)]
+
+
+def _kc(k: int) -> int:
+    for kc in (256, 192, 128, 384, 96, 64):
+        if k % kc == 0 and kc < k:
+            return kc
+    return 0
+
+
+def default_config(match: MatmulMatch, cpu: CPUInfo) -> MatmulConfig | None:
+    c = candidates(match, cpu, 1)
+    return c[0] if c else None
+
+
+# ---- schedule -------------------------------------------------------------------------------
+def pack_index_map(roles_b: list[str], nr: int):
+    """Index map of B's dims to the packed layout ``[other dims.., N/nr, K, nr]``."""
+
+    def fmap(*idx):
+        rest = [i for i, r in zip(idx, roles_b) if r not in ("n", "k")]
+        n = next(i for i, r in zip(idx, roles_b) if r == "n")
+        k = next(i for i, r in zip(idx, roles_b) if r == "k")
+        return [*rest, n // nr, k, n % nr]
+
+    return fmap
+
+
+def apply(
+    func: tirx.PrimFunc,
+    match: MatmulMatch,
+    cfg: MatmulConfig,
+    cpu: CPUInfo,
+    pack_param: bool,
+) -> s_tir.Schedule:
+    """Schedule ``func`` with ``cfg``. ``pack_param``: B is a constant parameter whose caller
+    passes it packed (the parameter's layout changes); otherwise B is packed at run time."""
+    lanes = cpu.lanes(32)
+    nr = cfg.nv * lanes
+    if match.n % nr or match.m % cfg.mr or match.m % cfg.mc or cfg.mc % cfg.mr:
+        raise ValueError(f"tile {cfg.describe()} does not divide {match.shape_key()}")
+    sch = s_tir.Schedule(func)
+    main = sch.get_sblock(match.block)
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    names = [sch.get(b).name_hint for b in blocks]
+    pos = names.index(match.block)
+    # prologues: inline into the matmul (injective producers such as a transpose)
+    for b in blocks[:pos][::-1]:
+        sch.compute_inline(b)
+    # epilogues: inline all but the last into their consumers, the last one is computed per tile
+    epis = blocks[pos + 1 :]
+    for b in epis[:-1]:
+        sch.compute_inline(b)
+    if epis:
+        out = epis[-1]
+    else:
+        out = sch.cache_write(main, 0, "global")
+    # packing of B
+    if cfg.pack:
+        fmap = pack_index_map(match.roles_b, nr)
+        if pack_param:
+            sch.transform_layout(main, ("read", match.b_index), fmap)
+            packer = None
+        else:
+            packer = sch.cache_read(main, match.b_index, "global")
+            sch.transform_layout(main, ("read", match.b_index), fmap)
+    else:
+        packer = None
+    loops = sch.get_loops(main)
+    bl, ml, nl, kl = [], None, None, None
+    for lp, role in zip(loops, match.loop_roles):
+        if role == "b" or role == "1":
+            bl.append(lp)
+        elif role == "m":
+            ml = lp
+        elif role == "n":
+            nl = lp
+        else:
+            kl = lp
+    if ml is None:  # M == 1 (GEMV-like rows): a unit loop plays M
+        ml = bl.pop() if bl else None
+    i0, i1, i2 = sch.split(ml, [match.m // cfg.mc, cfg.mc // cfg.mr, cfg.mr])
+    j0, j1, j2 = sch.split(nl, [match.n // nr, cfg.nv, lanes])
+    if cfg.order == "kblock" and cfg.kc:
+        k0, k1 = sch.split(kl, [match.k // cfg.kc, cfg.kc])
+        sch.reorder(*bl, i0, j0, k0, i1, k1, i2, j1, j2)
+        outer = [*bl, i0, j0]
+        kloop, at = k0, None
+    elif cfg.order == "cols":
+        sch.reorder(*bl, j0, i0, i1, kl, i2, j1, j2)
+        outer = [*bl, j0, i0]
+        kloop, at = kl, i1
+    else:
+        sch.reorder(*bl, i0, j0, i1, kl, i2, j1, j2)
+        outer = [*bl, i0, j0]
+        kloop, at = kl, i1
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if match.flops() >= PARALLEL_MIN_FLOPS:
+        sch.parallel(par)
+    at = par if at is None else at
+    sch.unroll(i2)
+    sch.unroll(j1)
+    sch.vectorize(j2)
+    # epilogue (or write-back) per tile
+    sch.reverse_compute_at(out, at, preserve_unit_loops=True)
+    _vectorize_inner(sch, out, lanes)
+    if packer is not None:
+        _parallel_copy(sch, packer, lanes)
+    init = sch.decompose_reduction(main, kloop)
+    _vectorize_inner(sch, init, lanes)
+    return sch
+
+
+def _vectorize_inner(sch, block, lanes):
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    ext = _int(sch.get(loops[-1]).extent)
+    if ext is None:
+        return
+    if ext % lanes == 0 and ext > lanes:
+        _, v = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(v)
+    elif ext <= 4 * lanes and ext > 1:
+        sch.vectorize(loops[-1])
+
+
+def _parallel_copy(sch, block, lanes):
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    elif loops:
+        sch.parallel(loops[0])
+
+
+def all_orders() -> list[str]:
+    return list(ORDERS)
+
+
+__all__ = [
+    "MatmulConfig",
+    "MatmulMatch",
+    "analyze",
+    "apply",
+    "candidates",
+    "default_config",
+    "pack_index_map",
+    "all_orders",
+]

@@ -1,0 +1,110 @@
+"""Row-reduction rule: softmax, LayerNorm, RMSNorm, mean/sum and other reductions.
+
+*Row form* (softmax, LayerNorm): every block starts with the same spatial "row" axes. The last
+block's rows are fused and parallelized, every other block is computed at that row loop
+(``compute_at``), injective blocks are vectorized and reduction loops split by the vector lanes and
+unrolled (a float reduction cannot be vectorized without reassociation).
+
+*Generic form* (anything else with a reduction block): each loop nest is parallelized over its
+leading spatial loops; nothing is left single-threaded where there is work to share.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .common import (
+    MIN_PARALLEL_ELEMS,
+    extent,
+    inline_all,
+    is_reduction,
+    loop_kinds,
+    parallel_outer,
+    root_blocks,
+    vectorize_inner,
+)
+from .injective import schedule_spatial_block
+from .target_info import CPUInfo
+
+
+def _leading_s(kinds: list[str]) -> int:
+    n = 0
+    for k in kinds:
+        if k != "S":
+            break
+        n += 1
+    return n
+
+
+def _unroll_reduction(sch, block, lanes):
+    loops = sch.get_loops(block)
+    ext = extent(sch, loops[-1]) if loops else None
+    if ext is None or ext <= lanes:
+        return
+    _, inner = sch.split(loops[-1], [None, lanes])
+    sch.annotate(inner, "pragma_auto_unroll_max_step", lanes)
+    sch.annotate(inner, "pragma_unroll_explicit", 1)
+
+
+def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo):
+    """Returns ``(schedule, reason)``; schedule is None when the rule does not apply."""
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    if not any(is_reduction(sch, b) for b in blocks):
+        return None, "no reduction block"
+    lanes = cpu.lanes(32)
+    try:
+        out = _row_form(s_tir.Schedule(func), lanes)
+        if out is not None:
+            return out
+    except Exception as err:  # noqa: BLE001 - fall through to the generic form
+        reason = f"row form failed ({type(err).__name__})"
+    else:
+        reason = "no common row axes"
+    inline_all(sch)
+    for b in root_blocks(sch):
+        kinds = loop_kinds(sch, b)
+        if kinds is None:
+            continue
+        if is_reduction(sch, b):
+            lead = _leading_s(kinds)
+            parallel_outer(sch, b, kinds, keep_inner=max(0, len(kinds) - lead))
+            _unroll_reduction(sch, b, lanes)
+        else:
+            schedule_spatial_block(sch, b, lanes)
+    return sch, f"reduction (generic: {reason}): parallel leading spatial loops"
+
+
+def _row_form(sch: s_tir.Schedule, lanes: int):
+    inline_all(sch)
+    blocks = root_blocks(sch)
+    if len(blocks) < 2:
+        return None
+    kinds = [loop_kinds(sch, b) for b in blocks]
+    if any(k is None for k in kinds) or is_reduction(sch, blocks[-1]):
+        return None
+    rows = min(_leading_s(k) for k in kinds)
+    if rows == 0:
+        return None
+    # the row loops must be the same axes in every nest (same extents)
+    ext0 = [extent(sch, lp) for lp in sch.get_loops(blocks[-1])[:rows]]
+    for b in blocks[:-1]:
+        if [extent(sch, lp) for lp in sch.get_loops(b)[:rows]] != ext0:
+            return None
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
+    total = 1
+    for lp in sch.get_loops(last):
+        total *= extent(sch, lp) or 1
+    if total >= MIN_PARALLEL_ELEMS:
+        sch.parallel(row)
+    vectorize_inner(sch, last, lanes)
+    for b in reversed(blocks[:-1]):
+        sch.compute_at(b, row, preserve_unit_loops=True)
+    for b in blocks[:-1]:
+        if is_reduction(sch, b):
+            _unroll_reduction(sch, b, lanes)
+        else:
+            vectorize_inner(sch, b, lanes)
+    return sch, f"reduction (row form: {len(blocks)} nests under {rows} fused row axes)"
