@@ -34,11 +34,15 @@ from ..options import Options
 from . import matmul as mm
 from .conv2d import schedule_conv2d
 from .injective import schedule_injective
-from .measure import can_measure, time_func
+from .measure import can_measure, time_funcs
 from .reduction import schedule_reduction
 from .target_info import CPUInfo, cpu_info
 
 log = logging.getLogger("fluidml_tvm.schedules")
+
+# Kernels smaller than this (2*64^3 FLOPs) take the analytic first choice: measuring them costs
+# more compile time than any choice could save at run time.
+MEASURE_MIN_FLOPS = 2 * 64**3
 
 
 @dataclass
@@ -181,20 +185,22 @@ class FluidMLSchedule:
             if hit is not None:
                 chosen = mm.MatmulConfig.from_dict(hit[0])
                 seconds = hit[1]
-        if chosen is None and measure_ok and len(cands) > 1:
-            best = None
-            for i, cfg in enumerate(cands):
+        worth = match.flops() >= MEASURE_MIN_FLOPS
+        if chosen is None and measure_ok and worth and len(cands) > 1:
+            built = []
+            for cfg in cands:
                 try:
-                    sch = mm.apply(func, match, cfg, cpu, pack_param)
-                    t = time_func(sch.mod["main"], target)
-                except Exception as err:  # noqa: BLE001 - a candidate that does not build
+                    built.append((cfg, mm.apply(func, match, cfg, cpu, pack_param).mod["main"]))
+                except Exception as err:  # noqa: BLE001 - a candidate that does not apply
                     log.info("%s: candidate %s failed: %s", name, cfg.describe(), err)
+            log.info("measuring %s: %d candidates", name, len(built))
+            times = time_funcs([f for _, f in built], target) if built else []
+            best = None
+            for (cfg, _), t in zip(built, times):
+                if t is None:
                     continue
                 measured += 1
-                log.info(
-                    "measuring %s [%d/%d] %s: %.1f GFLOP/s",
-                    name, i + 1, len(cands), cfg.describe(), match.flops() / t / 1e9,
-                )
+                log.info("  %s %s: %.1f GFLOP/s", name, cfg.describe(), match.flops() / t / 1e9)
                 if db is not None:
                     db.record(tkey, "matmul", workload, cfg.to_dict(), t, match.flops())
                 if best is None or t < best[1]:

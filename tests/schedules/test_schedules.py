@@ -1,0 +1,321 @@
+"""FluidMLSchedule: every PrimFunc scheduled, numerics vs ONNX Runtime, the measurement cache,
+per-target vector widths. Tiny shapes, few trials, a temporary cache: well under two minutes."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import pytest  # noqa: E402
+import tvm  # noqa: E402
+from onnx import TensorProto as TP  # noqa: E402
+from onnx import helper as h  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+from tvm import relax, te  # noqa: E402
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: E402
+from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+
+from fluidml_tvm import pipeline  # noqa: E402
+from fluidml_tvm.costdb import CostDB  # noqa: E402
+from fluidml_tvm.options import Options  # noqa: E402
+from fluidml_tvm.schedules import FluidMLSchedule, cpu_info, host_target  # noqa: E402
+from fluidml_tvm.schedules import matmul as mm  # noqa: E402
+from fluidml_tvm.schedules.fluidml_schedule import pack_array  # noqa: E402
+
+TARGET = host_target()
+
+
+# ---- models ---------------------------------------------------------------------------------
+def _model(nodes, inputs, outputs, inits):
+    g = h.make_graph(nodes, "g", inputs, outputs, inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def bert_layer(S=16, H=32, heads=2, F=64, seed=0):
+    """One BERT encoder layer: QKV projections, attention, output projection, LayerNorm, GELU
+    FFN, residuals - the kernels a BERT compile produces, at a tiny size."""
+    rng = np.random.default_rng(seed)
+    D = H // heads
+    init = []
+
+    def w(name, *shape):
+        init.append(nh.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name))
+        return name
+
+    def c(name, arr):
+        init.append(nh.from_array(np.asarray(arr), name))
+        return name
+
+    n = [h.make_node("MatMul", ["x", w("wq", H, H)], ["q0"]),
+         h.make_node("Add", ["q0", w("bq", H)], ["q1"]),
+         h.make_node("MatMul", ["x", w("wk", H, H)], ["k0"]),
+         h.make_node("Add", ["k0", w("bk", H)], ["k1"]),
+         h.make_node("MatMul", ["x", w("wv", H, H)], ["v0"]),
+         h.make_node("Add", ["v0", w("bv", H)], ["v1"])]
+    c("shp", np.array([1, S, heads, D], np.int64))
+    for t in "qkv":
+        n.append(h.make_node("Reshape", [f"{t}1", "shp"], [f"{t}2"]))
+    n += [h.make_node("Transpose", ["q2"], ["q3"], perm=[0, 2, 1, 3]),
+          h.make_node("Transpose", ["k2"], ["k3"], perm=[0, 2, 3, 1]),
+          h.make_node("Transpose", ["v2"], ["v3"], perm=[0, 2, 1, 3]),
+          h.make_node("MatMul", ["q3", "k3"], ["s0"]),
+          h.make_node("Mul", ["s0", c("scale", np.array(1 / np.sqrt(D), np.float32))], ["s1"]),
+          h.make_node("Softmax", ["s1"], ["p"], axis=-1),
+          h.make_node("MatMul", ["p", "v3"], ["o0"]),
+          h.make_node("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+          h.make_node("Reshape", ["o1", c("shp2", np.array([1, S, H], np.int64))], ["o2"]),
+          h.make_node("MatMul", ["o2", w("wo", H, H)], ["o3"]),
+          h.make_node("Add", ["o3", w("bo", H)], ["o4"]),
+          h.make_node("Add", ["o4", "x"], ["r1"]),
+          h.make_node("LayerNormalization", ["r1", w("ln1g", H), w("ln1b", H)], ["l1"],
+                      axis=-1, epsilon=1e-5),
+          h.make_node("MatMul", ["l1", w("w1", H, F)], ["f0"]),
+          h.make_node("Add", ["f0", w("bf1", F)], ["f1"]),
+          h.make_node("Mul", ["f1", c("isq2", np.array(1 / np.sqrt(2), np.float32))], ["g0"]),
+          h.make_node("Erf", ["g0"], ["g1"]),
+          h.make_node("Add", ["g1", c("one", np.array(1, np.float32))], ["g2"]),
+          h.make_node("Mul", ["f1", "g2"], ["g3"]),
+          h.make_node("Mul", ["g3", c("half", np.array(0.5, np.float32))], ["g4"]),
+          h.make_node("MatMul", ["g4", w("w2", F, H)], ["f2"]),
+          h.make_node("Add", ["f2", w("bf2", H)], ["f3"]),
+          h.make_node("Add", ["f3", "l1"], ["r2"]),
+          h.make_node("LayerNormalization", ["r2", w("ln2g", H), w("ln2b", H)], ["y"],
+                      axis=-1, epsilon=1e-5)]
+    return _model(n, [h.make_tensor_value_info("x", TP.FLOAT, [1, S, H])],
+                  [h.make_tensor_value_info("y", TP.FLOAT, [1, S, H])], init)
+
+
+def gemm_model(M=32, N=48, K=40, trans_b=1, act="Relu", seed=0):
+    """Gemm with transB (the NT form of a dense layer) and an activation epilogue."""
+    rng = np.random.default_rng(seed)
+    wshape = (N, K) if trans_b else (K, N)
+    init = [nh.from_array(rng.standard_normal(wshape).astype(np.float32), "w"),
+            nh.from_array(rng.standard_normal(N).astype(np.float32), "b")]
+    n = [h.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b),
+         h.make_node(act, ["g"], ["y"])]
+    return _model(n, [h.make_tensor_value_info("x", TP.FLOAT, [M, K])],
+                  [h.make_tensor_value_info("y", TP.FLOAT, [M, N])], init)
+
+
+def two_input_matmul(B=2, M=16, N=24, K=8, trans_b=True):
+    """Batch matmul of two activations, B given transposed (attention's Q @ K^T)."""
+    n = [h.make_node("Transpose", ["b"], ["bt"], perm=[0, 2, 1])] if trans_b else []
+    n.append(h.make_node("MatMul", ["a", "bt" if trans_b else "b"], ["y"]))
+    bshape = [B, N, K] if trans_b else [B, K, N]
+    return _model(n, [h.make_tensor_value_info("a", TP.FLOAT, [B, M, K]),
+                      h.make_tensor_value_info("b", TP.FLOAT, bshape)],
+                  [h.make_tensor_value_info("y", TP.FLOAT, [B, M, N])], [])
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _run_ort(model, feeds):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _compile_run(model, feeds, options, target=TARGET):
+    mod = from_onnx(model, keep_params_in_input=False)
+    ex = tvm.compile(mod, target, relax_pipeline=pipeline.get_pipeline(target, options))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()]).numpy()
+
+
+def _fused(model, target=TARGET):
+    """The module right after FuseTIR (what the schedule slot sees)."""
+    mod = from_onnx(model, keep_params_in_input=False)
+    seq = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
+
+
+def _schedule(model, tmp_path, trials=2, target=TARGET):
+    mod = _fused(model, target)
+    p = FluidMLSchedule(target, Options(tune_trials=trials, cache_dir=str(tmp_path)))
+    with target:
+        out = p(mod)
+    return out, {d.kernel: d for d in p.decisions}
+
+
+def _opts(tmp_path, **kw):
+    return Options(layout=False, memory=False, tune_trials=kw.pop("tune_trials", 2),
+                   cache_dir=str(tmp_path), **kw)
+
+
+# ---- numerics vs ONNX Runtime ----------------------------------------------------------------
+def test_bert_layer_matches_ort_and_every_kernel_is_scheduled(tmp_path):
+    model = bert_layer()
+    x = np.random.default_rng(1).standard_normal((1, 16, 32)).astype(np.float32)
+    out = _compile_run(model, {"x": x}, _opts(tmp_path))
+    np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    _, dec = _schedule(model, tmp_path)
+    assert all(d.rule != "none" for d in dec.values()), [str(d) for d in dec.values()]
+    rules = {k: d.rule for k, d in dec.items()}
+    # the 6 matmuls (4 projections / FFN with bias, GELU or residual epilogues, 2 attention)
+    assert sum(r == "matmul" for r in rules.values()) == len([k for k in rules if "matmul" in k])
+    assert rules["softmax"] == "reduction" and rules["layer_norm"] == "reduction"
+    assert any(r == "injective" for r in rules.values())
+
+
+@pytest.mark.parametrize("trans_b,act", [(1, "Relu"), (0, "Sigmoid")])
+def test_gemm_epilogue_matches_ort(tmp_path, trans_b, act):
+    model = gemm_model(trans_b=trans_b, act=act)
+    x = np.random.default_rng(2).standard_normal((32, 40)).astype(np.float32)
+    out = _compile_run(model, {"x": x}, _opts(tmp_path))
+    np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    _, dec = _schedule(model, tmp_path)
+    assert [d.rule for d in dec.values() if "matmul" in d.kernel] == ["matmul"]
+
+
+@pytest.mark.parametrize("trans_b", [True, False])
+def test_batch_matmul_of_activations(tmp_path, trans_b):
+    model = two_input_matmul(trans_b=trans_b)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 16, 8)).astype(np.float32)
+    b = rng.standard_normal((2, 24, 8) if trans_b else (2, 8, 24)).astype(np.float32)
+    out = _compile_run(model, {"a": a, "b": b}, _opts(tmp_path))
+    np.testing.assert_allclose(out, _run_ort(model, {"a": a, "b": b}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["NN", "NT", "TN"])
+def test_matmul_forms_standalone(form):
+    """NT/TN operand orders (B[j,k], A[k,i]) are matched as matmuls and computed right."""
+    M, N, K, B = 16, 32, 24, 2
+    a_shape = (B, M, K) if form != "TN" else (B, K, M)
+    b_shape = (B, N, K) if form == "NT" else (B, K, N)
+    A = te.placeholder(a_shape, name="A")
+    Bt = te.placeholder(b_shape, name="B")
+    k = te.reduce_axis((0, K), name="k")
+
+    def body(b, i, j):
+        av = A[b, i, k] if form != "TN" else A[b, k, i]
+        bv = Bt[b, j, k] if form == "NT" else Bt[b, k, j]
+        return te.sum(av * bv, axis=k)
+
+    C = te.compute((B, M, N), body, name="C")
+    func = te.create_prim_func([A, Bt, C])
+    match, why = mm.analyze(func)
+    assert match is not None, why
+    assert (match.batch, match.m, match.n, match.k) == (B, M, N, K)
+    cpu = cpu_info(TARGET)
+    cfg = mm.candidates(match, cpu, 1)[0]
+    sch = mm.apply(func, match, cfg, cpu, pack_param=False)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(a_shape).astype("f4"), rng.standard_normal(b_shape).astype("f4")
+    c = tvm.runtime.tensor(np.zeros((B, M, N), "f4"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    a2 = a if form != "TN" else a.transpose(0, 2, 1)
+    b2 = b if form != "NT" else b.transpose(0, 2, 1)
+    np.testing.assert_allclose(c.numpy(), a2 @ b2, rtol=1e-4, atol=1e-4)
+
+
+def test_pack_array_matches_index_map():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 32)).astype("f4")  # [K, N]
+    p = pack_array(w, ("k", "n"), 16)
+    assert p.shape == (2, 6, 16)
+    for k in range(6):
+        for n in range(32):
+            assert p[n // 16, k, n % 16] == w[k, n]
+    wt = np.ascontiguousarray(w.T)  # [N, K]
+    np.testing.assert_array_equal(pack_array(wt, ("n", "k"), 16), p)
+
+
+# ---- measurement cache ------------------------------------------------------------------------
+def test_second_compile_measures_nothing(tmp_path):
+    model = gemm_model(M=64, N=64, K=128, trans_b=0)  # 1 MFLOP: above the measuring threshold
+    _, dec = _schedule(model, tmp_path, trials=3)
+    (first,) = [d for d in dec.values() if d.rule == "matmul"]
+    assert first.measured >= 2 and first.seconds > 0
+    n = CostDB(str(tmp_path)).count()
+    assert n == first.measured
+    _, dec2 = _schedule(model, tmp_path, trials=3)
+    (second,) = [d for d in dec2.values() if d.rule == "matmul"]
+    assert second.measured == 0 and "cached" in second.reason
+    assert second.config == first.config
+    assert CostDB(str(tmp_path)).count() == n
+
+
+def test_analytic_cost_measures_nothing(tmp_path):
+    model = gemm_model(M=64, N=64, K=128, trans_b=0)
+    mod = _fused(model)
+    p = FluidMLSchedule(TARGET, Options(cost="analytic", cache_dir=str(tmp_path)))
+    with TARGET:
+        p(mod)
+    assert all(d.measured == 0 for d in p.decisions)
+    assert not os.path.exists(os.path.join(tmp_path, CostDB.FILENAME))
+
+
+# ---- fallbacks and reporting ----------------------------------------------------------------
+def test_elementwise_kernel_is_parallel_and_vectorized(tmp_path):
+    n = [h.make_node("Add", ["a", "b"], ["s"]), h.make_node("Relu", ["s"], ["y"])]
+    vi = [h.make_tensor_value_info(x, TP.FLOAT, [64, 256]) for x in ("a", "b")]
+    model = _model(n, vi, [h.make_tensor_value_info("y", TP.FLOAT, [64, 256])], [])
+    out, dec = _schedule(model, tmp_path)
+    (d,) = dec.values()
+    assert d.rule == "injective"
+    text = [f for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)][0].script()
+    assert "T.parallel" in text and "T.vectorized" in text
+
+
+def test_unmatched_kernel_is_reported_by_name():
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def opaque(a: T.handle):
+        A = T.match_buffer(a, (4,), "float32")
+        for i in range(4):
+            A[i] = T.float32(0)
+
+    mod = tvm.IRModule({"opaque_kernel": opaque})
+    p = FluidMLSchedule(TARGET, Options(cost="analytic"))
+    with pytest.warns(UserWarning, match="opaque_kernel"):
+        with TARGET:
+            p(mod)
+    assert p.decisions[0].rule == "none"
+
+
+# ---- per-target attributes --------------------------------------------------------------------
+def test_vector_width_comes_from_the_target_not_the_host():
+    avx512 = cpu_info({"kind": "llvm", "mcpu": "skylake-avx512"})
+    avx2 = cpu_info({"kind": "llvm", "mcpu": "haswell"})
+    neon = cpu_info({"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu",
+                     "mattr": ["+neon"]})
+    assert (avx512.isa, avx512.lanes(), avx512.vector_registers) == ("avx512", 16, 32)
+    assert (avx2.isa, avx2.lanes(), avx2.vector_registers) == ("avx2", 8, 16)
+    assert (neon.isa, neon.lanes(), neon.vector_registers) == ("neon", 4, 32)
+    match, _ = mm.analyze(_matmul_func(128, 96, 64))
+    for cpu in (avx512, avx2, neon):
+        for cfg in mm.candidates(match, cpu, 8):
+            assert cfg.mr * cfg.nv + 2 <= cpu.vector_registers
+            assert 96 % (cfg.nv * cpu.lanes()) == 0
+
+
+def test_aarch64_target_schedules_and_builds(tmp_path):
+    """A board target is scheduled from its own attributes (NEON, 4 lanes) and cross-built;
+    it cannot be measured here, so the analytic choice is used."""
+    target = tvm.target.Target("raspberry-pi/4b-aarch64")
+    mod = _fused(gemm_model(M=32, N=32, K=32, trans_b=0), target)
+    p = FluidMLSchedule(target, Options(tune_trials=4, cache_dir=str(tmp_path)))
+    with target:
+        out = p(mod)
+    dec = [d for d in p.decisions if d.rule == "matmul"]
+    assert dec and dec[0].measured == 0 and dec[0].config["nv"] * 4 <= 32
+    ex = tvm.compile(out, target, relax_pipeline=relax.get_pipeline("default"))
+    assert ex is not None
+
+
+def _matmul_func(M, N, K):
+    A = te.placeholder((M, K), name="A")
+    B = te.placeholder((K, N), name="B")
+    k = te.reduce_axis((0, K), name="k")
+    C = te.compute((M, N), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
+    return te.create_prim_func([A, B, C])
