@@ -42,6 +42,7 @@ Examples
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17; every ONNX Runtime >= 1.10 loads it
 INT64_MAX = np.iinfo(np.int64).max
+_PROTOBUF_LIMIT = 2**31 - 1
 
 MODELS: dict[str, str] = {
     "bert": "BERT encoder: token+position+segment embeddings, LayerNorm, multi-head attention "
@@ -667,9 +669,17 @@ def build(name: str, size: str = "tiny", seed: int = 0, dynamic: bool = False) -
 
 
 def save(name: str, path: str, size: str = "tiny", seed: int = 0, dynamic: bool = False) -> str:
-    """Build a zoo model and write it to ``path`` (one file; no model here reaches 2 GB)."""
+    """Build a zoo model and write it to ``path``; returns ``path``.
+
+    One self-contained file: the largest model here (VGG-16, ~553 MB) is far below protobuf's 2 GB
+    limit. Should a model ever exceed it, the weights go to ``path + ".data"`` (external data).
+    """
     model = build(name, size=size, seed=seed, dynamic=dynamic)
-    onnx.save(model, path)
+    if model.ByteSize() >= _PROTOBUF_LIMIT:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=os.path.basename(path) + ".data")
+    else:
+        onnx.save(model, path)
     return path
 
 
