@@ -57,6 +57,42 @@ def _add_run(sub):
                    help="print the N largest values of each output")
     p.add_argument("--num-threads", type=int, default=None,
                    help="runtime threads (default: TVM_NUM_THREADS, else all cores)")
+    p.add_argument("--profile", type=int, nargs="?", const=20, default=None, metavar="N",
+                   help="print per-kernel timings (the N slowest, default 20); remotely this "
+                        "needs 'fluidml-tvm rpc-server' on the board")
+    r = p.add_argument_group("remote run over TVM RPC (the library runs and is timed on the board)")
+    r.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                   help="RPC tracker to get a board from (with --rpc-key)")
+    r.add_argument("--rpc-key", default=None, metavar="KEY",
+                   help="key the board registered with at the tracker (e.g. rasp4b)")
+    r.add_argument("--rpc-server", default=None, metavar="HOST:PORT",
+                   help="RPC server to use directly, without a tracker")
+    r.add_argument("--rpc-session-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="the server ends the session after this long (default 600; 0: never)")
+    r.add_argument("--rpc-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for a free board (default 60)")
+
+
+def _add_rpc_server(sub):
+    p = sub.add_parser("rpc-server", help="serve this machine to 'run --rpc-tracker/--rpc-server'",
+                       description="Start a TVM RPC server (tvm.rpc.Server) that also offers "
+                                   "per-kernel timings. On a board with only the TVM runtime, "
+                                   "'python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090 "
+                                   "[--tracker HOST:PORT --key KEY]' serves as well, without "
+                                   "per-kernel timings.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 on a board that the "
+                        "workstation must reach)")
+    p.add_argument("--port", type=int, default=9090, help="first port to try (default 9090)")
+    p.add_argument("--port-end", type=int, default=9199, help="last port to try (default 9199)")
+    p.add_argument("--tracker", default=None, metavar="HOST:PORT",
+                   help="register with this RPC tracker (needs --key)")
+    p.add_argument("--key", default="", help="device key at the tracker (e.g. rasp4b)")
+    p.add_argument("--custom-addr", default=None,
+                   help="address the tracker gives clients for this server (default: as seen "
+                        "by the tracker)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="TVM_NUM_THREADS for the sessions (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_compile(sub)
     _add_run(sub)
+    _add_rpc_server(sub)
     sub.add_parser("targets", help="list the target presets")
+    _add_benchmark(sub)
     return parser
+
+
+def _add_benchmark(sub):
+    p = sub.add_parser(
+        "benchmark", help="compare fluidml, stock TVM and ONNX Runtime on models",
+        description="Latency, compile time and memory of each engine, each in its own process "
+                    "(method: benchmarks/README.md). Writes JSON, a markdown table and plots.")
+    p.add_argument("models", nargs="+", help="MODEL.onnx or zoo:NAME[:tiny|full]")
+    p.add_argument("--engines", default="fluidml,tvm,ort",
+                   help="comma-separated subset of fluidml,tvm,ort (default: all three)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for every engine (default: all cores)")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs per process (default 10)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds, one fresh process per engine each (default 3)")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="seconds of timed runs per process before it stops early (default 20)")
+    p.add_argument("--input-shapes", default=None, help="as for compile (for .onnx models)")
+    p.add_argument("--out", default="benchmarks/results", help="output directory")
+    p.add_argument("--name", default=None, help="file stem (default: DATE-HOST)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -129,7 +188,16 @@ def cmd_run(args) -> int:
 
     if args.repeat < 1 or args.number < 1:
         raise FluidMLError("--repeat and --number must be >= 1")
-    model = load(args.library, num_threads=args.num_threads)
+    remote = bool(args.rpc_tracker or args.rpc_server)
+    if remote:
+        from .rpc import load_for_cli
+
+        model = load_for_cli(args)
+    else:
+        from .cross import check_loadable
+
+        check_loadable(args.library)
+        model = load(args.library, num_threads=args.num_threads)
     inputs = model.random_inputs(args.fill_mode)
     given = _load_inputs(args.inputs)
     unknown = [k for k in given if k not in inputs]
@@ -157,6 +225,13 @@ def cmd_run(args) -> int:
         print(" mean (ms)   median (ms)    max (ms)     min (ms)     std (ms)")
         print(f"{times.mean():10.4f}    {np.median(times):10.4f}    {times.max():10.4f}   "
               f"{times.min():10.4f}   {times.std():10.4f}")
+    if args.profile:
+        from . import rpc
+
+        rows = model.kernel_times(inputs, number=args.number) if remote \
+            else rpc.local_kernel_times(model, inputs, number=args.number)
+        print(f"Per-kernel times (summed over {args.number} run(s)):")
+        print(rpc.format_kernel_table(rows, args.profile))
     if not args.outputs and not args.print_top and not args.print_time:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, "
@@ -171,7 +246,38 @@ def cmd_targets(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "targets": cmd_targets}
+def cmd_rpc_server(args) -> int:
+    from .rpc import serve_forever
+
+    return serve_forever(args.host, args.port, args.port_end, args.tracker, args.key,
+                         args.num_threads, args.custom_addr)
+
+
+def cmd_benchmark(args) -> int:
+    from . import bench
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in bench.ENGINES]
+    if bad or not engines:
+        raise FluidMLError(f"--engines takes a subset of {','.join(bench.ENGINES)}, got "
+                           f"{args.engines!r}")
+    if args.threads < 1 or args.repeat < 1 or args.rounds < 1:
+        raise FluidMLError("--threads, --repeat and --rounds must be >= 1")
+    for m in args.models:
+        if not m.startswith("zoo:") and not os.path.exists(m):
+            raise FluidMLError(f"model file not found: {m}")
+    result = bench.run_suite(args.models, engines, args.threads, args.repeat, args.rounds,
+                             args.budget, outdir=args.out, stem=args.name,
+                             log=lambda m: print(m, file=sys.stderr, flush=True),
+                             plot=not args.no_plots, input_shapes=args.input_shapes)
+    with open(result["files"][1], encoding="utf-8") as f:
+        print(f.read())
+    print("wrote " + ", ".join(result["files"]), file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "targets": cmd_targets,
+            "rpc-server": cmd_rpc_server, "benchmark": cmd_benchmark}
 
 
 def main(argv=None) -> int:
