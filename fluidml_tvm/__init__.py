@@ -22,11 +22,11 @@ def compile(model, target="x86", input_shapes=None, options=None, **kwargs):  # 
     return _compile(model, target=target, input_shapes=input_shapes, options=options, **kwargs)
 
 
-def load(path, device=None, num_threads=None):
+def load(path, device=None, num_threads=None, memory_cfg=None):
     """Load a library written by ``compile(...).export(path)``; see :func:`fluidml_tvm.runtime.load`."""
     from .runtime import load as _load
 
-    return _load(path, device=device, num_threads=num_threads)
+    return _load(path, device=device, num_threads=num_threads, memory_cfg=memory_cfg)
 
 
 __all__ = ["FluidMLError", "Options", "compile", "load", "__version__"]

@@ -39,6 +39,8 @@ class CompiledModel:
     source: str
     cross_compiler: str | None = None
     planned_memory: dict | None = None
+    memory_bound: dict | None = None
+    memory_timeline: list | None = None
     pass_times: dict = field(default_factory=dict)
     compile_seconds: float = 0.0
     folding: str = ""
@@ -55,6 +57,7 @@ class CompiledModel:
             "options": self.options.to_dict(),
             "pipeline": self.options.describe(),
             "planned_memory_bytes": self.planned_memory,
+            "live_set_lower_bound_bytes": self.memory_bound,
             "compile_seconds": round(self.compile_seconds, 3),
             "shape_folding": self.folding,
         }
@@ -202,9 +205,14 @@ def compile(  # noqa: A001
             from err
     if printer is not None and not printer.seen:
         say(f"warning: --print-ir-after: no pass named {', '.join(printer.names)} ran")
-    planned = None
+    planned = bound = timeline = None
     if capture.mod is not None:
-        planned = _planned_bytes(capture.mod)
+        from .passes import memory_analysis
+
+        planned = memory_analysis.planned_bytes(capture.mod)
+        # The bound of the binding order the planner emitted (it may have reordered).
+        bound = memory_analysis.live_set_lower_bound(capture.mod)
+        timeline = memory_analysis.memory_timeline(capture.mod, "main")
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
     if timing:
@@ -212,12 +220,6 @@ def compile(  # noqa: A001
     return CompiledModel(
         executable=ex, target=tgt, inputs=imported.inputs, outputs=imported.outputs,
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
+        memory_bound=bound, memory_timeline=timeline,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
-
-
-def _planned_bytes(mod) -> dict:
-    """Bytes of every ``alloc_storage`` per Relax function, right after the memory planner."""
-    from .passes.memory_analysis import planned_bytes
-
-    return planned_bytes(mod)

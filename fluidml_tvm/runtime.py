@@ -56,11 +56,11 @@ class Model:
     @classmethod
     def from_executable(cls, executable, metadata, device=None, num_threads=None):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         n = set_num_threads(num_threads)
         device = device or tvm.cpu()
-        return cls(relax.VirtualMachine(executable, device), device, metadata, n)
+        return cls(VirtualMachine(executable, device), device, metadata, n)
 
     # ---- inputs ---------------------------------------------------------------------------------
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
@@ -138,15 +138,19 @@ def _flatten(result) -> list:
     return out
 
 
-def load(path: str, device=None, num_threads: int | None = None) -> Model:
-    """Load ``path`` (a library from :meth:`CompiledModel.export`) with its metadata."""
+def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None) -> Model:
+    """Load ``path`` (a library from :meth:`CompiledModel.export`) with its metadata.
+
+    ``memory_cfg="naive"`` makes the VM free each buffer at once instead of pooling it (used to
+    measure peak activation memory); the default pools.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FluidMLError(f"library not found: {path}")
     meta = read_metadata(path)
     n = set_num_threads(num_threads)
-    import tvm
-    from tvm import relax
+    import tvm  # with TVM_USE_RUNTIME_LIB=1 this is the runtime alone (what a board has)
+    from tvm.runtime.vm import VirtualMachine
 
     try:
         lib = tvm.runtime.load_module(os.path.abspath(path))
@@ -155,4 +159,4 @@ def load(path: str, device=None, num_threads: int | None = None) -> Model:
         reason = lines[-1] if lines else type(err).__name__
         raise FluidMLError(f"cannot load {path}: {reason}") from None
     device = device or tvm.cpu()
-    return Model(relax.VirtualMachine(lib, device), device, meta, n)
+    return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n)
