@@ -1,0 +1,63 @@
+"""The benchmark instrument on tiny models (CI runs the whole tiny zoo through it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from onnx_models import mlp
+
+import fluidml_tvm
+from fluidml_tvm import bench, zoo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_memory_numbers_match_the_hand_computation():
+    """benchmarks/README.md: MLP 32->64->48->16, batch 4: bound = 1024 + 768 bytes."""
+    for flag in ("fluidml=0", "fluidml=1"):
+        c = fluidml_tvm.compile(mlp(batch=4, sizes=(32, 64, 48, 16)), pass_config=[flag])
+        assert c.memory_bound == {"main": 1792}
+        assert c.planned_memory == {"main": 1792}
+
+
+def test_heap_and_rss_probes_see_allocations():
+    import numpy as np
+
+    before = bench.heap_bytes()
+    block = np.ones(8 * 2**20, dtype=np.uint8)  # 8 MB
+    assert bench.heap_bytes() - before >= 8 * 2**20
+    assert bench.peak_rss_bytes() >= block.nbytes
+
+
+def test_tiny_zoo_suite(tmp_path):
+    """All engines on every tiny zoo model: files written, outputs match ONNX Runtime."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run_zoo.py"), "--size", "tiny",
+         "--rounds", "1", "--repeat", "3", "--budget", "2", "--out", str(tmp_path),
+         "--name", "tiny"], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert [r["model"] for r in result["rows"]] == [f"{m}:tiny" for m in zoo.MODELS]
+    for row in result["rows"]:
+        for engine, m in row["engines"].items():
+            assert m["samples"] >= 1 and m["median_ms"] > 0, (row["model"], engine)
+            assert m["peak_rss_bytes"] > 0
+            assert m["max_abs_diff_vs_ort"] < 1e-3, (row["model"], engine, m)
+            if engine != "ort":
+                assert m["planned_bytes"] >= m["bound_bytes"] > 0
+                assert m["peak_activation_bytes"] > 0
+        assert set(row["ratios"]) == {"fluidml/ort", "fluidml/tvm", "tvm/ort"}
+    table = (tmp_path / "tiny.md").read_text()
+    assert "fluidml/ort" in table and "bert:tiny" in table
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "tiny-ratios.png").stat().st_size > 1000
+    assert (tmp_path / "tiny-bert_tiny-memory.png").stat().st_size > 1000
+
+
+def test_cli_benchmark_rejects_bad_engine(capsys):
+    from fluidml_tvm import cli
+
+    assert cli.main(["benchmark", "zoo:bert:tiny", "--engines", "fluidml,onnx"]) == 2
+    assert "--engines takes a subset" in capsys.readouterr().err
