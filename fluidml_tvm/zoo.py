@@ -20,12 +20,14 @@ Each has ``size="full"`` (the real architecture, whose :func:`param_count` match
 one) and ``size="tiny"`` (same graph structure, narrow and short: runs in milliseconds, for tests).
 ``bert`` and ``gpt-neox`` also take ``dynamic=True``: batch and sequence become symbolic dims and
 every Reshape target is computed at run time with ``Shape -> Gather -> Unsqueeze -> Concat``, as
-torch exports with ``dynamic_axes`` do; such a model needs shape folding before TVM can import it.
+torch exports with ``dynamic_axes`` do; they test shape folding (stock TVM 0.27's importer folds
+these chains itself when it is given the input shapes).
 
 Batch normalization is kept as ``BatchNormalization`` nodes (with random running statistics)
-instead of being folded into the convolution: that is what ``torch.onnx`` emits with
-``training=TrainingMode.PRESERVE`` or ``do_constant_folding=False``, and it leaves the folding to
-the compiler under test.
+instead of being folded into the convolution. Exporters differ here (``torch.onnx`` in eval mode
+usually folds it, ``training=TrainingMode.PRESERVE`` keeps it); explicit nodes leave the folding to
+the compiler under test. The last BN of each ResNet bottleneck has a small scale (0.2) so that the
+residual stream stays O(1) without trained statistics.
 
 Weights are drawn from ``numpy.random.default_rng(seed)`` with the usual initialisation scales
 (BERT/GPT: N(0, 0.02); convolutions and FC layers: He normal), so activations stay O(1) through
