@@ -405,9 +405,10 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
         rlib = session.remote.load_module(name)
     except Exception as err:  # noqa: BLE001
         built = cross.elf_machine(lib_path) or "an unknown machine"
+        reason = _last_line(err).split(" is false: ")[-1]
         raise FluidMLError(
-            f"{session.description} cannot load {name} (built for {built}): "
-            f"{_last_line(err)}; compile for the board's target (e.g. --target rasp4b)"
+            f"{session.description} cannot load {name}, built for {built} ({reason}); "
+            "compile it for the board's target (fluidml-tvm targets)"
         ) from None
     device = session.remote.cpu()
     try:
@@ -489,14 +490,23 @@ def start_server(host: str = "127.0.0.1", port: int = 9090, port_end: int = 9199
     tracker_addr = parse_address(tracker, "--tracker") if tracker else None
     if tracker_addr and not key:
         raise FluidMLError("a server registered with a tracker needs --key (e.g. rasp4b)")
+    # The server process inherits the environment when it starts: set the count only for it.
+    saved = os.environ.get("TVM_NUM_THREADS")
     os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
     try:
-        return rpc.Server(host=host, port=port, port_end=port_end, tracker_addr=tracker_addr,
-                          key=key, custom_addr=custom_addr, silent=silent,
-                          server_init_callback=_server_init)
+        server = rpc.Server(host=host, port=port, port_end=port_end, tracker_addr=tracker_addr,
+                            key=key, custom_addr=custom_addr, silent=silent,
+                            server_init_callback=_server_init)
     except Exception as err:  # noqa: BLE001 - e.g. no free port in the range
         raise FluidMLError(f"cannot start the RPC server on {host}:{port}-{port_end}: "
                            f"{_last_line(err)}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
+    server.num_threads = int(num_threads or os.cpu_count() or 1)
+    return server
 
 
 def stop_server(server) -> None:
@@ -547,8 +557,7 @@ def serve_forever(host: str, port: int, port_end: int, tracker: str | None, key:
     where = f"{host}:{server.port}"
     reg = f", registered at tracker {tracker} with key {key!r}" if tracker else ""
     print(f"[fluidml-tvm] RPC server listening on {where}{reg} "
-          f"(TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}); Ctrl-C stops it", file=sys.stderr,
-          flush=True)
+          f"(TVM_NUM_THREADS={server.num_threads}); Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
         while server.proc is not None and server.proc.is_alive():
             time.sleep(0.5)
