@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import tvm
 from tvm import relax
@@ -76,6 +77,7 @@ class TensorLife:
     device_index: int = 0
     storage: relax.Var | None = None
     offset: int | None = None
+    first_touch: int | None = None  # first binding that may read or write its bytes
 
     @property
     def start(self) -> int:
@@ -90,6 +92,8 @@ class FunctionLifetimes:
     bindings: list
     tensors: list[TensorLife] = field(default_factory=list)
     unsupported: str | None = None
+    uses: list[set] = field(default_factory=list)  # tensor ids each binding reads (any alias)
+    var_tensors: dict = field(default_factory=dict)  # Var -> tensor ids it may hold
 
     def intermediates(self) -> list[TensorLife]:
         return [t for t in self.tensors if t.escaped is None and t.nbytes is not None]
@@ -117,17 +121,20 @@ def _alloc_info(call) -> tuple:
     return static_shape(shape), str(dtype.value), 0, "global", storage, off
 
 
-def collect_lifetimes(mod: tvm.IRModule, gvar_or_name) -> FunctionLifetimes:
-    """Walk one Relax function and return every alloc_tensor's lifetime (see module docstring)."""
+def collect_lifetimes(mod: tvm.IRModule, gvar_or_name, func=None) -> FunctionLifetimes:
+    """Walk one Relax function and return every alloc_tensor's lifetime (see module docstring).
+
+    ``func`` overrides the function stored in ``mod`` under that name (a candidate rewrite).
+    """
     gvar = mod.get_global_var(gvar_or_name) if isinstance(gvar_or_name, str) else gvar_or_name
-    func = mod[gvar]
+    func = mod[gvar] if func is None else func
     name = gvar.name_hint
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         return FunctionLifetimes(name, [], unsupported="function body is not a SeqExpr")
     bindings = [b for block in body.blocks for b in block.bindings]
     out = FunctionLifetimes(name, bindings)
-    alias: dict = {}  # Var -> set of tensor ids it may refer to
+    alias: dict = out.var_tensors  # Var -> set of tensor ids it may refer to
 
     def refs(expr) -> set:
         ids = set()
@@ -148,8 +155,12 @@ def collect_lifetimes(mod: tvm.IRModule, gvar_or_name) -> FunctionLifetimes:
             out.unsupported = f"control flow or nested function at binding {b.var.name}"
             return out
         used = refs(value)
+        out.uses.append(used)
+        touches = _touches(value)
         for t in used:
             out.tensors[t].end = max(out.tensors[t].end, i)
+            if touches and out.tensors[t].first_touch is None:
+                out.tensors[t].first_touch = i
         if isinstance(value, relax.Call) and (
             value.op.same_as(BUILTIN_ALLOC) or value.op.same_as(MEM_ALLOC_TENSOR)
         ):
@@ -184,6 +195,40 @@ def collect_lifetimes(mod: tvm.IRModule, gvar_or_name) -> FunctionLifetimes:
     return out
 
 
+def _touches(value) -> bool:
+    if isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem)):
+        return False
+    return not (isinstance(value, relax.Call) and any(value.op.same_as(v) for v in VIEW_OPS))
+
+
+def merge_handovers(tensors) -> list:
+    """Intervals of planned tensors, counting an in-place handover once.
+
+    Two planned tensors at the same storage, offset and size where one is last used by the very
+    binding that first touches the other (a kernel writing its output over a dying input) are one
+    buffer. Returns objects with ``start``, ``end``, ``nbytes``.
+    """
+    plain = [
+        SimpleNamespace(start=t.start, end=t.end, nbytes=t.nbytes)
+        for t in tensors
+        if t.kind != "planned"
+    ]
+    groups: dict = {}
+    for t in tensors:
+        if t.kind == "planned":
+            groups.setdefault((t.storage, t.offset, t.nbytes), []).append(t)
+    for ts in groups.values():
+        ts.sort(key=lambda t: t.start)
+        cur = None
+        for t in ts:
+            if cur is not None and cur.end >= t.start and cur.end == t.first_touch:
+                cur.end = max(cur.end, t.end)
+                continue
+            cur = SimpleNamespace(start=t.start, end=t.end, nbytes=t.nbytes)
+            plain.append(cur)
+    return plain
+
+
 def _prod(xs) -> int:
     p = 1
     for x in xs:
@@ -211,21 +256,22 @@ def live_bytes_per_point(n_points: int, tensors) -> list[int]:
 def memory_timeline(mod: tvm.IRModule, func="main") -> list[int]:
     """Live intermediate bytes at every binding of ``func`` (before or after planning)."""
     life = collect_lifetimes(mod, func)
-    return live_bytes_per_point(len(life.bindings), life.intermediates())[: len(life.bindings)]
+    ts = merge_handovers(life.intermediates())
+    return live_bytes_per_point(len(life.bindings), ts)[: len(life.bindings)]
 
 
 def live_set_lower_bound(mod: tvm.IRModule) -> dict[str, int]:
     """Max over program points of the live intermediate bytes, per Relax function.
 
     Inputs, constants and escaping tensors (outputs) are excluded. No planner of this binding order
-    can use fewer bytes for the same intermediates.
+    can use fewer bytes for the same intermediates. In a planned module, a buffer that an
+    elementwise kernel overwrites in place counts once (:func:`merge_handovers`).
     """
     out = {}
     for gv in relax_functions(mod):
         life = collect_lifetimes(mod, gv)
-        out[gv.name_hint] = max(
-            live_bytes_per_point(len(life.bindings), life.intermediates()), default=0
-        )
+        ts = merge_handovers(life.intermediates())
+        out[gv.name_hint] = max(live_bytes_per_point(len(life.bindings), ts), default=0)
     return out
 
 

@@ -68,12 +68,18 @@ def _mentioned(expr) -> list:
 
 
 class _Tensor:
-    __slots__ = ("born", "dies", "name", "nbytes", "offset", "raw_users", "storage")
+    __slots__ = ("born", "dies", "first_use", "name", "nbytes", "offset", "raw_users", "storage")
 
     def __init__(self, name, storage, offset, nbytes, born):
         self.name, self.storage, self.offset, self.nbytes = name, storage, offset, nbytes
         self.born = self.dies = born
+        self.first_use = None
         self.raw_users: list[str] = []
+
+    @property
+    def start(self) -> int:
+        """Its bytes matter from the first binding that uses it (the alloc binding writes none)."""
+        return self.born if self.first_use is None else self.first_use
 
 
 def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list[str]:
@@ -85,6 +91,7 @@ def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list
     storages: dict = {}  # Var -> size in bytes (None: symbolic)
     tensors: list[_Tensor] = []
     derived: dict = {}  # Var -> set of tensor indices
+    kernel_args: dict = {}  # binding index of a kernel call -> tensors mentioned by each argument
 
     def is_kernel(op) -> bool:
         if isinstance(op, relax.ExternFunc):
@@ -101,6 +108,10 @@ def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list
         last = end if isinstance(value, (relax.If, relax.SeqExpr, relax.Function)) else step
         for t in mentioned:
             tensors[t].dies = max(tensors[t].dies, last)
+            if tensors[t].first_use is None and step > tensors[t].born and _touches(value):
+                tensors[t].first_use = step
+        if isinstance(value, relax.Call) and is_kernel(value.op):
+            kernel_args[step] = [_tensors_in(a, derived) for a in value.args]
         if _op_named(value, "relax.memory.alloc_storage"):
             dims = _ints(value.args[0])
             storages[b.var] = None if dims is None else _prod(dims)
@@ -158,13 +169,122 @@ def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list
             for c in group[i + 1 :]:
                 if c.offset >= a.offset + a.nbytes:
                     break
-                if a.born <= c.dies and c.born <= a.dies:
+                if a.start <= c.dies and c.start <= a.dies:
+                    if _handover_ok(mod, steps, kernel_args, tensors, a, c):
+                        continue
                     problems.append(
                         f"{name}: {a.name} [{a.offset}, {a.offset + a.nbytes}) live "
-                        f"{a.born}..{a.dies} overlaps {c.name} [{c.offset}, {c.offset + c.nbytes}) "
-                        f"live {c.born}..{c.dies}"
+                        f"{a.start}..{a.dies} overlaps {c.name} "
+                        f"[{c.offset}, {c.offset + c.nbytes}) live {c.start}..{c.dies}"
                     )
     return problems
+
+
+def _touches(value) -> bool:
+    """Whether a binding may read or write tensor bytes (views and renamings do not)."""
+    if isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem)):
+        return False
+    views = ("relax.memory.ensure_zero_offset", "relax.memory.view", "relax.reshape")
+    return not any(_op_named(value, n) for n in views)
+
+
+def _tensors_in(expr, derived) -> set:
+    out = set()
+    for v in _mentioned(expr):
+        out |= derived.get(v, set())
+    return out
+
+
+def _handover_ok(mod, steps, kernel_args, tensors, a: _Tensor, c: _Tensor) -> bool:
+    """An in-place handover: one kernel call reads one tensor for the last time and writes the
+    other first; both take the same bytes, each is one argument, the kernel is elementwise."""
+    old, new = (a, c) if a.dies == c.start else (c, a)
+    step = old.dies
+    if new.start != step or old.start >= step or step not in kernel_args:
+        return False
+    if (old.offset, old.nbytes) != (new.offset, new.nbytes):
+        return False
+    ia, ic = tensors.index(old), tensors.index(new)
+    args = kernel_args[step]
+    pos_old = [k for k, ts in enumerate(args) if ia in ts]
+    pos_new = [k for k, ts in enumerate(args) if ic in ts]
+    if len(pos_old) != 1 or len(pos_new) != 1 or len(args[pos_old[0]]) != 1:
+        return False
+    if len(args[pos_new[0]]) != 1:
+        return False
+    prim = mod[steps[step].value.op]
+    return _elementwise_overwrite(prim, pos_old[0], pos_new[0])
+
+
+def _fields(obj):
+    info = getattr(type(obj), "__tvm_ffi_type_info__", None)
+    if info is None:
+        return []
+    skip = {"span", "annotations", "reads", "writes", "ty", "alloc_buffers", "match_buffers"}
+    return [getattr(obj, f.name) for f in info.fields if f.name not in skip]
+
+
+def _elementwise_overwrite(prim, src: int, dst: int) -> bool:
+    """True if writing parameter ``dst`` over parameter ``src`` cannot change what is read.
+
+    Checked on the accesses themselves (every load of ``src``, every store to ``dst``), found by a
+    walk over all fields of the TensorIR: each happens in a data-parallel block without init whose
+    body is one store ``dst[v] = f(..., src[v], ...)`` at the block's own iteration point ``v``;
+    ``dst`` is never read and ``src`` never written.
+    """
+    if not isinstance(prim, tvm.tirx.PrimFunc):
+        return False
+    p_src, p_dst = prim.params[src], prim.params[dst]
+    if str(p_src.dtype) != str(p_dst.dtype):
+        return False
+    if [int(x) for x in p_src.shape] != [int(x) for x in p_dst.shape]:
+        return False
+    ok = {"flag": True, "loads": 0}
+    loaders, storers = set(), set()
+
+    def point(indices, block) -> bool:
+        ivs = [iv.var for iv in block.iter_vars]
+        return len(indices) == len(ivs) and all(i.same_as(v) for i, v in zip(indices, ivs))
+
+    def walk(obj, block):
+        if isinstance(obj, (str, int, float, bool)) or obj is None:
+            return
+        if isinstance(obj, tvm.s_tir.SBlock):
+            block = obj
+        if isinstance(obj, tvm.ir.expr.TensorLoad):
+            if obj.source.same_as(p_dst):
+                ok["flag"] = False
+            if obj.source.same_as(p_src):
+                ok["loads"] += 1
+                if block is None or not point(obj.indices, block):
+                    ok["flag"] = False
+                else:
+                    loaders.add(block)
+        if isinstance(obj, tvm.tirx.BufferStore):
+            if obj.buffer.same_as(p_src):
+                ok["flag"] = False
+            if obj.buffer.same_as(p_dst):
+                good = (
+                    block is not None
+                    and block.body.same_as(obj)
+                    and block.init is None
+                    and all(iv.iter_type == 0 for iv in block.iter_vars)
+                    and point(obj.indices, block)
+                )
+                if not good:
+                    ok["flag"] = False
+                else:
+                    storers.add(block)
+        if isinstance(obj, tvm.ir.expr.Var):
+            return
+        children = _fields(obj)
+        if not children and hasattr(obj, "__iter__") and not isinstance(obj, dict):
+            children = list(obj)
+        for ch in children:
+            walk(ch, block)
+
+    walk(prim.body, None)
+    return ok["flag"] and ok["loads"] > 0 and loaders <= storers
 
 
 def _raw_var(steps, t: _Tensor):
