@@ -1,7 +1,262 @@
-"""conv2d rule (placeholder until the direct-convolution schedule lands): not matched."""
+"""conv2d rule: direct convolution in any data layout (NCHW, NHWC), any stride, 1x1 and 3x3.
+
+Matches the one reduction block ``C[.. f .. y .. x ..] += D[..] * W[.. f .. r ..]`` whose weight
+``W`` is indexed by plain variables and owns one output axis ``f`` (the output channel) that the
+data does not index (depthwise/grouped convolutions, where the data is indexed by ``f`` too, are
+left to the generic reduction rule). The kernel is the matmul kernel seen through the window:
+
+* vector axis = output channels ``f`` (``nr = nv x lanes``); the weight is read packed
+  ``[F/nr, .., nr]`` (a constant weight is packed at compile time by the caller);
+* register tile = ``mr`` output columns ``x`` x ``nr`` channels, accumulated in a tile whose
+  channels are innermost (the accumulator buffer is re-laid ``[.., y, x, f]``), the data value
+  broadcast, ``mr``/``nv`` unrolled, lanes vectorized;
+* ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
+* bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def schedule_conv2d(func, cpu):
-    return None, "conv2d rule not implemented"
+from tvm import s_tir, tirx
+
+from .common import as_int, loop_kinds, root_blocks, vectorize_inner
+from .injective import schedule_spatial_block
+from .matmul import _iter_values
+from .target_info import CPUInfo
+
+
+@dataclass
+class ConvMatch:
+    block: str
+    w_index: int  # index of the weight in the block's reads
+    w_param: int | None  # position of the weight among the PrimFunc's params
+    w_roles: list[str]  # per weight dim: "f" or "r" (reduction) or "1"
+    loop_roles: list[str]  # per loop: "f", "x", "s" (other spatial), "r"
+    f: int
+    x: int
+    flops: float
+
+
+def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
+    sch = s_tir.Schedule(func)
+    reds = [b for b in root_blocks(sch) if _is_red(sch, b)]
+    if len(reds) != 1:
+        return None, f"{len(reds)} reduction blocks"
+    main = reds[0]
+    st = sch.get(main)
+    if len(st.reads) != 2 or len(st.writes) != 1:
+        return None, "not two operands"
+    body = st.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return None, "not an accumulation"
+    if not isinstance(body.value.b, tirx.Mul):
+        return None, "not a sum of products"
+    kinds = {iv.var: iv.iter_type for iv in st.iter_vars}
+    ext = {iv.var: as_int(iv.dom.extent) for iv in st.iter_vars}
+    if any(e is None for e in ext.values()):
+        return None, "dynamic shape"
+
+    def plain(region):
+        out = []
+        for r in region.region:
+            if isinstance(r.min, tirx.Var):
+                out.append(r.min)
+            elif as_int(r.min) is not None:
+                out.append(None)
+            else:
+                return None
+        return out
+
+    def used(region):
+        vs = set()
+        for r in region.region:
+            vs |= {v for v in ext if _uses(r.min, v)}
+        return vs
+
+    reads = list(st.reads)
+    w_i = next((i for i, r in enumerate(reads) if plain(r) is not None), None)
+    if w_i is None:
+        return None, "no operand indexed by plain variables"
+    d_i = 1 - w_i
+    w_vars = set(v for v in plain(reads[w_i]) if v is not None)
+    d_vars = used(reads[d_i])
+    c_vars = plain(st.writes[0])
+    if c_vars is None:
+        return None, "output not indexed by plain variables"
+    red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce and ext[v] > 1]
+    if not red or any(v not in w_vars or v not in d_vars for v in red):
+        return None, "reduction axes not in both operands"
+    fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
+    if len(fs) != 1:
+        return None, "no single output-channel axis (depthwise/grouped or not a conv)"
+    f = fs[0]
+    xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
+    if not xs:
+        return None, "no spatial output axis"
+    x = xs[-1]  # the innermost spatial axis (output columns)
+    if len(red) < 2 and all(_is_plain_in(reads[d_i], v) for v in xs):
+        return None, "a matmul, not a convolution"
+    vals = _iter_values(sch, main)
+    loops = sch.get_loops(main)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    roles = ["s"] * len(loops)
+    for iv, val in zip(st.iter_vars, vals):
+        if ext[iv.var] == 1:
+            continue
+        if not isinstance(val, tirx.Var):
+            return None, "binding is not a loop variable"
+        i = next((i for i, lv in enumerate(lvars) if lv.same_as(val)), None)
+        if i is None:
+            return None, "binding is not a loop variable"
+        if kinds[iv.var] == tirx.IterVar.CommReduce:
+            roles[i] = "r"
+        elif iv.var.same_as(f):
+            roles[i] = "f"
+        elif iv.var.same_as(x):
+            roles[i] = "x"
+    w_roles = []
+    for v in plain(reads[w_i]):
+        if v is None or ext.get(v, 1) == 1:
+            w_roles.append("1")
+        else:
+            w_roles.append("f" if v.same_as(f) else "r")
+    w_param = next((i for i, p in enumerate(func.params) if p.same_as(reads[w_i].source)), None)
+    flops = 2.0
+    for v in ext:
+        flops *= ext[v]
+    return ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops), "conv2d"
+
+
+def _is_red(sch, b) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _is_plain_in(region, var) -> bool:
+    return any(isinstance(r.min, tirx.Var) and r.min.same_as(var) for r in region.region)
+
+
+def pack_index_map(w_roles: list[str], nr: int):
+    """Weight dims -> ``[F/nr, other dims.., nr]``."""
+
+    def fmap(*idx):
+        f = next(i for i, r in zip(idx, w_roles) if r == "f")
+        rest = [i for i, r in zip(idx, w_roles) if r != "f"]
+        return [f // nr, *rest, f % nr]
+
+    return fmap
+
+
+def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
+    """(mr, nv): the most accumulators that fit, dividing the column and channel extents."""
+    lanes = cpu.lanes(32)
+    best = None
+    for nv in (4, 3, 2, 1):
+        if m.f % (nv * lanes):
+            continue
+        for mr in (14, 12, 8, 7, 6, 5, 4, 3, 2, 1):
+            if mr * nv + 2 > cpu.vector_registers or m.x % mr:
+                continue
+            score = (mr * nv / (mr + nv), mr * nv)
+            if best is None or score > best[0]:
+                best = (score, (mr, nv))
+    return best[1] if best else None
+
+
+def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None):
+    """Returns ``(schedule, reason, pack)``: schedule None when the rule does not apply; ``pack``
+    ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed."""
+    m, why = analyze(func)
+    if m is None:
+        return None, why, None
+    tile = choose_tile(m, cpu)
+    if tile is None:
+        return None, f"no register tile divides channels {m.f} / columns {m.x}", None
+    mr, nv = tile
+    lanes = cpu.lanes(32)
+    nr = nv * lanes
+    pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
+    sch = s_tir.Schedule(func)
+    main = sch.get_sblock(m.block)
+    blocks = root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    pos = names.index(m.block)
+    pre = blocks[:pos]
+    epis = blocks[pos + 1:]
+    for b in epis[:-1]:
+        sch.compute_inline(b)
+    if epis:
+        out = epis[-1]
+        acc_block = main
+    else:
+        out = sch.cache_write(main, 0, "global")
+        acc_block = main
+    # accumulator with channels innermost
+    c_roles = m.loop_roles  # loops are in output-index order for spatial axes (legalized form)
+    wr = sch.get(acc_block).writes[0]
+    n_dims = len(wr.region)
+    fvar = _loop_var_of(sch, main, "f", c_roles)
+    f_dim = next(i for i, r in enumerate(wr.region) if _same_var(r.min, fvar))
+    order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
+    sch.transform_layout(acc_block, ("write", 0), lambda *idx: [idx[i] for i in order])
+    # weight packing
+    fmap = pack_index_map(m.w_roles, nr)
+    if pack_param:
+        sch.transform_layout(main, ("read", m.w_index), fmap)
+    else:
+        cr = sch.cache_read(main, m.w_index, "global")
+        sch.transform_layout(main, ("read", m.w_index), fmap)
+        lps = sch.get_loops(cr)
+        sch.parallel(lps[0]) if lps else None
+    loops = sch.get_loops(main)
+    spatial_outer, reds = [], []
+    fl = xl = None
+    for lp, role in zip(loops, m.loop_roles):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        else:
+            spatial_outer.append(lp)
+    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
+    x0, x1 = sch.split(xl, [m.x // mr, mr])
+    sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
+    par = sch.fuse(f0, *spatial_outer)
+    sch.parallel(par)
+    sch.unroll(x1)
+    sch.unroll(f1)
+    sch.vectorize(f2)
+    sch.reverse_compute_at(out, x0, preserve_unit_loops=True)
+    vectorize_inner(sch, out, lanes)
+    for b in pre:  # padding / prologue stages: their own parallel loop nests
+        kinds = loop_kinds(sch, b)
+        if kinds is not None and all(k == "S" for k in kinds):
+            schedule_spatial_block(sch, b, lanes)
+    sch.decompose_reduction(main, reds[0])
+    reason = f"conv2d F={m.f} X={m.x} tile {mr}x{nr} (mr x channels)"
+    reason += f", weight packed [F/{nr},..,{nr}]"
+    reason += " at compile time" if pack_param else " at run time"
+    pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None
+    return sch, reason, pack
+
+
+def _loop_var_of(sch, block, role, roles):
+    st = sch.get(block)
+    vals = _iter_values(sch, block)
+    loops = sch.get_loops(block)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    idx = roles.index(role)
+    for iv, val in zip(st.iter_vars, vals):
+        if isinstance(val, tirx.Var) and val.same_as(lvars[idx]):
+            return iv.var
+    raise ValueError(f"no block var for loop role {role}")
+
+
+def _same_var(e, v) -> bool:
+    return isinstance(e, tirx.Var) and e.same_as(v)

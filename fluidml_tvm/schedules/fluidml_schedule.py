@@ -153,8 +153,14 @@ class FluidMLSchedule:
                 reasons.append(f"matmul: {type(err).__name__}: {str(err)[:200]}")
         else:
             reasons.append(f"matmul: {why}")
+        try:
+            sch, why, pack = schedule_conv2d(func, cpu, const_args)
+        except Exception as err:  # noqa: BLE001
+            sch, why, pack = None, f"{type(err).__name__}: {str(err)[:200]}", None
+        if sch is not None:
+            return sch.mod["main"], Decision(name, "conv2d", why), pack
+        reasons.append(f"conv2d: {why}")
         for rule, fn in (
-            ("conv2d", schedule_conv2d),
             ("reduction", schedule_reduction),
             ("injective", schedule_injective),
         ):
@@ -258,7 +264,14 @@ def _constant_args(mod) -> dict[str, dict[int, bool]]:
 
 
 def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
-    """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``."""
+    """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``;
+    a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``."""
+    if roles and roles[0] == "conv":
+        roles = roles[1:]
+        f_ax = roles.index("f")
+        t = np.moveaxis(arr, f_ax, 0)
+        t = t.reshape(t.shape[0] // nr, nr, *t.shape[1:])
+        return np.ascontiguousarray(np.moveaxis(t, 1, -1))
     rest = [i for i, r in enumerate(roles) if r not in ("n", "k")]
     n_ax = roles.index("n")
     k_ax = roles.index("k")

@@ -319,3 +319,37 @@ def _matmul_func(M, N, K):
     k = te.reduce_axis((0, K), name="k")
     C = te.compute((M, N), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
     return te.create_prim_func([A, B, C])
+
+
+# ---- conv2d -----------------------------------------------------------------------------------
+def conv_model(C=8, H=14, W=14, O=16, k=3, stride=1, pad=1, group=1, seed=0):  # noqa: E741
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((O, C // group, k, k)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    OH, OW = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    n = [h.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride] * 2,
+                     pads=[pad] * 4, group=group),
+         h.make_node("Relu", ["c"], ["y"])]
+    return _model(n, [h.make_tensor_value_info("x", TP.FLOAT, [1, C, H, W])],
+                  [h.make_tensor_value_info("y", TP.FLOAT, [1, O, OH, OW])],
+                  [nh.from_array(w, "w"), nh.from_array(b, "b")])
+
+
+@pytest.mark.parametrize(
+    "kw,rule",
+    [
+        (dict(), "conv2d"),  # 3x3, pad 1
+        (dict(k=1, pad=0, O=32), "conv2d"),  # 1x1
+        (dict(stride=2, H=16, W=16), "conv2d"),  # strided
+        (dict(C=3, H=12, W=12), "conv2d"),  # RGB input layer
+        (dict(C=16, O=16, group=16), "reduction"),  # depthwise: generic rule
+    ],
+)
+def test_conv2d_matches_ort(tmp_path, kw, rule):
+    model = conv_model(**kw)
+    shape = [1, kw.get("C", 8), kw.get("H", 14), kw.get("W", 14)]
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    out = _compile_run(model, {"x": x}, _opts(tmp_path))
+    np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    _, dec = _schedule(model, tmp_path)
+    assert [d.rule for d in dec.values() if "conv" in d.kernel] == [rule]
