@@ -726,11 +726,16 @@ def random_inputs(model_or_name, seed: int = 0, size: str = "tiny",
         Shapes of inputs with symbolic dims (required for ``dynamic=True`` models), e.g.
         ``{"input_ids": [1, 24], "attention_mask": [1, 24], "token_type_ids": [1, 24]}``.
     """
-    model = build(model_or_name, size=size) if isinstance(model_or_name, str) else model_or_name
-    props = {p.key: p.value for p in model.metadata_props}
+    if isinstance(model_or_name, str):  # the inputs of a dry build: no weights generated
+        g = _Graph(0, dry=True)
+        inputs, _, ranges = _run_builder(g, _check_args(model_or_name, size, False), size, False)
+        props = {_META_RANGE + k: f"{lo},{hi}" for k, (lo, hi) in ranges.items()}
+    else:
+        inputs = _graph_inputs(model_or_name)
+        props = {p.key: p.value for p in model_or_name.metadata_props}
     rng = np.random.default_rng(seed)
     feeds = {}
-    for inp in _graph_inputs(model):
+    for inp in inputs:
         if shapes and inp.name in shapes:
             shape = [int(s) for s in shapes[inp.name]]
         else:

@@ -100,6 +100,8 @@ def test_random_inputs_valid_ids(tiny):
     assert set(np.unique(feeds["token_type_ids"])) <= {0, 1}
     assert feeds["attention_mask"][0, :12].all() and not feeds["attention_mask"][0, 12:].any()
     assert not np.array_equal(feeds["input_ids"], zoo.random_inputs("bert", seed=4)["input_ids"])
+    by_model = zoo.random_inputs(tiny["bert"], seed=3)  # from the model or from the name alike
+    assert all(np.array_equal(by_model[k], feeds[k]) for k in feeds)
     img = zoo.random_inputs(tiny["vgg11"])
     assert img["input"].shape == (1, 3, 32, 32) and img["input"].dtype == np.float32
 
