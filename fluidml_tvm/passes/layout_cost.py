@@ -1,0 +1,169 @@
+"""Cost of one operator for one tuple of (input layouts, output layout): FluidML's ``T_n``.
+
+A layout is a permutation ``L`` of a tensor's dims: physical dim ``p`` holds logical dim ``L[p]``
+(the identity is the default, row-major layout). Every op falls in one of four kinds, which say
+which layouts its kernel absorbs (reads/writes through permuted strides at no extra pass) and
+which need an explicit transpose around it - exactly what :mod:`.layout_rewrite` emits:
+
+``permute``  ``permute_dims``: free when its input and output are the same bytes (an alias),
+             else one transpose kernel.
+``matmul``   ``matmul`` of two operands of rank >= 2: absorbs any layout of A, B and C (the
+             rewrite emits one kernel indexing them through the permutation); an operand whose
+             innermost dim is not the one the kernel streams over costs a strided-read penalty.
+``elemwise`` elementwise/broadcast ops: absorb a layout shared by the output and every
+             same-shape input; other inputs are transposed to it.
+``opaque``   everything else: default layouts only; non-default ones are transposed around it.
+
+:class:`AnalyticCost` prices kernels in seconds from bytes moved and FLOPs (a kernel launch,
+streaming bandwidth, a lower bandwidth for transposes, a matmul throughput). It is a model, not a
+measurement: :mod:`.layout_measure` replaces the permute/matmul terms by timings where asked.
+Constants have no layout of their own: they are stored pre-permuted for free. Dynamic shapes,
+rank < 2 tensors, graph inputs and outputs keep the default layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .graph import OpGraph
+
+ELEMWISE = {
+    f"relax.{n}"
+    for n in (
+        "add subtract multiply divide power maximum minimum floor_divide erf tanh exp log sqrt "
+        "rsqrt sigmoid negative abs square clip astype where less greater less_equal greater_equal "
+        "equal not_equal nn.relu nn.gelu nn.gelu_tanh nn.silu cos sin"
+    ).split()
+}
+FREE_OPS = {"relax.reshape", "alias"}  # views: no kernel at run time
+
+
+def identity(rank: int) -> tuple:
+    return tuple(range(rank))
+
+
+def inverse(perm) -> tuple:
+    out = [0] * len(perm)
+    for p, d in enumerate(perm):
+        out[d] = p
+    return tuple(out)
+
+
+def compose(perm, inner) -> tuple:
+    """``out[p] = perm[inner[p]]``."""
+    return tuple(perm[i] for i in inner)
+
+
+def moves_data(perm, shape) -> bool:
+    """Whether reordering a tensor of ``shape`` by ``perm`` (out dim p = in dim perm[p]) moves
+    bytes: false when the non-unit dims keep their relative order (then it is a reshape)."""
+    kept = [d for d in perm if shape[d] != 1]
+    return kept != sorted(kept)
+
+
+def phys_shape(shape, perm) -> tuple:
+    """The shape a tensor of logical ``shape`` has in layout ``perm``."""
+    return tuple(shape[d] for d in perm)
+
+
+def op_kind(g: OpGraph, i: int) -> str:
+    n = g.nodes[i]
+    ts = [g.tensors[t] for t in n.inputs]
+    out = g.tensors[n.output]
+    if out.shape is None or any(t.shape is None for t in ts):
+        return "opaque"
+    if n.op == "relax.permute_dims" and len(ts) == 1 and "axes" in n.attrs:
+        return "permute"
+    if n.op == "relax.matmul" and len(ts) == 2 and all(len(t.shape) >= 2 for t in ts):
+        return "matmul"
+    if n.op in ELEMWISE and len(out.shape) >= 1:
+        return "elemwise"
+    return "opaque"
+
+
+def layoutable(g: OpGraph, name: str) -> bool:
+    """Tensors whose layout the stage may choose (intermediates of static rank >= 2)."""
+    t = g.tensors[name]
+    return (t.kind == "value" and not t.output and t.shape is not None and len(t.shape) >= 2
+            and name in g.producer)
+
+
+@dataclass(frozen=True)
+class AnalyticCost:
+    """Seconds per kernel from bytes and FLOPs; defaults fit a 2-core AVX-512 server."""
+
+    launch: float = 2e-6  # one kernel call through the VM
+    bandwidth: float = 10e9  # bytes/s, streaming reads + writes
+    transpose_bandwidth: float = 4e9  # bytes/s when one side is strided
+    flops: float = 100e9  # matmul FLOP/s
+    strided_read: float = 0.5  # extra passes over an operand read against its streaming dim
+
+    name = "analytic"
+
+    def transpose(self, nbytes: int) -> float:
+        return self.launch + 2 * nbytes / self.transpose_bandwidth
+
+    def kernel(self, g: OpGraph, i: int) -> float:
+        """The node's own kernel in default layouts (layout-independent part)."""
+        n = g.nodes[i]
+        if n.op in FREE_OPS:
+            return 0.0
+        moved = g.tensors[n.output].nbytes + sum(g.tensors[t].nbytes for t in n.inputs)
+        return self.launch + moved / self.bandwidth
+
+    def matmul(self, g: OpGraph, i: int, lays: list, lout) -> float:
+        n = g.nodes[i]
+        a, b = (g.tensors[t] for t in n.inputs)
+        out = g.tensors[n.output]
+        k = a.shape[-1]
+        cost = self.kernel(g, i) + 2.0 * out.size * k / self.flops
+        # streaming dims: A over k (its last dim), B and C over n (their last dims)
+        for t, lay in ((a, lays[0]), (b, lays[1]), (out, lout)):
+            if t.kind == "const" or lay is None:
+                continue  # constants are stored in whatever layout the kernel reads best
+            inner = [d for d in lay if t.shape[d] != 1]
+            if inner and inner[-1] != len(t.shape) - 1:
+                cost += self.strided_read * t.nbytes / self.bandwidth
+        return cost
+
+    def node(self, g: OpGraph, i: int, layouts: dict) -> float:
+        """``T_n`` for the layouts in ``layouts`` (tensor name -> perm; missing: default)."""
+        n = g.nodes[i]
+        kind = op_kind(g, i)
+        out = g.tensors[n.output]
+        lout = layouts.get(n.output) or identity(len(out.shape or ()))
+        lin = [layouts.get(t) or identity(len(g.tensors[t].shape or ())) for t in n.inputs]
+        if kind == "permute":
+            x = g.tensors[n.inputs[0]]
+            q = compose(inverse(lin[0]), compose(n.attrs["axes"], lout))
+            return self.transpose(out.nbytes) if moves_data(q, phys_shape(x.shape, lin[0])) else 0.0
+        if kind == "matmul":
+            return self.matmul(g, i, lin, lout)
+        cost = self.kernel(g, i)
+        if kind == "elemwise":
+            for t, lay in zip(n.inputs, lin):
+                tt = g.tensors[t]
+                if tt.kind == "const" or not tt.shape:
+                    continue
+                if tt.shape == out.shape:
+                    if lay != lout:
+                        cost += self.transpose(tt.nbytes)
+                    continue
+                if lay != identity(len(tt.shape)):
+                    cost += self.transpose(tt.nbytes)
+                full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
+                if moves_data(lout, full):
+                    cost += self.transpose(tt.nbytes)
+            return cost
+        for t, lay in zip(n.inputs, lin):  # opaque: transpose back to default around it
+            tt = g.tensors[t]
+            if tt.kind != "const" and lay != identity(len(lay)):
+                cost += self.transpose(tt.nbytes)
+        if lout != identity(len(lout)):
+            cost += self.transpose(out.nbytes)
+        return cost
+
+
+def plan_cost(g: OpGraph, model, layouts: dict) -> float:
+    """Modelled cost of the whole graph under ``layouts`` (missing tensors: default)."""
+    return sum(model.node(g, i, layouts) for i in range(len(g.nodes)))

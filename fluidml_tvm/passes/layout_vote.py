@@ -1,0 +1,157 @@
+"""Whole-graph layout plan: per-sequence DPs, conflict voting, refinement (FLUIDML.md section 4).
+
+:func:`plan_layouts` runs, on an :class:`~.graph.OpGraph` and a cost model:
+
+1. One DP per sequence (:func:`~.layout_dp.chain_dp`) with every other tensor at its default, as
+   FluidML runs them independently; each sequence also states the layout it wants for each of
+   its side inputs (the one that makes its kernel cheapest).
+2. Voting: each tensor gets a vote from the sequence that produces it and from every sequence
+   that reads it as a side input, weighted by that sequence's cost difference (its DP's saving
+   over all-default, or the saving of the side-input wish); the heaviest layout wins, ties go to
+   the default.
+3. Refinement: with the winners fixed, each sequence's DP runs again with its neighbours fixed
+   (a consumer that wanted another layout gets its kernel regenerated for the winner, or an
+   explicit transform if that is cheaper); a change is kept only if the whole graph's modelled
+   cost drops. The same descent also runs from the all-default plan and the cheaper of the two
+   wins, so the plan is never worse, in the model, than the default layout.
+
+Every tensor that was contested or ends up non-default gets a :class:`Decision` with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import OpGraph, extract_sequences
+from .layout_cost import identity, layoutable, plan_cost
+from .layout_dp import candidates, chain_dp, chain_objective
+
+
+@dataclass
+class Decision:
+    tensor: str
+    layout: tuple
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.tensor}: {list(self.layout)} - {self.reason}"
+
+
+@dataclass
+class LayoutPlan:
+    layouts: dict  # tensor -> layout, non-default ones only
+    decisions: list[Decision]
+    chains: list[list[int]]
+    cost: float
+    default_cost: float
+    voted_cost: float
+    model: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:.1f}us"
+
+
+def _delta(g: OpGraph, model, layouts: dict, change: dict) -> float:
+    """Modelled cost change of applying ``change`` to ``layouts`` (touched nodes only)."""
+    nodes = set()
+    for t in change:
+        if t in g.producer:
+            nodes.add(g.producer[t])
+        nodes.update(g.consumers.get(t, []))
+    new = {**layouts, **change}
+    return sum(model.node(g, i, new) - model.node(g, i, layouts) for i in nodes)
+
+
+def _descend(g, chains, cands, model, layouts: dict, rounds: int = 3) -> tuple[dict, list]:
+    layouts = dict(layouts)
+    log = []
+    for _ in range(rounds):
+        changed = False
+        for k, chain in enumerate(chains):
+            plan, j = chain_dp(g, chain, cands, model, layouts)
+            cur = {t: layouts.get(t, identity(len(lay))) for t, lay in plan.items()}
+            if j >= chain_objective(g, chain, model, layouts, cur) - 1e-12:
+                continue
+            change = {t: lay for t, lay in plan.items() if lay != cur[t]}
+            d = _delta(g, model, layouts, change)
+            if change and d < -1e-12:
+                layouts.update(change)
+                changed = True
+                log.append((k, change, d))
+        if not changed:
+            break
+    return layouts, log
+
+
+def _clean(layouts: dict) -> dict:
+    return {t: lay for t, lay in layouts.items() if lay != identity(len(lay))}
+
+
+def plan_layouts(g: OpGraph, model, chains=None, weight=None) -> LayoutPlan:
+    """The layout of every tensor of ``g``, with a reason for each contested/non-default one."""
+    chains = chains if chains is not None else extract_sequences(g, weight)
+    cands = candidates(g)
+    votes: dict[str, dict[tuple, list]] = {}
+    for k, chain in enumerate(chains):
+        plan, j = chain_dp(g, chain, cands, model, {})
+        default = {t: identity(len(lay)) for t, lay in plan.items()}
+        gain = chain_objective(g, chain, model, {}, default) - j
+        for t, lay in plan.items():
+            if len(cands[t]) > 1:
+                votes.setdefault(t, {}).setdefault(lay, []).append((gain, f"seq {k}"))
+        on = {g.nodes[i].output for i in chain}
+        for i in chain:  # side-input wishes, with this sequence's plan in place
+            for y in g.nodes[i].inputs:
+                if y in on or not layoutable(g, y) or len(cands[y]) < 2:
+                    continue
+                base = model.node(g, i, plan)
+                best = min(cands[y], key=lambda lay, y=y: model.node(g, i, {**plan, y: lay}))
+                save = base - model.node(g, i, {**plan, y: best})
+                if save > 0:
+                    votes.setdefault(y, {}).setdefault(best, []).append((save, f"seq {k} side"))
+    voted, why = {}, {}
+    for t, by_layout in votes.items():
+        tally = {lay: sum(w for w, _ in vs) for lay, vs in by_layout.items()}
+        win = max(tally, key=lambda lay: (tally[lay], lay == identity(len(lay))))
+        if tally[win] <= 0:
+            win = identity(len(win))
+        voted[t] = win
+        why[t] = "; ".join(
+            f"{list(lay)} {_us(tally[lay])} ({', '.join(s for _, s in vs)})"
+            for lay, vs in sorted(by_layout.items(), key=lambda kv: -tally[kv[0]])
+        )
+    default_cost = plan_cost(g, model, {})
+    voted_cost = plan_cost(g, model, voted)
+    from_vote, log_v = _descend(g, chains, cands, model, voted)
+    from_default, log_d = _descend(g, chains, cands, model, {})
+    cost_v, cost_d = plan_cost(g, model, from_vote), plan_cost(g, model, from_default)
+    final, start = (from_vote, "voted") if cost_v <= cost_d else (from_default, "default")
+    final = _clean(final)
+    decisions = []
+    contested = {t for t, by in votes.items() if len(by) > 1}
+    for t in sorted(contested | set(final), key=lambda t: g.producer.get(t, -1)):
+        lay = final.get(t, identity(len(cands[t][0])))
+        parts = []
+        if t in why:
+            parts.append(f"votes: {why[t]}")
+        if t in voted and voted[t] != lay:
+            parts.append(f"vote winner {list(voted[t])} overridden by refinement")
+        if lay != identity(len(lay)):
+            parts.append(f"kept by descent from the {start} plan")
+        decisions.append(Decision(t, lay, "; ".join(parts) or "default"))
+    notes = [
+        f"modelled cost ({model.name}): default {_us(default_cost)}, voted {_us(voted_cost)}, "
+        f"final {_us(plan_cost(g, model, final))} (descent from vote {_us(cost_v)}, "
+        f"from default {_us(cost_d)}; {len(log_v)}/{len(log_d)} sequence updates)"
+    ]
+    return LayoutPlan(final, decisions, chains, plan_cost(g, model, final), default_cost,
+                      voted_cost, model.name, notes)
+
+
+def report(plan: LayoutPlan) -> str:
+    """The chosen layouts with reasons, one line per decision (``fluidml-tvm compile --report``)."""
+    lines = list(plan.notes)
+    lines += [str(d) for d in plan.decisions]
+    return "\n".join(lines)
