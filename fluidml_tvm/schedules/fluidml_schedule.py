@@ -31,6 +31,7 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..options import Options
+from . import fast_erf
 from . import matmul as mm
 from .conv2d import schedule_conv2d
 from .injective import schedule_injective
@@ -95,6 +96,7 @@ class FluidMLSchedule:
             log.warning("FluidMLSchedule: target %s is not a CPU (llvm) target; skipped", target)
             return mod
         cpu = cpu_info(target)
+        fast_erf.register()  # vectorizable erf for GELU epilogues (see fast_erf.py)
         self.decisions = []
         consts = _constant_args(mod)
         db = None

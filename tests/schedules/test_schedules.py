@@ -353,3 +353,24 @@ def test_conv2d_matches_ort(tmp_path, kw, rule):
     np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
     _, dec = _schedule(model, tmp_path)
     assert [d.rule for d in dec.values() if "conv" in d.kernel] == [rule]
+
+
+def test_fast_erf_is_accurate_and_vectorizable():
+    import math
+
+    from fluidml_tvm.schedules import fast_erf
+
+    assert fast_erf.register()
+    A = te.placeholder((256,), name="A")
+    B = te.compute((256,), lambda i: te.erf(A[i]), name="B")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([A, B]))
+    (lp,) = sch.get_loops(sch.get_sblock("B"))
+    sch.vectorize(sch.split(lp, [None, 8])[1])
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET)
+    assert "erff" not in lib.mod.inspect_source("ll")
+    x = np.linspace(-6, 6, 256).astype("f4")
+    y = tvm.runtime.tensor(np.zeros(256, "f4"))
+    lib["main"](tvm.runtime.tensor(x), y)
+    ref = np.array([math.erf(float(v)) for v in x])
+    assert np.abs(y.numpy() - ref).max() < 1e-6
