@@ -43,6 +43,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -226,6 +227,7 @@ class Session:
         self.description = description
         self.session_timeout = session_timeout
         self.started = time.monotonic()
+        self._models = weakref.WeakSet()  # no cycle: a dropped model frees the session
 
     def __enter__(self):
         return self
@@ -234,7 +236,14 @@ class Session:
         self.close()
 
     def close(self):
+        """End the session: the server is free again once every remote object is dropped, so
+        this also releases the models loaded through it."""
+        import gc
+
+        for model in list(self._models):
+            model.close()
         self.remote = None
+        gc.collect()  # remote objects caught in reference cycles would keep the board busy
 
     def board_info(self) -> dict:
         """``{"machine": uname -m, "num_threads": TVM_NUM_THREADS}`` when the board's server is
@@ -313,6 +322,11 @@ class RemoteModel:
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = [o["name"] for o in metadata["outputs"]]
 
+    def close(self):
+        """Drop the remote VM and device (the session itself stays open until it is closed)."""
+        self.vm = None
+        self.device = None
+
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
         from .runtime import Model
 
@@ -342,12 +356,10 @@ class RemoteModel:
 
     def run(self, inputs=None) -> dict:
         """Run once on the board (``set_input`` + ``invoke_stateful`` + ``get_outputs``)."""
-        from .runtime import _flatten
-
         self._set_inputs(inputs)
         try:
             self.vm.invoke_stateful("main")
-            outs = _flatten(self.vm.get_outputs("main"))
+            outs = _outputs(self.vm.module, "main")
             return {name: o.numpy() for name, o in zip(self.output_names, outs)}
         except Exception as err:  # noqa: BLE001
             raise self.session.error(err, "running the model") from None
@@ -383,6 +395,19 @@ class RemoteModel:
             raise self.session.error(err, "timing the kernels") from None
 
 
+def _outputs(vm_module, func_name: str, idx: tuple = ()) -> list:
+    """The flattened outputs of the last ``invoke_stateful``. Same as
+    ``VirtualMachine.get_outputs``, whose recursive closure makes a reference cycle that keeps the
+    remote VM, and so the RPC session and the board, busy until the garbage collector runs."""
+    arity = vm_module["get_output_arity"](func_name, *idx)
+    if arity == -1:
+        return [vm_module["get_output"](func_name, *idx)]
+    out = []
+    for i in range(arity):
+        out.extend(_outputs(vm_module, func_name, idx + (i,)))
+    return out
+
+
 def load_remote(lib_path: str, session: Session) -> RemoteModel:
     """Upload ``lib_path`` (with its metadata read locally) and load it on the board."""
     from tvm import relax
@@ -416,7 +441,9 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
     except Exception as err:  # noqa: BLE001
         raise session.error(err, f"starting the VM for {name}") from None
     threads = session.board_info().get("num_threads") or "the board's default"
-    return RemoteModel(session, vm, device, meta, name, threads)
+    model = RemoteModel(session, vm, device, meta, name, threads)
+    session._models.add(model)
+    return model
 
 
 # ---- board side ---------------------------------------------------------------------------
