@@ -178,7 +178,7 @@ class FluidMLSchedule:
         return None, Decision(name, "none", "; ".join(reasons)), None
 
     def _matmul(self, name, func, match, target, cpu, pack_param, db, measure_ok):
-        cands = mm.candidates(match, cpu, self.options.tune_trials)
+        cands = mm.candidates(match, cpu, self.options.tune_trials, b_const=pack_param)
         if not cands:
             return None
         threads = os.environ.get("TVM_NUM_THREADS", "default")

@@ -21,7 +21,7 @@ The kernel (the design that matched ONNX Runtime's MLAS on this project's machin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -56,7 +56,7 @@ class MatmulConfig:
         s = f"{self.order} mr={self.mr} nv={self.nv} mc={self.mc}"
         if self.kc:
             s += f" kc={self.kc}"
-        return s + (" packedB" if self.pack else "")
+        return s + (" packedB" if self.pack else " plainB")
 
 
 @dataclass
@@ -246,9 +246,12 @@ def _iter_values(sch, block):
 
 
 # ---- candidates -------------------------------------------------------------------------------
-def candidates(match: MatmulMatch, cpu: CPUInfo, budget: int) -> list[MatmulConfig]:
+def candidates(
+    match: MatmulMatch, cpu: CPUInfo, budget: int, b_const: bool = True
+) -> list[MatmulConfig]:
     """Register tiles that fit the target's vector registers and divide the shape, best guess
-    first; at most ``budget`` of them."""
+    first; at most ``budget`` of them. When B is not a constant but already has N innermost
+    (attention's ``P @ V``), reading it in place (no run-time packing) is tried first."""
     lanes = cpu.lanes(32)
     regs = cpu.vector_registers
     tiles = []
@@ -278,6 +281,9 @@ def candidates(match: MatmulMatch, cpu: CPUInfo, budget: int) -> list[MatmulConf
                 extra.append(MatmulConfig(mr, nv, mc, "rows"))
         out = [out[0]] + extra[:1] + out[1:] + extra[1:]
     out = [c for c in out if c.order != "kblock" or c.kc]
+    if not b_const and match.roles_b and match.roles_b[-1] == "n" and out:
+        plain = [replace(c, pack=False) for c in out[:2]]
+        out = [plain[0], out[0]] + plain[1:] + out[1:]
     # never return duplicates
     uniq = []
     for c in out:
