@@ -56,8 +56,10 @@ def _why_not_reorderable(mod: tvm.IRModule, func: relax.Function) -> str | None:
                 return f"call to Relax function {op.name_hint}"
             # An in-place kernel binds its result to one of its inputs right after the call.
             nxt = bindings[k + 1].value if k + 1 < len(bindings) else None
-            if isinstance(nxt, relax.Var) and nxt not in alloc_vars and any(
-                nxt.same_as(a) for a in v.args
+            if (
+                isinstance(nxt, relax.Var)
+                and nxt not in alloc_vars
+                and any(nxt.same_as(a) for a in v.args)
             ):
                 return f"in-place kernel call {op.name_hint}"
         elif isinstance(op, tvm.ir.Op):
@@ -136,8 +138,11 @@ def order_peak(order_units, units, life: FunctionLifetimes) -> int:
 
 def _schedule(units, deps, life: FunctionLifetimes, key: str) -> list[int]:
     n = len(units)
-    planned = {k: t.nbytes for k, t in enumerate(life.tensors)
-               if t.escaped is None and t.nbytes is not None}
+    planned = {
+        k: t.nbytes
+        for k, t in enumerate(life.tensors)
+        if t.escaped is None and t.nbytes is not None
+    }
     alloc_of = [[k for k in planned if life.tensors[k].index in set(unit)] for unit in units]
     reads = [set().union(*(life.uses[j] for j in unit)) & planned.keys() for unit in units]
     remaining = {k: 0 for k in planned}
@@ -184,25 +189,31 @@ def _schedule(units, deps, life: FunctionLifetimes, key: str) -> list[int]:
     return order
 
 
-def choose_order(mod: tvm.IRModule, func: relax.Function, life: FunctionLifetimes):
-    """Return ``(new_function or None, report)``; None keeps the original order."""
+def candidate_orders(mod: tvm.IRModule, func: relax.Function, life: FunctionLifetimes):
+    """Return ``(candidates, report)``: ``[(name, function)]`` in orders other than the original.
+
+    The caller scores each candidate (with in-place reuse, which this module does not model) and
+    keeps the original order on ties.
+    """
     why = _why_not_reorderable(mod, func)
     if why:
-        return None, f"order kept: {why}"
+        return [], f"order kept: {why}"
     units, deps = _units(func, life)
-    scores = {}
-    orders = {"original": list(range(len(units)))}
+    original = list(range(len(units)))
+    seen = [original]
+    out, scores = [], {"original": order_peak(original, units, life)}
     for key in ("net", "peak"):
-        orders[key] = _schedule(units, deps, life, key)
-    for name, order in orders.items():
-        scores[name] = order_peak(order, units, life)
-    best = min(orders, key=lambda k: (scores[k], k != "original"))
-    report = f"order {best}: live-set peak {scores[best]} (original {scores['original']}); {scores}"
-    if best == "original":
-        return None, report
-    bindings = life.bindings
-    new = [bindings[j] for u in orders[best] for j in units[u]]
-    body = relax.SeqExpr([relax.BindingBlock(new)], func.body.body)
-    new_func = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
-    return new_func, report
-
+        order = _schedule(units, deps, life, key)
+        scores[key] = order_peak(order, units, life)
+        if order in seen:
+            continue
+        seen.append(order)
+        new = [life.bindings[j] for u in order for j in units[u]]
+        body = relax.SeqExpr([relax.BindingBlock(new)], func.body.body)
+        out.append(
+            (
+                key,
+                relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span),
+            )
+        )
+    return out, f"live-set peaks without in-place by order: {scores}"

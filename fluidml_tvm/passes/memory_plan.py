@@ -29,12 +29,13 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import tvm
 from tvm import relax
 
 from .memory_analysis import collect_lifetimes, relax_functions
-from .memory_order import choose_order
+from .memory_order import candidate_orders
 
 logger = logging.getLogger("fluidml_tvm.memory")
 
@@ -414,6 +415,8 @@ class FluidMLMemoryPlan:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.plans = {}
+        # IRModule.__setitem__ mutates in place: never touch the caller's module.
+        mod = mod.clone()
         for gv in relax_functions(mod):
             func = self._plan_function(mod, gv)
             if func is not None:
@@ -439,12 +442,58 @@ class FluidMLMemoryPlan:
             plan.fallback.append(f"function: {life.unsupported}")
             logger.debug("%s: left to StaticPlanBlockMemory: %s", name, life.unsupported)
             return None
+        cands = [("original", func)]
         if self.reorder:
-            reordered, plan.order = choose_order(mod, func, life)
-            logger.debug("%s: %s", name, plan.order)
-            if reordered is not None:
-                func = reordered
-                life = collect_lifetimes(mod, gv, func)
+            more, why = candidate_orders(mod, func, life)
+            cands += more
+            logger.debug("%s: %s", name, why)
+        best, bounds = None, {}
+        for order_name, f in cands:
+            c = self._candidate(mod, gv, f, order_name, life if f is func else None)
+            logger.debug(
+                "%s: order %s: bound %d with %d in-place", name, order_name, c.bound, len(c.inplace)
+            )
+            bounds[order_name] = c.bound
+            if best is None or c.bound < best.bound:
+                best = c
+        plan.order = f"order {best.order}: in-place-aware live-set bounds {bounds}"
+        plan.fallback += best.fallback
+        plan.inplace = best.inplace
+        for msg in best.fallback:
+            logger.debug("%s: left to StaticPlanBlockMemory: %s", name, msg)
+        if not best.intervals:
+            return best.func if best.func is not func else None
+        func, life, members, roots, intervals = (
+            best.func,
+            best.life,
+            best.members,
+            best.roots,
+            best.intervals,
+        )
+        packing = pack(intervals, ALIGN, self.random_tries)
+        plan.arena, plan.strategy, plan.planned = packing.size, packing.strategy, best.planned
+        plan.bound = best.bound
+        logger.debug(
+            "%s: %d tensors (%d in-place) in one arena of %d bytes (live-set bound %d) by %s; "
+            "tried %s",
+            name,
+            best.planned,
+            len(plan.inplace),
+            packing.size,
+            plan.bound,
+            packing.strategy,
+            packing.tried,
+        )
+        where = {}
+        for r, off in zip(roots, packing.offsets):
+            for k in members[r]:
+                where[life.tensors[k].index] = off
+        return _rewrite(func, where, packing.size)
+
+    def _candidate(self, mod, gv, func, order_name, life=None) -> SimpleNamespace:
+        """Lifetimes, in-place groups and live-set bound of ``func`` in its binding order."""
+        life = life or collect_lifetimes(mod, gv, func)
+        c = SimpleNamespace(func=func, life=life, order=order_name, fallback=[], inplace=[])
         chosen = []
         for t in life.tensors:
             if t.kind != "builtin":
@@ -459,51 +508,28 @@ class FluidMLMemoryPlan:
             elif t.device_index != 0:
                 why = f"runtime device index {t.device_index}"
             if why:
-                plan.fallback.append(f"{t.var.name}: {why}")
-                logger.debug("%s: %s left to StaticPlanBlockMemory: %s", name, t.var.name, why)
+                c.fallback.append(f"{t.var.name}: {why}")
             else:
                 chosen.append(t)
-        if not chosen:
-            return func if func is not mod[gv] else None
         ids = {id(t): k for k, t in enumerate(life.tensors)}
         plannable = {ids[id(t)] for t in chosen}
         group = {k: k for k in plannable}  # in-place: output tensor -> tensor whose bytes it takes
-        if self.inplace:
+        if self.inplace and plannable:
             for i, o, why in inplace_pairs(mod, life, plannable):
                 group[o] = group[i]
-                plan.inplace.append(why)
-                logger.debug("%s: in-place: %s", name, why)
-        members: dict[int, list[int]] = {}
+                c.inplace.append(why)
+        c.members = {}
         for k in sorted(plannable):
-            members.setdefault(group[k], []).append(k)
-        roots = sorted(members)
-        intervals = []
-        for r in roots:
-            ts = [life.tensors[k] for k in members[r]]
-            intervals.append(
-                Interval(
-                    max(t.nbytes for t in ts), min(t.start for t in ts), max(t.end for t in ts)
-                )
-            )
-        packing = pack(intervals, ALIGN, self.random_tries)
-        plan.arena, plan.strategy, plan.planned = packing.size, packing.strategy, len(chosen)
-        plan.bound = live_bound(intervals)
-        logger.debug(
-            "%s: %d tensors (%d in-place) in one arena of %d bytes (live-set bound %d) by %s; "
-            "tried %s",
-            name,
-            len(chosen),
-            len(plan.inplace),
-            packing.size,
-            plan.bound,
-            packing.strategy,
-            packing.tried,
-        )
-        where = {}
-        for r, off in zip(roots, packing.offsets):
-            for k in members[r]:
-                where[life.tensors[k].index] = off
-        return _rewrite(func, where, packing.size)
+            c.members.setdefault(group[k], []).append(k)
+        c.roots = sorted(c.members)
+        c.intervals = []
+        for r in c.roots:
+            ts = [life.tensors[k] for k in c.members[r]]
+            size = max(t.nbytes for t in ts)
+            c.intervals.append(Interval(size, min(t.start for t in ts), max(t.end for t in ts)))
+        c.bound = live_bound(c.intervals)
+        c.planned = len(chosen)
+        return c
 
 
 def _rewrite(func: relax.Function, where: dict[int, int], arena_size: int) -> relax.Function:

@@ -101,3 +101,13 @@ def test_kill_switch_keeps_stock_planner():
     on = memory_passes(TARGET, OPTS)
     assert [p.info.name for p in off] == ["StaticPlanBlockMemory"]
     assert [p.info.name for p in on] == ["FluidMLMemoryPlan"]
+
+
+def test_planner_leaves_its_input_untouched():
+    # IRModule.__setitem__ mutates in place; a planner that edited its input would make every
+    # later comparison (e.g. against the stock planner on the same module) measure itself.
+    before = lower_to_memory_slot(from_onnx(bert_like(), keep_params_in_input=False), TARGET, OPTS)
+    text = before["main"].script()
+    FluidMLMemoryPlan()(before)
+    assert before["main"].script() == text
+    assert "fluidml_arena" not in text
