@@ -27,6 +27,11 @@ def metadata_path(lib_path: str) -> str:
     return os.path.splitext(os.fspath(lib_path))[0] + ".json"
 
 
+def weights_path(lib_path: str) -> str:
+    """The weights file of a library compiled with external weights: ``model.weights``."""
+    return os.path.splitext(os.fspath(lib_path))[0] + ".weights"
+
+
 @dataclass
 class CompiledModel:
     """The result of :func:`compile`; :meth:`export` writes the library and its metadata."""
@@ -44,6 +49,7 @@ class CompiledModel:
     pass_times: dict = field(default_factory=dict)
     compile_seconds: float = 0.0
     folding: str = ""
+    weights: list | None = None  # [(name, numpy array)] when weights live outside the library
 
     def metadata(self) -> dict:
         return {
@@ -60,6 +66,10 @@ class CompiledModel:
             "live_set_lower_bound_bytes": self.memory_bound,
             "compile_seconds": round(self.compile_seconds, 3),
             "shape_folding": self.folding,
+            "weights": None if self.weights is None else {
+                "count": len(self.weights),
+                "bytes": int(sum(a.nbytes for _, a in self.weights)),
+            },
         }
 
     def export(self, path: str, cross_compiler: str | None = None) -> str:
@@ -90,6 +100,12 @@ class CompiledModel:
                 os.remove(tmp)
         meta = self.metadata()
         meta["cross_compiler"] = cc
+        if self.weights is not None:
+            from .weights import write_weights
+
+            wpath = weights_path(path)
+            meta["weights"]["file"] = os.path.basename(wpath)
+            meta["weights"]["index"] = write_weights(wpath, self.weights)
         with open(metadata_path(path), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         return path
@@ -98,7 +114,8 @@ class CompiledModel:
         """A runnable model in this process, without exporting (host targets only)."""
         from .runtime import Model
 
-        return Model.from_executable(self.executable, self.metadata(), device, num_threads)
+        return Model.from_executable(self.executable, self.metadata(), device, num_threads,
+                                     weights=self.weights)
 
 
 def _to_plain(obj):
@@ -112,6 +129,14 @@ def _to_plain(obj):
     if hasattr(obj, "__iter__"):
         return [_to_plain(v) for v in obj]
     return str(obj)
+
+
+def _external_weights(opts: Options, target, cross) -> bool:
+    if opts.weights == "external":
+        return True
+    if opts.weights == "embedded":
+        return False
+    return target.kind.name == "llvm" and cross is None  # auto: runs on this machine
 
 
 def resolve_options(options=None, pass_config=None) -> tuple[Options, dict]:
@@ -194,9 +219,15 @@ def compile(  # noqa: A001
     config = dict(tvm_config)
     if config_keys.register():
         config.update({k: v for k, v in opts.to_dict().items()})
+    externalize = None
+    if opts.enable and _external_weights(opts, tgt, cross):
+        from .passes.external_weights import ExternalizeWeights
+
+        externalize = ExternalizeWeights()
     try:
         with tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
-            ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
+            pipeline = get_pipeline(tgt, opts, before_finalize=[externalize] if externalize else ())
+            ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
     except FluidMLError:
         raise
     except tvm.error.TVMError as err:
@@ -221,5 +252,6 @@ def compile(  # noqa: A001
         executable=ex, target=tgt, inputs=imported.inputs, outputs=imported.outputs,
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
         memory_bound=bound, memory_timeline=timeline,
+        weights=list(externalize.weights) if externalize is not None else None,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )

@@ -47,6 +47,10 @@ class Options:
         The on-disk measurement database (sqlite); survives restarts.
     num_threads
         Threads the TVM runtime uses when fluidml-tvm runs or measures a model (0: all cores).
+    weights
+        ``external``: ``fluidml_tvm.compile`` moves the (already folded) weights out of the library
+        into ``NAME.weights``, mapped at load so a process holds them once; ``embedded``: inside
+        the library, as stock TVM does; ``auto``: external for libraries that run on this machine.
     """
 
     enable: bool = True
@@ -58,6 +62,7 @@ class Options:
     tune_trials: int = 8
     cache_dir: str = field(default_factory=default_cache_dir)
     num_threads: int = 0
+    weights: str = "embedded"
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -116,6 +121,10 @@ class Options:
             )
         if self.tune_trials < 1:
             raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
+        if self.weights not in ("auto", "external", "embedded"):
+            raise FluidMLError(
+                f"fluidml.weights must be auto, external or embedded, got {self.weights!r}"
+            )
         if self.num_threads < 0:
             raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
 

@@ -54,8 +54,13 @@ def memory_passes(target, options: Options) -> list:
     return [relax.transform.StaticPlanBlockMemory()]
 
 
-def phases(target: tvm.target.Target, options: Options) -> list[tuple[str, list]]:
-    """The pipeline as named phases (used for ``--print-ir-after`` / ``--dump-ir``)."""
+def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> list:
+    """The pipeline as named ``(phase, passes)`` (used for ``--print-ir-after`` / ``--dump-ir``).
+
+    ``before_finalize``: passes :func:`fluidml_tvm.compile` adds after memory planning (the
+    weights externalization, which changes ``main``'s signature and so is not part of the
+    registered pipeline).
+    """
     finalize = cpu_generic.finalize_passes(target)
     assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
     return [
@@ -65,18 +70,21 @@ def phases(target: tvm.target.Target, options: Options) -> list[tuple[str, list]
         ("schedule", schedule_passes(target, options)),
         ("lower", cpu_generic.dataflow_lower_passes(target)),
         ("memory", memory_passes(target, options)),
+        ("weights", list(before_finalize)),
         ("finalize", finalize[1:]),
     ]
 
 
-def get_pipeline(target: tvm.target.Target, options: Options | None = None) -> tvm.transform.Pass:
+def get_pipeline(target: tvm.target.Target, options: Options | None = None,
+                 before_finalize=()) -> tvm.transform.Pass:
     """The Relax pipeline for ``options`` (stock TVM's when ``options.enable`` is false)."""
     options = options or Options()
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     if not options.enable:
         return relax.get_default_pipeline(target)
     seq = tvm.transform.Sequential(
-        [_stage(name, passes) for name, passes in phases(target, options)], name="fluidml"
+        [_stage(name, passes) for name, passes in phases(target, options, before_finalize)],
+        name="fluidml",
     )
 
     @tvm.transform.module_pass(opt_level=0, name="FluidMLPipeline")

@@ -45,22 +45,24 @@ def read_metadata(lib_path: str) -> dict:
 class Model:
     """A loaded model: ``run({name: array}) -> {name: array}`` and ``time(...)``."""
 
-    def __init__(self, vm, device, metadata: dict, num_threads: int):
+    def __init__(self, vm, device, metadata: dict, num_threads: int, weights=()):
         self.vm = vm
         self.device = device
+        self.weights = list(weights)  # TVM tensors appended to the inputs (external weights)
         self.metadata = metadata
         self.num_threads = num_threads
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = [o["name"] for o in metadata["outputs"]]
 
     @classmethod
-    def from_executable(cls, executable, metadata, device=None, num_threads=None):
+    def from_executable(cls, executable, metadata, device=None, num_threads=None, weights=None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         n = set_num_threads(num_threads)
         device = device or tvm.cpu()
-        return cls(VirtualMachine(executable, device), device, metadata, n)
+        tensors = [tvm.runtime.tensor(a, device) for _, a in weights or []]
+        return cls(VirtualMachine(executable, device), device, metadata, n, tensors)
 
     # ---- inputs ---------------------------------------------------------------------------------
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
@@ -112,7 +114,7 @@ class Model:
             if a.dtype != np.dtype(spec["dtype"]):
                 a = a.astype(spec["dtype"])
             arrays.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
-        return arrays
+        return arrays + self.weights
 
     # ---- execution ------------------------------------------------------------------------------
     def run(self, inputs=None) -> dict:
@@ -159,4 +161,17 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
         reason = lines[-1] if lines else type(err).__name__
         raise FluidMLError(f"cannot load {path}: {reason}") from None
     device = device or tvm.cpu()
-    return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n)
+    weights = []
+    if meta.get("weights"):
+        from .compiler import weights_path
+
+        wpath = weights_path(path)
+        if not os.path.exists(wpath):
+            raise FluidMLError(f"{path} keeps its weights in {wpath}, which is missing")
+        from .weights import map_weights
+
+        try:
+            weights = map_weights(wpath, meta["weights"]["index"], device)
+        except ValueError as err:
+            raise FluidMLError(str(err)) from None
+    return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n, weights)

@@ -35,7 +35,7 @@ def test_all_nine_light_models_present():
     assert len(MODELS) == 9, sorted(MODELS)
 
 
-@pytest.mark.parametrize("fluidml", [0, 1])
+@pytest.mark.parametrize("fluidml", [0, 1], ids=["stock", "fluidml"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_light_model_matches_ort(name, fluidml):
     model, inputs, ref = _case(name)

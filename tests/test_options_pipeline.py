@@ -30,7 +30,8 @@ def test_options_from_pass_config():
 def test_phases_and_kill_switches():
     target = tvm.target.Target({"kind": "llvm"})
     names = [n for n, _ in phases(target, Options())]
-    assert names == ["dispatch", "layout", "legalize", "schedule", "lower", "memory", "finalize"]
+    assert names == ["dispatch", "layout", "legalize", "schedule", "lower", "memory", "weights",
+                     "finalize"]
     off = dict(phases(target, Options(layout=False, memory=False, schedule=False)))
     assert off["layout"] == [] and off["schedule"] == []
     assert [p.info.name for p in off["memory"]] == ["StaticPlanBlockMemory"]

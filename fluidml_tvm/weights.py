@@ -1,0 +1,50 @@
+"""The weights file beside a library compiled with external weights (``NAME.weights``).
+
+Raw arrays at 4096-byte aligned offsets; the index (name, dtype, shape, offset) lives in the
+library's metadata JSON. Loading maps the file copy-on-write and gives the pages to TVM through
+DLPack, so the weights are held once. Only numpy and the TVM runtime are needed (boards).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+ALIGN = 4096
+
+
+def write_weights(path: str, weights: list) -> list:
+    """Write ``[(name, array)]`` to one file, each array at a 4096-aligned offset; returns index."""
+    index, offset = [], 0
+    with open(path, "wb") as f:
+        for name, arr in weights:
+            arr = np.ascontiguousarray(arr)
+            pad = (-offset) % ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(arr.tobytes())
+            index.append({"name": name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                          "offset": offset})
+            offset += arr.nbytes
+    return index
+
+
+def map_weights(path: str, index: list, device) -> list:
+    """The weights as TVM tensors sharing the file's pages (CPU), or copied to ``device``."""
+    import tvm
+
+    arrays = []
+    size = os.path.getsize(path)
+    for entry in index:
+        dtype = np.dtype(entry["dtype"])
+        count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        if entry["offset"] + count * dtype.itemsize > size:
+            raise ValueError(f"{path} is truncated (weight {entry['name']})")
+        arr = np.memmap(path, dtype=dtype, mode="c", offset=entry["offset"],
+                        shape=tuple(entry["shape"]))
+        if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+            arrays.append(tvm.runtime.from_dlpack(arr))
+        else:
+            arrays.append(tvm.runtime.tensor(np.asarray(arr), device))
+    return arrays
