@@ -9,8 +9,9 @@ its :class:`memory_analysis.FunctionLifetimes`. Bindings are grouped into *units
 that is not an ``alloc_tensor``, together with the ``alloc_tensor`` bindings whose first reader it
 is (they stay right before it, so no lifetime is padded). A unit depends on the units that define
 the variables it reads. Orders are built by list scheduling with several greedy keys (least net
-growth of live bytes, least peak while the unit runs, original order) and scored by the live-set
-peak of the intermediates; the best order wins, ties going to the original order.
+growth of live bytes, least peak while the unit runs) and by depth-first post-orders from the
+outputs (dependencies in original, reversed, or heaviest-first order); the planner scores each
+with in-place reuse and keeps the lowest live-set bound, ties going to the original order.
 
 The order is left unchanged (reason logged) when the function may have effects that variable
 dependencies do not show: a call to an extern function or an Op other than the allocation and view
@@ -189,6 +190,53 @@ def _schedule(units, deps, life: FunctionLifetimes, key: str) -> list[int]:
     return order
 
 
+def _dfs(units, deps, life: FunctionLifetimes, key: str) -> list[int]:
+    """Depth-first post-order from the sinks: each unit runs right after what it needs.
+
+    ``key`` picks which dependency runs first: ``dfs`` original order, ``dfs-rev`` reversed,
+    ``dfs-heavy`` the one with the most bytes allocated in its (approximate) ancestry first
+    (Sethi-Ullman: the costly subtree first, while nothing else is held).
+    """
+    n = len(units)
+    own = [0] * n
+    for t in life.intermediates():
+        for u, unit in enumerate(units):
+            if t.index in unit:
+                own[u] += t.nbytes
+                break
+    heavy = [0] * n
+    for u in range(n):  # units are in a valid topological order: deps come first
+        heavy[u] = own[u] + sum(heavy[d] for d in deps[u])
+    users = [0] * n
+    for d in deps:
+        for v in d:
+            users[v] += 1
+    sinks = [u for u in range(n) if users[u] == 0]
+
+    def kids(u):
+        ds = sorted(deps[u])
+        if key == "dfs-rev":
+            return ds[::-1]
+        if key == "dfs-heavy":
+            return sorted(ds, key=lambda d: (-heavy[d], d))
+        return ds
+
+    order, done = [], set()
+    for root in sinks:
+        stack = [(root, iter(kids(root)))]
+        while stack:
+            u, it = stack[-1]
+            nxt = next((d for d in it if d not in done), None)
+            if nxt is None:
+                stack.pop()
+                if u not in done:
+                    done.add(u)
+                    order.append(u)
+            else:
+                stack.append((nxt, iter(kids(nxt))))
+    return order
+
+
 def candidate_orders(mod: tvm.IRModule, func: relax.Function, life: FunctionLifetimes):
     """Return ``(candidates, report)``: ``[(name, function)]`` in orders other than the original.
 
@@ -202,8 +250,14 @@ def candidate_orders(mod: tvm.IRModule, func: relax.Function, life: FunctionLife
     original = list(range(len(units)))
     seen = [original]
     out, scores = [], {"original": order_peak(original, units, life)}
-    for key in ("net", "peak"):
-        order = _schedule(units, deps, life, key)
+    for key in ("net", "peak", "dfs", "dfs-rev", "dfs-heavy"):
+        order = (
+            _schedule(units, deps, life, key)
+            if key in ("net", "peak")
+            else _dfs(units, deps, life, key)
+        )
+        if sorted(order) != original:
+            raise RuntimeError(f"order {key} is not a permutation of the units (planner bug)")
         scores[key] = order_peak(order, units, life)
         if order in seen:
             continue

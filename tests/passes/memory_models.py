@@ -183,3 +183,16 @@ def vgg_like(
     g.op("Gemm", [x, g.weight(classes, fc), g.weight(classes, scale=0.1)], transB=1)
     g.nodes[-1].output[0] = "y"
     return g.model("vgg_like", [("x", [1, 3, size, size])], ["y"])
+
+
+def two_branches(width: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """Two wide branches listed breadth-first (a1, b1, a2, b2): the listed order keeps both wide
+    tensors alive at once, a depth-first order only one."""
+    g = _Graph(seed)
+    a1 = g.op("Relu", [g.op("MatMul", ["x", g.weight(16, width)])])
+    b1 = g.op("Sigmoid", [g.op("MatMul", ["x", g.weight(16, width)])])
+    a2 = g.op("MatMul", [a1, g.weight(width, 8)])
+    b2 = g.op("MatMul", [b1, g.weight(width, 8)])
+    g.op("Add", [a2, b2])
+    g.nodes[-1].output[0] = "y"
+    return g.model("two_branches", [("x", [4, 16])], ["y"])
