@@ -37,6 +37,10 @@ def layout_passes(target, options: Options) -> list:
 
 
 def schedule_passes(target, options: Options) -> list:
+    if target.kind.name == "cuda":  # GPU kernels need thread bindings: never empty
+        from .schedules import gpu
+
+        return gpu.schedule_passes(target, options)
     if not options.schedule:
         return []
     from .schedules import schedule_stage
@@ -81,6 +85,10 @@ def get_pipeline(target: tvm.target.Target, options: Options | None = None,
     options = options or Options()
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     if not options.enable:
+        if target.kind.name == "cuda":  # compiled kernels (fatbin), not CUDA source
+            from .cuda import ensure_build_support
+
+            ensure_build_support(target)
         return relax.get_default_pipeline(target)
     seq = tvm.transform.Sequential(
         [_stage(name, passes) for name, passes in phases(target, options, before_finalize)],
