@@ -99,10 +99,13 @@ def _row_form(sch: s_tir.Schedule, lanes: int):
         total *= extent(sch, lp) or 1
     if total >= MIN_PARALLEL_ELEMS:
         sch.parallel(row)
-    vectorize_inner(sch, last, lanes)
+    if len(sch.get_loops(last)) > 1:  # never vectorize the row loop the other nests go under
+        vectorize_inner(sch, last, lanes)
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, row, preserve_unit_loops=True)
     for b in blocks[:-1]:
+        if len(sch.get_loops(b)) <= 1:
+            continue
         if is_reduction(sch, b):
             _unroll_reduction(sch, b, lanes)
         else:
