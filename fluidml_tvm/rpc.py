@@ -435,7 +435,8 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
             f"{session.description} cannot load {name}, built for {built} ({reason}); "
             "compile it for the board's target (fluidml-tvm targets)"
         ) from None
-    device = session.remote.cpu()
+    # A CUDA library (cuda, jetson-orin) runs on the board's GPU; the VM adds the CPU for shapes.
+    device = session.remote.cuda(0) if meta.get("target_kind") == "cuda" else session.remote.cpu()
     try:
         vm = relax.VirtualMachine(rlib, device)
     except Exception as err:  # noqa: BLE001
