@@ -10,7 +10,11 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.memory_analysis import MEM_ALLOC_TENSOR, lower_to_memory_slot
+from fluidml_tvm.passes.memory_analysis import (
+    MEM_ALLOC_TENSOR,
+    collect_lifetimes,
+    lower_to_memory_slot,
+)
 from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan
 from fluidml_tvm.passes.memory_verify import (
     MemoryPlanError,
@@ -128,3 +132,26 @@ def test_abstract_checker_catches_broken_plans():
     assert check_intervals(ivs, [0, 64, 0], 192)  # 0 and 1 overlap in bytes and time
     assert check_intervals(ivs, [0, 130, 0], 256)  # misaligned
     assert check_intervals(ivs, [0, 128, 0], 150)  # outside the arena
+
+
+def test_accepts_planned_inplace_handovers_only_for_elementwise_kernels(lowered):
+    planner = FluidMLMemoryPlan(stock_fallback=False)
+    planned = planner(lowered)
+    assert planner.plans["main"].inplace  # residual adds overwrite their dying input...
+    assert verify_module(planned) == []  # ... and the verifier checks and accepts them.
+    # Now hand a transpose's output the bytes of its dying input, as if it were elementwise.
+    life = collect_lifetimes(planned, "main")
+    allocs = [i for i, _ in _allocs(planned)]
+    for j, b in enumerate(life.bindings):
+        v = b.value
+        if not (isinstance(v, relax.Call) and "reshape_transpose" in str(v.op)):
+            continue
+        (src,) = life.var_tensors[v.args[0]]
+        (dst,) = life.var_tensors[v.args[1]]
+        s, d = life.tensors[src], life.tensors[dst]
+        if s.end == j and s.nbytes == d.nbytes:
+            broken = _with_offset(planned, allocs.index(d.index), s.offset)
+            problems = verify_module(broken)
+            assert any(s.var.name in p and d.var.name in p and "overlaps" in p for p in problems)
+            return
+    raise AssertionError("no transpose with a dying input of the same size in bert_like")
