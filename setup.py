@@ -18,7 +18,8 @@ setup(
         "apache-tvm-ffi==0.1.14.post0",
         "onnx>=1.16",
         # onnxsim folds the Shape -> Gather -> Concat -> Reshape subgraphs of exported models once the
-        # input shapes are fixed (TVM's importer cannot take a computed Reshape target).
+        # input shapes are fixed; TVM's importer folds simple ones itself but fails on others
+        # ("Reshape requires the input new shape to be Shape"), and folding first is uniform.
         "onnxsim>=0.4.36",
         "numpy>=1.24",
         "xgboost>=2.0",

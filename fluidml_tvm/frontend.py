@@ -8,8 +8,8 @@ Steps, each with a one-line :class:`FluidMLError` on bad input:
 3. :func:`check_supported` lists *all* operators TVM's importer lacks, with counts, at once.
 4. :func:`fold_shapes` folds the ``Shape -> Gather -> Concat -> Reshape`` subgraphs that exporters
    emit, with onnxsim (constant folding through ONNX Runtime plus ONNX shape inference): once the
-   input shapes are fixed they are constants, and TVM's importer cannot take a computed Reshape
-   target.
+   input shapes are fixed they are constants (TVM's importer folds simple chains itself but fails
+   on others with "Reshape requires the input new shape to be Shape").
 5. :func:`to_relax` converts with ``tvm.relax.frontend.onnx.from_onnx``.
 """
 
