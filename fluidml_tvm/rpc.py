@@ -611,15 +611,24 @@ def local_kernel_times(model, inputs, number: int = 1) -> list[dict]:
 
 
 def format_kernel_table(rows: list[dict], top: int | None = None) -> str:
-    """The per-kernel table ``fluidml-tvm run --profile`` prints (VM builtins included)."""
+    """The per-kernel table ``fluidml-tvm run --profile`` prints: the ``top`` slowest kernels,
+    the rest summed, and the VM's own builtins (allocations, shape checks) on one line."""
     total = sum(r["total_ms"] for r in rows) or 1.0
-    shown = rows[:top] if top else rows
+    kernels = [r for r in rows if not r["name"].startswith("vm.builtin.")]
+    builtins = [r for r in rows if r["name"].startswith("vm.builtin.")]
+    shown = kernels[:top] if top else kernels
     lines = [f"{'kernel':<48} {'calls':>6} {'total (ms)':>11} {'mean (us)':>10} {'share':>6}"]
     for r in shown:
         lines.append(f"{r['name'][:48]:<48} {r['calls']:>6d} {r['total_ms']:>11.4f} "
                      f"{r['mean_us']:>10.2f} {100 * r['total_ms'] / total:>5.1f}%")
-    if len(shown) < len(rows):
-        rest = sum(r["total_ms"] for r in rows[len(shown):])
-        lines.append(f"{f'({len(rows) - len(shown)} more)':<48} {'':>6} {rest:>11.4f} "
-                     f"{'':>10} {100 * rest / total:>5.1f}%")
+
+    def summed(label, group):
+        ms = sum(r["total_ms"] for r in group)
+        calls = sum(r["calls"] for r in group)
+        lines.append(f"{label[:48]:<48} {calls:>6d} {ms:>11.4f} {'':>10} {100 * ms / total:>5.1f}%")
+
+    if len(shown) < len(kernels):
+        summed(f"({len(kernels) - len(shown)} more kernels)", kernels[len(shown):])
+    if builtins:
+        summed(f"(VM builtins: {len(builtins)} kinds)", builtins)
     return "\n".join(lines)
