@@ -6,8 +6,10 @@ memory slots (an empty list: that stage has nothing to run yet).
 
 
 def layout_stage(target, options) -> list:
-    """Passes of the layout slot (before legalization). Not implemented yet: runs nothing."""
-    return []
+    """Passes of the layout slot (before legalization): FluidML layout selection + rewrite."""
+    from .layout_rewrite import FluidMLLayout
+
+    return [FluidMLLayout(target, options)]
 
 
 def memory_stage(target, options) -> list:

@@ -119,8 +119,11 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
             add(p, "input", p.name)
     nodes: list[Node] = []
     body = func.body
+    tuples: dict = {}
     for block in body.blocks:
         for b in block.bindings:
+            if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Tuple):
+                tuples[b.var] = list(b.value.fields)
             if not isinstance(b, relax.VarBinding) or not _is_tensor(b.var.ty):
                 continue
             value = b.value
@@ -151,9 +154,14 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
             out = add(b.var, "value", b.var.name)
             nodes.append(Node(out, op, args, out, attrs))
     ret = body.body
-    for e in ret.fields if isinstance(ret, relax.Tuple) else [ret]:
+    rets = list(ret.fields) if isinstance(ret, relax.Tuple) else tuples.get(ret, [ret])
+    for e in rets:
         if e in names:
             tensors[names[e]].output = True
+    for e, name in names.items():  # used outside its dataflow block: keep its layout
+        if isinstance(e, relax.Var) and not isinstance(e, relax.DataflowVar):
+            if tensors[name].kind == "value":
+                tensors[name].output = True
     return OpGraph(tensors, nodes), exprs
 
 
@@ -238,3 +246,72 @@ def dump(g: OpGraph, chains: list[list[int]], limit: int = 12) -> str:
         more = f" ... (+{len(chain) - limit})" if len(chain) > limit else ""
         lines.append(f"  seq {k} [{len(chain)} ops]: " + " -> ".join(steps) + more)
     return "\n".join(lines)
+
+
+# ---- runtime layout kernels --------------------------------------------------------------------
+def _is_copy_kernel(func) -> bool:
+    """A PrimFunc whose every block stores a plain load (a transpose/layout copy), and that TVM
+    does not see as a reshape (those become views)."""
+    from tvm import s_tir, tirx
+
+    if relax.analysis.has_reshape_pattern(func):
+        return False
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - no root block: not a plain kernel
+        return False
+    reorders = False
+    for b in blocks:
+        stmt = sch.get(b)
+        value = getattr(stmt.body, "value", None)
+        while isinstance(value, tirx.Cast):
+            value = value.value
+        if not isinstance(stmt.body, tirx.BufferStore) or type(value).__name__ not in (
+                "BufferLoad", "TensorLoad") or stmt.init is not None:
+            return False
+        order = {}
+        for v in _vars(stmt.body.indices):
+            order.setdefault(v, len(order))
+        try:
+            loaded = list(dict.fromkeys(_vars(value.indices, gather_fails=True)))
+        except ValueError:  # an index that is itself a load: a gather, not a layout copy
+            return False
+        ranks = [order[v] for v in loaded if v in order]
+        reorders = reorders or ranks != sorted(ranks)  # else a slice/copy, not a transpose
+    return reorders
+
+
+def _vars(exprs, gather_fails=False) -> list:
+    """Iteration variables in index expressions, left to right (as ``Var`` objects)."""
+    from tvm import tirx
+
+    out = []
+    for e in exprs:
+        if isinstance(e, tirx.Var):
+            out.append(e)
+        elif type(e).__name__ in ("BufferLoad", "TensorLoad"):
+            if gather_fails:
+                raise ValueError("gather")
+        elif hasattr(e, "a") and hasattr(e, "b"):
+            out += _vars([e.a, e.b], gather_fails)
+        elif hasattr(e, "value") and not isinstance(e, (tirx.IntImm, tirx.FloatImm)):
+            out += _vars([e.value], gather_fails)
+    return out
+
+
+def transpose_kernels(mod) -> dict:
+    """Pure transpose/layout-copy PrimFuncs of a module after FuseTIR: ``{"kernels": distinct
+    PrimFuncs, "calls": call sites in Relax functions, "names": [...]}``."""
+    names = [gv.name_hint for gv, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and _is_copy_kernel(f)]
+    calls = 0
+    op = tvm.ir.Op.get("relax.call_tir")
+    for _, f in mod.functions_items():
+        if isinstance(f, relax.Function):
+            hits = []
+            relax.analysis.post_order_visit(
+                f, lambda e, hits=hits: hits.append(e) if isinstance(e, relax.Call)
+                and e.op.same_as(op) and e.args[0].name_hint in names else None)
+            calls += len(hits)
+    return {"kernels": len(names), "calls": calls, "names": sorted(names)}

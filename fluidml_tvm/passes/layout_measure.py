@@ -1,0 +1,188 @@
+"""Measured and learned layout costs: time each (kernel, layouts) variant with the schedules.
+
+:class:`MeasuredCost` is :class:`~.layout_cost.AnalyticCost` whose matmul and transpose terms are
+on-device timings: the variant's PrimFunc (the same te compute the rewrite emits) gets the
+FluidML schedules (:class:`fluidml_tvm.schedules.FluidMLSchedule`) and is timed on this host by
+:func:`fluidml_tvm.schedules.measure.time_funcs`. Timings go to the shared sqlite cache
+(:class:`fluidml_tvm.costdb.CostDB`, rule ``layout``), so a variant is measured once per
+(target, threads, shape, layouts), across models and processes. Where the target cannot run on
+this host, the analytic term stays. :class:`LearnedCost` predicts variants that are not in the
+cache with an XGBoost model trained on the cached ones (:mod:`.layout_learned`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import tvm
+from tvm import te
+
+from .layout_cost import AnalyticCost, compose, identity, inverse, moves_data, phys_shape
+
+log = logging.getLogger("fluidml_tvm.layout")
+
+
+def matmul_variant(a_shape, b_shape, out_shape, la, lb, lo, dtype="float32"):
+    """The PrimFunc the rewrite emits for a matmul with layouts ``la``, ``lb``, ``lo``."""
+    from .layout_rewrite import permuted_matmul
+
+    a = te.placeholder(phys_shape(a_shape, la), dtype, "A")
+    b = te.placeholder(phys_shape(b_shape, lb), dtype, "B")
+    c = permuted_matmul(a, b, la, lb, lo, a_shape, b_shape, out_shape, dtype)
+    return te.create_prim_func([a, b, c])
+
+
+def transpose_variant(shape, perm, dtype="float32"):
+    """A transpose kernel: out dim p = in dim ``perm[p]``."""
+    x = te.placeholder(tuple(shape), dtype, "X")
+    out = te.compute(phys_shape(shape, perm),
+                     lambda *i: x[tuple(i[inverse(perm)[d]] for d in range(len(perm)))],
+                     name="T_transpose")
+    return te.create_prim_func([x, out])
+
+
+def schedule_and_time(funcs: list, target, options) -> list:
+    """Seconds per call of each PrimFunc with the FluidML schedules (None where it failed)."""
+    import dataclasses
+
+    from ..schedules import FluidMLSchedule
+    from ..schedules.measure import time_funcs
+
+    # the schedules' analytic first choice: no nested tuning per layout variant
+    options = dataclasses.replace(options, cost="analytic")
+    done = []
+    for f in funcs:
+        mod = tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+        with target:
+            mod = FluidMLSchedule(target, options)(mod)
+        done.append(mod["main"])
+    return time_funcs(done, target, min_repeat_ms=10, repeat=3)
+
+
+def _key(kind, *parts) -> str:
+    return kind + ":" + "|".join(",".join(map(str, p)) for p in parts)
+
+
+class MeasuredCost(AnalyticCost):
+    """Analytic model with measured matmul and transpose kernels (see the module docstring).
+
+    Call :meth:`prepare` with the graph and its candidates before planning: it measures every
+    variant the DP can ask for in one batch (cached). Unmeasurable variants keep the analytic term.
+    """
+
+    name = "measured"
+
+    def __init__(self, target, options, db=None, measure: bool = True):
+        super().__init__()
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "db", db)
+        object.__setattr__(self, "measure", measure)
+        object.__setattr__(self, "table", {})
+        threads = os.environ.get("TVM_NUM_THREADS", "default")
+        object.__setattr__(self, "tkey", f"{target}|threads={threads}")
+
+    def __hash__(self):
+        return id(self)
+
+    # -- variants the DP may ask for ----------------------------------------------------------
+    def variants(self, g, cands) -> dict:
+        from .layout_cost import op_kind
+
+        out = {}
+        for i, n in enumerate(g.nodes):
+            kind = op_kind(g, i)
+            if kind == "matmul":
+                ts = [g.tensors[t] for t in n.inputs]
+                o = g.tensors[n.output]
+                for la in cands[n.inputs[0]]:
+                    for lb in cands[n.inputs[1]]:
+                        for lo in cands[n.output]:
+                            k = _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo)
+                            out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo: matmul_variant(
+                                ts[0].shape, ts[1].shape, o.shape, la, lb, lo, o.dtype)
+            elif kind == "permute":
+                x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
+                for lx in cands[n.inputs[0]]:
+                    for lo in cands[n.output]:
+                        q = compose(inverse(lx), compose(n.attrs["axes"], lo))
+                        shape = phys_shape(x.shape, lx)
+                        if moves_data(q, shape):
+                            out[_key("transpose", shape, q)] = (
+                                lambda s=shape, q=q, dt=x.dtype: transpose_variant(s, q, dt))
+        return out
+
+    def prepare(self, g, cands) -> int:
+        """Measure (or read from the cache) every variant; returns how many were measured."""
+        todo = {}
+        for k, make in self.variants(g, cands).items():
+            if k in self.table:
+                continue
+            hit = self.db.measured(self.tkey, "layout", k) if self.db is not None else {}
+            if hit:
+                self.table[k] = min(hit.values())
+            elif self.measure:
+                todo[k] = make
+        if not todo:
+            return 0
+        log.info("layout: measuring %d kernel variants", len(todo))
+        keys = list(todo)
+        times = schedule_and_time([todo[k]() for k in keys], self.target, self.options)
+        for k, t in zip(keys, times):
+            if t is None:
+                continue
+            self.table[k] = t
+            if self.db is not None:
+                self.db.record(self.tkey, "layout", k, {"variant": k}, t)
+        return len(keys)
+
+    # -- T_n -----------------------------------------------------------------------------------
+    def transpose_of(self, shape, q, nbytes):
+        t = self.table.get(_key("transpose", shape, q))
+        return self.transpose(nbytes) if t is None else self.launch + t
+
+    def matmul(self, g, i, lays, lout):
+        n = g.nodes[i]
+        ts = [g.tensors[t] for t in n.inputs]
+        o = g.tensors[n.output]
+        t = self.table.get(_key("matmul", ts[0].shape, ts[1].shape, o.shape, lays[0], lays[1],
+                                lout))
+        return super().matmul(g, i, lays, lout) if t is None else self.launch + t
+
+    def node(self, g, i, layouts):
+        from .layout_cost import op_kind
+
+        n = g.nodes[i]
+        if op_kind(g, i) == "permute":
+            x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
+            lx = layouts.get(n.inputs[0]) or identity(len(x.shape))
+            lo = layouts.get(n.output) or identity(len(o.shape))
+            q = compose(inverse(lx), compose(n.attrs["axes"], lo))
+            shape = phys_shape(x.shape, lx)
+            return self.transpose_of(shape, q, o.nbytes) if moves_data(q, shape) else 0.0
+        return super().node(g, i, layouts)
+
+
+def make_model(target=None, options=None):
+    """The cost model ``options.cost`` names (``analytic`` when measuring is impossible)."""
+    from ..options import Options
+    from ..schedules.measure import can_measure
+
+    options = options or Options()
+    if options.cost == "analytic":
+        return AnalyticCost()
+    if target is None:
+        target = tvm.target.Target.current(allow_none=True)
+    elif not isinstance(target, tvm.target.Target):
+        target = tvm.target.Target(target)
+    if target is None or target.kind.name != "llvm" or not can_measure(target):
+        log.info("layout: target cannot be measured here; analytic costs")
+        return AnalyticCost()
+    db = None
+    if options.cache_dir:
+        from ..costdb import CostDB
+
+        db = CostDB(options.cache_dir)
+    # ``learned`` (an XGBoost model over the cached variants) is not implemented yet: it measures
+    return MeasuredCost(target, options, db)

@@ -1,0 +1,247 @@
+"""``FluidMLLayout``: choose every tensor's layout (FluidML) and rewrite the Relax IR to it.
+
+Runs on high-level Relax (``R.matmul``, ``R.permute_dims``, elementwise ops, ...) before
+LegalizeOps/FoldConstant, inside ``with target:`` or with a target given. For each Relax function
+it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
+:mod:`.layout_vote`) under a cost model (:mod:`.layout_cost`) and realizes the plan:
+
+* a tensor in layout ``L`` is held physically permuted (``x_phys = permute_dims(x, L)``);
+* ``permute_dims`` whose input and output are the same bytes becomes an alias (no kernel), or a
+  ``reshape`` when only unit dims move;
+* ``matmul`` with any non-default operand/result becomes one ``call_tir`` kernel that indexes A,
+  B and C through their permutations (a transposed-operand matmul, like TVM's
+  FuseTransposeMatmul but for any permutation of any rank); the schedules read it directly;
+* elementwise ops run on the permuted tensors; broadcast constants are stored pre-permuted
+  (new constants, so FoldConstant has nothing to fold back);
+* every other op gets its inputs transposed back to the default layout - an explicit transform,
+  only where no kernel absorbs the layout (the plan already paid for it in the cost model).
+
+Graph inputs, outputs and dynamic-shape tensors keep the default layout. ``apply=False`` only
+records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from .graph import build_graph
+from .layout_cost import compose, identity, inverse, moves_data, op_kind, phys_shape
+from .layout_dp import candidates
+from .layout_vote import plan_layouts
+from .layout_vote import report as plan_report
+
+log = logging.getLogger("fluidml_tvm.layout")
+
+
+def permuted_matmul(a, b, la, lb, lo, a_shape, b_shape, out_shape, dtype):
+    """te compute of ``C = A @ B`` where A, B, C are held in layouts ``la``, ``lb``, ``lo``
+    (logical shapes given; ``a``/``b`` are the physical te tensors); returns physical C."""
+    r = len(out_shape)
+    k = te.reduce_axis((0, a_shape[-1]), name="k")
+
+    def operand(t, lay, shape, last2, pidx_log):
+        nb = len(shape) - 2
+        batch = [0 if shape[j] == 1 else pidx_log[r - 2 - nb + j] for j in range(nb)]
+        idx = batch + last2
+        return t[tuple(idx[d] for d in lay)]
+
+    def fcompute(*pidx):
+        lg = [None] * r
+        for p, d in enumerate(lo):
+            lg[d] = pidx[p]
+        x = operand(a, la, a_shape, [lg[r - 2], k], lg)
+        y = operand(b, lb, b_shape, [k, lg[r - 1]], lg)
+        return te.sum(x.astype(dtype) * y.astype(dtype), axis=k)
+
+    return te.compute(phys_shape(out_shape, lo), fcompute, name="T_matmul")
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, g, exprs, layouts):
+        super().__init__(mod)
+        self.g, self.layouts = g, layouts
+        self.name_of = {e: n for n, e in exprs.items()}
+        self.node_of = {n.output: i for i, n in enumerate(g.nodes)}
+        self.phys: dict = {}  # tensor name -> expr holding it in its planned layout
+
+    def lay(self, name):
+        return self.layouts.get(name) or identity(len(self.g.tensors[name].shape or ()))
+
+    def logical(self, name, expr):
+        """``expr`` (tensor ``name``) in the default layout; emits the transform back once."""
+        lay = self.lay(name)
+        if lay == identity(len(lay)):
+            return expr
+        key = ("logical", name)
+        if key not in self.phys:
+            self.phys[key] = self.convert(expr, name, lay, identity(len(lay)))
+        return self.phys[key]
+
+    def convert(self, expr, name, src, dst):
+        """Tensor ``name`` held in layout ``src`` re-held in ``dst`` (one permute or a view)."""
+        q = compose(inverse(src), dst)
+        shape = self.g.tensors[name].shape
+        if q == identity(len(q)):
+            return expr
+        if not moves_data(q, phys_shape(shape, src)):
+            return self.builder_.emit(relax.op.reshape(expr, phys_shape(shape, dst)))
+        return self.builder_.emit(relax.op.permute_dims(expr, list(q)))
+
+    def arg(self, a):
+        """A call argument, remapped; non-tensor arguments visited as usual."""
+        name = self.name_of.get(a)
+        if name is None or self.g.tensors[name].kind == "const":
+            return name, self.visit_expr(a)
+        return name, self.phys.get(name, self.visit_expr(a))
+
+    def visit_var_binding_(self, binding):  # noqa: N802 - TVM visitor name
+        var = binding.var
+        name = self.name_of.get(var)
+        if name is None or name not in self.node_of:
+            for v in relax.analysis.free_vars(binding.value):
+                n = self.name_of.get(v)
+                if n in self.phys and n in self.layouts:
+                    self.set_var_remap(v, self.logical(n, self.phys[n]))
+            return super().visit_var_binding_(binding)
+        i = self.node_of[name]
+        kind = op_kind(self.g, i)
+        lout = self.lay(name)
+        touched = any(t in self.layouts for t in (name, *self.g.nodes[i].inputs))
+        value = binding.value
+        if not touched:
+            new = self.visit_expr(value)
+        elif kind == "permute":
+            src = value.args[0]
+            xname, x = self.arg(src)
+            q = compose(inverse(self.lay(xname)), compose(self.g.nodes[i].attrs["axes"], lout))
+            res = self.convert_q(x, xname, q, name)
+            self.phys[name] = res  # an alias of a constant stays a constant (kernels pack it)
+            if isinstance(res, relax.Var):
+                self.set_var_remap(var, res)
+            return
+        elif kind == "matmul":
+            new = self.matmul(i, value)
+        elif kind == "elemwise":
+            new = self.elemwise(i, value, lout)
+        else:
+            new = self.opaque(value)
+        out = self.builder_.emit(new, var.name) if isinstance(var, relax.DataflowVar) \
+            else self.builder_.emit_output(new, var.name)
+        if kind not in ("matmul", "elemwise") and lout != identity(len(lout)):
+            out = self.convert(out, name, identity(len(lout)), lout)
+        self.phys[name] = out
+        self.set_var_remap(var, out)
+
+    def convert_q(self, x, xname, q, name):
+        shape_in = phys_shape(self.g.tensors[xname].shape, self.lay(xname))
+        if q == identity(len(q)):
+            return x
+        if not moves_data(q, shape_in):
+            return self.builder_.emit(relax.op.reshape(x, phys_shape(shape_in, q)), name)
+        return self.builder_.emit(relax.op.permute_dims(x, list(q)), name)
+
+    def opaque(self, value):
+        args = []
+        for a in value.args:
+            n, e = self.arg(a)
+            args.append(self.logical(n, e) if n is not None else e)
+        return relax.Call(value.op, args, value.attrs, value.ty_args)
+
+    def matmul(self, i, value):
+        n = self.g.nodes[i]
+        names = [self.name_of.get(a) for a in value.args]
+        exprs = [self.arg(a)[1] for a in value.args]
+        lays = [self.lay(t) for t in names]
+        shapes = [self.g.tensors[t].shape for t in names]
+        out = self.g.tensors[n.output]
+        fn = lambda a, b: permuted_matmul(  # noqa: E731
+            a, b, lays[0], lays[1], self.lay(n.output), shapes[0], shapes[1], out.shape,
+            out.dtype)
+        return self.builder_.call_te(fn, exprs[0], exprs[1], primfunc_name_hint="matmul_layout")
+
+    def elemwise(self, i, value, lout):
+        out = self.g.tensors[self.g.nodes[i].output]
+        rank = len(out.shape)
+        args = []
+        for a in value.args:
+            n, e = self.arg(a)
+            t = self.g.tensors.get(self.name_of.get(a)) if self.name_of.get(a) else None
+            if t is None or not t.shape:
+                args.append(e)
+                continue
+            full = (1,) * (rank - len(t.shape)) + tuple(t.shape)
+            if t.kind == "const":
+                arr = np.transpose(a.value.numpy().reshape(full), lout)
+                args.append(relax.const(np.ascontiguousarray(arr), t.dtype))
+            elif t.shape == out.shape:
+                args.append(self.convert(e, n, self.lay(n), lout))
+            else:
+                e = self.logical(n, e)
+                if len(t.shape) != rank:
+                    e = self.builder_.emit(relax.op.reshape(e, full))
+                if moves_data(lout, full):
+                    e = self.builder_.emit(relax.op.permute_dims(e, list(lout)))
+                elif lout != identity(rank):
+                    e = self.builder_.emit(relax.op.reshape(e, phys_shape(full, lout)))
+                args.append(e)
+        return relax.Call(value.op, args, value.attrs, value.ty_args)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FluidMLLayout")
+class FluidMLLayout:
+    """Plan (and by default apply) FluidML layouts on every Relax function of a module.
+
+    Parameters
+    ----------
+    target
+        The target the costs are for (``None``: ``Target.current()``, or analytic costs).
+    options
+        :class:`fluidml_tvm.options.Options`; ``cost`` selects the cost model (analytic /
+        measured / learned, see :func:`.layout_measure.make_model`).
+    apply
+        Rewrite the IR (True) or only record the plans and reasons (False).
+    model
+        A cost model object overriding ``options.cost`` (tests, tutorials).
+    """
+
+    def __init__(self, target=None, options=None, apply: bool = True, model=None):
+        self.target, self.options, self.apply, self.model = target, options, apply, model
+        self.plans: dict = {}
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        from .layout_measure import make_model
+
+        model = self.model or make_model(self.target, self.options)
+        out = mod
+        for gv, func in mod.functions_items():
+            if not isinstance(func, relax.Function) or (func.attrs and (
+                    "Codegen" in func.attrs or "Primitive" in func.attrs)):
+                continue
+            g, exprs = build_graph(func)
+            if hasattr(model, "prepare"):
+                model.prepare(g, candidates(g))
+            plan = plan_layouts(g, model)
+            self.plans[gv.name_hint] = plan
+            log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
+            if self.apply and plan.layouts:
+                rw = _Rewriter(out, g, exprs, plan.layouts)
+                new = rw.visit_expr(func)
+                rw.builder_.update_func(gv, new)
+                out = rw.builder_.get()
+        if out is not mod:
+            out = relax.transform.DeadCodeElimination()(out)
+        return out
+
+
+def report(layout_pass: FluidMLLayout) -> str:
+    """Chosen layouts with reasons, per function (for ``fluidml-tvm compile --report``)."""
+    parts = []
+    for name, plan in layout_pass.plans.items():
+        parts.append(f"[layout] function {name}: {len(plan.layouts)} non-default tensors\n"
+                     + plan_report(plan))
+    return "\n".join(parts)
