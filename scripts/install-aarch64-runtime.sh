@@ -6,7 +6,8 @@
 #   FLUIDML_TVM_AARCH64_HOME=/some/dir scripts/install-aarch64-runtime.sh
 #
 # What it does (Debian 12 / Ubuntu 22.04+):
-#   1. apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user (only if missing;
+#   1. apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+#      (only what is missing;
 #      needs root or sudo). The cross gcc links the model library, the cross g++ builds the runner,
 #      and /usr/aarch64-linux-gnu is the aarch64 sysroot qemu-aarch64 runs programs against.
 #   2. Downloads the aarch64 wheels of the SAME apache-tvm / apache-tvm-ffi versions as the host's
@@ -16,8 +17,8 @@
 #      ~100-line C++ program that loads an exported library with the TVM runtime and runs the
 #      Relax VM's "main" (no aarch64 Python, no numpy needed).
 #
-# fluidml_tvm.cross.run_under_qemu() then runs:
-#   qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=$HOME_DIR/lib $HOME_DIR/bin/vm_runner LIB.so ...
+# fluidml_tvm.cross.run_under_qemu() then runs (the runner finds $HOME_DIR/lib by its rpath):
+#   qemu-aarch64 -L /usr/aarch64-linux-gnu $HOME_DIR/bin/vm_runner LIB.so --input ... --output-dir D
 set -euo pipefail
 
 HOME_DIR="${FLUIDML_TVM_AARCH64_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/fluidml-tvm/aarch64}"
@@ -30,6 +31,9 @@ need=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+# The aarch64 C library (headers, crt files, ld-linux-aarch64.so.1) is only a Recommends of the
+# cross gcc: name it, for --no-install-recommends.
+[ -e /usr/aarch64-linux-gnu/lib/libc.so ] || need+=(libc6-dev-arm64-cross)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -39,8 +43,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # ---- 2. the aarch64 TVM runtime ---------------------------------------------------------------------
-TVM_VERSION="$($PYTHON -c 'import importlib.metadata as m; print(m.version("apache-tvm"))')"
-FFI_VERSION="$($PYTHON -c 'import importlib.metadata as m; print(m.version("apache-tvm-ffi"))')"
+versions="$($PYTHON -c 'import importlib.metadata as m
+print(m.version("apache-tvm"), m.version("apache-tvm-ffi"))' 2>/dev/null)" || {
+    say "error: apache-tvm and apache-tvm-ffi must be installed for $PYTHON first (pip install -e .)"
+    exit 1
+}
+TVM_VERSION="${versions% *}"
+FFI_VERSION="${versions#* }"
 STAMP="$HOME_DIR/.runtime-$TVM_VERSION-$FFI_VERSION"
 mkdir -p "$HOME_DIR/wheels" "$HOME_DIR/lib" "$HOME_DIR/include" "$HOME_DIR/bin"
 if [ ! -f "$STAMP" ]; then
@@ -70,7 +79,7 @@ for prefix in ("tvm_ffi/include/", "tvm_ffi/3rdparty/dlpack/include/"):
     extract(ffi_whl, lambda n, p=prefix: n.startswith(p) and n.endswith(".h"),
             lambda n, p=prefix: os.path.join(home, "include", n[len(p):]))
 EOF
-    rm -f "$HOME_DIR"/.runtime-*
+    rm -f "$HOME_DIR"/.runtime-* "$HOME_DIR"/wheels/*.whl  # ~95 MB no longer needed
     touch "$STAMP"
 fi
 
