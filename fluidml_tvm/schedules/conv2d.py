@@ -151,29 +151,35 @@ def pack_index_map(w_roles: list[str], nr: int):
     return fmap
 
 
-def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
-    """(mr, nv): the most accumulators that fit, dividing the column and channel extents."""
+def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int]]:
+    """(mr, nv) register tiles dividing the column and channel extents, best guess first: those
+    whose accumulators, weight vectors and the broadcast fit the registers, by FLOPs per load."""
     lanes = cpu.lanes(32)
-    best = None
+    tiles = []
     for nv in (4, 3, 2, 1):
         if m.f % (nv * lanes):
             continue
         for mr in (14, 12, 8, 7, 6, 5, 4, 3, 2, 1):
             if mr * nv + 2 > cpu.vector_registers or m.x % mr:
                 continue
-            score = (mr * nv / (mr + nv), mr * nv)
-            if best is None or score > best[0]:
-                best = (score, (mr, nv))
-    return best[1] if best else None
+            fits = mr * nv + nv + 1 <= cpu.vector_registers
+            tiles.append(((fits, mr * nv / (mr + nv), mr * nv), (mr, nv)))
+    tiles.sort(reverse=True)
+    return [t for _, t in tiles][: max(1, budget)]
 
 
-def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None):
+def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
+    c = candidates(m, cpu, 1)
+    return c[0] if c else None
+
+
+def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None):
     """Returns ``(schedule, reason, pack)``: schedule None when the rule does not apply; ``pack``
     ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed."""
     m, why = analyze(func)
     if m is None:
         return None, why, None
-    tile = choose_tile(m, cpu)
+    tile = tile or choose_tile(m, cpu)
     if tile is None:
         return None, f"no register tile divides channels {m.f} / columns {m.x}", None
     mr, nv = tile

@@ -31,9 +31,8 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..options import Options
-from . import fast_erf
+from . import conv2d, fast_erf
 from . import matmul as mm
-from .conv2d import schedule_conv2d
 from .injective import schedule_injective
 from .measure import can_measure, time_funcs
 from .reduction import schedule_reduction
@@ -156,11 +155,11 @@ class FluidMLSchedule:
         else:
             reasons.append(f"matmul: {why}")
         try:
-            sch, why, pack = schedule_conv2d(func, cpu, const_args)
+            out, why = self._conv2d(name, func, target, cpu, const_args, db, measure_ok)
         except Exception as err:  # noqa: BLE001
-            sch, why, pack = None, f"{type(err).__name__}: {str(err)[:200]}", None
-        if sch is not None:
-            return sch.mod["main"], Decision(name, "conv2d", why), pack
+            out, why = None, f"{type(err).__name__}: {str(err)[:200]}"
+        if out is not None:
+            return out
         reasons.append(f"conv2d: {why}")
         for rule, fn in (
             ("reduction", schedule_reduction),
@@ -177,58 +176,94 @@ class FluidMLSchedule:
             reasons.append(f"{rule}: {why}")
         return None, Decision(name, "none", "; ".join(reasons)), None
 
+    def _choose(self, name, func, rule, workload, cands, build, flops, target, cpu, db, ok):
+        """Pick one of ``cands`` (dicts): from the cache, else by measuring each candidate's
+        PrimFunc (``build(cfg)``), else the first. Returns (config, candidates measured, s)."""
+        threads = os.environ.get("TVM_NUM_THREADS", "default")
+        tkey = f"{target}|{cpu.key()}|threads={threads}"
+        workload = f"{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFF:012x}:{workload}"
+        if db is not None:
+            hit = db.best(tkey, rule, workload)
+            if hit is not None:
+                return hit[0], 0, hit[1]
+        if not (ok and flops >= MEASURE_MIN_FLOPS and len(cands) > 1):
+            return cands[0], 0, 0.0
+        built = []
+        for cfg in cands:
+            try:
+                built.append((cfg, build(cfg)))
+            except Exception as err:  # noqa: BLE001 - a candidate that does not apply
+                log.info("%s: candidate %s failed: %s", name, cfg, err)
+        log.info("measuring %s: %d candidates", name, len(built))
+        times = time_funcs([f for _, f in built], target) if built else []
+        best, measured = None, 0
+        for (cfg, _), t in zip(built, times):
+            if t is None:
+                continue
+            measured += 1
+            log.info("  %s %s: %.1f GFLOP/s", name, cfg, flops / t / 1e9)
+            if db is not None:
+                db.record(tkey, rule, workload, cfg, t, flops)
+            if best is None or t < best[1]:
+                best = (cfg, t)
+        if best is None:
+            return cands[0], 0, 0.0
+        if db is not None:
+            db.choose(tkey, rule, workload, best[0], best[1], measured)
+        return best[0], measured, best[1]
+
+    @staticmethod
+    def _how(measured, seconds, flops) -> str:
+        how = "measured" if measured else ("cached" if seconds else "analytic")
+        return f"({how})" + (f", {flops / seconds / 1e9:.1f} GFLOP/s" if seconds else "")
+
     def _matmul(self, name, func, match, target, cpu, pack_param, db, measure_ok):
         cands = mm.candidates(match, cpu, self.options.tune_trials, b_const=pack_param)
         if not cands:
             return None
-        threads = os.environ.get("TVM_NUM_THREADS", "default")
-        tkey = f"{target}|{cpu.key()}|threads={threads}"
-        workload = (
-            f"{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFF:012x}:{match.shape_key()}"
-            f":{'constB' if pack_param else 'B'}"
+
+        def build(cfg):
+            return mm.apply(func, match, mm.MatmulConfig.from_dict(cfg), cpu, pack_param).mod[
+                "main"
+            ]
+
+        wl = f"{match.shape_key()}:{'constB' if pack_param else 'B'}"
+        cfg, measured, seconds = self._choose(
+            name, func, "matmul", wl, [c.to_dict() for c in cands], build, match.flops(),
+            target, cpu, db, measure_ok,
         )
-        chosen, measured, seconds = None, 0, 0.0
-        if db is not None:
-            hit = db.best(tkey, "matmul", workload)
-            if hit is not None:
-                chosen = mm.MatmulConfig.from_dict(hit[0])
-                seconds = hit[1]
-        worth = match.flops() >= MEASURE_MIN_FLOPS
-        if chosen is None and measure_ok and worth and len(cands) > 1:
-            built = []
-            for cfg in cands:
-                try:
-                    built.append((cfg, mm.apply(func, match, cfg, cpu, pack_param).mod["main"]))
-                except Exception as err:  # noqa: BLE001 - a candidate that does not apply
-                    log.info("%s: candidate %s failed: %s", name, cfg.describe(), err)
-            log.info("measuring %s: %d candidates", name, len(built))
-            times = time_funcs([f for _, f in built], target) if built else []
-            best = None
-            for (cfg, _), t in zip(built, times):
-                if t is None:
-                    continue
-                measured += 1
-                log.info("  %s %s: %.1f GFLOP/s", name, cfg.describe(), match.flops() / t / 1e9)
-                if db is not None:
-                    db.record(tkey, "matmul", workload, cfg.to_dict(), t, match.flops())
-                if best is None or t < best[1]:
-                    best = (cfg, t)
-            if best is not None:
-                chosen, seconds = best
-                if db is not None:
-                    db.choose(tkey, "matmul", workload, chosen.to_dict(), seconds, measured)
-        if chosen is None:
-            chosen = cands[0]
+        chosen = mm.MatmulConfig.from_dict(cfg)
         sch = mm.apply(func, match, chosen, cpu, pack_param)
-        how = "measured" if measured else ("cached" if seconds else "analytic")
-        reason = f"{match.shape_key()} {chosen.describe()} ({how})"
-        if seconds:
-            reason += f", {match.flops() / seconds / 1e9:.1f} GFLOP/s"
+        reason = f"{match.shape_key()} {chosen.describe()} " + self._how(
+            measured, seconds, match.flops()
+        )
         pack = None
         if pack_param and chosen.pack:
             pack = {match.b_param: (tuple(match.roles_b), chosen.nv * cpu.lanes(32))}
         dec = Decision(name, "matmul", reason, chosen.to_dict(), measured, seconds)
         return sch.mod["main"], dec, pack
+
+    def _conv2d(self, name, func, target, cpu, const_args, db, measure_ok):
+        m, why = conv2d.analyze(func)
+        if m is None:
+            return None, why
+        tiles = conv2d.candidates(m, cpu, self.options.tune_trials)
+        if not tiles:
+            return None, f"no register tile divides channels {m.f} / columns {m.x}"
+
+        def build(cfg):
+            return conv2d.schedule_conv2d(func, cpu, const_args, (cfg["mr"], cfg["nv"]))[0].mod[
+                "main"
+            ]
+
+        cands = [{"mr": mr, "nv": nv} for mr, nv in tiles]
+        cfg, measured, seconds = self._choose(
+            name, func, "conv2d", f"f{m.f}x{m.x}", cands, build, m.flops, target, cpu, db,
+            measure_ok,
+        )
+        sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, (cfg["mr"], cfg["nv"]))
+        why += " " + self._how(measured, seconds, m.flops)
+        return (sch.mod["main"], Decision(name, "conv2d", why, cfg, measured, seconds), pack), ""
 
 
 # ---- Relax side: which call_tir arguments are constants; packing them -------------------------

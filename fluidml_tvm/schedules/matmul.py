@@ -260,10 +260,12 @@ def candidates(
             # accumulators + one broadcast of A + one B vector must fit (FMA can take B from L1)
             if mr * nv + 2 > regs or match.n % (nv * lanes) or match.m % mr:
                 continue
-            # FLOPs per loaded register: the register tile's arithmetic intensity
-            tiles.append((mr * nv / (mr + nv), mr * nv, mr, nv))
+            # first the tiles whose accumulators, B vectors and A broadcast all stay in
+            # registers, then by FLOPs per loaded register (the tile's arithmetic intensity)
+            fits = mr * nv + nv + 1 <= regs
+            tiles.append((fits, mr * nv / (mr + nv), mr * nv, mr, nv))
     tiles.sort(reverse=True)
-    picked = [(mr, nv) for _, _, mr, nv in tiles]
+    picked = [(mr, nv) for _, _, _, mr, nv in tiles]
     out = []
     for mr, nv in picked[:3]:
         mcs = [mc for mc in (128, 64, 32, 256) if match.m % mc == 0 and mc % mr == 0]

@@ -230,15 +230,20 @@ def test_pack_array_matches_index_map():
 
 
 # ---- measurement cache ------------------------------------------------------------------------
-def test_second_compile_measures_nothing(tmp_path):
-    model = gemm_model(M=64, N=64, K=128, trans_b=0)  # 1 MFLOP: above the measuring threshold
+@pytest.mark.parametrize("rule", ["matmul", "conv2d"])
+def test_second_compile_measures_nothing(tmp_path, rule):
+    # both above the measuring threshold (2*64^3 FLOPs)
+    if rule == "matmul":
+        model = gemm_model(M=64, N=64, K=128, trans_b=0)
+    else:
+        model = conv_model(C=16, H=16, W=16, O=32)
     _, dec = _schedule(model, tmp_path, trials=3)
-    (first,) = [d for d in dec.values() if d.rule == "matmul"]
+    (first,) = [d for d in dec.values() if d.rule == rule]
     assert first.measured >= 2 and first.seconds > 0
     n = CostDB(str(tmp_path)).count()
     assert n == first.measured
     _, dec2 = _schedule(model, tmp_path, trials=3)
-    (second,) = [d for d in dec2.values() if d.rule == "matmul"]
+    (second,) = [d for d in dec2.values() if d.rule == rule]
     assert second.measured == 0 and "cached" in second.reason
     assert second.config == first.config
     assert CostDB(str(tmp_path)).count() == n
