@@ -120,6 +120,8 @@ class _Rewriter(relax.PyExprMutator):
             xname, x = self.arg(src)
             q = compose(inverse(self.lay(xname)), compose(self.g.nodes[i].attrs["axes"], lout))
             res = self.convert_q(x, xname, q, name)
+            if not isinstance(var, relax.DataflowVar):  # used outside the block: bind it
+                res = self.builder_.emit_output(res, var.name)
             self.phys[name] = res  # an alias of a constant stays a constant (kernels pack it)
             if isinstance(res, relax.Var):
                 self.set_var_remap(var, res)
