@@ -598,6 +598,10 @@ def serve_forever(host: str, port: int, port_end: int, tracker: str | None, key:
 # ---- command line helpers ------------------------------------------------------------------------
 def load_for_cli(args) -> RemoteModel:
     """``fluidml-tvm run LIB --rpc-tracker/--rpc-server``: connect, upload and load."""
+    if getattr(args, "num_threads", None):
+        raise FluidMLError("--num-threads sets this machine's runtime; the board's thread count "
+                           "is its server's (fluidml-tvm rpc-server --num-threads N, or "
+                           "TVM_NUM_THREADS=N for python -m tvm.exec.rpc_server)")
     session = connect(tracker=args.rpc_tracker, key=args.rpc_key, server=args.rpc_server,
                       session_timeout=args.rpc_session_timeout, wait=args.rpc_wait)
     return load_remote(args.library, session)

@@ -300,3 +300,8 @@ def test_kill_tree_ends_children():
     rpc.kill_tree(proc.pid)
     proc.wait(5)
     _assert_gone(procs)
+
+
+def test_cli_num_threads_is_local_only(bert, capsys):
+    assert cli.main(["run", bert["lib"], "--rpc-server", f"{HOST}:1", "--num-threads", "2"]) == 2
+    assert "--num-threads sets this machine's runtime" in capsys.readouterr().err
