@@ -8,19 +8,30 @@ Numbers are bytes of ``R.memory.alloc_storage`` in the planned IR (what the VM a
 intermediates); the bound is the max over program points of the live intermediate bytes in the
 binding order the planner uses (inputs, weights and outputs excluded). Nothing is executed.
 
+With ``--run``, smaller models are also compiled with the planner on and off (stock
+StaticPlanBlockMemory) and executed: latency (best of N, ``TVM_NUM_THREADS`` as set, default 2)
+and the measured peak of live heap bytes during a run (glibc ``mallinfo2`` sampled around every VM
+call with ``memory_cfg="naive"``, minus the value before the run; includes the outputs, excludes
+workspaces a kernel frees before it returns). ONNX Runtime (no memory arena) is sampled by a polling
+thread, which can miss short peaks: its number is a lower estimate.
+
 Usage::
 
     python benchmarks/bench_memory.py [--models bert,gpt-neox,vgg11] [--size full|tiny]
-        [--out benchmarks/results/memory.json]
+        [--run] [--out benchmarks/results/memory.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
+import threading
 import time
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 import tvm
 from tvm.relax.frontend.onnx import from_onnx
@@ -77,14 +88,163 @@ def measure(name: str, size: str) -> dict:
     return rep
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap_bytes() -> int:
+    m = _libc.mallinfo2()
+    return m.uordblks + m.hblkhd
+
+
+def run_models() -> dict:
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "passes"))
+    import memory_models as mm
+
+    from fluidml_tvm import zoo
+
+    return {
+        "bert_like(2x128x256)": mm.bert_like(layers=2, seq=128, hidden=256, heads=4, ffn=1024),
+        "vgg_like(64px)": mm.vgg_like(size=64, cfg=(32, "M", 64, "M", 128, 128, "M"), fc=256),
+        "gpt-neox(tiny)": zoo.build("gpt-neox", size="tiny", seed=0),
+    }
+
+
+def _feeds(model):
+    from fluidml_tvm import zoo
+
+    try:
+        return zoo.random_inputs(model, seed=0)
+    except Exception:  # noqa: BLE001 - models of the tests have one float input "x"
+        import numpy as np
+
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        return {"x": np.random.default_rng(0).standard_normal(dims).astype("float32")}
+
+
+def run_one(name, model, repeats: int = 9) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+    from tvm import relax
+
+    from fluidml_tvm.pipeline import get_pipeline
+
+    feeds = _feeds(model)
+    names = [i.name for i in model.graph.input if i.name in feeds]
+    target = tvm.target.Target({"kind": "llvm"})
+    mod = from_onnx(model, keep_params_in_input=False)
+    row = {"model": name, "threads": os.environ["TVM_NUM_THREADS"]}
+    outs, timed = {}, {}
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(feeds[n]) for n in names]
+    for label, memory in (("fluidml", True), ("stock", False)):
+        opts = Options(schedule=False, layout=False, memory=memory, verify=memory)
+        ex = tvm.compile(mod, target, relax_pipeline=get_pipeline(target, opts))
+        vm = relax.VirtualMachine(ex, dev, memory_cfg="naive")
+        peak = {"v": 0}
+
+        def instrument(func, sym, before, ret, *a, _peak=peak):
+            _peak["v"] = max(_peak["v"], heap_bytes())
+            return 0
+
+        vm.set_instrument(instrument)
+        vm["main"](*args)  # warm up (lazy initialisation allocates once)
+        base = heap_bytes()
+        peak["v"] = base
+        out = vm["main"](*args)
+        row[f"{label}_measured_peak"] = peak["v"] - base
+        outs[label] = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+        timed[label] = relax.VirtualMachine(ex, dev)
+        timed[label]["main"](*args)
+    # Interleave the two so that load from other processes hits both alike.
+    times = {k: [] for k in timed}
+    for _ in range(repeats):
+        for label, vm in timed.items():
+            t = time.perf_counter()
+            vm["main"](*args)
+            times[label].append(time.perf_counter() - t)
+    for label in timed:
+        row[f"{label}_latency_ms"] = round(1e3 * min(times[label]), 3)
+    so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = False
+    so.intra_op_num_threads = int(os.environ["TVM_NUM_THREADS"])
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ref = sess.run(None, feeds)[0]
+    np.testing.assert_allclose(outs["fluidml"], ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(outs["stock"], ref, rtol=1e-3, atol=1e-3)
+    stop, peak = threading.Event(), {"v": 0}
+
+    def poll():
+        while not stop.is_set():
+            peak["v"] = max(peak["v"], heap_bytes())
+
+    base = heap_bytes()
+    th = threading.Thread(target=poll)
+    th.start()
+    t = time.perf_counter()
+    sess.run(None, feeds)
+    ort_ms = time.perf_counter() - t
+    stop.set()
+    th.join()
+    row["ort_sampled_peak"] = max(0, peak["v"] - base)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    row["ort_latency_ms"] = round(1e3 * min(times + [ort_ms]), 3)
+    row["latency_fluidml_over_stock"] = round(
+        row["fluidml_latency_ms"] / row["stock_latency_ms"], 3
+    )
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bert,gpt-neox,vgg11")
     ap.add_argument("--size", default="full", choices=["full", "tiny"])
     ap.add_argument("--out", default=os.path.join(HERE, "results", "memory.json"))
+    ap.add_argument(
+        "--run", action="store_true", help="also execute smaller models (latency, peak)"
+    )
+    ap.add_argument("--skip-plan", action="store_true", help="only the --run part")
     args = ap.parse_args(argv)
     rows = []
-    for name in args.models.split(","):
+    runs = []
+    if args.run:
+        for name, model in run_models().items():
+            r = run_one(name, model)
+            runs.append(r)
+            print(
+                f"{name:22s} measured peak fluidml {r['fluidml_measured_peak'] / 1e6:.3f} MB, "
+                f"stock {r['stock_measured_peak'] / 1e6:.3f} MB, ORT (sampled) "
+                f"{r['ort_sampled_peak'] / 1e6:.3f} MB; latency fluidml "
+                f"{r['fluidml_latency_ms']} ms, stock {r['stock_latency_ms']} ms "
+                f"(x{r['latency_fluidml_over_stock']}), ORT "
+                f"{r['ort_latency_ms']} ms; {r['threads']} threads",
+                flush=True,
+            )
+    if args.skip_plan:
+        args.models = ""
+    for name in filter(None, args.models.split(",")):
         r = measure(name, args.size)
         rows.append(r)
         mb = 1e6
@@ -97,7 +257,7 @@ def main(argv=None) -> int:
         )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(rows, f, indent=2)
+        json.dump({"plans": rows, "runs": runs}, f, indent=2)
     print(f"wrote {args.out}")
     return 0
 
