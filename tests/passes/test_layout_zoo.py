@@ -1,0 +1,81 @@
+"""The layout stage on the tiny zoo: numerics vs ONNX Runtime and transpose kernels removed.
+
+``fluidml.cost=analytic`` is used where the test needs the rewrite to happen whatever this
+machine measures (the analytic model folds every attention transpose); the default (measured)
+cost is exercised on BERT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+import fluidml_tvm
+from fluidml_tvm import frontend, targets, zoo
+from fluidml_tvm.passes.graph import transpose_kernels
+from fluidml_tvm.passes.layout_cost import AnalyticCost
+from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
+
+MODELS = ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"]
+
+
+def _ort(model, feeds):
+    return ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+
+
+def _err(out, ref):
+    return max(float(np.max(np.abs(o - r))) for o, r in zip(out.values(), ref))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_numerics_with_layout_on(name):
+    model = zoo.build(name, size="tiny", seed=0)
+    feeds = zoo.random_inputs(model, seed=0)
+    ref = _ort(model, feeds)
+    on = fluidml_tvm.compile(model, "x86",
+                             pass_config=["fluidml.layout=1", "fluidml.cost=analytic"])
+    err_on = _err(on.load().run(feeds), ref)
+    if err_on > 1e-4:
+        off = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=0"])
+        err_off = _err(off.load().run(feeds), ref)
+        if err_off > 1e-4:  # the same mismatch without the layout stage: not this stage's bug
+            pytest.xfail(f"{name}: layout off is also off ORT by {err_off:.3g} (other stage)")
+    assert err_on <= 1e-4, f"{name}: max |fluidml - ort| = {err_on}"
+
+
+@pytest.mark.parametrize("name", ["vgg11", "mobilenet"])
+def test_conv_zoo_numerics_layout_only(name):
+    """Conv models with the schedule stage off, so ORT checks the layout stage alone."""
+    model = zoo.build(name, size="tiny", seed=0)
+    feeds = zoo.random_inputs(model, seed=0)
+    c = fluidml_tvm.compile(model, "x86", pass_config=[
+        "fluidml.layout=1", "fluidml.cost=analytic", "fluidml.schedule=0"])
+    assert _err(c.load().run(feeds), _ort(model, feeds)) <= 1e-4
+
+
+def test_bert_default_cost_numerics():
+    model = zoo.build("bert", size="tiny", seed=0)
+    feeds = zoo.random_inputs(model, seed=0)
+    c = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=1"])
+    assert _err(c.load().run(feeds), _ort(model, feeds)) <= 1e-4
+
+
+def fused(name: str, layout: bool):
+    tgt, _ = targets.resolve("x86")
+    mod = frontend.import_onnx(zoo.build(name, size="tiny", seed=0), None).mod
+    passes = cpu_generic.library_dispatch_passes(tgt)
+    if layout:
+        passes.append(FluidMLLayout(tgt, model=AnalyticCost()))
+    passes += cpu_generic.legalize_passes(tgt)
+    with tgt, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(mod)
+
+
+@pytest.mark.parametrize("name,before", [("bert", 8), ("gpt-neox", 4)])
+def test_transpose_kernels_removed(name, before):
+    """Runtime transpose kernels (call sites after FuseTIR): all attention ones go."""
+    assert transpose_kernels(fused(name, False))["calls"] == before
+    assert transpose_kernels(fused(name, True))["calls"] == 0
