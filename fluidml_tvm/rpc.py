@@ -429,6 +429,8 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
     try:
         rlib = session.remote.load_module(name)
     except Exception as err:  # noqa: BLE001
+        if "RPCSessionTimeoutError" in str(err):
+            raise session.error(err, f"loading {name}") from None
         built = cross.elf_machine(lib_path) or "an unknown machine"
         reason = _last_line(err).split(" is false: ")[-1]
         raise FluidMLError(
