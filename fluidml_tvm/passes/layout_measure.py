@@ -184,5 +184,8 @@ def make_model(target=None, options=None):
         from ..costdb import CostDB
 
         db = CostDB(options.cache_dir)
-    # ``learned`` (an XGBoost model over the cached variants) is not implemented yet: it measures
+    if options.cost == "learned":
+        from .layout_learned import LearnedCost
+
+        return LearnedCost(target, options, db)
     return MeasuredCost(target, options, db)
