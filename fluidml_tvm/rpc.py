@@ -96,6 +96,7 @@ class Tracker:
 
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
+        self.last_server = None  # "host:port" of the server the last request got
         self._sock = _open_socket(host, port, connect_timeout, "RPC tracker")
         try:
             self._sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
@@ -175,6 +176,7 @@ class Tracker:
         if value[0] != base.TrackerCode.SUCCESS:
             raise FluidMLError(f"the RPC tracker refused the request for {key!r}: {value}")
         host, port, matchkey = value[1]
+        self.last_server = f"{host}:{port}"
         remaining = max(deadline - time.monotonic(), self.connect_timeout)
         return _connect_server(host, port, matchkey, session_timeout, remaining,
                                via=f"tracker {self.host}:{self.port}")
@@ -222,9 +224,11 @@ def _last_line(err) -> str:
 class Session:
     """An open RPC session (``.remote`` is the ``tvm.rpc.RPCSession``); use it as a context."""
 
-    def __init__(self, remote, description: str, session_timeout: float):
+    def __init__(self, remote, description: str, session_timeout: float,
+                 server: str | None = None):
         self.remote = remote
         self.description = description
+        self.server = server  # "host:port" of the board's server
         self.session_timeout = session_timeout
         self.started = time.monotonic()
         self._models = weakref.WeakSet()  # no cycle: a dropped model frees the session
@@ -301,10 +305,11 @@ def connect(tracker: str | None = None, key: str | None = None, server: str | No
         with Tracker(host, port, connect_timeout) as trk:
             remote = trk.request(key, wait=wait, priority=priority,
                                  session_timeout=session_timeout)
-        return Session(remote, f"{key} via tracker {host}:{port}", session_timeout)
+        return Session(remote, f"{key} at {trk.last_server} via tracker {host}:{port}",
+                       session_timeout, trk.last_server)
     host, port = parse_address(server, "--rpc-server")
     remote = _connect_server(host, port, key or "", session_timeout, wait)
-    return Session(remote, f"RPC server {host}:{port}", session_timeout)
+    return Session(remote, f"RPC server {host}:{port}", session_timeout, f"{host}:{port}")
 
 
 class RemoteModel:
@@ -447,6 +452,49 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
     model = RemoteModel(session, vm, device, meta, name, threads)
     session._models.add(model)
     return model
+
+
+def benchmark_many(libraries: list, tracker: str, key: str, inputs=None, repeat: int = 10,
+                   number: int = 1, parallel: int | None = None, wait: float = DEFAULT_WAIT,
+                   session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> list[dict]:
+    """Time many libraries on the boards registered under ``key``, several boards at once.
+
+    Each library gets its own session from the tracker, so ``N`` free boards measure ``N``
+    libraries at the same time (model variants, layout candidates...). ``inputs``: one dict for
+    all, a ``{library: dict}``, or None for random inputs. ``parallel`` defaults to the number of
+    boards registered under ``key``.
+
+    Returns one row per library, in order: ``{"library", "board", "seconds"}`` or, when that
+    library failed, ``{"library", "board", "error"}`` (one line; the other rows still complete).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    host, port = parse_address(tracker, "tracker")
+    if parallel is None:
+        with Tracker(host, port) as trk:
+            parallel = max(1, len(trk.servers(key)))
+
+    per_library = isinstance(inputs, dict) and inputs and \
+        all(isinstance(v, dict) for v in inputs.values())
+
+    def one(lib):
+        feeds = inputs.get(lib) if per_library else inputs
+        board = None
+        if not os.path.exists(lib):  # no board is taken for nothing
+            return {"library": lib, "board": None, "error": f"library not found: {lib}"}
+        try:
+            with connect(tracker=tracker, key=key, wait=wait,
+                         session_timeout=session_timeout) as session:
+                board = session.server
+                model = load_remote(lib, session)
+                feeds = model.random_inputs() if feeds is None else feeds
+                return {"library": lib, "board": board,
+                        "seconds": model.time(feeds, repeat=repeat, number=number)}
+        except FluidMLError as err:
+            return {"library": lib, "board": board, "error": str(err)}
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fluidml-rpc") as pool:
+        return list(pool.map(one, [os.fspath(p) for p in libraries]))
 
 
 # ---- board side ---------------------------------------------------------------------------

@@ -202,6 +202,28 @@ def test_stock_server_has_no_kernel_timings(stock_server, bert):
             model.kernel_times(bert["feeds"])
 
 
+def test_benchmark_many_spreads_over_boards(tracker, board, bert):
+    second = rpc.start_server(HOST, port=_free_port_range(), port_end=60999, tracker=tracker,
+                              key=KEY, num_threads=1)
+    try:
+        deadline = time.monotonic() + 30
+        host, port = rpc.parse_address(tracker)
+        while time.monotonic() < deadline:
+            with rpc.Tracker(host, port) as trk:
+                if trk.summary()["queue_info"].get(KEY, {}).get("free", 0) >= 2:
+                    break
+            time.sleep(0.2)
+        missing = str(bert["dir"] / "no_such_library.so")
+        rows = rpc.benchmark_many([bert["lib"], bert["lib"], missing], tracker, KEY,
+                                  inputs=bert["feeds"], repeat=3, number=2, wait=20)
+    finally:
+        _stop(second)
+    assert [len(r["seconds"]) for r in rows[:2]] == [3, 3], rows
+    assert len({r["board"] for r in rows[:2]}) == 2, rows  # two boards measured at once
+    assert "library not found" in rows[2]["error"] and rows[2]["board"] is None, rows
+    _wait_free(tracker)
+
+
 # ---- failures: one line, bounded time ----------------------------------------------------------
 def _fails_fast(match: str, **connect_kwargs) -> str:
     t0 = time.monotonic()
