@@ -4,7 +4,8 @@ The board runs an RPC server: ``fluidml-tvm rpc-server`` (this package, full TVM
 with only the TVM runtime, ``python -m tvm.exec.rpc_server``. The workstation either connects to the
 server directly (``--rpc-server HOST:PORT``) or asks a tracker for any free board registered under a
 key (``--rpc-tracker HOST:PORT --rpc-key KEY``); with a farm of boards the tracker spreads
-measurements over them, as meta-schedule's ``RPCRunner`` does.
+measurements over them (:func:`benchmark_many` times many libraries on all free boards at once, as
+meta-schedule's ``RPCRunner`` does for kernels).
 
 Every network step has a bound and every failure is a one-line :class:`FluidMLError`:
 

@@ -35,9 +35,10 @@ Back on the workstation:
         --print-time --repeat 20 --profile 10
 
 Several Pis registered under the same key form a farm: every ``run`` (or meta-schedule's
-``RPCRunner``) gets whichever board is free. Without a tracker, ``--rpc-server PI_IP:9090`` talks to
-one Pi directly. Set ``TVM_NUM_THREADS=4`` on the Pi (``fluidml-tvm rpc-server`` uses all cores by
-default; TVM itself uses half).
+``RPCRunner``) gets whichever board is free, and ``fluidml_tvm.rpc.benchmark_many(libraries,
+"127.0.0.1:9190", "rasp4b")`` times many model variants on all of them at once. Without a
+tracker, ``--rpc-server PI_IP:9090`` talks to one Pi directly. Set ``TVM_NUM_THREADS=4`` on the Pi
+(``fluidml-tvm rpc-server`` uses all cores by default; TVM itself uses half).
 
 With a Jetson Orin (JetPack 6, aarch64 + CUDA sm_87)
 ----------------------------------------------------
