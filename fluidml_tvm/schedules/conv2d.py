@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import as_int, loop_kinds, root_blocks, vectorize_inner
+from .common import as_int, extent, loop_kinds, root_blocks, vectorize_inner
 from .injective import schedule_spatial_block
 from .matmul import _iter_values
 from .target_info import CPUInfo
@@ -36,6 +36,7 @@ class ConvMatch:
     f: int
     x: int
     flops: float
+    r0: int = 1  # extent of the outermost reduction loop (input channels in NCHW)
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
@@ -125,7 +126,9 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     flops = 2.0
     for v in ext:
         flops *= ext[v]
-    return ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops), "conv2d"
+    r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
+    match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0)
+    return match, "conv2d"
 
 
 def _is_red(sch, b) -> bool:
@@ -151,9 +154,10 @@ def pack_index_map(w_roles: list[str], nr: int):
     return fmap
 
 
-def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int]]:
-    """(mr, nv) register tiles dividing the column and channel extents, best guess first: those
-    whose accumulators, weight vectors and the broadcast fit the registers, by FLOPs per load."""
+def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
+    """(mr, nv, rb) register tiles dividing the column and channel extents, best guess first:
+    those whose accumulators, weight vectors and the broadcast fit the registers, by FLOPs per
+    load; ``rb`` > 0 blocks the outermost reduction loop (input channels) by ``rb``."""
     lanes = cpu.lanes(32)
     tiles = []
     for nv in (4, 3, 2, 1):
@@ -165,7 +169,11 @@ def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, i
             fits = mr * nv + nv + 1 <= cpu.vector_registers
             tiles.append(((fits, mr * nv / (mr + nv), mr * nv), (mr, nv)))
     tiles.sort(reverse=True)
-    return [t for _, t in tiles][: max(1, budget)]
+    out = [t + (0,) for _, t in tiles]
+    # reduction-blocked variants of the two best tiles (deep layers: long reductions)
+    blocked = [(mr, nv, 32) for mr, nv, _ in out[:2] if m.r0 % 32 == 0 and m.r0 > 32]
+    out = out[:1] + blocked[:1] + out[1:2] + blocked[1:] + out[2:]
+    return out[: max(1, budget)]
 
 
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
@@ -182,7 +190,8 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     tile = tile or choose_tile(m, cpu)
     if tile is None:
         return None, f"no register tile divides channels {m.f} / columns {m.x}", None
-    mr, nv = tile
+    mr, nv = tile[:2]
+    rb = tile[2] if len(tile) > 2 else 0
     lanes = cpu.lanes(32)
     nr = nv * lanes
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
@@ -232,20 +241,31 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
             spatial_outer.append(lp)
     f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
     x0, x1 = sch.split(xl, [m.x // mr, mr])
-    sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
+    r_ext = sch.get(reds[0]).extent
+    if rb and as_int(r_ext) and as_int(r_ext) % rb == 0 and as_int(r_ext) > rb:
+        # reduction blocking: a block of rb input channels of the weight panel stays in L1
+        # while the whole output row is swept; partial sums wait in the row's accumulators
+        r0, r1 = sch.split(reds[0], [as_int(r_ext) // rb, rb])
+        sch.reorder(f0, *spatial_outer, r0, x0, r1, *reds[1:], x1, f1, f2)
+        init_at, epi_at = r0, None
+    else:
+        rb = 0
+        sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
+        init_at, epi_at = reds[0], x0
     par = sch.fuse(f0, *spatial_outer)
     sch.parallel(par)
     sch.unroll(x1)
     sch.unroll(f1)
     sch.vectorize(f2)
-    sch.reverse_compute_at(out, x0, preserve_unit_loops=True)
+    sch.reverse_compute_at(out, epi_at if epi_at is not None else par, preserve_unit_loops=True)
     vectorize_inner(sch, out, lanes)
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
         if kinds is not None and all(k == "S" for k in kinds):
             schedule_spatial_block(sch, b, lanes)
-    sch.decompose_reduction(main, reds[0])
+    sch.decompose_reduction(main, init_at)
     reason = f"conv2d F={m.f} X={m.x} tile {mr}x{nr} (mr x channels)"
+    reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
     pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None

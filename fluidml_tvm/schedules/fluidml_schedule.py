@@ -251,17 +251,18 @@ class FluidMLSchedule:
         if not tiles:
             return None, f"no register tile divides channels {m.f} / columns {m.x}"
 
-        def build(cfg):
-            return conv2d.schedule_conv2d(func, cpu, const_args, (cfg["mr"], cfg["nv"]))[0].mod[
-                "main"
-            ]
+        def tile(cfg):
+            return (cfg["mr"], cfg["nv"], cfg.get("rb", 0))
 
-        cands = [{"mr": mr, "nv": nv} for mr, nv in tiles]
+        def build(cfg):
+            return conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))[0].mod["main"]
+
+        cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
         cfg, measured, seconds = self._choose(
             name, func, "conv2d", f"f{m.f}x{m.x}", cands, build, m.flops, target, cpu, db,
             measure_ok,
         )
-        sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, (cfg["mr"], cfg["nv"]))
+        sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))
         why += " " + self._how(measured, seconds, m.flops)
         return (sch.mod["main"], Decision(name, "conv2d", why, cfg, measured, seconds), pack), ""
 

@@ -428,3 +428,25 @@ def test_every_zoo_kernel_computes_what_it_computed_before(name):
                                    err_msg=f"{gv.name_hint}: {dec}")
         checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("tile", [(4, 1, 0), (4, 1, 32), (2, 2, 32)])
+def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
+    from fluidml_tvm.schedules import conv2d
+    from fluidml_tvm.schedules.measure import random_args
+
+    mod = _fused(conv_model(C=64, H=8, W=8, O=16))
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch, why, pack = conv2d.schedule_conv2d(func, cpu_info(TARGET), {1: True}, tile)
+    assert sch is not None, why
+    assert ("reduction blocks of 32" in why) == (tile[2] == 32)
+    dev = tvm.cpu()
+    args = random_args(func, dev, seed=7)
+    new_args = [tvm.runtime.tensor(pack_array(a.numpy(), *pack[i]) if i in pack else a.numpy())
+                for i, a in enumerate(args[:-1])]
+    new_args.append(tvm.runtime.tensor(np.zeros(args[-1].shape, "f4")))
+    for f, a in ((func, args), (sch.mod["main"], new_args)):
+        tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), TARGET)["main"](
+            *a
+        )
+    np.testing.assert_allclose(new_args[-1].numpy(), args[-1].numpy(), rtol=1e-4, atol=1e-4)
