@@ -173,3 +173,26 @@ def test_zoo_tiny_numerics_and_bytes(name):
     rep = memory_report(mod, TARGET, OPTS)["main"]
     assert rep["planned"] <= rep["stock"]
     assert rep["planned"] <= 1.05 * rep["bound_planned_order"]
+
+
+@pytest.mark.parametrize("name", ["branchy", "bert_like"])
+def test_with_every_stage_on(name, tmp_path, monkeypatch):
+    # The planner after the schedule stage: scheduled kernels, verifier on, still exact and
+    # still in place where the scheduled TensorIR allows it.
+    monkeypatch.setenv("FLUIDML_TVM_CACHE", str(tmp_path))
+    model = MODELS[name]()
+    x = _input(model)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    opts = Options(verify=True, cost="analytic")
+    mod = from_onnx(model, keep_params_in_input=False)
+    before = lower_to_memory_slot(mod, TARGET, opts)
+    planner = FluidMLMemoryPlan(verify=True)
+    planner(before)
+    assert planner.plans["main"].inplace
+    ex = tvm.compile(mod, TARGET, relax_pipeline=get_pipeline(TARGET, opts))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    outs = [out] if hasattr(out, "numpy") else list(out)
+    for o, r in zip(outs, ref):
+        np.testing.assert_allclose(o.numpy(), r, rtol=1e-3, atol=1e-3)
