@@ -61,7 +61,7 @@ def build_model(name: str, size: str):
         return fallback[name](), f"tests/passes/memory_models {name} (zoo: {err})"
 
 
-def measure(name: str, size: str) -> dict:
+def measure(name: str, size: str, plot_dir: str | None = None) -> dict:
     t0 = time.time()
     model, source = build_model(name, size)
     mod = from_onnx(model, keep_params_in_input=False)
@@ -85,7 +85,35 @@ def measure(name: str, size: str) -> dict:
         plan_seconds=round(t2 - t1, 1),
     )
     rep["fallback"] = rep["fallback"][:10]
+    if plot_dir:
+        _plot(name, before, rep, plot_dir)
     return rep
+
+
+def _plot(name: str, before, rep: dict, plot_dir: str) -> None:
+    """Live intermediate bytes per binding, before (original order) and after planning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fluidml_tvm.passes.memory_analysis import memory_timeline
+    from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan
+
+    planned = FluidMLMemoryPlan()(before)
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.plot([v / 1e6 for v in memory_timeline(before, "main")], label="live, original order")
+    ax.plot([v / 1e6 for v in memory_timeline(planned, "main")], label="live, planned order")
+    ax.axhline(rep["stock"] / 1e6, color="red", ls="--", label="StaticPlanBlockMemory")
+    ax.axhline(rep["planned"] / 1e6, color="green", ls=":", label="FluidML arena")
+    ax.set_xlabel("binding")
+    ax.set_ylabel("MB")
+    ax.set_title(f"{name}: activation memory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(plot_dir, exist_ok=True)
+    fig.savefig(os.path.join(plot_dir, f"memory_timeline_{name}.png"), dpi=100)
+    plt.close(fig)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -225,6 +253,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--run", action="store_true", help="also execute smaller models (latency, peak)"
     )
+    ap.add_argument("--plot", default=None, help="write memory timeline PNGs to this folder")
     ap.add_argument("--skip-plan", action="store_true", help="only the --run part")
     args = ap.parse_args(argv)
     rows = []
@@ -245,7 +274,7 @@ def main(argv=None) -> int:
     if args.skip_plan:
         args.models = ""
     for name in filter(None, args.models.split(",")):
-        r = measure(name, args.size)
+        r = measure(name, args.size, args.plot)
         rows.append(r)
         mb = 1e6
         print(
