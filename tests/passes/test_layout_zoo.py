@@ -79,3 +79,15 @@ def test_transpose_kernels_removed(name, before):
     """Runtime transpose kernels (call sites after FuseTIR): all attention ones go."""
     assert transpose_kernels(fused(name, False))["calls"] == before
     assert transpose_kernels(fused(name, True))["calls"] == 0
+
+
+def test_dynamic_shapes_keep_default_layouts():
+    """Symbolic batch/sequence: no tensor is layoutable; the pass leaves a well-formed module."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(zoo.build("bert", size="tiny", seed=0, dynamic=True),
+                    keep_params_in_input=False)
+    p = FluidMLLayout(model=AnalyticCost())
+    out = p(mod)
+    assert tvm.relax.analysis.check_well_formed(out)
+    assert p.plans["main"].layouts == {}
