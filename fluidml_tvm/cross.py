@@ -159,6 +159,15 @@ def run_under_qemu(lib_path: str, inputs: dict, repeat: int = 0, number: int = 1
             arr.tofile(path)
             dims = "x".join(str(d) for d in spec["shape"])
             cmd += ["--input", f"{spec['dtype']}:{dims}:{path}"]
+        if meta.get("weights"):  # external weights follow the inputs, read from NAME.weights
+            from .compiler import weights_path
+
+            wpath = os.path.abspath(weights_path(lib_path))
+            if not os.path.exists(wpath):
+                raise FluidMLError(f"{lib_path} keeps its weights in {wpath}, which is missing")
+            for entry in meta["weights"]["index"]:
+                dims = "x".join(str(d) for d in entry["shape"])
+                cmd += ["--input", f"{entry['dtype']}:{dims}:{wpath}@{entry['offset']}"]
         if repeat:
             cmd += ["--repeat", str(repeat), "--number", str(number)]
         try:

@@ -318,9 +318,10 @@ class RemoteModel:
     :class:`fluidml_tvm.runtime.Model`, with every call going over RPC."""
 
     def __init__(self, session: Session, vm, device, metadata: dict, lib_name: str,
-                 num_threads="the board's default"):
+                 num_threads="the board's default", weights=()):
         self.session = session
         self.num_threads = num_threads
+        self.weights = list(weights)  # remote tensors appended to the inputs (external weights)
         self.vm = vm
         self.device = device
         self.metadata = metadata
@@ -329,8 +330,9 @@ class RemoteModel:
         self.output_names = [o["name"] for o in metadata["outputs"]]
 
     def close(self):
-        """Drop the remote VM and device (the session itself stays open until it is closed)."""
+        """Drop the remote VM, weights and device (the session stays open until it is closed)."""
         self.vm = None
+        self.weights = []
         self.device = None
 
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
@@ -356,7 +358,7 @@ class RemoteModel:
             arrays.append(a)
         try:
             remote_arrays = [tvm.runtime.tensor(a, self.device) for a in arrays]
-            self.vm.set_input("main", *remote_arrays)
+            self.vm.set_input("main", *remote_arrays, *self.weights)
         except Exception as err:  # noqa: BLE001 - every RPC failure becomes one line
             raise self.session.error(err, "sending the inputs") from None
 
@@ -449,8 +451,22 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
         vm = relax.VirtualMachine(rlib, device)
     except Exception as err:  # noqa: BLE001
         raise session.error(err, f"starting the VM for {name}") from None
+    weights = []
+    if meta.get("weights"):  # copied to the board once, then passed with every run's inputs
+        from .compiler import weights_path
+        from .weights import map_weights
+
+        wpath = weights_path(lib_path)
+        if not os.path.exists(wpath):
+            raise FluidMLError(f"{lib_path} keeps its weights in {wpath}, which is missing")
+        try:
+            weights = map_weights(wpath, meta["weights"]["index"], device)
+        except ValueError as err:
+            raise FluidMLError(str(err)) from None
+        except Exception as err:  # noqa: BLE001
+            raise session.error(err, f"sending the weights of {name}") from None
     threads = session.board_info().get("num_threads") or "the board's default"
-    model = RemoteModel(session, vm, device, meta, name, threads)
+    model = RemoteModel(session, vm, device, meta, name, threads, weights)
     session._models.add(model)
     return model
 

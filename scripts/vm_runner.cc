@@ -4,9 +4,10 @@
 // the aarch64 apache-tvm wheel, and run under qemu-user (or on a real aarch64 board):
 //
 //   vm_runner LIB.so [--threads N] [--repeat R] [--number K]
-//             --input DTYPE:D0xD1x...:FILE ... --output-dir DIR
+//             --input DTYPE:D0xD1x...:FILE[@OFFSET] ... --output-dir DIR
 //
-// Each input FILE holds the tensor's raw bytes (C order). The runner calls the Relax VM's "main"
+// Each input FILE holds the tensor's raw bytes (C order), from byte OFFSET (default 0): external
+// weights are passed as inputs after the model's own, read straight from NAME.weights. The runner calls the Relax VM's "main"
 // once, writes output i to DIR/output_<i>.bin and prints one line per output:
 //   output <i> <dtype> <d0,d1,...>
 // With --repeat R it then times R x K more calls and prints "time_ms <t1> <t2> ..." (each the mean
@@ -46,6 +47,7 @@ struct InputSpec {
   std::string dtype;
   std::vector<int64_t> shape;
   std::string path;
+  int64_t offset = 0;
 };
 
 [[noreturn]] void Fail(const std::string& msg) {
@@ -61,6 +63,12 @@ InputSpec ParseInput(const std::string& text) {
   spec.dtype = text.substr(0, a);
   std::string dims = text.substr(a + 1, b - a - 1);
   spec.path = text.substr(b + 1);
+  size_t at = spec.path.rfind('@');
+  if (at != std::string::npos && at + 1 < spec.path.size() &&
+      spec.path.find_first_not_of("0123456789", at + 1) == std::string::npos) {
+    spec.offset = std::stoll(spec.path.substr(at + 1));
+    spec.path = spec.path.substr(0, at);
+  }
   std::stringstream ss(dims);
   std::string item;
   while (std::getline(ss, item, 'x')) {
@@ -76,6 +84,7 @@ ffi::Tensor LoadInput(const InputSpec& spec) {
   size_t n = ffi::GetDataSize(t);
   std::ifstream f(spec.path, std::ios::binary);
   if (!f) Fail("cannot open input " + spec.path);
+  f.seekg(spec.offset);
   f.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(n));
   if (static_cast<size_t>(f.gcount()) != n) {
     Fail("input " + spec.path + " has fewer than " + std::to_string(n) + " bytes");

@@ -13,23 +13,25 @@ RTOL = 1e-4
 ATOL = 1e-4
 
 
-def tiny_conv(seed: int = 0) -> onnx.ModelProto:
+def tiny_conv(seed: int = 0, channels: int = 8, classes: int = 10) -> onnx.ModelProto:
     """x[1,3,16,16] -> Conv 3x3 -> Relu -> depthwise Conv 3x3 s2 -> Clip(0,6) -> MaxPool
-    -> GlobalAveragePool -> Flatten -> Gemm(transB) -> y[1,10]: a small CNN, compiles in seconds."""
+    -> GlobalAveragePool -> Flatten -> Gemm(transB) -> y[1,classes]: a small CNN, compiles in
+    seconds. ``channels=64, classes=32`` makes two weights of >= 4 KiB (externalizable)."""
     rng = np.random.default_rng(seed)
+    c, k = channels, classes
 
     def w(name, *shape, scale=None):
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
         arr = rng.standard_normal(shape) * (scale or np.sqrt(2.0 / fan_in))
         return numpy_helper.from_array(arr.astype("float32"), name)
 
-    inits = [w("w1", 8, 3, 3, 3), w("b1", 8, scale=0.1), w("w2", 8, 1, 3, 3), w("b2", 8, scale=0.1),
-             w("w3", 10, 8), w("b3", 10, scale=0.1)]
+    inits = [w("w1", c, 3, 3, 3), w("b1", c, scale=0.1), w("w2", c, 1, 3, 3),
+             w("b2", c, scale=0.1), w("w3", k, c), w("b3", k, scale=0.1)]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2],
-                         group=8),
+                         group=c),
         helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
         helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p"], ["g"]),
@@ -41,7 +43,7 @@ def tiny_conv(seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "tiny_conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -104,3 +104,19 @@ def test_missing_cross_compiler_is_one_clear_error(tmp_path):
     compiled = fluidml_tvm.compile(tiny_conv(), target="x86")
     with pytest.raises(FluidMLError, match="not found on PATH"):
         compiled.export(str(tmp_path / "x.so"), cross_compiler="no-such-gcc-for-fluidml")
+
+
+@needs_cross
+def test_external_weights_under_qemu(tmp_path):
+    """fluidml.weights=external: NAME.weights beside the library, read by the runner from disk."""
+    _needs_qemu()
+    lib = str(tmp_path / "conv_rasp4b_ext.so")
+    model = tiny_conv(channels=64, classes=32)
+    fluidml_tvm.compile(model, target="rasp4b",
+                        pass_config=["fluidml.weights=external"]).export(lib)
+    if not read_metadata(lib).get("weights"):
+        pytest.skip("this pipeline kept the weights inside the library")
+    feeds = tiny_conv_inputs()
+    assert read_metadata(lib)["weights"]["count"] >= 2
+    outputs, _ = cross.run_under_qemu(lib, feeds, timeout=120)
+    assert_close_to_ort(model, outputs, feeds)

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from cross_models import assert_close_to_ort, tiny_conv
+from cross_models import assert_close_to_ort, tiny_conv, tiny_conv_inputs
 
 import fluidml_tvm
 from fluidml_tvm import cli, cross, rpc, zoo
@@ -329,3 +329,18 @@ def test_kill_tree_ends_children():
 def test_cli_num_threads_is_local_only(bert, capsys):
     assert cli.main(["run", bert["lib"], "--rpc-server", f"{HOST}:1", "--num-threads", "2"]) == 2
     assert "--num-threads sets this machine's runtime" in capsys.readouterr().err
+
+
+def test_external_weights_over_rpc(stock_server, tmp_path):
+    """fluidml.weights=external: the weights are copied to the board once, passed on every run."""
+    lib = str(tmp_path / "conv_ext.so")
+    model = tiny_conv(channels=64, classes=32)
+    fluidml_tvm.compile(model, target="x86",
+                        pass_config=["fluidml.weights=external"]).export(lib)
+    feeds = tiny_conv_inputs()
+    with rpc.connect(server=stock_server, session_timeout=30) as session:
+        remote = rpc.load_remote(lib, session)
+        if not remote.metadata.get("weights"):
+            pytest.skip("this pipeline kept the weights inside the library")
+        assert len(remote.weights) >= 2
+        assert_close_to_ort(model, remote.run(feeds), feeds)
