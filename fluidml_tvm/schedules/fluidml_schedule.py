@@ -31,7 +31,7 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..options import Options
-from . import conv2d, fast_erf
+from . import conv2d, fast_math
 from . import matmul as mm
 from .injective import schedule_injective
 from .measure import can_measure, time_funcs
@@ -95,7 +95,7 @@ class FluidMLSchedule:
             log.warning("FluidMLSchedule: target %s is not a CPU (llvm) target; skipped", target)
             return mod
         cpu = cpu_info(target)
-        fast_erf.register()  # vectorizable erf for GELU epilogues (see fast_erf.py)
+        fast_math.register()  # vectorizable erf/exp for GELU and softmax (fast_math.py)
         self.decisions = []
         consts = _constant_args(mod)
         db = None
