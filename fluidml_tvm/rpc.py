@@ -520,14 +520,24 @@ def kernel_times(vm_module, func_name: str = "main", number: int = 1) -> str:
 
     ``vm_module`` is the module behind ``relax.VirtualMachine.module`` whose inputs were set with
     ``set_input``. Runs once to warm up, then ``number`` timed runs. The callback's own cost (a few
-    microseconds per call) is included in each kernel's time.
+    microseconds per call) is included in each kernel's time. Kernels on a GPU run
+    asynchronously: the device of the call's first GPU tensor is synchronized before and after the
+    call (not verified on a GPU yet).
     """
     import tvm_ffi
 
     totals: dict[str, list] = {}
     stack: list[float] = []
 
+    def sync(args):
+        for a in args:
+            dev = getattr(a, "device", None)
+            if dev is not None and dev.dlpack_device_type() != 1:  # 1: kDLCPU
+                dev.sync()
+                return
+
     def instrument(func, name, before_run, ret_value, *args):
+        sync(args)
         if before_run:
             stack.append(time.perf_counter())
         else:

@@ -133,12 +133,15 @@ def stock_server():
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    """tiny BERT compiled for this machine, its inputs (also as .npz) and the ONNX model."""
+    """tiny BERT compiled for this machine, its inputs (also as .npz) and the ONNX model.
+
+    Stock pipeline (fluidml=0): these tests are about RPC, not the optimizer (test_cross.py and
+    the external-weights test below run FluidML's pipeline)."""
     model = zoo.build("bert", size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)
     d = tmp_path_factory.mktemp("rpc")
     lib = str(d / "bert_tiny.so")
-    fluidml_tvm.compile(model, target="x86").export(lib)
+    fluidml_tvm.compile(model, target="x86", pass_config=["fluidml=0"]).export(lib)
     np.savez(d / "inputs.npz", **feeds)
     return {"lib": lib, "model": model, "feeds": feeds, "npz": str(d / "inputs.npz"), "dir": d}
 
