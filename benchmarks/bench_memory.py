@@ -281,7 +281,10 @@ def main(argv=None) -> int:
             f"{name:10s} planned {r['planned'] / mb:8.3f} MB  stock {r['stock'] / mb:8.3f} MB  "
             f"bound {r['bound_planned_order'] / mb:8.3f} MB  planned/stock "
             f"{r['planned_over_stock']:.3f}  planned/bound {r['planned_over_bound']:.3f}  "
-            f"({r['strategy']}; plan {r['plan_seconds']} s)",
+            f"(one arena {r['planned_one_arena'] / mb:.3f} MB = "
+            f"{r['planned_one_arena'] / r['stock']:.3f}x stock; est. run-time peak "
+            f"{r['runtime_peak_estimate'] / mb:.3f} MB; {r['inplace']} in-place; "
+            f"plan {r['plan_seconds']} s)",
             flush=True,
         )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

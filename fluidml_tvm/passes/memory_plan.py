@@ -374,6 +374,8 @@ class FunctionPlan:
     planned: int = 0
     order: str = ""  # the execution-order decision and its reason
     inplace: list[str] = field(default_factory=list)  # in-place reuses made, with reasons
+    split: str = ""  # why a second arena was made (split_outputs)
+    runtime_peak: int = 0  # estimated bytes held at run time, arenas plus returned tensors
     fallback: list[str] = field(default_factory=list)  # "tensor: reason" or "function: reason"
 
 
@@ -393,6 +395,11 @@ class FluidMLMemoryPlan:
     inplace
         Let an elementwise kernel's output take the bytes of an input that dies at that call
         (:func:`inplace_safe` decides from the kernel's TensorIR).
+    split_outputs
+        Consider putting the tensors still live when the first returned tensor is allocated into
+        a second arena, so that the main arena is freed before the outputs exist; kept when the
+        estimated run-time peak it saves (arenas plus returned tensors) exceeds the planned bytes
+        it adds. ``False``: always one arena; ``"always"``: split whenever possible.
     stock_fallback
         Run ``StaticPlanBlockMemory`` afterwards for what this pass leaves unplanned (True in the
         pipeline; tests may switch it off to look at the raw result).
@@ -405,7 +412,9 @@ class FluidMLMemoryPlan:
         stock_fallback: bool = True,
         reorder: bool = True,
         inplace: bool = True,
+        split_outputs: bool | str = True,
     ):
+        self.split_outputs = split_outputs
         self.inplace = inplace
         self.verify = verify
         self.reorder = reorder
@@ -470,25 +479,68 @@ class FluidMLMemoryPlan:
             best.roots,
             best.intervals,
         )
-        packing = pack(intervals, ALIGN, self.random_tries)
-        plan.arena, plan.strategy, plan.planned = packing.size, packing.strategy, best.planned
+        # Arenas: one, or a second ("tail") arena for the tensors still live when the first
+        # returned tensor is allocated, so that the main arena is freed before the outputs exist.
+        outs = [
+            (t.index, t.nbytes)
+            for t in life.tensors
+            if t.escaped == "returned by the function" and t.nbytes is not None
+        ]
+        p0 = min((i for i, _ in outs), default=None)
+        options = [[list(range(len(intervals)))]]
+        if self.split_outputs and p0 is not None:
+            body = [k for k, iv in enumerate(intervals) if iv.end < p0]
+            tail = [k for k, iv in enumerate(intervals) if iv.end >= p0]
+            if body and tail:
+                options.append([body, tail])
+        layouts = []
+        for parts in options:
+            packs = [pack([intervals[k] for k in part], ALIGN, self.random_tries) for part in parts]
+            peak = _runtime_peak(parts, packs, intervals, outs)
+            layouts.append((parts, packs, peak))
+            logger.debug(
+                "%s: %d arena(s) %s: estimated run-time peak %d",
+                name,
+                len(parts),
+                [x.size for x in packs],
+                peak,
+            )
+        best_layout = layouts[0]
+        if len(layouts) > 1:
+            # Split only when the run-time peak it saves exceeds the planned bytes it adds.
+            one, two = layouts
+            saved = one[2] - two[2]
+            added = sum(x.size for x in two[1]) - one[1][0].size
+            if self.split_outputs == "always" or saved > added:
+                best_layout = two
+        parts, packs, plan.runtime_peak = best_layout
+        if len(parts) > 1:
+            plan.split = (
+                f"{len(parts[1])} tensors live at the first output's allocation "
+                f"(binding {p0}) in a second arena: estimated run-time peak "
+                f"{plan.runtime_peak} instead of one arena's"
+            )
+            logger.debug("%s: %s", name, plan.split)
+        where, sizes, strategies = {}, [], []
+        for a, (part, packing) in enumerate(zip(parts, packs)):
+            sizes.append(packing.size)
+            strategies.append(packing.strategy)
+            for k, off in zip(part, packing.offsets):
+                for m in members[roots[k]]:
+                    where[life.tensors[m].index] = (a, off)
+        plan.arena, plan.strategy, plan.planned = sum(sizes), "+".join(strategies), best.planned
         plan.bound = best.bound
         logger.debug(
-            "%s: %d tensors (%d in-place) in one arena of %d bytes (live-set bound %d) by %s; "
-            "tried %s",
+            "%s: %d tensors (%d in-place) in %d arena(s) of %s bytes (live-set bound %d) by %s",
             name,
             best.planned,
             len(plan.inplace),
-            packing.size,
+            len(sizes),
+            sizes,
             plan.bound,
-            packing.strategy,
-            packing.tried,
+            plan.strategy,
         )
-        where = {}
-        for r, off in zip(roots, packing.offsets):
-            for k in members[r]:
-                where[life.tensors[k].index] = off
-        return _rewrite(func, where, packing.size)
+        return _rewrite(func, where, sizes)
 
     def _candidate(self, mod, gv, func, order_name, life=None) -> SimpleNamespace:
         """Lifetimes, in-place groups and live-set bound of ``func`` in its binding order."""
@@ -532,18 +584,46 @@ class FluidMLMemoryPlan:
         return c
 
 
-def _rewrite(func: relax.Function, where: dict[int, int], arena_size: int) -> relax.Function:
+def _runtime_peak(parts, packs, intervals, outs) -> int:
+    """Estimated bytes held at run time: every arena from its first tensor's start (arena 0 from
+    the top) to its last tensor's end, plus every returned tensor from its allocation on."""
+    events = []
+    for a, (part, packing) in enumerate(zip(parts, packs)):
+        start = 0 if a == 0 else min(intervals[k].start for k in part)
+        end = max(intervals[k].end for k in part)
+        events += [(start, packing.size), (end + 1, -packing.size)]
+    events += [(i, n) for i, n in outs]
+    acc = best = 0
+    for _, d in sorted(events, key=lambda e: (e[0], e[1])):
+        acc += d
+        best = max(best, acc)
+    return best
+
+
+def _rewrite(func: relax.Function, where: dict, sizes: list[int]) -> relax.Function:
+    """Rewrite planned allocs: ``where[binding index] = (arena, offset)``.
+
+    Arena 0 is allocated at the top of the function, any other right before its first tensor.
+    """
     bb = relax.BlockBuilder()
-    storage_call = bb.normalize(
-        relax.op.memory.alloc_storage(relax.ShapeExpr([arena_size]), 0, "global", "uint8")
-    )
-    arena = relax.Var("fluidml_arena", storage_call.ty)
+    arenas, first = [], {}
+    for a, size in enumerate(sizes):
+        call = bb.normalize(
+            relax.op.memory.alloc_storage(relax.ShapeExpr([size]), 0, "global", "uint8")
+        )
+        name = "fluidml_arena" if a == 0 else f"fluidml_arena{a}"
+        arenas.append(relax.VarBinding(relax.Var(name, call.ty), call))
+    for index, (a, _) in sorted(where.items()):
+        first.setdefault(a, index)
     blocks, index = [], 0
     for bi, block in enumerate(func.body.blocks):
-        new = [relax.VarBinding(arena, storage_call)] if bi == 0 else []
+        new = [arenas[0]] if bi == 0 else []
         for b in block.bindings:
             if index in where:
-                call, off = b.value, where[index]
+                a, off = where[index]
+                if a and first[a] == index:
+                    new.append(arenas[a])
+                call, arena = b.value, arenas[a].var
                 tensor = bb.normalize(
                     relax.op.memory.alloc_tensor(arena, off, call.args[0], call.args[1], 0)
                 )

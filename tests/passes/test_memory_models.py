@@ -172,7 +172,8 @@ def test_zoo_tiny_numerics_and_bytes(name):
         np.testing.assert_allclose(o.numpy(), r, rtol=1e-3, atol=1e-3)
     rep = memory_report(mod, TARGET, OPTS)["main"]
     assert rep["planned"] <= rep["stock"]
-    assert rep["planned"] <= 1.05 * rep["bound_planned_order"]
+    # One arena packs within 5% of the bound; the output split may add a small second arena.
+    assert rep["planned_one_arena"] <= 1.05 * rep["bound_planned_order"]
 
 
 @pytest.mark.parametrize("name", ["branchy", "bert_like"])
@@ -196,3 +197,20 @@ def test_with_every_stage_on(name, tmp_path, monkeypatch):
     outs = [out] if hasattr(out, "numpy") else list(out)
     for o, r in zip(outs, ref):
         np.testing.assert_allclose(o.numpy(), r, rtol=1e-3, atol=1e-3)
+
+
+def test_output_split_lowers_runtime_peak_for_large_outputs():
+    # GPT-NeoX's logits (16 x 512 fp32 = 32 KiB) are as large as all its intermediates: with one
+    # arena they coexist with the whole arena; a second small arena for the final LayerNorm lets
+    # the main arena go before the logits are allocated.
+    from fluidml_tvm import zoo
+
+    mod = from_onnx(zoo.build("gpt-neox", size="tiny", seed=0), keep_params_in_input=False)
+    before = lower_to_memory_slot(mod, TARGET, OPTS)
+    split, single = FluidMLMemoryPlan(verify=True), FluidMLMemoryPlan(split_outputs=False)
+    planned_split, planned_single = split(before), single(before)
+    assert split.plans["main"].split and not single.plans["main"].split
+    assert planned_split["main"].script().count("R.memory.alloc_storage") == 2
+    saved = single.plans["main"].runtime_peak - split.plans["main"].runtime_peak
+    added = planned_bytes(planned_split)["main"] - planned_bytes(planned_single)["main"]
+    assert saved > added > 0
