@@ -99,7 +99,10 @@ class FluidMLSchedule:
         self.decisions = []
         consts = _constant_args(mod)
         db = None
-        if self.options.cost == "measured" and self.options.cache_dir:
+        # "measured": look up, else measure and record. "learned": no model is trained yet, so
+        # earlier measurements are used where the cache has them, the analytic choice elsewhere.
+        # "analytic": the first candidate, no database.
+        if self.options.cost in ("measured", "learned") and self.options.cache_dir:
             from ..costdb import CostDB
 
             db = CostDB(self.options.cache_dir)

@@ -427,10 +427,6 @@ def _parallel_copy(sch, block, lanes):
         sch.parallel(loops[0])
 
 
-def all_orders() -> list[str]:
-    return list(ORDERS)
-
-
 __all__ = [
     "MatmulConfig",
     "MatmulMatch",
@@ -439,5 +435,4 @@ __all__ = [
     "candidates",
     "default_config",
     "pack_index_map",
-    "all_orders",
 ]
