@@ -247,3 +247,15 @@ def report(layout_pass: FluidMLLayout) -> str:
         parts.append(f"[layout] function {name}: {len(plan.layouts)} non-default tensors\n"
                      + plan_report(plan))
     return "\n".join(parts)
+
+
+def explain(mod: tvm.IRModule, target=None, options=None, model=None) -> str:
+    """The layout report of ``mod`` (Relax, before legalization) without changing it."""
+    p = FluidMLLayout(target, options, apply=False, model=model)
+    if target is not None:
+        with tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target:
+            p(mod)
+    else:
+        p(mod)
+    return report(p)
+

@@ -12,7 +12,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from fluidml_tvm.passes.layout_cost import AnalyticCost
-from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, permuted_matmul, report
+from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, explain, permuted_matmul, report
 
 
 def rewrite(mod):
@@ -118,6 +118,7 @@ def test_absorbed_layout_is_reported_and_apply_false_keeps_ir():
     tvm.ir.assert_structural_equal(p(Before), Before)
     text = report(p)
     assert "a: [0, 2, 1]" in text and "b: [0, 2, 1]" in text and "votes" in text
+    assert explain(Before, model=AnalyticCost()) == text
 
 
 # ---- numerics on random graphs --------------------------------------------------------------
