@@ -155,3 +155,23 @@ def test_accepts_planned_inplace_handovers_only_for_elementwise_kernels(lowered)
             assert any(s.var.name in p and d.var.name in p and "overlaps" in p for p in problems)
             return
     raise AssertionError("no transpose with a dying input of the same size in bert_like")
+
+
+def test_verify_option_fails_loudly_on_a_bad_plan(lowered, monkeypatch):
+    # A planner bug (every tensor at offset 0) must stop compilation when verify is on.
+    from fluidml_tvm.passes import memory_plan
+
+    def broken_pack(intervals, *args, **kwargs):
+        p = memory_plan.Packing([0] * len(intervals), max(iv.size for iv in intervals), "broken")
+        return p
+
+    monkeypatch.setattr(memory_plan, "pack", broken_pack)
+    # (raised inside a TVM pass, it comes back through the FFI as its base, RuntimeError)
+    with pytest.raises(RuntimeError, match="invalid memory plan"):
+        FluidMLMemoryPlan(verify=True)(lowered)
+    from fluidml_tvm.pipeline import get_pipeline
+
+    mod = from_onnx(bert_like(), keep_params_in_input=False)
+    pipeline = get_pipeline(TARGET, Options(schedule=False, layout=False, verify=True))
+    with pytest.raises(RuntimeError, match="invalid memory plan"):
+        tvm.compile(mod, TARGET, relax_pipeline=pipeline)
