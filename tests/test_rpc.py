@@ -94,8 +94,9 @@ def tracker():
 
 
 @pytest.fixture(scope="module")
-def board(tracker):
-    """``fluidml-tvm rpc-server`` registered with the tracker, in its own process."""
+def board_process(tracker):
+    """``fluidml-tvm rpc-server`` registered with the tracker, in its own process (started here,
+    waited for in ``board``, so that it boots while ``bert`` compiles)."""
     base = _free_port_range()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fluidml_tvm.cli", "rpc-server", "--host", HOST, "--port",
@@ -103,14 +104,6 @@ def board(tracker):
          "--num-threads", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        line = ""
-        deadline = time.monotonic() + 60
-        while "listening on" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "listening on" in line, f"rpc-server did not start: {line!r}"
-        _wait_free(tracker)
         yield proc
     finally:
         procs = _tree(proc.pid)
@@ -118,6 +111,19 @@ def board(tracker):
         proc.stderr.close()
         proc.wait(5)
         _assert_gone(procs)
+
+
+@pytest.fixture(scope="module")
+def board(board_process, bert, tracker):
+    line = ""
+    deadline = time.monotonic() + 60
+    while "listening on" not in line and time.monotonic() < deadline:
+        line = board_process.stderr.readline()
+        if not line and board_process.poll() is not None:
+            break
+    assert "listening on" in line, f"rpc-server did not start: {line!r}"
+    _wait_free(tracker)
+    return board_process
 
 
 @pytest.fixture(scope="module")
