@@ -4,13 +4,15 @@ remotely and checked against ONNX Runtime; every network failure is one line in 
 Processes started here (all on 127.0.0.1, never 0.0.0.0):
 * a ``tvm.rpc.tracker.Tracker``;
 * ``fluidml-tvm rpc-server --tracker ... --key fluidml-test`` as a subprocess (what a board runs);
-* a stock ``tvm.rpc.Server`` without tracker (what ``python -m tvm.exec.rpc_server`` runs).
+* a stock ``tvm.rpc.Server`` without tracker, with the TVM runtime alone (what
+  ``python -m tvm.exec.rpc_server`` runs on a board).
 Each fixture's finalizer ends its process tree by PID (servers leave ``popen_worker`` children)
 and checks that none of those processes is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -83,12 +85,27 @@ def _wait_free(tracker_addr: str, key: str = KEY, timeout: float = 30.0):
     raise AssertionError(f"no free server with key {key} at {tracker_addr} after {timeout} s")
 
 
+@contextlib.contextmanager
+def _runtime_only():
+    """Child processes started inside import only the TVM runtime (faster; what a board has)."""
+    saved = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_USE_RUNTIME_LIB")
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = saved
+
+
 @pytest.fixture(scope="module")
 def tracker():
     from tvm.rpc.tracker import Tracker
 
     base = _free_port_range()
-    trk = Tracker(host=HOST, port=base, port_end=base + 40, silent=True)
+    with _runtime_only():
+        trk = Tracker(host=HOST, port=base, port_end=base + 40, silent=True)
     yield f"{HOST}:{trk.port}"
     _stop(trk)
 
@@ -128,11 +145,13 @@ def board(board_process, bert, tracker):
 
 @pytest.fixture(scope="module")
 def stock_server():
-    """A stock TVM server (no tracker, no fluidml functions): a board with only the runtime."""
+    """A stock TVM server (no tracker, no fluidml functions) importing only the TVM runtime:
+    what ``python -m tvm.exec.rpc_server`` runs on a board with the runtime alone."""
     from tvm import rpc as tvm_rpc
 
     base = _free_port_range()
-    srv = tvm_rpc.Server(host=HOST, port=base, port_end=base + 40, silent=True)
+    with _runtime_only():
+        srv = tvm_rpc.Server(host=HOST, port=base, port_end=base + 40, silent=True)
     yield f"{HOST}:{srv.port}"
     _stop(srv)
 
