@@ -24,7 +24,8 @@ def features(key: str) -> list[float]:
     kind, rest = key.split(":", 1)
     parts = [tuple(int(x) for x in p.split(",") if x != "") for p in rest.split("|")]
     if kind == "matmul":
-        a, b, o, la, lb, lo = parts
+        a, b, o, la, lb, lo = parts[:6]
+        const_b = 1.0 if len(parts) > 6 and 1 in parts[6] else 0.0
         k = a[-1]
         size = float(np.prod(o))
         inner = []
@@ -32,12 +33,12 @@ def features(key: str) -> list[float]:
             nonunit = [d for d in lay if shape[d] != 1]
             inner.append(1.0 if nonunit and nonunit[-1] == stream else 0.0)
             inner.append(float(shape[nonunit[-1]]) if nonunit else 1.0)
-        return [1.0, math.log2(size * k), math.log2(size), math.log2(k), *inner]
+        return [1.0, math.log2(size * k), math.log2(size), math.log2(k), *inner, const_b]
     shape, q = parts
     nonunit = [d for d in q if shape[d] != 1]
     last_moves = 1.0 if nonunit and nonunit[-1] != max(nonunit) else 0.0
     n = float(np.prod(shape))
-    return [0.0, math.log2(n), math.log2(n), 0.0, last_moves, float(shape[-1]), 0, 0, 0, 0]
+    return [0.0, math.log2(n), math.log2(n), 0.0, last_moves, float(shape[-1]), 0, 0, 0, 0, 0]
 
 
 def fit(keys: list[str], seconds: list[float]):

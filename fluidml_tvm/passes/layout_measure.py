@@ -42,8 +42,34 @@ def transpose_variant(shape, perm, dtype="float32"):
     return te.create_prim_func([x, out])
 
 
+def _with_constants(func, consts):
+    """A module where a Relax caller passes constants for params ``consts`` of ``func``, so the
+    schedules treat them as the model's weights (packed offline, as in the real pipeline)."""
+    import numpy as np
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    gv = bb.add_func(func, "k")
+    ps = func.params
+    ins = [relax.Var(f"p{i}", relax.TensorType([int(d) for d in p.ty.shape], str(p.ty.dtype)))
+           for i, p in enumerate(ps[:-1]) if i not in consts]
+    args, it = [], iter(ins)
+    for i, p in enumerate(ps[:-1]):
+        shape = [int(d) for d in p.ty.shape]
+        args.append(relax.const(np.zeros(shape, str(p.ty.dtype))) if i in consts else next(it))
+    out = ps[-1].ty
+    with bb.function("main", ins):
+        res = bb.emit(relax.call_tir(gv, args, relax.TensorType(
+            [int(d) for d in out.shape], str(out.dtype))))
+        bb.emit_func_output(res)
+    return bb.get()
+
+
 def schedule_and_time(funcs: list, target, options) -> list:
-    """Seconds per call of each PrimFunc with the FluidML schedules (None where it failed)."""
+    """Seconds per call of each PrimFunc with the FluidML schedules (None where it failed).
+
+    Items are PrimFuncs or ``(PrimFunc, constant param indices)``.
+    """
     import dataclasses
 
     from ..schedules import FluidMLSchedule
@@ -52,16 +78,27 @@ def schedule_and_time(funcs: list, target, options) -> list:
     # the schedules' analytic first choice: no nested tuning per layout variant
     options = dataclasses.replace(options, cost="analytic")
     done = []
-    for f in funcs:
-        mod = tvm.IRModule({"main": f.with_attr("global_symbol", "main")})
+    for item in funcs:
+        f, consts = item if isinstance(item, tuple) else (item, ())
+        if consts:
+            mod = _with_constants(f, set(consts))
+        else:
+            mod = tvm.IRModule({"k": f.with_attr("global_symbol", "k")})
         with target:
             mod = FluidMLSchedule(target, options)(mod)
-        done.append(mod["main"])
+        prims = [g for g, v in mod.functions_items() if isinstance(v, tvm.tirx.PrimFunc)]
+        done.append(mod[prims[0]].with_attr("global_symbol", "main"))
     return time_funcs(done, target, min_repeat_ms=10, repeat=3)
 
 
 def _key(kind, *parts) -> str:
     return kind + ":" + "|".join(",".join(map(str, p)) for p in parts)
+
+
+def _mm_key(ts, o, la, lb, lo) -> str:
+    """A matmul variant: shapes, layouts and which operands are constants (packed offline)."""
+    consts = tuple(j for j, t in enumerate(ts) if t.kind == "const")
+    return _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts)
 
 
 class MeasuredCost(AnalyticCost):
@@ -96,12 +133,14 @@ class MeasuredCost(AnalyticCost):
             if kind == "matmul":
                 ts = [g.tensors[t] for t in n.inputs]
                 o = g.tensors[n.output]
+                consts = tuple(j for j, t in enumerate(ts) if t.kind == "const")
                 for la in cands[n.inputs[0]]:
                     for lb in cands[n.inputs[1]]:
                         for lo in cands[n.output]:
-                            k = _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo)
-                            out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo: matmul_variant(
-                                ts[0].shape, ts[1].shape, o.shape, la, lb, lo, o.dtype)
+                            k = _mm_key(ts, o, la, lb, lo)
+                            out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo, c=consts: (
+                                matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
+                                               o.dtype), c)
             elif kind == "permute":
                 x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
                 for lx in cands[n.inputs[0]]:
@@ -146,8 +185,7 @@ class MeasuredCost(AnalyticCost):
         n = g.nodes[i]
         ts = [g.tensors[t] for t in n.inputs]
         o = g.tensors[n.output]
-        t = self.table.get(_key("matmul", ts[0].shape, ts[1].shape, o.shape, lays[0], lays[1],
-                                lout))
+        t = self.table.get(_mm_key(ts, o, lays[0], lays[1], lout))
         return super().matmul(g, i, lays, lout) if t is None else self.launch + t
 
     def node(self, g, i, layouts):
