@@ -3,7 +3,8 @@ remotely and checked against ONNX Runtime; every network failure is one line in 
 
 Processes started here (all on 127.0.0.1, never 0.0.0.0):
 * a ``tvm.rpc.tracker.Tracker``;
-* ``fluidml-tvm rpc-server --tracker ... --key fluidml-test`` as a subprocess (what a board runs);
+* ``fluidml-tvm rpc-server --tracker ... --key fluidml-test`` as a subprocess with the TVM runtime
+  alone (what a board runs);
 * a stock ``tvm.rpc.Server`` without tracker, with the TVM runtime alone (what
   ``python -m tvm.exec.rpc_server`` runs on a board).
 Each fixture's finalizer ends its process tree by PID (servers leave ``popen_worker`` children)
@@ -119,7 +120,8 @@ def board_process(tracker):
         [sys.executable, "-m", "fluidml_tvm.cli", "rpc-server", "--host", HOST, "--port",
          str(base), "--port-end", str(base + 40), "--tracker", tracker, "--key", KEY,
          "--num-threads", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})  # a board needs only the runtime
     try:
         yield proc
     finally:

@@ -25,8 +25,10 @@ apache-tvm-ffi==0.1.14.post0 numpy cloudpickle psutil tornado``; the aarch64 whe
 
     python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090 \\
         --tracker WORKSTATION_IP:9190 --key rasp4b
-    # or, with fluidml-tvm installed on the Pi, the same plus per-kernel timings:
-    fluidml-tvm rpc-server --host 0.0.0.0 --tracker WORKSTATION_IP:9190 --key rasp4b
+    # or, with fluidml-tvm installed on the Pi, the same plus per-kernel timings (it too runs
+    # with the TVM runtime alone when TVM_USE_RUNTIME_LIB=1):
+    TVM_USE_RUNTIME_LIB=1 fluidml-tvm rpc-server --host 0.0.0.0 \
+        --tracker WORKSTATION_IP:9190 --key rasp4b
 
 Back on the workstation:
 
