@@ -11,6 +11,8 @@ leading spatial loops; nothing is left single-threaded where there is work to sh
 
 from __future__ import annotations
 
+import logging
+
 from tvm import s_tir, tirx
 
 from .common import (
@@ -25,6 +27,8 @@ from .common import (
 )
 from .injective import schedule_spatial_block
 from .target_info import CPUInfo
+
+log = logging.getLogger("fluidml_tvm.schedules")
 
 
 def _leading_s(kinds: list[str]) -> int:
@@ -61,18 +65,63 @@ def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo):
         reason = f"row form failed ({type(err).__name__})"
     else:
         reason = "no common row axes"
+    try:
+        return _generic(s_tir.Schedule(func), lanes, reason, vector=True)
+    except Exception as err:  # noqa: BLE001 - the plain generic form always applies
+        log.info("vectorized reduction form failed (%s); plain generic form", err)
+        return _generic(sch, lanes, reason, vector=False)
+
+
+def _generic(sch, lanes, reason, vector):
     inline_all(sch)
     for b in root_blocks(sch):
         kinds = loop_kinds(sch, b)
         if kinds is None:
             continue
         if is_reduction(sch, b):
+            if vector and _vectorize_under_reduction(sch, b, kinds, lanes):
+                reason += "; innermost output axis vectorized under the reduction"
+                continue
             lead = _leading_s(kinds)
             parallel_outer(sch, b, kinds, keep_inner=max(0, len(kinds) - lead))
             _unroll_reduction(sch, b, lanes)
         else:
             schedule_spatial_block(sch, b, lanes)
     return sch, f"reduction (generic: {reason}): parallel leading spatial loops"
+
+
+def _vectorize_under_reduction(sch, block, kinds, lanes) -> bool:
+    """Pooling / depthwise form ``S.. x R..``: move the innermost output axis ``x`` below the
+    reduction loops and vectorize it (each step accumulates a vector of outputs), parallelize
+    the outer output axes. False (nothing changed) when the nest is not of that form."""
+    loops = sch.get_loops(block)
+    lead = _leading_s(kinds)
+    if lead == 0 or lead == len(kinds) or any(k != "R" for k in kinds[lead:]):
+        return False
+    x = loops[lead - 1]
+    ext = extent(sch, x)
+    reds = loops[lead:]
+    if ext is None or ext < 4:
+        return False
+    total = 1
+    for lp in loops:
+        total *= extent(sch, lp) or 1
+    if ext % lanes == 0 and ext > lanes:
+        xo, xi = sch.split(x, [None, lanes])
+        sch.reorder(xo, *reds, xi)
+        outer, vec = [*loops[: lead - 1], xo], xi
+    elif ext <= 2 * lanes:
+        sch.reorder(*reds, x)
+        outer, vec = list(loops[: lead - 1]), x
+    else:
+        return False
+    if outer:
+        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if total >= MIN_PARALLEL_ELEMS:
+            sch.parallel(par)
+    sch.vectorize(vec)
+    sch.decompose_reduction(block, reds[0])
+    return True
 
 
 def _row_form(sch: s_tir.Schedule, lanes: int):
