@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -137,6 +138,9 @@ class FluidMLSchedule:
             mod = _pack_constants(mod, packs)
         if db is not None:
             db.close()
+        if any(d.measured for d in self.decisions):
+            n = sum(1 for d in self.decisions if d.measured)
+            _progress(f"measured {n} kernels\n")
         return mod
 
     # -- one kernel --------------------------------------------------------------------------
@@ -198,6 +202,7 @@ class FluidMLSchedule:
             except Exception as err:  # noqa: BLE001 - a candidate that does not apply
                 log.info("%s: candidate %s failed: %s", name, cfg, err)
         log.info("measuring %s: %d candidates", name, len(built))
+        _progress(f"measuring {name}: {len(built)} candidates of {rule}")
         times = time_funcs([f for _, f in built], target) if built else []
         best, measured = None, 0
         for (cfg, _), t in zip(built, times):
@@ -268,6 +273,13 @@ class FluidMLSchedule:
         sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))
         why += " " + self._how(measured, seconds, m.flops)
         return (sch.mod["main"], Decision(name, "conv2d", why, cfg, measured, seconds), pack), ""
+
+
+def _progress(text: str) -> None:
+    """One overwritten status line on an interactive terminal (measuring can take minutes)."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r[fluidml] " + text[:100].ljust(100))
+        sys.stderr.flush()
 
 
 # ---- Relax side: which call_tir arguments are constants; packing them -------------------------
