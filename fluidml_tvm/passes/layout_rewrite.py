@@ -17,7 +17,9 @@ it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
   only where no kernel absorbs the layout (the plan already paid for it in the cost model).
 
 Graph inputs, outputs and dynamic-shape tensors keep the default layout. ``apply=False`` only
-records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged.
+records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged. The
+report is also left in the module attribute ``fluidml.layout_report`` (read it with a pass
+instrument after ``FluidMLLayout``, as ``fluidml-tvm compile --report`` can).
 """
 
 from __future__ import annotations
@@ -237,7 +239,8 @@ class FluidMLLayout:
                 out = rw.builder_.get()
         if out is not mod:
             out = relax.transform.DeadCodeElimination()(out)
-        return out
+        # the report travels with the module: capture it after this pass (compile --report)
+        return out.with_attr("fluidml.layout_report", report(self))
 
 
 def report(layout_pass: FluidMLLayout) -> str:
