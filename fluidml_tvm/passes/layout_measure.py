@@ -8,6 +8,11 @@ FluidML schedules (:class:`fluidml_tvm.schedules.FluidMLSchedule`) and is timed 
 (target, threads, shape, layouts), across models and processes. Where the target cannot run on
 this host, the analytic term stays. :class:`LearnedCost` predicts variants that are not in the
 cache with an XGBoost model trained on the cached ones (:mod:`.layout_learned`).
+
+What is measured: the bare matmul (no fused epilogue), with the schedules' analytic first-choice
+tile (no nested tuning per variant) and constant operands passed as constants, so they are packed
+offline as in the real pipeline. A variant in a non-default layout must beat the default by
+:attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms.
 """
 
 from __future__ import annotations
