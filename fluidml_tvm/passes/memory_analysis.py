@@ -135,6 +135,7 @@ def collect_lifetimes(mod: tvm.IRModule, gvar_or_name, func=None) -> FunctionLif
     bindings = [b for block in body.blocks for b in block.bindings]
     out = FunctionLifetimes(name, bindings)
     alias: dict = out.var_tensors  # Var -> set of tensor ids it may refer to
+    tuple_fields: dict = {}  # Var bound to a tuple literal -> tensor ids of each field
 
     def refs(expr) -> set:
         ids = set()
@@ -186,7 +187,14 @@ def collect_lifetimes(mod: tvm.IRModule, gvar_or_name, func=None) -> FunctionLif
                 escape(used, f"passed to {op} at binding {b.var.name}")
                 alias[b.var] = used
             continue
-        # Var, Tuple, TupleGetItem, MatchCast and leaves: the result may alias every tensor used.
+        if isinstance(value, relax.Tuple):
+            tuple_fields[b.var] = [refs(f) for f in value.fields]
+        elif isinstance(value, relax.TupleGetItem) and value.tuple_value in tuple_fields:
+            alias[b.var] = tuple_fields[value.tuple_value][value.index]
+            continue
+        elif isinstance(value, relax.Var) and value in tuple_fields:
+            tuple_fields[b.var] = tuple_fields[value]
+        # Var, Tuple, other TupleGetItem, MatchCast, leaves: may alias every tensor used.
         alias[b.var] = used
     ret = refs(body.body)
     for t in ret:

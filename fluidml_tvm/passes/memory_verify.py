@@ -92,6 +92,7 @@ def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list
     tensors: list[_Tensor] = []
     derived: dict = {}  # Var -> set of tensor indices
     kernel_args: dict = {}  # binding index of a kernel call -> tensors mentioned by each argument
+    fields_of: dict = {}  # Var bound to a tuple -> tensors of each field
 
     def is_kernel(op) -> bool:
         if isinstance(op, relax.ExternFunc):
@@ -131,8 +132,15 @@ def _verify_function(mod: tvm.IRModule, name: str, func: relax.Function) -> list
                         tt.raw_users.append(b.var.name)
         if isinstance(value, relax.Call) and is_kernel(value.op):
             derived[b.var] = set()
+        elif isinstance(value, relax.Tuple):
+            fields_of[b.var] = [_tensors_in(f, derived) for f in value.fields]
+            derived[b.var] = mentioned
+        elif isinstance(value, relax.TupleGetItem) and value.tuple_value in fields_of:
+            derived[b.var] = fields_of[value.tuple_value][value.index]
         else:
             derived[b.var] = mentioned
+            if isinstance(value, relax.Var) and value in fields_of:
+                fields_of[b.var] = fields_of[value]
     returned = set()
     for v in _mentioned(func.body.body):
         returned |= derived.get(v, set())

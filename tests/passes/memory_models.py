@@ -196,3 +196,15 @@ def two_branches(width: int = 256, seed: int = 0) -> onnx.ModelProto:
     g.op("Add", [a2, b2])
     g.nodes[-1].output[0] = "y"
     return g.model("two_branches", [("x", [4, 16])], ["y"])
+
+
+def split_topk(seed: int = 0) -> onnx.ModelProto:
+    """Multi-output kernels: Split into three, a gated sum, TopK (values and int64 indices)."""
+    g = _Graph(seed)
+    h = g.op("MatMul", ["x", g.weight(16, 96)])
+    sizes = g.const(np.array([32, 32, 32], "int64"), "split")
+    g.nodes.append(helper.make_node("Split", [h, sizes], ["sa", "sb", "sc"], axis=1))
+    y = g.op("Add", [g.op("Mul", [g.op("Tanh", ["sa"]), g.op("Sigmoid", ["sb"])]), "sc"])
+    g.op("TopK", [y, g.const(np.array([4], "int64"), "k")], axis=1)
+    g.nodes[-1].output[:] = ["y", "idx"]
+    return g.model("split_topk", [("x", [4, 16])], ["y"])

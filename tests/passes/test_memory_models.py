@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
-from memory_models import bert_like, branchy, mlp, small_convnet, two_branches, vgg_like
+from memory_models import bert_like, branchy, mlp, small_convnet, split_topk, two_branches, vgg_like
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
@@ -33,6 +33,7 @@ MODELS = {
     "bert_like": bert_like,
     "vgg_like": vgg_like,
     "two_branches": two_branches,
+    "split_topk": split_topk,
 }
 
 
