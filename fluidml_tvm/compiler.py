@@ -230,10 +230,13 @@ def compile(  # noqa: A001
             ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
     except FluidMLError:
         raise
-    except tvm.error.TVMError as err:
-        first = str(err).strip().splitlines()
-        raise FluidMLError(f"TVM failed to compile the model: {first[-1] if first else err}") \
-            from err
+    except (RuntimeError, ValueError, tvm.error.InternalError) as err:
+        # TVM 0.27 raises RuntimeError subclasses (or forwards ValueError) from C++.
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        raise FluidMLError(
+            f"TVM failed to compile the model: {type(err).__name__}: "
+            f"{lines[-1] if lines else err} (FLUIDML_TVM_DEBUG=1 with the CLI shows the traceback)"
+        ) from err
     if printer is not None and not printer.seen:
         say(f"warning: --print-ir-after: no pass named {', '.join(printer.names)} ran")
     planned = bound = timeline = None

@@ -49,6 +49,10 @@ _ORIN_HOST = {
     "num-cores": 12,
 }
 
+# What dlight's GPU rules read from a CUDA target (the tags carry these; bare dicts do not).
+_CUDA_LIMITS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+                "thread_warp_size": 32, "max_num_threads": 1024, "registers_per_block": 65536}
+
 PRESETS = {
     p.name: p
     for p in [
@@ -60,9 +64,9 @@ PRESETS = {
                {"kind": "cuda", "arch": "sm_87", "host": _ORIN_HOST},
                cross_compiler="aarch64-linux-gnu-gcc"),
         Preset("cuda", "NVIDIA GPU, sm_80 (A100) and newer, x86-64 host",
-               {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}),
+               {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}, **_CUDA_LIMITS}),
         Preset("cuda-sm90", "NVIDIA Hopper GPU (H100/H200), x86-64 host",
-               {"kind": "cuda", "arch": "sm_90", "host": {"kind": "llvm"}}),
+               {"kind": "cuda", "arch": "sm_90", "host": {"kind": "llvm"}, **_CUDA_LIMITS}),
     ]
 }
 

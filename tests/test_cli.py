@@ -145,3 +145,15 @@ def test_console_script_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("fluidml-tvm: error: model file not")
     assert "Traceback" not in proc.stderr
+
+
+def test_tvm_compile_error_becomes_one_line(mlp_file, tmp_path, capsys, monkeypatch):
+    """TVM raises RuntimeError subclasses from C++; the CLI reports them in one line."""
+    import tvm
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("Traceback (most recent call last):\n  0: foo\nInternalError: boom")
+
+    monkeypatch.setattr(tvm, "compile", broken)
+    _expect_error(["compile", mlp_file, "-o", tmp_path / "x.so"], capsys,
+                  "TVM failed to compile the model", "InternalError: boom")
