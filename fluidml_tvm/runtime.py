@@ -154,6 +154,17 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
     import tvm  # with TVM_USE_RUNTIME_LIB=1 this is the runtime alone (what a board has)
     from tvm.runtime.vm import VirtualMachine
 
+    if meta.get("target_kind") == "cuda":
+        from .cuda import load_runtime
+
+        driver = load_runtime()  # TVM's CUDA runtime, before loading a module with GPU code
+        if device is None:
+            device = tvm.cuda(0)
+            if "stub" in driver or not device.exist:
+                raise FluidMLError(
+                    f"{path} was compiled for CUDA, and this machine has no usable NVIDIA GPU "
+                    "(or driver); run it on one, or over RPC with --rpc-tracker/--rpc-server"
+                )
     try:
         lib = tvm.runtime.load_module(os.path.abspath(path))
     except Exception as err:

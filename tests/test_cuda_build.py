@@ -34,3 +34,19 @@ def test_jetson_orin_library_stock_pipeline(tmp_path):
     assert cross.elf_machine(lib) == "aarch64"
     info = cuda.kernel_binary(lib)
     assert info["compiled"] and info["entries"] == ["sm_87 ptx", "sm_87 sass"], info
+
+
+def test_running_a_cuda_library_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    """No GPU here: 'run' must say so in one line, not crash in TVM's runtime."""
+    from fluidml_tvm import cli
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not on PATH: cannot build a CUDA library")
+    lib = tmp_path / "cu.so"
+    assert cli.main(["compile", "zoo:bert:tiny", "--target", "cuda", "-o", str(lib), "-q"]) == 0
+    capsys.readouterr()
+    code = cli.main(["run", str(lib)])
+    err = capsys.readouterr().err
+    if code == 0:
+        pytest.skip("this machine has a GPU: the library ran")
+    assert code == 2 and "no usable NVIDIA GPU" in err, err
