@@ -13,9 +13,10 @@ the rules are tried in order; the first that applies wins:
 3. ``reduction`` (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
 4. ``injective`` (:mod:`.injective`) - everything without a reduction.
 
-Every decision is kept in :attr:`FluidMLSchedule.decisions` with its reason; a PrimFunc that no
-rule schedules is reported by name (``warnings.warn`` and the ``fluidml_tvm.schedules`` logger),
-never silently left naive. Dynamic-shape kernels fall to the generic rules.
+Every decision is kept in :attr:`FluidMLSchedule.decisions` with its reason (and, as text, in the
+module attribute ``fluidml.schedule_report``); a PrimFunc that no rule schedules is reported by
+name (``warnings.warn`` and the ``fluidml_tvm.schedules`` logger), never silently left naive.
+Dynamic-shape kernels fall to the generic rules.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class FluidMLSchedule:
         if any(d.measured for d in self.decisions):
             n = sum(1 for d in self.decisions if d.measured)
             _progress(f"measured {n} kernels\n")
-        return mod
+        # the per-kernel decisions travel with the module (read them with a pass instrument)
+        return mod.with_attr("fluidml.schedule_report", report(self.decisions))
 
     # -- one kernel --------------------------------------------------------------------------
     def _schedule_one(self, name, func, target, cpu: CPUInfo, const_args, db, measure_ok):

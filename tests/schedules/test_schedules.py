@@ -154,8 +154,10 @@ def test_bert_layer_matches_ort_and_every_kernel_is_scheduled(tmp_path):
     x = np.random.default_rng(1).standard_normal((1, 16, 32)).astype(np.float32)
     out = _compile_run(model, {"x": x}, _opts(tmp_path))
     np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
-    _, dec = _schedule(model, tmp_path)
+    out, dec = _schedule(model, tmp_path)
     assert all(d.rule != "none" for d in dec.values()), [str(d) for d in dec.values()]
+    text = str(out.attrs["fluidml.schedule_report"])
+    assert all(f"{k}: {d.rule}" in text for k, d in dec.items())
     rules = {k: d.rule for k, d in dec.items()}
     # the 6 matmuls (4 projections / FFN with bias, GELU or residual epilogues, 2 attention)
     assert sum(r == "matmul" for r in rules.values()) == len([k for k in rules if "matmul" in k])
