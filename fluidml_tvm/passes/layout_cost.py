@@ -103,11 +103,18 @@ class AnalyticCost:
     transpose_bandwidth: float = 15e9  # bytes/s, read + write, of a transpose kernel
     flops: float = 100e9  # matmul FLOP/s
     strided_read: float = 1.5  # extra passes over an operand read against its streaming dim
+    # added to every explicit transform a plan would insert (not to a graph's own permute_dims);
+    # a huge value makes the planner only use layouts that kernels absorb
+    conversion_penalty: float = 0.0
 
     name = "analytic"
 
     def transpose(self, nbytes: int) -> float:
         return self.launch + 2 * nbytes / self.transpose_bandwidth
+
+    def convert(self, nbytes: int) -> float:
+        """An explicit transform the rewrite would insert around a kernel."""
+        return self.transpose(nbytes) + self.conversion_penalty
 
     def kernel(self, g: OpGraph, i: int) -> float:
         """The node's own kernel in default layouts (layout-independent part)."""
@@ -153,20 +160,20 @@ class AnalyticCost:
                     continue
                 if tt.shape == out.shape:
                     if lay != lout:
-                        cost += self.transpose(tt.nbytes)
+                        cost += self.convert(tt.nbytes)
                     continue
                 if lay != identity(len(tt.shape)):
-                    cost += self.transpose(tt.nbytes)
+                    cost += self.convert(tt.nbytes)
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
                 if moves_data(lout, full):
-                    cost += self.transpose(tt.nbytes)
+                    cost += self.convert(tt.nbytes)
             return cost
         for t, lay in zip(n.inputs, lin):  # opaque: transpose back to default around it
             tt = g.tensors[t]
             if tt.kind != "const" and lay != identity(len(lay)):
-                cost += self.transpose(tt.nbytes)
+                cost += self.convert(tt.nbytes)
         if lout != identity(len(lout)):
-            cost += self.transpose(out.nbytes)
+            cost += self.convert(out.nbytes)
         return cost
 
 

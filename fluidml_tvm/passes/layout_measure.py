@@ -9,9 +9,9 @@ FluidML schedules (:class:`fluidml_tvm.schedules.FluidMLSchedule`) and is timed 
 this host, the analytic term stays. :class:`LearnedCost` predicts variants that are not in the
 cache with an XGBoost model trained on the cached ones (:mod:`.layout_learned`).
 
-What is measured: the bare matmul (no fused epilogue), with the schedules' analytic first-choice
-tile (no nested tuning per variant) and constant operands passed as constants, so they are packed
-offline as in the real pipeline. A variant in a non-default layout must beat the default by
+What is measured: the bare matmul (no fused epilogue), with the best of up to 3 of the schedules'
+tiles (their own measured choice, cached) and constant operands passed as constants, so they are
+packed offline as in the real pipeline. A variant in a non-default layout must beat the default by
 :attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms.
 """
 
@@ -80,8 +80,9 @@ def schedule_and_time(funcs: list, target, options) -> list:
     from ..schedules import FluidMLSchedule
     from ..schedules.measure import time_funcs
 
-    # the schedules' analytic first choice: no nested tuning per layout variant
-    options = dataclasses.replace(options, cost="analytic")
+    # each variant gets the schedules' own choice among a few measured tiles (cached), so the
+    # default and the permuted variants are compared at their best, as the pipeline runs them
+    options = dataclasses.replace(options, tune_trials=min(options.tune_trials, 3))
     done = []
     for item in funcs:
         f, consts = item if isinstance(item, tuple) else (item, ())
@@ -103,7 +104,7 @@ def _key(kind, *parts) -> str:
 def _mm_key(ts, o, la, lb, lo) -> str:
     """A matmul variant: shapes, layouts and which operands are constants (packed offline)."""
     consts = tuple(j for j, t in enumerate(ts) if t.kind == "const")
-    return _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts)
+    return _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts, (3,))
 
 
 class MeasuredCost(AnalyticCost):
@@ -118,8 +119,9 @@ class MeasuredCost(AnalyticCost):
     # timings on a shared machine are noisy, and a flip-flopping plan is worse than none
     margin = 0.1
 
-    def __init__(self, target, options, db=None, measure: bool = True):
-        super().__init__()
+    def __init__(self, target, options, db=None, measure: bool = True,
+                 conversion_penalty: float = 0.0):
+        super().__init__(conversion_penalty=conversion_penalty)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "options", options)
         object.__setattr__(self, "db", db)
@@ -213,21 +215,21 @@ class MeasuredCost(AnalyticCost):
         return super().node(g, i, layouts)
 
 
-def make_model(target=None, options=None):
+def make_model(target=None, options=None, conversion_penalty: float = 0.0):
     """The cost model ``options.cost`` names (``analytic`` when measuring is impossible)."""
     from ..options import Options
     from ..schedules.measure import can_measure
 
     options = options or Options()
     if options.cost == "analytic":
-        return AnalyticCost()
+        return AnalyticCost(conversion_penalty=conversion_penalty)
     if target is None:
         target = tvm.target.Target.current(allow_none=True)
     elif not isinstance(target, tvm.target.Target):
         target = tvm.target.Target(target)
     if target is None or target.kind.name != "llvm" or not can_measure(target):
         log.info("layout: target cannot be measured here; analytic costs")
-        return AnalyticCost()
+        return AnalyticCost(conversion_penalty=conversion_penalty)
     db = None
     if options.cache_dir:
         from ..costdb import CostDB
@@ -236,5 +238,5 @@ def make_model(target=None, options=None):
     if options.cost == "learned":
         from .layout_learned import LearnedCost
 
-        return LearnedCost(target, options, db)
-    return MeasuredCost(target, options, db)
+        return LearnedCost(target, options, db, conversion_penalty=conversion_penalty)
+    return MeasuredCost(target, options, db, conversion_penalty=conversion_penalty)

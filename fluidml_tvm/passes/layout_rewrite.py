@@ -211,16 +211,23 @@ class FluidMLLayout:
         Rewrite the IR (True) or only record the plans and reasons (False).
     model
         A cost model object overriding ``options.cost`` (tests, tutorials).
+    explicit_transforms
+        Allow plans that insert transposes around kernels that cannot absorb a layout (True:
+        FluidML's full search). False keeps only layouts that kernels absorb, so the rewrite
+        removes transpose kernels and never adds one (what the ``fluidml`` pipeline runs).
     """
 
-    def __init__(self, target=None, options=None, apply: bool = True, model=None):
+    def __init__(self, target=None, options=None, apply: bool = True, model=None,
+                 explicit_transforms: bool = True):
         self.target, self.options, self.apply, self.model = target, options, apply, model
+        self.explicit_transforms = explicit_transforms
         self.plans: dict = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from .layout_measure import make_model
 
-        model = self.model or make_model(self.target, self.options)
+        penalty = 0.0 if self.explicit_transforms else 10.0  # seconds: never worth paying
+        model = self.model or make_model(self.target, self.options, penalty)
         out = mod
         for gv, func in mod.functions_items():
             if not isinstance(func, relax.Function) or (func.attrs and (
@@ -230,6 +237,17 @@ class FluidMLLayout:
             if hasattr(model, "prepare"):
                 model.prepare(g, candidates(g))
             plan = plan_layouts(g, model)
+            if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
+                penalty = model.conversion_penalty
+                object.__setattr__(model, "conversion_penalty", 0.0)
+                free = plan_layouts(g, model, plan.chains)
+                object.__setattr__(model, "conversion_penalty", penalty)
+                extra = sorted(set(free.layouts.items()) - set(plan.layouts.items()))
+                plan.notes.append(
+                    f"unrestricted plan (explicit transforms allowed, not applied): "
+                    f"{len(free.layouts)} non-default tensors, modelled {free.cost * 1e6:.1f}us; "
+                    + ("differs on: " + ", ".join(f"{t}{list(lay)}" for t, lay in extra[:12])
+                       if extra else "same layouts"))
             self.plans[gv.name_hint] = plan
             log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
             if self.apply and plan.layouts:
