@@ -190,3 +190,24 @@ def test_rewritten_graphs_keep_their_numbers(seed):
         tvm.ir.assert_structural_equal(after, mod)
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
     np.testing.assert_allclose(_run(after, x), _run(mod, x), rtol=1e-5, atol=1e-5)
+
+
+def _permutes(mod) -> int:
+    op = tvm.ir.Op.get("relax.permute_dims")
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call) and
+        e.op.same_as(op) else None)
+    return len(found)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6))
+def test_absorbed_only_never_adds_a_transpose(seed):
+    """explicit_transforms=False (the pipeline's setting): permutes only disappear."""
+    mod, _ = random_module(seed)
+    p = FluidMLLayout(model=None, explicit_transforms=False,
+                      options=__import__("fluidml_tvm").options.Options(cost="analytic"))
+    after = strip(p(mod))
+    assert _permutes(after) <= _permutes(mod)
+    assert p.plans["main"].cost <= p.plans["main"].default_cost
