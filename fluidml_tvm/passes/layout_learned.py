@@ -72,6 +72,35 @@ def heldout_rank_correlation(keys, seconds, test_fraction=0.3, seed=0) -> tuple[
     return rho, n_test
 
 
+def _shape_of(key: str) -> str:
+    """The variant key without its layouts (same kernel shape, any layout)."""
+    kind, rest = key.split(":", 1)
+    parts = rest.split("|")
+    keep = parts[:3] + parts[6:] if kind == "matmul" else parts[:1]
+    return kind + ":" + "|".join(keep)
+
+
+def within_shape_rank_correlation(keys, seconds, min_variants: int = 4) -> tuple[float, int]:
+    """Leave-one-shape-out: for each kernel shape with >= ``min_variants`` layout variants, train
+    on every other shape and rank that shape's variants (what the DP needs: which layout is
+    fastest for a kernel never measured). Returns the median Spearman's rho and the shape count.
+    """
+    times = dict(zip(keys, seconds))
+    groups: dict[str, list] = {}
+    for k in keys:
+        groups.setdefault(_shape_of(k), []).append(k)
+    rhos = []
+    for shape, ks in groups.items():
+        if len(ks) < min_variants:
+            continue
+        train = [k for k in keys if _shape_of(k) != shape]
+        pred = predict(fit(train, [times[k] for k in train]), ks)
+        rho = np.corrcoef(_ranks(pred), _ranks([times[k] for k in ks]))[0, 1]
+        if np.isfinite(rho):
+            rhos.append(float(rho))
+    return (float(np.median(rhos)) if rhos else float("nan")), len(rhos)
+
+
 class LearnedCost(MeasuredCost):
     """Measured where cached, predicted elsewhere (measures only while the cache is too small)."""
 

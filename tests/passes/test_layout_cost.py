@@ -6,7 +6,11 @@ import numpy as np
 
 from fluidml_tvm.passes.graph import Node, OpGraph, Tensor
 from fluidml_tvm.passes.layout_cost import AnalyticCost, moves_data
-from fluidml_tvm.passes.layout_learned import features, heldout_rank_correlation
+from fluidml_tvm.passes.layout_learned import (
+    features,
+    heldout_rank_correlation,
+    within_shape_rank_correlation,
+)
 from fluidml_tvm.passes.layout_measure import _key
 
 
@@ -48,3 +52,5 @@ def test_learned_model_ranks_held_out_variants():
                     secs.append(t)
     rho, n = heldout_rank_correlation(keys, secs)
     assert n >= 10 and rho > 0.8
+    rho, shapes = within_shape_rank_correlation(keys, secs)
+    assert shapes == 15 and rho > 0.5
