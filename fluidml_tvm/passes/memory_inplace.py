@@ -46,57 +46,103 @@ def _stmt_children(stmt):
     return None
 
 
+def _static_dims(buf) -> list[int] | None:
+    dims = []
+    for d in buf.shape:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return None
+        dims.append(int(d.value))
+    return dims
+
+
 def inplace_safe(prim: tvm.tirx.PrimFunc, in_pos: int, out_pos: int) -> str | None:
     """Why output parameter ``out_pos`` may NOT share memory with input ``in_pos`` (None: it may).
 
-    Safe when the two buffers have the same static shape and dtype and every block that touches
-    either is data-parallel, reads the input only at its own iteration point ``in[v]``, writes the
-    output only at ``out[v]`` (a single store), and no other block reads the input or touches the
-    output: each block instance then reads ``in[v]`` before it overwrites that same element, and
-    no one reads it again. Block access regions are TVM's own (a superset of the real accesses).
+    Safe when the input and output have the same static shape and dtype, and the kernel is
+    pointwise between them: every block that touches the input, the output or a buffer the kernel
+    allocates and computes from the input is data-parallel (no init) and accesses those buffers
+    only at its own iteration point ``v`` (all of the output's shape); exactly one block writes
+    the output, no block reads it or writes the input, and every block that reads the input feeds
+    that writer through the kernel's own buffers (or is the writer). Then ``in[v]`` is read, in
+    any valid schedule, before ``out[v]`` (the only element stored over it) is written. Block
+    access regions are TVM's own (a superset of the real accesses).
     """
     try:
         din, dout = prim.params[in_pos], prim.params[out_pos]
-        shape_in, shape_out = list(din.shape), list(dout.shape)
     except (IndexError, AttributeError):
         return "parameter is not a buffer"
-    if str(din.dtype) != str(dout.dtype) or len(shape_in) != len(shape_out):
-        return "dtype or rank differs"
-    for a, b in zip(shape_in, shape_out):
-        static = isinstance(a, tvm.tirx.IntImm) and isinstance(b, tvm.tirx.IntImm)
-        if not static or int(a.value) != int(b.value):
-            return "shapes differ or are symbolic"
-    stack, n_readers, root = [prim.body], 0, True
+    try:
+        shape = _static_dims(dout)
+        if str(din.dtype) != str(dout.dtype) or shape is None or _static_dims(din) != shape:
+            return "dtype or shape differs, or is symbolic"
+    except AttributeError:
+        return "parameter is not a buffer"
+    blocks, internal, stack = [], [], [prim.body]
     while stack:
         stmt = stack.pop()
         if isinstance(stmt, tvm.s_tir.SBlock):
-            reads = [r for r in stmt.reads if r.source.same_as(din)]
-            writes = [w for w in stmt.writes if w.source.same_as(dout)]
-            touches_in_w = any(w.source.same_as(din) for w in stmt.writes)
-            touches_out_r = any(r.source.same_as(dout) for r in stmt.reads)
-            if touches_in_w or touches_out_r:
-                return f"block {stmt.name_hint} writes the input or reads the output"
-            if reads or writes:
-                if root and not stmt.iter_vars:
-                    return "root block accesses the buffers"
-                if not (reads and writes):
-                    return f"block {stmt.name_hint} reads the input without writing the output"
-                if stmt.init is not None or any(iv.iter_type != 0 for iv in stmt.iter_vars):
-                    return f"block {stmt.name_hint} is a reduction"
-                if not all(_identity_point(r, stmt.iter_vars) for r in reads + writes):
-                    return f"block {stmt.name_hint} accesses another element"
-                body = stmt.body
-                if not (isinstance(body, tvm.tirx.BufferStore) and body.buffer.same_as(dout)):
-                    return f"block {stmt.name_hint} body is not a single store to the output"
-                n_readers += 1
-            root = False
+            internal += list(stmt.alloc_buffers)
+            blocks.append(stmt)
             children = [stmt.body] + ([stmt.init] if stmt.init is not None else [])
         else:
             children = _stmt_children(stmt)
             if children is None:
                 return f"unsupported statement {type(stmt).__name__}"
         stack.extend(children)
-    return None if n_readers else "no block reads the input"
+
+    # The kernel's own buffers that carry values of the input (computed from it); the others
+    # (e.g. per-channel scales computed from weights) are read like any other parameter.
+    tainted = [din]
+    changed = True
+    while changed:
+        changed = False
+        for blk in blocks:
+            if any(any(r.source.same_as(t) for t in tainted) for r in blk.reads):
+                for w in blk.writes:
+                    own = any(w.source.same_as(b) for b in internal)
+                    if own and not any(w.source.same_as(t) for t in tainted):
+                        tainted.append(w.source)
+                        changed = True
+
+    def tracked(buf) -> bool:
+        return buf.same_as(dout) or any(buf.same_as(t) for t in tainted)
+
+    writer, readers_of_in, producers, reads_of = None, [], {}, {}
+    for blk in blocks:
+        reads = [r for r in blk.reads if tracked(r.source)]
+        writes = [w for w in blk.writes if tracked(w.source)]
+        if not (reads or writes):
+            continue
+        if not blk.iter_vars:
+            return f"block {blk.name_hint} without iteration accesses the buffers"
+        if any(w.source.same_as(din) for w in writes) or any(r.source.same_as(dout) for r in reads):
+            return f"block {blk.name_hint} writes the input or reads the output"
+        if blk.init is not None or any(iv.iter_type != 0 for iv in blk.iter_vars):
+            return f"block {blk.name_hint} is a reduction"
+        for r in reads + writes:
+            if _static_dims(r.source) != shape or not _identity_point(r, blk.iter_vars):
+                return f"block {blk.name_hint} accesses another element of {r.source.name}"
+        if any(w.source.same_as(dout) for w in writes):
+            if writer is not None:
+                return "two blocks write the output"
+            writer = blk
+        if any(r.source.same_as(din) for r in reads):
+            readers_of_in.append(blk)
+        for w in writes:
+            producers.setdefault(w.source, []).append(blk)
+        reads_of[blk] = [r.source for r in reads]
+    if writer is None or not readers_of_in:
+        return "no block writes the output" if writer is None else "no block reads the input"
+    feeds, todo = {writer}, [writer]  # the writer and every block it depends on
+    while todo:
+        blk = todo.pop()
+        for buf in reads_of.get(blk, []):
+            for src in next((v for k, v in producers.items() if k.same_as(buf)), []):
+                if src not in feeds:
+                    feeds.add(src)
+                    todo.append(src)
+    late = [b.name_hint for b in readers_of_in if b not in feeds]
+    return f"blocks {late} read the input but do not feed the output" if late else None
 
 
 def inplace_pairs(mod: tvm.IRModule, life, plannable: set) -> list[tuple[int, int, str]]:

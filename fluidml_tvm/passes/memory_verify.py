@@ -235,54 +235,46 @@ def _fields(obj):
 def _elementwise_overwrite(prim, src: int, dst: int) -> bool:
     """True if writing parameter ``dst`` over parameter ``src`` cannot change what is read.
 
-    Checked on the accesses themselves (every load of ``src``, every store to ``dst``), found by a
-    walk over all fields of the TensorIR: each happens in a data-parallel block without init whose
-    body is one store ``dst[v] = f(..., src[v], ...)`` at the block's own iteration point ``v``;
-    ``dst`` is never read and ``src`` never written.
+    Checked on the accesses themselves (every load and store, found by a walk over all fields of
+    the TensorIR, grouped by enclosing block). Buffers that carry values of ``src`` are ``src``
+    and the kernel's own buffers stored by a block that loads a carrier. Each block that loads or
+    stores a carrier or ``dst`` must be data-parallel without init and access them only at its
+    iteration point ``v`` (``dst``'s shape); one block stores ``dst``, as its whole body, so it
+    loads before it stores; ``dst`` is never loaded, ``src`` never stored; every block loading
+    ``src`` reaches the ``dst`` block through carriers it stores and that block loads.
     """
     if not isinstance(prim, tvm.tirx.PrimFunc):
         return False
     p_src, p_dst = prim.params[src], prim.params[dst]
     if str(p_src.dtype) != str(p_dst.dtype):
         return False
-    if [int(x) for x in p_src.shape] != [int(x) for x in p_dst.shape]:
+    try:
+        shape = [int(x) for x in p_dst.shape]
+        if [int(x) for x in p_src.shape] != shape:
+            return False
+    except (TypeError, ValueError):
         return False
-    ok = {"flag": True, "loads": 0}
-    loaders, storers = set(), set()
-
-    def point(indices, block) -> bool:
-        ivs = [iv.var for iv in block.iter_vars]
-        return len(indices) == len(ivs) and all(i.same_as(v) for i, v in zip(indices, ivs))
+    acc: dict = {}  # block -> list of ("load" | "store", buffer var, indices, node)
+    own: list = []  # buffers the kernel allocates
+    outside = {"flag": False}
 
     def walk(obj, block):
         if isinstance(obj, (str, int, float, bool)) or obj is None:
             return
         if isinstance(obj, tvm.s_tir.SBlock):
             block = obj
+            acc.setdefault(block, [])
+            own.extend(list(obj.alloc_buffers))
         if isinstance(obj, tvm.ir.expr.TensorLoad):
-            if obj.source.same_as(p_dst):
-                ok["flag"] = False
-            if obj.source.same_as(p_src):
-                ok["loads"] += 1
-                if block is None or not point(obj.indices, block):
-                    ok["flag"] = False
-                else:
-                    loaders.add(block)
+            if block is None:
+                outside["flag"] = True
+            else:
+                acc[block].append(("load", obj.source, obj.indices, obj))
         if isinstance(obj, tvm.tirx.BufferStore):
-            if obj.buffer.same_as(p_src):
-                ok["flag"] = False
-            if obj.buffer.same_as(p_dst):
-                good = (
-                    block is not None
-                    and block.body.same_as(obj)
-                    and block.init is None
-                    and all(iv.iter_type == 0 for iv in block.iter_vars)
-                    and point(obj.indices, block)
-                )
-                if not good:
-                    ok["flag"] = False
-                else:
-                    storers.add(block)
+            if block is None:
+                outside["flag"] = True
+            else:
+                acc[block].append(("store", obj.buffer, obj.indices, obj))
         if isinstance(obj, tvm.ir.expr.Var):
             return
         children = _fields(obj)
@@ -292,7 +284,58 @@ def _elementwise_overwrite(prim, src: int, dst: int) -> bool:
             walk(ch, block)
 
     walk(prim.body, None)
-    return ok["flag"] and ok["loads"] > 0 and loaders <= storers
+    if outside["flag"]:
+        return False
+
+    def member(buf, bufs) -> bool:
+        return any(buf.same_as(b) for b in bufs)
+
+    carriers = [p_src]
+    grew = True
+    while grew:
+        grew = False
+        for items in acc.values():
+            if any(k == "load" and member(b, carriers) for k, b, _, _ in items):
+                for k, b, _, _ in items:
+                    if k == "store" and member(b, own) and not member(b, carriers):
+                        carriers.append(b)
+                        grew = True
+    writer, loaders = None, []
+    for blk, items in acc.items():
+        mine = [x for x in items if member(x[1], carriers) or x[1].same_as(p_dst)]
+        if not mine:
+            continue
+        ivs = [iv.var for iv in blk.iter_vars]
+        if blk.init is not None or not ivs or any(iv.iter_type != 0 for iv in blk.iter_vars):
+            return False
+        for kind, buf, idx, node in mine:
+            if kind == "load" and buf.same_as(p_dst):
+                return False
+            if kind == "store" and buf.same_as(p_src):
+                return False
+            if [int(x) for x in buf.shape] != shape or len(idx) != len(ivs):
+                return False
+            if not all(a.same_as(v) for a, v in zip(idx, ivs)):
+                return False
+            if kind == "store" and buf.same_as(p_dst):
+                if writer is not None or not blk.body.same_as(node):
+                    return False
+                writer = blk
+        if any(k == "load" and b.same_as(p_src) for k, b, _, _ in mine):
+            loaders.append(blk)
+    if writer is None or not loaders:
+        return False
+    reach, todo = {writer}, [writer]
+    while todo:
+        blk = todo.pop()
+        needed = [b for k, b, _, _ in acc[blk] if k == "load" and member(b, own)]
+        for other, items in acc.items():
+            if other not in reach and any(
+                k == "store" and member(b, needed) for k, b, _, _ in items
+            ):
+                reach.add(other)
+                todo.append(other)
+    return all(b in reach for b in loaders)
 
 
 def _raw_var(steps, t: _Tensor):
