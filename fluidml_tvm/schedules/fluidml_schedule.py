@@ -257,7 +257,9 @@ class FluidMLSchedule:
         m, why = conv2d.analyze(func)
         if m is None:
             return None, why
-        tiles = conv2d.candidates(m, cpu, self.options.tune_trials)
+        # at most 4: a CNN has many distinct conv shapes, each candidate costs a compile, and
+        # beyond the 4 best-ranked tiles (2 tiles x with/without reduction blocking) little won
+        tiles = conv2d.candidates(m, cpu, min(self.options.tune_trials, 4))
         if not tiles:
             return None, f"no register tile divides channels {m.f} / columns {m.x}"
 
