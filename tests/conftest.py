@@ -6,7 +6,15 @@ import pytest
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 
-@pytest.fixture(autouse=True)
-def _temporary_cache(tmp_path_factory, monkeypatch):
-    """Every test gets an empty measurement cache: no test depends on another's measurements."""
-    monkeypatch.setenv("FLUIDML_TVM_CACHE", str(tmp_path_factory.mktemp("fluidml-cache")))
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_cache(tmp_path_factory):
+    """One temporary measurement cache for the whole run (never the user's ~/.cache): a kernel
+    shape measured by one test is reused by the next, as in real use. Tests about the cache itself
+    pass their own ``cache_dir``."""
+    old = os.environ.get("FLUIDML_TVM_CACHE")
+    os.environ["FLUIDML_TVM_CACHE"] = str(tmp_path_factory.mktemp("fluidml-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FLUIDML_TVM_CACHE", None)
+    else:
+        os.environ["FLUIDML_TVM_CACHE"] = old
