@@ -91,7 +91,7 @@ def _units(func: relax.Function, life: FunctionLifetimes):
         for j in unit:
             owner[j] = len(units)
         units.append(unit)
-    for i in sorted(j for js in pending_allocs.values() for j in js):  # readers before allocs?
+    for i in sorted(j for js in pending_allocs.values() for j in js):  # never read: own unit
         owner[i] = len(units)
         units.append([i])
     defined = {b.var: owner[i] for i, b in enumerate(bindings)}
