@@ -215,8 +215,12 @@ class MeasuredCost(AnalyticCost):
         return super().node(g, i, layouts)
 
 
-def make_model(target=None, options=None, conversion_penalty: float = 0.0):
-    """The cost model ``options.cost`` names (``analytic`` when measuring is impossible)."""
+def make_model(target=None, options=None, conversion_penalty: float = 0.0, measure: bool = True):
+    """The cost model ``options.cost`` names (``analytic`` when measuring is impossible).
+
+    ``measure=False``: cached measurements only, analytic terms for the rest (no compile time
+    spent timing kernels, e.g. when the plan is only reported).
+    """
     from ..options import Options
     from ..schedules.measure import can_measure
 
@@ -238,5 +242,5 @@ def make_model(target=None, options=None, conversion_penalty: float = 0.0):
     if options.cost == "learned":
         from .layout_learned import LearnedCost
 
-        return LearnedCost(target, options, db, conversion_penalty=conversion_penalty)
-    return MeasuredCost(target, options, db, conversion_penalty=conversion_penalty)
+        return LearnedCost(target, options, db, measure, conversion_penalty=conversion_penalty)
+    return MeasuredCost(target, options, db, measure, conversion_penalty=conversion_penalty)

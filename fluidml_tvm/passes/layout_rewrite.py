@@ -227,7 +227,8 @@ class FluidMLLayout:
         from .layout_measure import make_model
 
         penalty = 0.0 if self.explicit_transforms else 10.0  # seconds: never worth paying
-        model = self.model or make_model(self.target, self.options, penalty)
+        # a plan that is only reported uses cached measurements and spends no compile time
+        model = self.model or make_model(self.target, self.options, penalty, measure=self.apply)
         out = mod
         for gv, func in mod.functions_items():
             if not isinstance(func, relax.Function) or (func.attrs and (
@@ -248,6 +249,8 @@ class FluidMLLayout:
                     f"{len(free.layouts)} non-default tensors, modelled {free.cost * 1e6:.1f}us; "
                     + ("differs on: " + ", ".join(f"{t}{list(lay)}" for t, lay in extra[:12])
                        if extra else "same layouts"))
+            if not self.apply:
+                plan.notes.append("analysis only: the IR is left in the default layouts")
             self.plans[gv.name_hint] = plan
             log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
             if self.apply and plan.layouts:

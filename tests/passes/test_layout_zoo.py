@@ -22,6 +22,16 @@ from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
 MODELS = ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"]
 
 
+@pytest.fixture
+def applied(monkeypatch):
+    """The pipeline's layout stage with the rewrite applied (the default only reports)."""
+    import functools
+
+    import fluidml_tvm.passes as passes
+
+    monkeypatch.setattr(passes, "layout_stage", functools.partial(passes.layout_stage, apply=True))
+
+
 def _ort(model, feeds):
     return ort.InferenceSession(model.SerializeToString()).run(None, feeds)
 
@@ -31,7 +41,7 @@ def _err(out, ref):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_zoo_numerics_with_layout_on(name):
+def test_zoo_numerics_with_layout_on(name, applied):
     model = zoo.build(name, size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)
     ref = _ort(model, feeds)
@@ -47,7 +57,7 @@ def test_zoo_numerics_with_layout_on(name):
 
 
 @pytest.mark.parametrize("name", ["vgg11", "mobilenet"])
-def test_conv_zoo_numerics_layout_only(name):
+def test_conv_zoo_numerics_layout_only(name, applied):
     """Conv models with the schedule stage off, so ORT checks the layout stage alone."""
     model = zoo.build(name, size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)
@@ -56,11 +66,26 @@ def test_conv_zoo_numerics_layout_only(name):
     assert _err(c.load().run(feeds), _ort(model, feeds)) <= 1e-4
 
 
-def test_bert_default_cost_numerics():
+def test_bert_default_cost_numerics(applied):
+    """Measured costs (the default), rewrite applied."""
     model = zoo.build("bert", size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)
     c = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=1"])
     assert _err(c.load().run(feeds), _ort(model, feeds)) <= 1e-4
+
+
+def test_default_stage_reports_without_rewriting():
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.passes import layout_stage
+
+    tgt, _ = targets.resolve("x86")
+    mod = frontend.import_onnx(zoo.build("bert", size="tiny", seed=0), None).mod
+    (stage,) = layout_stage(tgt, Options(cost="analytic"))
+    with tgt:
+        out = stage(mod)
+    assert "lv30: [0, 2, 1, 3]" in out.attrs["fluidml.layout_report"]
+    assert "analysis only" in out.attrs["fluidml.layout_report"]
+    tvm.ir.assert_structural_equal(tvm.IRModule(dict(out.functions_items())), mod)
 
 
 def fused(name: str, layout: bool):
