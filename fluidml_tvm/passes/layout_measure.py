@@ -70,6 +70,19 @@ def _with_constants(func, consts):
     return bb.get()
 
 
+def reshape_transpose_variant(src, mid, perm, after, dtype="float32"):
+    """``reshape(src -> mid)``, transpose by ``perm``, then ``reshape(-> after)`` if given: the
+    kernel FuseOps makes of a permute and its neighbouring reshape."""
+    from tvm import topi
+
+    x = te.placeholder(tuple(src), dtype, "X")
+    y = topi.reshape(x, tuple(mid)) if tuple(mid) != tuple(src) else x
+    y = topi.transpose(y, list(perm))
+    if after is not None:
+        y = topi.reshape(y, tuple(after))
+    return te.create_prim_func([x, y])
+
+
 def schedule_and_time(funcs: list, target, options) -> list:
     """Seconds per call of each PrimFunc with the FluidML schedules (None where it failed).
 
@@ -152,15 +165,36 @@ class MeasuredCost(AnalyticCost):
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
             elif kind == "permute":
-                x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
-                        q = compose(inverse(lx), compose(n.attrs["axes"], lo))
-                        shape = phys_shape(x.shape, lx)
-                        if moves_data(q, shape):
-                            out[_key("transpose", shape, q)] = (
-                                lambda s=shape, q=q, dt=x.dtype: transpose_variant(s, q, dt))
+                        key, make = self._transpose(g, i, lx, lo)
+                        if key is not None:
+                            out[key] = make
         return out
+
+    def _transpose(self, g, i, lx, lo):
+        """Key and builder of permute node ``i``'s kernel for layouts ``lx -> lo``, fused with
+        the reshape that feeds it or follows it, as FuseOps will fuse them (None: an alias)."""
+        n = g.nodes[i]
+        x = g.tensors[n.inputs[0]]
+        q = compose(inverse(lx), compose(n.attrs["axes"], lo))
+        shape = phys_shape(x.shape, lx)
+        if not moves_data(q, shape):
+            return None, None
+        dt = x.dtype
+        p = g.producer.get(n.inputs[0])
+        if p is not None and g.nodes[p].op == "relax.reshape" and lx == identity(len(lx)):
+            src = g.tensors[g.nodes[p].inputs[0]].shape if g.nodes[p].inputs else None
+            if src is not None:
+                return _key("rtranspose", src, shape, q), (
+                    lambda: reshape_transpose_variant(src, shape, q, None, dt))
+        cons = g.consumers.get(n.output, [])
+        if len(cons) == 1 and g.nodes[cons[0]].op == "relax.reshape" and lo == identity(len(lo)):
+            after = g.tensors[g.nodes[cons[0]].output].shape
+            if after is not None:
+                return _key("transposer", shape, q, after), (
+                    lambda: reshape_transpose_variant(shape, shape, q, after, dt))
+        return _key("transpose", shape, q), lambda: transpose_variant(shape, q, dt)
 
     def prepare(self, g, cands) -> int:
         """Measure (or read from the cache) every variant; returns how many were measured."""
@@ -187,10 +221,6 @@ class MeasuredCost(AnalyticCost):
         return len(keys)
 
     # -- T_n -----------------------------------------------------------------------------------
-    def transpose_of(self, shape, q, nbytes):
-        t = self.table.get(_key("transpose", shape, q))
-        return self.transpose(nbytes) if t is None else self.launch + t
-
     def matmul(self, g, i, lays, lout):
         n = g.nodes[i]
         ts = [g.tensors[t] for t in n.inputs]
@@ -209,9 +239,11 @@ class MeasuredCost(AnalyticCost):
             x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
             lx = layouts.get(n.inputs[0]) or identity(len(x.shape))
             lo = layouts.get(n.output) or identity(len(o.shape))
-            q = compose(inverse(lx), compose(n.attrs["axes"], lo))
-            shape = phys_shape(x.shape, lx)
-            return self.transpose_of(shape, q, o.nbytes) if moves_data(q, shape) else 0.0
+            key, _ = self._transpose(g, i, lx, lo)
+            if key is None:
+                return 0.0
+            t = self.table.get(key)
+            return self.transpose(o.nbytes) if t is None else self.launch + t
         return super().node(g, i, layouts)
 
 

@@ -54,3 +54,29 @@ def test_learned_model_ranks_held_out_variants():
     assert n >= 10 and rho > 0.8
     rho, shapes = within_shape_rank_correlation(keys, secs)
     assert shapes == 15 and rho > 0.5
+
+
+def test_measured_kernel_variants_compute_the_right_thing():
+    """The PrimFuncs whose timings drive the measured model compute what the rewrite emits."""
+    import tvm
+
+    from fluidml_tvm.passes.layout_measure import matmul_variant, reshape_transpose_variant
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 6, 8)).astype("float32")
+    f = reshape_transpose_variant((1, 6, 8), (1, 6, 2, 4), (0, 2, 1, 3), (1, 2, 24))
+    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), "llvm")
+    out = tvm.runtime.tensor(np.zeros((1, 2, 24), "float32"))
+    lib["main"](tvm.runtime.tensor(x), out)
+    want = x.reshape(1, 6, 2, 4).transpose(0, 2, 1, 3).reshape(1, 2, 24)
+    np.testing.assert_allclose(out.numpy(), want)
+    # A held as [1, 6, 2, 4] (logical [1, 2, 6, 4]), B logical [1, 2, 4, 3], C held transposed
+    a = rng.standard_normal((1, 6, 2, 4)).astype("float32")
+    b = rng.standard_normal((1, 2, 4, 3)).astype("float32")
+    f = matmul_variant((1, 2, 6, 4), (1, 2, 4, 3), (1, 2, 6, 3), (0, 2, 1, 3), (0, 1, 2, 3),
+                       (0, 1, 3, 2))
+    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), "llvm")
+    c = tvm.runtime.tensor(np.zeros((1, 2, 3, 6), "float32"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    want = (a.transpose(0, 2, 1, 3) @ b).transpose(0, 1, 3, 2)
+    np.testing.assert_allclose(c.numpy(), want, rtol=1e-5, atol=1e-5)
