@@ -62,7 +62,7 @@ class Options:
     tune_trials: int = 8
     cache_dir: str = field(default_factory=default_cache_dir)
     num_threads: int = 0
-    weights: str = "embedded"
+    weights: str = "auto"
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
