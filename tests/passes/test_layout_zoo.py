@@ -83,6 +83,7 @@ def test_default_stage_reports_without_rewriting():
     (stage,) = layout_stage(tgt, Options(cost="analytic"))
     with tgt:
         out = stage(mod)
+    assert layout_stage(tgt, Options())[0].apply  # measured decisions are applied
     assert "lv30: [0, 2, 1, 3]" in out.attrs["fluidml.layout_report"]
     assert "analysis only" in out.attrs["fluidml.layout_report"]
     tvm.ir.assert_structural_equal(tvm.IRModule(dict(out.functions_items())), mod)
