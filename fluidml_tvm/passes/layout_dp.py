@@ -39,8 +39,12 @@ def _swap_last(rank: int) -> tuple:
     return tuple(p)
 
 
-def candidates(g: OpGraph) -> dict[str, list[tuple]]:
-    """Candidate layouts of every tensor (default first)."""
+def candidates(g: OpGraph, matmul_transposes: bool = True) -> dict[str, list[tuple]]:
+    """Candidate layouts of every tensor (default first).
+
+    ``matmul_transposes=False`` drops the transposed forms seeded by matmuls themselves (they
+    only pay with explicit transforms around them); permute-seeded layouts stay.
+    """
     cand: dict[str, set] = {}
     for name, t in g.tensors.items():
         rank = len(t.shape or ())
@@ -51,7 +55,7 @@ def candidates(g: OpGraph) -> dict[str, list[tuple]]:
             ax = n.attrs["axes"]
             cand[n.output].add(inverse(ax))  # output aliases its default-layout input
             cand[n.inputs[0]].add(tuple(ax))  # input aliases its default-layout output
-        elif kind == "matmul":
+        elif kind == "matmul" and matmul_transposes:
             for t in (*n.inputs, n.output):
                 cand[t].add(_swap_last(len(g.tensors[t].shape)))
     changed = True

@@ -235,9 +235,10 @@ class FluidMLLayout:
                     "Codegen" in func.attrs or "Primitive" in func.attrs)):
                 continue
             g, exprs = build_graph(func)
+            cands = candidates(g, matmul_transposes=self.explicit_transforms)
             if hasattr(model, "prepare"):
-                model.prepare(g, candidates(g))
-            plan = plan_layouts(g, model)
+                model.prepare(g, cands)
+            plan = plan_layouts(g, model, cands=cands)
             if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
                 penalty = model.conversion_penalty
                 object.__setattr__(model, "conversion_penalty", 0.0)

@@ -89,10 +89,10 @@ def _clean(layouts: dict) -> dict:
     return {t: lay for t, lay in layouts.items() if lay != identity(len(lay))}
 
 
-def plan_layouts(g: OpGraph, model, chains=None, weight=None) -> LayoutPlan:
+def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> LayoutPlan:
     """The layout of every tensor of ``g``, with a reason for each contested/non-default one."""
     chains = chains if chains is not None else extract_sequences(g, weight)
-    cands = candidates(g)
+    cands = cands if cands is not None else candidates(g)
     votes: dict[str, dict[tuple, list]] = {}
     for k, chain in enumerate(chains):
         plan, j = chain_dp(g, chain, cands, model, {})
