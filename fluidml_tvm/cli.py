@@ -39,6 +39,9 @@ def _add_compile(sub):
     p.add_argument("--dump-ir", default=None, metavar="DIR",
                    help="write the IR after each pipeline stage into DIR")
     p.add_argument("--timing", action="store_true", help="print the slowest passes")
+    p.add_argument("--report", action="store_true",
+                   help="print every decision of the optimizer (layouts with reasons, the rule "
+                        "that scheduled each kernel, planned memory vs the live-set bound)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -159,6 +162,8 @@ def cmd_compile(args) -> int:
         progress=not args.quiet, timing=args.timing,
     )
     result.export(out, cross_compiler=args.cross_compiler)
+    if args.report:
+        print(result.report())
     planned = result.planned_memory or {}
     mem = ", ".join(f"{k}: {v / 2**20:.2f} MiB" for k, v in planned.items()) or "n/a"
     if not args.quiet:

@@ -50,6 +50,24 @@ class CompiledModel:
     compile_seconds: float = 0.0
     folding: str = ""
     weights: list | None = None  # [(name, numpy array)] when weights live outside the library
+    reports: dict = field(default_factory=dict)  # stage -> decision report text
+
+    def report(self) -> str:
+        """Every decision the optimizer recorded: layouts, schedules, memory (``--report``)."""
+        parts = [f"# fluidml-tvm report: {self.source} ({self.options.describe()})"]
+        for stage in ("layout", "schedule"):
+            text = self.reports.get(stage)
+            parts.append(f"## {stage}\n{text if text else '(stage off or nothing recorded)'}")
+        mem = []
+        for name, planned in (self.planned_memory or {}).items():
+            bound = (self.memory_bound or {}).get(name)
+            mem.append(f"{name}: planned {planned} bytes, live-set lower bound {bound} bytes")
+        parts.append("## memory\n" + ("\n".join(mem) or "(no plan recorded)"))
+        if self.weights is not None:
+            total = sum(a.nbytes for _, a in self.weights)
+            parts.append(f"## weights\n{len(self.weights)} tensors, {total} bytes, stored "
+                         "beside the library (fluidml.weights)")
+        return "\n\n".join(parts) + "\n"
 
     def metadata(self) -> dict:
         return {
@@ -205,8 +223,10 @@ def compile(  # noqa: A001
     say(f"compiling for {tgt.kind.name} ({opts.describe()})")
 
     capture = instruments.CaptureAfter(["StaticPlanBlockMemory", "fluidml.memory"])
+    after_layout = instruments.CaptureAfter(["fluidml.layout"])
+    after_schedule = instruments.CaptureAfter(["fluidml.schedule"])
     times = instruments.PassTimes()
-    inst = [capture, times]
+    inst = [capture, after_layout, after_schedule, times]
     if progress:
         inst.append(instruments.StageProgress())
     printer = None
@@ -247,6 +267,12 @@ def compile(  # noqa: A001
         # The bound of the binding order the planner emitted (it may have reordered).
         bound = memory_analysis.live_set_lower_bound(capture.mod)
         timeline = memory_analysis.memory_timeline(capture.mod, "main")
+    reports = {}
+    for stage, cap in (("layout", after_layout), ("schedule", after_schedule)):
+        attrs = cap.mod.attrs if cap.mod is not None else None
+        key = f"fluidml.{stage}_report"
+        if attrs is not None and key in attrs:
+            reports[stage] = str(attrs[key])
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
     if timing:
@@ -256,5 +282,6 @@ def compile(  # noqa: A001
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
         memory_bound=bound, memory_timeline=timeline,
         weights=list(externalize.weights) if externalize is not None else None,
+        reports=reports,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )

@@ -157,3 +157,12 @@ def test_tvm_compile_error_becomes_one_line(mlp_file, tmp_path, capsys, monkeypa
     monkeypatch.setattr(tvm, "compile", broken)
     _expect_error(["compile", mlp_file, "-o", tmp_path / "x.so"], capsys,
                   "TVM failed to compile the model", "InternalError: boom")
+
+
+def test_compile_report_explains_decisions(tmp_path, capsys):
+    code, out, err = run_cli(["compile", "zoo:bert:tiny", "-o", tmp_path / "b.so", "-q",
+                              "--report"], capsys)
+    assert code == 0, err
+    assert "## layout" in out and "## schedule" in out and "## memory" in out
+    assert "matmul - " in out  # the rule that scheduled each matmul kernel, with its reason
+    assert "live-set lower bound" in out
