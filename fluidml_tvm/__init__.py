@@ -15,15 +15,15 @@ from .options import Options
 __version__ = "0.1.0"
 
 
-def compile(model, target="x86", input_shapes=None, options=None, **kwargs):  # noqa: A001
-    """Compile an ONNX model (path or ``onnx.ModelProto``); see :func:`fluidml_tvm.compiler.compile`."""
+def compile(model, target="x86", input_shapes=None, options=None, **kwargs):
+    """Compile an ONNX model (path or ``ModelProto``); see :func:`fluidml_tvm.compiler.compile`."""
     from .compiler import compile as _compile
 
     return _compile(model, target=target, input_shapes=input_shapes, options=options, **kwargs)
 
 
 def load(path, device=None, num_threads=None, memory_cfg=None):
-    """Load a library written by ``compile(...).export(path)``; see :func:`fluidml_tvm.runtime.load`."""
+    """Load a library from ``compile(...).export(path)``; see :func:`fluidml_tvm.runtime.load`."""
     from .runtime import load as _load
 
     return _load(path, device=device, num_threads=num_threads, memory_cfg=memory_cfg)

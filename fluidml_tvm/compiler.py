@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from . import frontend, targets
 from .errors import FluidMLError
 from .options import Options
+from .weights import weights_path
 
 METADATA_VERSION = 1
 
@@ -25,11 +26,6 @@ _DUMP_NAMES = [
 def metadata_path(lib_path: str) -> str:
     """The metadata file written beside a library: ``model.so`` -> ``model.json``."""
     return os.path.splitext(os.fspath(lib_path))[0] + ".json"
-
-
-def weights_path(lib_path: str) -> str:
-    """The weights file of a library compiled with external weights: ``model.weights``."""
-    return os.path.splitext(os.fspath(lib_path))[0] + ".weights"
 
 
 @dataclass

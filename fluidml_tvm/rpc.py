@@ -451,20 +451,14 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
         vm = relax.VirtualMachine(rlib, device)
     except Exception as err:  # noqa: BLE001
         raise session.error(err, f"starting the VM for {name}") from None
-    weights = []
-    if meta.get("weights"):  # copied to the board once, then passed with every run's inputs
-        from .compiler import weights_path
-        from .weights import map_weights
+    from .weights import load_weights
 
-        wpath = weights_path(lib_path)
-        if not os.path.exists(wpath):
-            raise FluidMLError(f"{lib_path} keeps its weights in {wpath}, which is missing")
-        try:
-            weights = map_weights(wpath, meta["weights"]["index"], device)
-        except ValueError as err:
-            raise FluidMLError(str(err)) from None
-        except Exception as err:  # noqa: BLE001
-            raise session.error(err, f"sending the weights of {name}") from None
+    try:  # external weights are copied to the board once, then passed with every run's inputs
+        weights = load_weights(lib_path, meta, device)
+    except FluidMLError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise session.error(err, f"sending the weights of {name}") from None
     threads = session.board_info().get("num_threads") or "the board's default"
     model = RemoteModel(session, vm, device, meta, name, threads, weights)
     session._models.add(model)

@@ -172,17 +172,7 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
         reason = lines[-1] if lines else type(err).__name__
         raise FluidMLError(f"cannot load {path}: {reason}") from None
     device = device or tvm.cpu()
-    weights = []
-    if meta.get("weights"):
-        from .compiler import weights_path
+    from .weights import load_weights
 
-        wpath = weights_path(path)
-        if not os.path.exists(wpath):
-            raise FluidMLError(f"{path} keeps its weights in {wpath}, which is missing")
-        from .weights import map_weights
-
-        try:
-            weights = map_weights(wpath, meta["weights"]["index"], device)
-        except ValueError as err:
-            raise FluidMLError(str(err)) from None
+    weights = load_weights(path, meta, device)
     return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n, weights)

@@ -14,6 +14,29 @@ import numpy as np
 ALIGN = 4096
 
 
+def weights_path(lib_path: str) -> str:
+    """The weights file of a library compiled with external weights: ``model.weights``."""
+    return os.path.splitext(os.fspath(lib_path))[0] + ".weights"
+
+
+def load_weights(lib_path: str, metadata: dict, device) -> list:
+    """The external weights of ``lib_path`` as tensors on ``device`` ([] if it embeds them).
+
+    Raises :class:`FluidMLError` when the file is missing or truncated.
+    """
+    from .errors import FluidMLError
+
+    if not metadata.get("weights"):
+        return []
+    wpath = weights_path(lib_path)
+    if not os.path.exists(wpath):
+        raise FluidMLError(f"{lib_path} keeps its weights in {wpath}, which is missing")
+    try:
+        return map_weights(wpath, metadata["weights"]["index"], device)
+    except ValueError as err:
+        raise FluidMLError(str(err)) from None
+
+
 def write_weights(path: str, weights: list) -> list:
     """Write ``[(name, array)]`` to one file, each array at a 4096-aligned offset; returns index."""
     index, offset = [], 0
