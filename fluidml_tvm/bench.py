@@ -381,14 +381,14 @@ def plots(rows: list, outdir: str, stem: str) -> list:
             continue
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for e, tl in series.items():
-            ax.plot(np.array(tl) / 1e6, label=f"{e}: live bytes")
-            m = row["engines"][e]
+            (line,) = ax.plot(np.array(tl) / 1e6, label=f"{e}: live bytes")
+            m, color = row["engines"][e], line.get_color()
             if m.get("planned_bytes"):
-                ax.axhline(m["planned_bytes"] / 1e6, ls="--", lw=1,
-                           label=f"{e}: planned {m['planned_bytes'] / 1e6:.2f} MB")
+                ax.axhline(m["planned_bytes"] / 1e6, ls="--", lw=1, color=color,
+                           label=f"{e}: planned {m['planned_bytes'] / 1e6:.3g} MB")
             if m.get("bound_bytes"):
-                ax.axhline(m["bound_bytes"] / 1e6, ls=":", lw=1,
-                           label=f"{e}: bound {m['bound_bytes'] / 1e6:.2f} MB")
+                ax.axhline(m["bound_bytes"] / 1e6, ls=":", lw=1.5, color=color,
+                           label=f"{e}: bound {m['bound_bytes'] / 1e6:.3g} MB")
         ax.set_xlabel("binding (program point)")
         ax.set_ylabel("MB")
         ax.set_title(f"{row['model']}: activation memory")
