@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 setup(
     name="fluidml-tvm",
     version="0.1.0",
-    description="FluidML whole-graph layout, memory and schedule optimizations as Apache TVM Relax passes",
+    description="FluidML layout, memory and schedule optimizations as Apache TVM Relax passes",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fluidml_tvm", "fluidml_tvm.*"]),
@@ -17,8 +17,8 @@ setup(
         "apache-tvm==0.27.0.post1",
         "apache-tvm-ffi==0.1.14.post0",
         "onnx>=1.16",
-        # onnxsim folds the Shape -> Gather -> Concat -> Reshape subgraphs of exported models once the
-        # input shapes are fixed; TVM's importer folds simple ones itself but fails on others
+        # onnxsim folds the Shape -> Gather -> Concat -> Reshape subgraphs of exported models once
+        # the input shapes are fixed; TVM's importer folds simple ones itself but fails on others
         # ("Reshape requires the input new shape to be Shape"), and folding first is uniform.
         "onnxsim>=0.4.36",
         "numpy>=1.24",
