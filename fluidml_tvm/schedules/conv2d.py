@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import as_int, extent, loop_kinds, root_blocks, vectorize_inner
+from .common import as_int, extent, is_reduction, loop_kinds, root_blocks, vectorize_inner
 from .injective import schedule_spatial_block
 from .matmul import _iter_values
 from .target_info import CPUInfo
@@ -41,7 +41,7 @@ class ConvMatch:
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     sch = s_tir.Schedule(func)
-    reds = [b for b in root_blocks(sch) if _is_red(sch, b)]
+    reds = [b for b in root_blocks(sch) if is_reduction(sch, b)]
     if len(reds) != 1:
         return None, f"{len(reds)} reduction blocks"
     main = reds[0]
@@ -129,10 +129,6 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
     match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0)
     return match, "conv2d"
-
-
-def _is_red(sch, b) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)
 
 
 def _uses(expr, var) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import tvm
 from tvm import s_tir, tirx
 
+from .common import is_reduction
 from .target_info import CPUInfo
 
 ORDERS = ("rows", "cols", "kblock")
@@ -95,20 +96,12 @@ def _int(x) -> int | None:
     return int(x) if isinstance(x, tirx.IntImm | int) else None
 
 
-def _reduction_blocks(sch, blocks):
-    out = []
-    for b in blocks:
-        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars):
-            out.append(b)
-    return out
-
-
 def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
     """Match ``func`` as a matmul; returns (match, reason) with the reason it did not match."""
     sch = s_tir.Schedule(func)
     root = sch.get_sblock("root") if _has_root(sch) else None
     blocks = sch.get_child_blocks(root) if root is not None else []
-    reds = _reduction_blocks(sch, blocks)
+    reds = [b for b in blocks if is_reduction(sch, b)]
     if len(reds) != 1:
         return None, f"{len(reds)} reduction blocks (matmul needs exactly 1)"
     main = reds[0]
