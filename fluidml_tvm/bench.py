@@ -66,9 +66,8 @@ def peak_rss_bytes() -> int:
     return -1
 
 
-def _sample_times(run_once, repeat: int, budget: float, warmup: int = 1) -> list:
-    for _ in range(warmup):
-        run_once()
+def _sample_times(run_once, repeat: int, budget: float) -> list:
+    """Up to ``repeat`` timed runs, stopping once ``budget`` seconds are spent (at least one)."""
     times, start = [], time.perf_counter()
     while len(times) < repeat:
         t0 = time.perf_counter()
@@ -97,7 +96,7 @@ def _worker_run(args: dict) -> dict:
         result["peak_activation_bytes"] = heap_bytes() - before if before >= 0 else None
         names = [o.name for o in sess.get_outputs()]
         result["latencies"] = _sample_times(lambda: sess.run(None, inputs), args["repeat"],
-                                            args["budget"], warmup=0)
+                                            args["budget"])
     else:
         os.environ["TVM_NUM_THREADS"] = str(threads)
         os.environ["TVM_USE_RUNTIME_LIB"] = "1"
@@ -135,7 +134,7 @@ def _worker_run(args: dict) -> dict:
         if first > args["budget"]:  # seconds per run (stock TVM): the warm-up is the sample
             result["latencies"] = [first]
         else:
-            result["latencies"] = _sample_times(once, args["repeat"], args["budget"], warmup=0)
+            result["latencies"] = _sample_times(once, args["repeat"], args["budget"])
         result["tvm_runtime_only"] = bool(getattr(tvm, "_RUNTIME_ONLY", False))
     np.savez(args["outputs"], **{f"out{i}": o for i, o in enumerate(outputs)})
     result["output_names"] = names
