@@ -17,9 +17,9 @@ METADATA_VERSION = 1
 
 # Passes after which --dump-ir writes the module: FluidML's stages and stock TVM's top passes.
 _DUMP_NAMES = [
-    "fluidml.dispatch", "fluidml.layout", "fluidml.legalize", "fluidml.schedule", "fluidml.lower",
-    "fluidml.memory", "fluidml.finalize", "LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR",
-    "CallTIRRewrite", "StaticPlanBlockMemory", "VMShapeLower",
+    "fluidml.dispatch", "fluidml.split", "fluidml.layout", "fluidml.legalize", "fluidml.schedule",
+    "fluidml.lower", "fluidml.memory", "fluidml.finalize", "LegalizeOps", "FoldConstant", "FuseOps",
+    "FuseTIR", "CallTIRRewrite", "StaticPlanBlockMemory", "VMShapeLower",
 ]
 
 
@@ -51,7 +51,7 @@ class CompiledModel:
     def report(self) -> str:
         """Every decision the optimizer recorded: layouts, schedules, memory (``--report``)."""
         parts = [f"# fluidml-tvm report: {self.source} ({self.options.describe()})"]
-        for stage in ("layout", "schedule"):
+        for stage in ("split_projection", "layout", "schedule"):
             text = self.reports.get(stage)
             parts.append(f"## {stage}\n{text if text else '(stage off or nothing recorded)'}")
         mem = []
@@ -219,10 +219,11 @@ def compile(  # noqa: A001
     say(f"compiling for {tgt.kind.name} ({opts.describe()})")
 
     capture = instruments.CaptureAfter(["StaticPlanBlockMemory", "fluidml.memory"])
+    after_split = instruments.CaptureAfter(["fluidml.split"])
     after_layout = instruments.CaptureAfter(["fluidml.layout"])
     after_schedule = instruments.CaptureAfter(["fluidml.schedule"])
     times = instruments.PassTimes()
-    inst = [capture, after_layout, after_schedule, times]
+    inst = [capture, after_split, after_layout, after_schedule, times]
     if progress:
         inst.append(instruments.StageProgress())
     printer = None
@@ -264,7 +265,8 @@ def compile(  # noqa: A001
         bound = memory_analysis.live_set_lower_bound(capture.mod)
         timeline = memory_analysis.memory_timeline(capture.mod, "main")
     reports = {}
-    for stage, cap in (("layout", after_layout), ("schedule", after_schedule)):
+    for stage, cap in (("split_projection", after_split), ("layout", after_layout),
+                       ("schedule", after_schedule)):
         attrs = cap.mod.attrs if cap.mod is not None else None
         key = f"fluidml.{stage}_report"
         if attrs is not None and key in attrs:

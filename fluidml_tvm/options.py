@@ -36,6 +36,10 @@ class Options:
         ``relax.get_default_pipeline(target)`` (for apples-to-apples comparisons).
     layout, memory, schedule
         Kill switches of the three FluidML stages (all on by default).
+    split_projection
+        Replace a constant-weight projection read only through slices of its last axis (a fused
+        QKV) by one projection per slice, so the fused output is never materialized
+        (:mod:`fluidml_tvm.passes.split_projection`; runs before the layout stage).
     verify
         Run the independent memory-plan verifier at compile time.
     cost
@@ -57,6 +61,7 @@ class Options:
     layout: bool = True
     memory: bool = True
     schedule: bool = True
+    split_projection: bool = True
     verify: bool = False
     cost: str = "measured"
     tune_trials: int = 8

@@ -4,6 +4,7 @@ It is TVM's fused CPU pipeline (``relax.backend.cpu_generic``) with FluidML's st
 slots, each behind its own kill switch::
 
     library dispatch
+    [split]      FluidML: one projection per slice of a fused constant-weight projection (QKV)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
     legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
     [schedule]   FluidML TensorIR schedules for every fused PrimFunc
@@ -26,6 +27,14 @@ from .options import Options
 
 def _stage(name: str, passes: list) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes, name=f"fluidml.{name}")
+
+
+def split_passes(options: Options) -> list:
+    if not options.split_projection:
+        return []
+    from .passes.split_projection import FluidMLSplitProjection
+
+    return [FluidMLSplitProjection()]
 
 
 def layout_passes(target, options: Options) -> list:
@@ -69,6 +78,7 @@ def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> l
     assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
     return [
         ("dispatch", cpu_generic.library_dispatch_passes(target)),
+        ("split", split_passes(options)),
         ("layout", layout_passes(target, options)),
         ("legalize", cpu_generic.legalize_passes(target)),
         ("schedule", schedule_passes(target, options)),

@@ -30,10 +30,11 @@ def test_options_from_pass_config():
 def test_phases_and_kill_switches():
     target = tvm.target.Target({"kind": "llvm"})
     names = [n for n, _ in phases(target, Options())]
-    assert names == ["dispatch", "layout", "legalize", "schedule", "lower", "memory", "weights",
-                     "finalize"]
-    off = dict(phases(target, Options(layout=False, memory=False, schedule=False)))
-    assert off["layout"] == [] and off["schedule"] == []
+    assert names == ["dispatch", "split", "layout", "legalize", "schedule", "lower", "memory",
+                     "weights", "finalize"]
+    off = dict(phases(target, Options(layout=False, memory=False, schedule=False,
+                                      split_projection=False)))
+    assert off["layout"] == [] and off["schedule"] == [] and off["split"] == []
     assert [p.info.name for p in off["memory"]] == ["StaticPlanBlockMemory"]
 
 
