@@ -40,6 +40,10 @@ class Options:
         Replace a constant-weight projection read only through slices of its last axis (a fused
         QKV) by one projection per slice, so the fused output is never materialized
         (:mod:`fluidml_tvm.passes.split_projection`; runs before the layout stage).
+    fuse_conv_pool
+        Fuse conv2d(+bias/ReLU) with the max-pool consuming it into one kernel that computes the
+        convolution a few rows at a time, so its output is never materialized
+        (:mod:`fluidml_tvm.passes.fuse_conv_pool`; needs the schedule stage).
     verify
         Run the independent memory-plan verifier at compile time.
     cost
@@ -62,6 +66,7 @@ class Options:
     memory: bool = True
     schedule: bool = True
     split_projection: bool = True
+    fuse_conv_pool: bool = True
     verify: bool = False
     cost: str = "measured"
     tune_trials: int = 8

@@ -37,6 +37,19 @@ def split_passes(options: Options) -> list:
     return [FluidMLSplitProjection()]
 
 
+def legalize_passes(target, options: Options) -> list:
+    """TVM's legalize passes; FluidMLFuseConvPool between FuseOps and FuseTIR when on (CPU
+    targets with the schedule stage on: only the conv_pool schedule keeps the fused
+    convolution output small)."""
+    passes = list(cpu_generic.legalize_passes(target))
+    if options.fuse_conv_pool and options.schedule and target.kind.name == "llvm":
+        from .passes.fuse_conv_pool import fusion_passes
+
+        i = [p.info.name for p in passes].index("FuseTIR")
+        passes[i:i + 1] = fusion_passes()
+    return passes
+
+
 def layout_passes(target, options: Options) -> list:
     if not options.layout:
         return []
@@ -80,7 +93,7 @@ def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> l
         ("dispatch", cpu_generic.library_dispatch_passes(target)),
         ("split", split_passes(options)),
         ("layout", layout_passes(target, options)),
-        ("legalize", cpu_generic.legalize_passes(target)),
+        ("legalize", legalize_passes(target, options)),
         ("schedule", schedule_passes(target, options)),
         ("lower", cpu_generic.dataflow_lower_passes(target)),
         ("memory", memory_passes(target, options)),

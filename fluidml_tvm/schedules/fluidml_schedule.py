@@ -9,7 +9,8 @@ the rules are tried in order; the first that applies wins:
    (target, threads, kernel structural hash, shape), so a second compile measures nothing.
    When B is a constant at every call site the PrimFunc takes B packed ``[N/nr, K, nr]`` and
    the Relax caller's constant is packed here, at compile time.
-2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride, depthwise).
+2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride, depthwise);
+   ``conv_pool`` (:mod:`.conv_pool`) first, for a convolution fused with its max-pool.
 3. ``reduction`` (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
 4. ``injective`` (:mod:`.injective`) - everything without a reduction.
 
@@ -33,7 +34,7 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..options import Options
-from . import conv2d, fast_math
+from . import conv2d, conv_pool, fast_math
 from . import matmul as mm
 from .injective import schedule_injective
 from .measure import can_measure, time_funcs
@@ -163,6 +164,14 @@ class FluidMLSchedule:
                 reasons.append(f"matmul: {type(err).__name__}: {str(err)[:200]}")
         else:
             reasons.append(f"matmul: {why}")
+        try:  # a conv fused with its max-pool (passes/fuse_conv_pool.py)
+            out, why = conv_pool.rule(self, name, func, target, cpu, const_args, db, measure_ok)
+        except Exception as err:  # noqa: BLE001
+            out, why = None, f"{type(err).__name__}: {str(err)[:200]}"
+        if out is not None:
+            return out
+        if why:
+            reasons.append(f"conv_pool: {why}")
         try:
             out, why = self._conv2d(name, func, target, cpu, const_args, db, measure_ok)
         except Exception as err:  # noqa: BLE001

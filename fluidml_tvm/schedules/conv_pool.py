@@ -1,0 +1,309 @@
+"""conv_pool rule: a convolution (+bias/ReLU) fused with the max-pool that consumes it.
+
+The kernel comes from :class:`fluidml_tvm.passes.fuse_conv_pool.FluidMLFuseConvPool` (one
+PrimFunc: padding, conv accumulation, epilogues, pooling). The convolution keeps the conv2d
+rule's kernel (:mod:`.conv2d`: channels-innermost accumulator, packed weight, ``mr`` columns x
+``nr`` channels register tile, lanes vectorized); what changes is where its output lives:
+
+* the conv's output rows are split by the pool's stride, ``y = y0 * s + y1``;
+* ``fuse(channel panel, batch, y0)`` parallel | ``y1`` | column tiles | reduction | tile: one
+  parallel iteration computes the ``s`` conv rows (all columns, ``nr`` channels) that one row of
+  pool outputs needs;
+* the bias/ReLU epilogues are inlined into the pool, and the pool is computed at that same
+  parallel iteration (``reverse_compute_at``), so the accumulator's live region is
+  ``s x W x nr`` floats per iteration and TVM compacts the buffer to that size: the convolution
+  output is never materialized (a 64x224x224 output becomes a 2x224x16 buffer per thread).
+
+Applies when the pool windows do not overlap (kernel == stride, no padding) and tile the conv
+output exactly, in any layout where the pooled axes are the conv's row and column axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+
+from . import conv2d
+from .common import as_int, extent, is_reduction, loop_kinds, root_blocks
+from .injective import schedule_spatial_block
+from .target_info import CPUInfo
+
+
+@dataclass
+class PoolMatch:
+    block: str
+    input: object  # the buffer pooled
+    dims: list  # per input dim: None (indexed by a plain spatial var) or (stride, kernel)
+    out_shape: list
+
+    @property
+    def stride(self) -> list[int]:
+        return [d[0] for d in self.dims if d is not None]
+
+
+def _window(expr, kinds, ext):
+    """``v * s + r`` / ``v + r`` (either order) -> (stride, kernel extent), else None."""
+    if not isinstance(expr, tirx.Add):
+        return None
+    for a, b in ((expr.a, expr.b), (expr.b, expr.a)):
+        if not (isinstance(b, tirx.Var) and kinds.get(b) == "R"):
+            continue
+        if isinstance(a, tirx.Var) and kinds.get(a) == "S":
+            return 1, ext[b]
+        if isinstance(a, tirx.Mul) and isinstance(a.a, tirx.Var) and kinds.get(a.a) == "S":
+            s = as_int(a.b)
+            if s is not None:
+                return s, ext[b]
+    return None
+
+
+def analyze_pool(func: tirx.PrimFunc) -> tuple[PoolMatch | None, str]:
+    """The last root block of ``func`` as a max-pool ``out[..] = max(out, in[.., o*s + r, ..])``."""
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    if not blocks:
+        return None, "no blocks"
+    b = blocks[-1]
+    if not is_reduction(sch, b):
+        return None, "last block is not a reduction"
+    st = sch.get(b)
+    body = st.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Max):
+        return None, "not a max reduction"
+    kinds = {iv.var: ("R" if iv.iter_type == tirx.IterVar.CommReduce else "S")
+             for iv in st.iter_vars}
+    ext = {iv.var: as_int(iv.dom.extent) for iv in st.iter_vars}
+    if any(e is None for e in ext.values()):
+        return None, "dynamic shape"
+    reads = [r for r in st.reads if not r.source.same_as(body.buffer)]
+    if len(reads) != 1:
+        return None, "pools more than one buffer"
+    dims = []
+    for r in reads[0].region:
+        if isinstance(r.min, tirx.Var) and kinds.get(r.min) == "S":
+            dims.append(None)
+            continue
+        w = _window(r.min, kinds, ext)
+        if w is None:
+            return None, "input not indexed as out * stride + window"
+        dims.append(w)
+    out_shape = [as_int(d) for d in body.buffer.shape]
+    return PoolMatch(st.name_hint, reads[0].source, dims, out_shape), "max-pool"
+
+
+@dataclass
+class ConvPoolMatch:
+    conv: conv2d.ConvMatch
+    pool: PoolMatch
+    y_dim: int  # accumulator dim of the pooled row axis
+    x_dim: int  # accumulator dim of the pooled column axis
+    s: int  # the pool's row stride (= its window)
+
+
+def _conv_part(func: tirx.PrimFunc, pool_input) -> tirx.PrimFunc | None:
+    """``func`` without its last loop nest (the pool), the pool's input made the output: the
+    kernel the conv2d rule would have seen before the fusion (for :func:`conv2d.analyze`)."""
+    realize = func.body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        return None
+    root = realize.block
+    if not isinstance(root.body, tirx.SeqStmt) or len(root.body.seq) < 2:
+        return None
+    seq = list(root.body.seq)[:-1]
+    body = seq[0] if len(seq) == 1 else tirx.SeqStmt(seq)
+    allocs = [b for b in root.alloc_buffers if not b.same_as(pool_input)]
+    if len(allocs) == len(root.alloc_buffers):
+        return None  # the pool reads a parameter, not an intermediate
+    new_root = s_tir.SBlock([], [], [], root.name_hint, body, None, allocs)
+    params = list(func.params)[:-1] + [pool_input]
+    return tirx.PrimFunc(params, s_tir.SBlockRealize([], True, new_root), attrs=func.attrs)
+
+
+def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
+    pm, why = analyze_pool(func)
+    if pm is None:
+        return None, why
+    part = _conv_part(func, pm.input)
+    if part is None:
+        return None, "the pool does not read an intermediate of the kernel"
+    m, why = conv2d.analyze(part)
+    if m is None:
+        return None, f"not a convolution before the pool ({why})"
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    pos = names.index(m.block)
+    for b in blocks[pos + 1:-1]:  # epilogues: pointwise over the accumulator
+        if is_reduction(sch, b) or loop_kinds(sch, b) is None:
+            return None, f"epilogue {sch.get(b).name_hint} is not pointwise"
+    acc = sch.get(sch.get_sblock(m.block)).writes[0]
+    if len(acc.region) != len(pm.dims):
+        return None, "pool rank differs from the conv output's"
+    main = sch.get_sblock(m.block)
+    fvar = conv2d._loop_var_of(sch, main, "f", m.loop_roles)
+    xvar = conv2d._loop_var_of(sch, main, "x", m.loop_roles)
+    win = [i for i, d in enumerate(pm.dims) if d is not None]
+    if len(win) != 2:
+        return None, f"{len(win)} pooled axes (2 expected)"
+    f_dim = next((i for i, r in enumerate(acc.region) if conv2d._same_var(r.min, fvar)), None)
+    x_dim = next((i for i, r in enumerate(acc.region) if conv2d._same_var(r.min, xvar)), None)
+    if x_dim is None or f_dim is None or f_dim in win or x_dim not in win:
+        return None, "the pooled axes are not the conv's rows and columns"
+    y_dim = next(i for i in win if i != x_dim)
+    acc_shape = [as_int(d) for d in pm.input.shape]
+    for i in win:
+        s, k = pm.dims[i]
+        if s != k:
+            return None, f"overlapping pool windows (kernel {k}, stride {s})"
+        if acc_shape[i] != pm.out_shape[i] * s:
+            return None, f"the pool drops conv rows/columns ({acc_shape[i]} -> {pm.out_shape[i]})"
+    # the row loop of the conv must exist as its own spatial loop (the legalized form)
+    yvar = acc.region[y_dim].min
+    loops = sch.get_loops(main)
+    vals = conv2d._iter_values(sch, main)
+    st = sch.get(main)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    y_loop = None
+    for iv, val in zip(st.iter_vars, vals):
+        if iv.var.same_as(yvar) and isinstance(val, tirx.Var):
+            y_loop = next((i for i, lv in enumerate(lvars) if lv.same_as(val)), None)
+    if y_loop is None or m.loop_roles[y_loop] != "s":
+        return None, "no row loop in the convolution"
+    return ConvPoolMatch(m, pm, y_dim, x_dim, pm.dims[y_dim][0]), "conv+pool"
+
+
+def candidates(cm: ConvPoolMatch, cpu: CPUInfo, budget: int = 4):
+    return conv2d.candidates(cm.conv, cpu, budget)
+
+
+def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None,
+                       match: ConvPoolMatch | None = None):
+    """Returns ``(schedule, reason, pack)`` like :func:`conv2d.schedule_conv2d`."""
+    cm, why = (match, "") if match is not None else analyze(func)
+    if cm is None:
+        return None, why, None
+    m = cm.conv
+    tile = tile or conv2d.choose_tile(m, cpu)
+    if tile is None:
+        return None, f"no register tile divides channels {m.f} / columns {m.x}", None
+    mr, nv = tile[:2]
+    rb = tile[2] if len(tile) > 2 else 0
+    lanes = cpu.lanes(32)
+    nr = nv * lanes
+    pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
+    sch = s_tir.Schedule(func)
+    main = sch.get_sblock(m.block)
+    blocks = root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    pos = names.index(m.block)
+    pre = blocks[:pos]
+    pool = blocks[-1]
+    for b in blocks[pos + 1:-1]:  # bias / ReLU: computed inside the pool's max
+        sch.compute_inline(b)
+    # accumulator with channels innermost
+    wr = sch.get(main).writes[0]
+    n_dims = len(wr.region)
+    fvar = conv2d._loop_var_of(sch, main, "f", m.loop_roles)
+    f_dim = next(i for i, r in enumerate(wr.region) if conv2d._same_var(r.min, fvar))
+    order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
+    sch.transform_layout(main, ("write", 0), lambda *idx: [idx[i] for i in order])
+    fmap = conv2d.pack_index_map(m.w_roles, nr)
+    if pack_param:
+        sch.transform_layout(main, ("read", m.w_index), fmap)
+    else:
+        cr = sch.cache_read(main, m.w_index, "global")
+        sch.transform_layout(main, ("read", m.w_index), fmap)
+        lps = sch.get_loops(cr)
+        sch.parallel(lps[0]) if lps else None
+    # which spatial loop is the pooled row axis
+    st = sch.get(main)
+    yvar = st.writes[0].region[order.index(cm.y_dim)].min
+    loops = sch.get_loops(main)
+    vals = conv2d._iter_values(sch, main)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    y_i = None
+    for iv, val in zip(st.iter_vars, vals):
+        if iv.var.same_as(yvar):
+            y_i = next(i for i, lv in enumerate(lvars) if lv.same_as(val))
+    spatial_outer, reds = [], []
+    fl = xl = yl = None
+    for i, (lp, role) in enumerate(zip(loops, m.loop_roles)):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        elif i == y_i:
+            yl = lp
+        else:
+            spatial_outer.append(lp)
+    s = cm.s
+    y_ext = extent(sch, yl)
+    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
+    x0, x1 = sch.split(xl, [m.x // mr, mr])
+    y0, y1 = sch.split(yl, [y_ext // s, s])
+    r_ext = as_int(sch.get(reds[0]).extent)
+    if rb and r_ext and r_ext % rb == 0 and r_ext > rb:
+        r0, r1 = sch.split(reds[0], [r_ext // rb, rb])
+        sch.reorder(f0, *spatial_outer, y0, y1, r0, x0, r1, *reds[1:], x1, f1, f2)
+        init_at = r0
+    else:
+        rb = 0
+        sch.reorder(f0, *spatial_outer, y0, y1, x0, *reds, x1, f1, f2)
+        init_at = reds[0]
+    par = sch.fuse(f0, *spatial_outer, y0)
+    sch.parallel(par)
+    sch.unroll(x1)
+    sch.unroll(f1)
+    sch.vectorize(f2)
+    # the pool (with bias and ReLU inlined) right after the s conv rows it reads
+    sch.reverse_compute_at(pool, par, preserve_unit_loops=True)
+    for b in pre:  # padding: its own parallel loop nest, as in the conv2d rule
+        kinds = loop_kinds(sch, b)
+        if kinds is not None and all(k == "S" for k in kinds):
+            schedule_spatial_block(sch, b, lanes)
+    sch.decompose_reduction(main, init_at)
+    acc_bytes = s * m.x * nr * 4
+    reason = (f"conv2d+max-pool F={m.f} X={m.x} tile {mr}x{nr}, conv rows computed {s} at a "
+              f"time into a {s}x{m.x}x{nr} buffer ({acc_bytes} bytes per thread) and pooled")
+    reason += f", reduction blocks of {rb}" if rb else ""
+    reason += f", weight packed [F/{nr},..,{nr}]"
+    reason += " at compile time" if pack_param else " at run time"
+    pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None
+    return sch, reason, pack
+
+
+def rule(sched, name, func, target, cpu, const_args, db, measure_ok):
+    """The conv_pool rule inside :class:`FluidMLSchedule` (``sched``): ``((func, Decision,
+    pack) | None, why)``; ``why`` is empty when ``func`` is not a fused conv+pool at all."""
+    from .fluidml_schedule import Decision
+
+    pm, _ = analyze_pool(func)
+    if pm is None:
+        return None, ""
+    cm, why = analyze(func)
+    if cm is None:
+        return None, "" if why.startswith("the pool does not read") else why
+    m = cm.conv
+    tiles = candidates(cm, cpu, min(sched.options.tune_trials, 4))
+    if not tiles:
+        return None, f"no register tile divides channels {m.f} / columns {m.x}"
+
+    def tile(cfg):
+        return (cfg["mr"], cfg["nv"], cfg.get("rb", 0))
+
+    def build(cfg):
+        return schedule_conv_pool(func, cpu, const_args, tile(cfg), cm)[0].mod["main"]
+
+    cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+    chosen = sched._choose(
+        name, func, "conv_pool", f"f{m.f}x{m.x}s{cm.s}", cands, build, m.flops, target, cpu,
+        db, measure_ok,
+    )
+    cfg, measured, seconds = chosen[:3]
+    note = chosen[3] if len(chosen) > 3 else ""  # newer _choose: where the choice came from
+    sch, why, pack = schedule_conv_pool(func, cpu, const_args, tile(cfg), cm)
+    why += " " + sched._how(measured, seconds, m.flops) + note
+    return (sch.mod["main"], Decision(name, "conv_pool", why, cfg, measured, seconds), pack), ""
