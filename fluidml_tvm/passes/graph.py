@@ -95,6 +95,31 @@ def _is_tensor(ty) -> bool:
     return isinstance(ty, relax.TensorType)
 
 
+AXIS_OPS = ("relax.strided_slice", "relax.concat", "relax.nn.softmax", "relax.nn.log_softmax",
+            "relax.nn.layer_norm")
+
+
+def _axis_attrs(op: str, call, out_shape) -> tuple | None:
+    """The (non-negative) axes an axis-parametrized op works on, when static (else None): the
+    layout stage remaps them to physical axes so the op runs on a permuted tensor as is."""
+    if op not in AXIS_OPS or out_shape is None:
+        return None
+    rank = len(out_shape)
+    try:
+        if op == "relax.strided_slice":
+            axes_arg = call.args[1]
+            if not isinstance(axes_arg, relax.Tuple):
+                return None
+            axes = [int(f.value) for f in axes_arg.fields]
+        elif op == "relax.nn.layer_norm":
+            axes = [int(a) for a in call.attrs.axes]
+        else:
+            axes = [int(call.attrs.axis)]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return tuple(a % rank for a in axes) if rank else None
+
+
 def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
     """The operator DAG of ``func``; also returns ``{tensor name: relax expr}`` for the rewrite."""
     tensors: dict[str, Tensor] = {}
@@ -149,6 +174,9 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
                         attrs["axes"] = tuple(reversed(range(len(shape_in))))
                     elif ax is not None:
                         attrs["axes"] = tuple(int(x) for x in ax)
+                axis = _axis_attrs(op, value, _shape(b.var.ty))
+                if axis is not None:
+                    attrs["axis_list"] = axis
             elif isinstance(value, relax.Var) and value in names:
                 op, args = "alias", [names[value]]
             out = add(b.var, "value", b.var.name)

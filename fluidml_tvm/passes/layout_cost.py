@@ -12,6 +12,11 @@ which need an explicit transpose around it - exactly what :mod:`.layout_rewrite`
              innermost dim is not the one the kernel streams over costs a strided-read penalty.
 ``elemwise`` elementwise/broadcast ops: absorb a layout shared by the output and every
              same-shape input; other inputs are transposed to it.
+``axis``     ops parametrized by axes (``strided_slice``, ``concat``, ``softmax``,
+             ``log_softmax``, ``layer_norm``): absorb any layout shared by the output and every
+             same-rank input, their axes remapped to physical ones (layer_norm only where its
+             axes keep their order, so gamma/beta are read as they are); a softmax/layer_norm
+             whose reduced axis stops being the innermost pays a strided-read penalty.
 ``opaque``   everything else: default layouts only; non-default ones are transposed around it.
 
 :class:`AnalyticCost` prices kernels in seconds from bytes moved and FLOPs (a kernel launch,
@@ -26,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .graph import OpGraph
+
+REDUCING_AXIS_OPS = {"relax.nn.softmax", "relax.nn.log_softmax", "relax.nn.layer_norm"}
 
 ELEMWISE = {
     f"relax.{n}"
@@ -78,7 +85,41 @@ def op_kind(g: OpGraph, i: int) -> str:
         return "matmul"
     if n.op in ELEMWISE and len(out.shape) >= 1:
         return "elemwise"
+    if "axis_list" in n.attrs and ts and len(ts[0].shape) == len(out.shape) and all(
+            len(t.shape) == len(out.shape) for t in ts[1:]
+            if n.op != "relax.nn.layer_norm"):
+        return "axis"
     return "opaque"
+
+
+def axis_ok(g: OpGraph, i: int, lout) -> bool:
+    """Whether axis op ``i`` runs as is on tensors in layout ``lout`` (its axes remapped)."""
+    n = g.nodes[i]
+    if n.op != "relax.nn.layer_norm":
+        return True
+    pos = inverse(lout)
+    phys = [pos[a] for a in n.attrs["axis_list"]]
+    return phys == sorted(phys)
+
+
+def axis_inputs(g: OpGraph, i: int) -> list[int]:
+    """Argument positions of axis op ``i`` that share its output's layout (same rank)."""
+    n = g.nodes[i]
+    if n.op == "relax.nn.layer_norm":
+        return [0]
+    return list(range(len(n.inputs)))
+
+
+def strided_reduction(g: OpGraph, i: int, lout) -> bool:
+    """A softmax/layer_norm whose reduced axis is innermost by default but not in ``lout``."""
+    n = g.nodes[i]
+    if n.op not in REDUCING_AXIS_OPS:
+        return False
+    shape = g.tensors[n.output].shape
+    inner = [d for d in range(len(shape)) if shape[d] != 1]
+    phys_inner = [d for d in lout if shape[d] != 1]
+    last = inner[-1] if inner else None
+    return last in n.attrs["axis_list"] and (not phys_inner or phys_inner[-1] != last)
 
 
 def layoutable(g: OpGraph, name: str) -> bool:
@@ -167,6 +208,15 @@ class AnalyticCost:
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
                 if moves_data(lout, full):
                     cost += self.convert(tt.nbytes)
+            return cost
+        if kind == "axis" and axis_ok(g, i, lout):
+            shared = axis_inputs(g, i)
+            for j, (t, lay) in enumerate(zip(n.inputs, lin)):
+                tt = g.tensors[t]
+                if j in shared and tt.kind != "const" and lay != lout:
+                    cost += self.convert(tt.nbytes)
+            if strided_reduction(g, i, lout):
+                cost += self.strided_read * out.nbytes / self.bandwidth
             return cost
         for t, lay in zip(n.inputs, lin):  # opaque: transpose back to default around it
             tt = g.tensors[t]

@@ -3,8 +3,9 @@
 Candidates (:func:`candidates`): a tensor's layouts are permutations of its dims that keep every
 size-1 dim in place, pruned to those some adjacent kernel can use - the layout that turns a
 neighbouring ``permute_dims`` into an alias, the transposed form of a matmul operand/result - and
-propagated through ops that pass a layout on unchanged (elementwise ops, and permutes, whose
-alias layout maps one side's candidate onto the other's). The default is always a candidate;
+propagated through ops that pass a layout on unchanged (elementwise ops; slice, concat, softmax
+and layer_norm, whose axes are remapped; and permutes, whose alias layout maps one side's
+candidate onto the other's). The default is always a candidate;
 graph inputs/outputs, constants and dynamic-shape tensors have only the default.
 
 The DP (:func:`chain_dp`): for a chain ``n_1 .. n_k`` with outputs ``e_1 .. e_k`` and every tensor
@@ -24,7 +25,7 @@ from __future__ import annotations
 import itertools
 
 from .graph import OpGraph
-from .layout_cost import identity, inverse, layoutable, op_kind
+from .layout_cost import axis_inputs, axis_ok, identity, inverse, layoutable, op_kind
 
 MAX_CANDIDATES = 24
 
@@ -76,12 +77,19 @@ def candidates(g: OpGraph, matmul_transposes: bool = True) -> dict[str, list[tup
                     if g.tensors[t].shape == out.shape:
                         pairs.append((t, n.output, tuple))
                         pairs.append((n.output, t, tuple))
+            elif kind == "axis":  # slice/concat/softmax/layer_norm keep a layout, axes remapped
+                def keep(lay, i=i):
+                    return tuple(lay) if axis_ok(g, i, lay) else None
+
+                for j in axis_inputs(g, i):
+                    pairs.append((n.inputs[j], n.output, keep))
+                    pairs.append((n.output, n.inputs[j], keep))
             for src, dst, fmap in pairs:
                 if not layoutable(g, dst):
                     continue
                 for lay in list(cand[src]):
                     new = fmap(lay)
-                    if new not in cand[dst] and len(cand[dst]) < MAX_CANDIDATES:
+                    if new is not None and new not in cand[dst] and len(cand[dst]) < MAX_CANDIDATES:
                         cand[dst].add(new)
                         changed = True
     out = {}

@@ -13,6 +13,9 @@ it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
   FuseTransposeMatmul but for any permutation of any rank); the schedules read it directly;
 * elementwise ops run on the permuted tensors; broadcast constants are stored pre-permuted
   (new constants, so FoldConstant has nothing to fold back);
+* ``strided_slice``, ``concat``, ``softmax``, ``log_softmax`` and ``layer_norm`` run on the
+  permuted tensors with their axes remapped to physical ones (a slice of the permuted tensor is
+  the permuted slice), so a layout flows through rotary embeddings and attention scores;
 * every other op gets its inputs transposed back to the default layout - an explicit transform,
   only where no kernel absorbs the layout (the plan already paid for it in the cost model).
 
@@ -31,7 +34,16 @@ import tvm
 from tvm import relax, te
 
 from .graph import build_graph
-from .layout_cost import compose, identity, inverse, moves_data, op_kind, phys_shape
+from .layout_cost import (
+    axis_inputs,
+    axis_ok,
+    compose,
+    identity,
+    inverse,
+    moves_data,
+    op_kind,
+    phys_shape,
+)
 from .layout_dp import candidates
 from .layout_vote import plan_layouts
 from .layout_vote import report as plan_report
@@ -132,11 +144,14 @@ class _Rewriter(relax.PyExprMutator):
             new = self.matmul(i, value)
         elif kind == "elemwise":
             new = self.elemwise(i, value, lout)
+        elif kind == "axis" and axis_ok(self.g, i, lout):
+            new = self.axis_op(i, value, lout)
         else:
             new = self.opaque(value)
+            kind = "opaque"
         out = self.builder_.emit(new, var.name) if isinstance(var, relax.DataflowVar) \
             else self.builder_.emit_output(new, var.name)
-        if kind not in ("matmul", "elemwise") and lout != identity(len(lout)):
+        if kind not in ("matmul", "elemwise", "axis") and lout != identity(len(lout)):
             out = self.convert(out, name, identity(len(lout)), lout)
         self.phys[name] = out
         self.set_var_remap(var, out)
@@ -167,6 +182,44 @@ class _Rewriter(relax.PyExprMutator):
             a, b, lays[0], lays[1], self.lay(n.output), shapes[0], shapes[1], out.shape,
             out.dtype)
         return self.builder_.call_te(fn, exprs[0], exprs[1], primfunc_name_hint="matmul_layout")
+
+    def axis_op(self, i, value, lout):
+        """slice/concat/softmax/layer_norm run on the tensors held in ``lout``, axes remapped."""
+        n = self.g.nodes[i]
+        pos = inverse(lout)
+        phys_axes = [pos[a] for a in n.attrs["axis_list"]]
+        shared = {n.inputs[j] for j in axis_inputs(self.g, i)}
+
+        def held(a):
+            name, e = self.arg(a)
+            if name is None or name not in shared:
+                return e
+            t = self.g.tensors[name]
+            if t.kind == "const":
+                arr = np.ascontiguousarray(np.transpose(a.value.numpy(), lout))
+                return relax.const(arr, t.dtype)
+            return self.convert(e, name, self.lay(name), lout)
+
+        op = n.op
+        if op == "relax.concat":
+            (tup,) = value.args
+            fields = tup.fields if isinstance(tup, relax.Tuple) else None
+            if fields is None:  # a tuple variable: its fields are not visible here
+                return self.opaque(value)
+            return relax.op.concat([held(f) for f in fields], axis=phys_axes[0])
+        x = held(value.args[0])
+        if op == "relax.strided_slice":
+            return relax.op.strided_slice(
+                x, phys_axes, *[self.visit_expr(a) for a in value.args[2:]],
+                assume_inbound=bool(value.attrs.assume_inbound))
+        if op == "relax.nn.softmax":
+            return relax.op.nn.softmax(x, axis=phys_axes[0])
+        if op == "relax.nn.log_softmax":
+            return relax.op.nn.log_softmax(x, axis=phys_axes[0])
+        a = value.attrs  # layer_norm: gamma/beta indexed by the (order-kept) axes as before
+        return relax.op.nn.layer_norm(x, held(value.args[1]), held(value.args[2]),
+                                      axes=phys_axes, epsilon=float(a.epsilon),
+                                      center=bool(a.center), scale=bool(a.scale))
 
     def elemwise(self, i, value, lout):
         out = self.g.tensors[self.g.nodes[i].output]

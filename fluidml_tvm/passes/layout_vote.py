@@ -11,9 +11,10 @@
    the default.
 3. Refinement: with the winners fixed, each sequence's DP runs again with its neighbours fixed
    (a consumer that wanted another layout gets its kernel regenerated for the winner, or an
-   explicit transform if that is cheaper); a change is kept only if the whole graph's modelled
-   cost drops. The same descent also runs from the all-default plan and the cheaper of the two
-   wins, so the plan is never worse, in the model, than the default layout.
+   explicit transform if that is cheaper), and every region of tensors tied by layout-keeping
+   ops (:func:`regions`) may move to a shared layout at once; a change is kept only if the whole
+   graph's modelled cost drops. The same descent also runs from the all-default plan and the
+   cheaper of the two wins, so the plan is never worse, in the model, than the default layout.
 
 Every tensor that was contested or ends up non-default gets a :class:`Decision` with a reason.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .graph import OpGraph, extract_sequences
-from .layout_cost import identity, layoutable, plan_cost
+from .layout_cost import axis_inputs, identity, layoutable, op_kind, plan_cost
 from .layout_dp import candidates, chain_dp, chain_objective
 
 
@@ -64,11 +65,71 @@ def _delta(g: OpGraph, model, layouts: dict, change: dict) -> float:
     return sum(model.node(g, i, new) - model.node(g, i, layouts) for i in nodes)
 
 
+def regions(g: OpGraph, cands: dict) -> list[list[str]]:
+    """Groups of layoutable tensors tied by ops that keep a layout (elementwise ops and their
+    same-shape inputs; slice/concat/softmax/layer_norm and their same-rank inputs).
+
+    A layout pays only when a whole group takes it: a rotary embedding is a web of slices,
+    negations, concats and products between a permute and a matmul, where changing one
+    sequence alone would put transposes on its side inputs. Groups of one are left out.
+    """
+    parent: dict[str, str] = {}
+
+    def find(t):
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for i, n in enumerate(g.nodes):
+        kind = op_kind(g, i)
+        if not layoutable(g, n.output) or len(cands[n.output]) < 2:
+            continue
+        if kind == "elemwise":
+            tied = [t for t in n.inputs if g.tensors[t].shape == g.tensors[n.output].shape]
+        elif kind == "axis":
+            tied = [n.inputs[j] for j in axis_inputs(g, i)]
+        else:
+            continue
+        for t in tied:
+            if layoutable(g, t) and len(cands[t]) > 1:
+                parent[find(t)] = find(n.output)
+    groups: dict[str, list[str]] = {}
+    for t in parent:
+        groups.setdefault(find(t), []).append(t)
+    return [sorted(m, key=lambda t: g.producer.get(t, -1)) for m in groups.values() if len(m) > 1]
+
+
+def _region_moves(g, groups, cands, model, layouts: dict, log: list) -> bool:
+    """Move each group to the candidate layout all its tensors share, where the graph's
+    modelled cost drops; returns whether anything changed."""
+    changed = False
+    for members in groups:
+        common = set(cands[members[0]])
+        for t in members[1:]:
+            common &= set(cands[t])
+        best, best_d = None, -1e-12
+        for lay in sorted(common):
+            change = {t: lay for t in members
+                      if layouts.get(t, identity(len(lay))) != lay}
+            if not change:
+                continue
+            d = _delta(g, model, layouts, change)
+            if d < best_d:
+                best, best_d = change, d
+        if best:
+            layouts.update(best)
+            log.append(("region", best, best_d))
+            changed = True
+    return changed
+
+
 def _descend(g, chains, cands, model, layouts: dict, rounds: int = 3) -> tuple[dict, list]:
     layouts = dict(layouts)
     log = []
+    groups = regions(g, cands)
     for _ in range(rounds):
-        changed = False
+        changed = _region_moves(g, groups, cands, model, layouts, log)
         for k, chain in enumerate(chains):
             plan, j = chain_dp(g, chain, cands, model, layouts)
             cur = {t: layouts.get(t, identity(len(lay))) for t, lay in plan.items()}
@@ -129,6 +190,13 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
     cost_v, cost_d = plan_cost(g, model, from_vote), plan_cost(g, model, from_default)
     final, start = (from_vote, "voted") if cost_v <= cost_d else (from_default, "default")
     final = _clean(final)
+    moved = {}  # tensor -> why its whole region moved (slice/concat/elementwise webs)
+    for kind, change, d in (log_v if start == "voted" else log_d):
+        if kind == "region":
+            for t, lay in change.items():
+                if final.get(t) == lay:
+                    moved[t] = (f"moved with its region of {len(change)} tensors tied by "
+                                f"layout-keeping ops (modelled {_us(d)})")
     decisions = []
     contested = {t for t, by in votes.items() if len(by) > 1}
     for t in sorted(contested | set(final), key=lambda t: g.producer.get(t, -1)):
@@ -140,6 +208,8 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
             parts.append(f"vote winner {list(voted[t])} overridden by refinement")
         if lay != identity(len(lay)):
             parts.append(f"kept by descent from the {start} plan")
+        if t in moved:
+            parts.append(moved[t])
         decisions.append(Decision(t, lay, "; ".join(parts) or "default"))
     notes = [
         f"modelled cost ({model.name}): default {_us(default_cost)}, voted {_us(voted_cost)}, "

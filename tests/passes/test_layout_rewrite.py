@@ -211,3 +211,90 @@ def test_absorbed_only_never_adds_a_transpose(seed):
     after = strip(p(mod))
     assert _permutes(after) <= _permutes(mod)
     assert p.plans["main"].cost <= p.plans["main"].default_cost
+
+
+# ---- layouts through slice / concat / softmax / layer_norm (rotary embeddings) ----------------
+def test_layout_flows_through_slice_concat_softmax():
+    """A rotate-half web between two permutes runs in the permuted layout: both permutes go,
+    the slices, concat and softmax get physical axes."""
+
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 4, 5), "float32")) -> R.Tensor((2, 4, 5), "float32"):
+            with R.dataflow():
+                a = R.permute_dims(x, axes=[0, 2, 1])
+                s1 = R.strided_slice(a, axes=[2], begin=[0], end=[2])
+                s2 = R.strided_slice(a, axes=[2], begin=[2], end=[4])
+                n = R.negative(s2)
+                c = R.concat((n, s1), axis=2)
+                y = R.nn.softmax(c, axis=1)
+                out = R.permute_dims(y, axes=[0, 2, 1])
+                R.output(out)
+            return out
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 4, 5), "float32")) -> R.Tensor((2, 4, 5), "float32"):
+            with R.dataflow():
+                s1 = R.strided_slice(x, axes=[1], begin=[0], end=[2])
+                s2 = R.strided_slice(x, axes=[1], begin=[2], end=[4])
+                n = R.negative(s2)
+                c = R.concat((n, s1), axis=1)
+                y = R.nn.softmax(c, axis=2)
+                out = y
+                R.output(out)
+            return out
+
+    after = rewrite(Before)
+    tvm.ir.assert_structural_equal(after, Expected)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5)).astype("float32")
+    np.testing.assert_allclose(_run(after, x), _run(Before, x), rtol=1e-5, atol=1e-6)
+
+
+def random_axis_module(seed: int):
+    """Permutes around slices, concats, softmax, layer_norm and elementwise ops (rank 3-4)."""
+    rng = np.random.default_rng(seed)
+    rank = int(rng.integers(3, 5))
+    shape = tuple(int(d) for d in rng.choice([2, 3, 4], size=rank))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            perm = [int(a) for a in rng.permutation(rank)]
+            cur = bb.emit(relax.op.permute_dims(x, perm))
+            for _ in range(int(rng.integers(2, 6))):
+                s = tuple(int(d) for d in cur.ty.shape)
+                ax = int(rng.integers(rank))
+                op = rng.choice(["slicecat", "softmax", "layer_norm", "tanh", "bias"])
+                if op == "slicecat" and s[ax] >= 2:
+                    h = s[ax] // 2
+                    lo = bb.emit(relax.op.strided_slice(cur, [ax], [0], [h]))
+                    hi = bb.emit(relax.op.strided_slice(cur, [ax], [h], [s[ax]]))
+                    cur = bb.emit(relax.op.concat([relax.op.negative(hi), lo], axis=ax))
+                elif op == "softmax":
+                    cur = bb.emit(relax.op.nn.softmax(cur, axis=ax))
+                elif op == "layer_norm":
+                    g = rng.standard_normal(s[-1:]).astype("float32")
+                    cur = bb.emit(relax.op.nn.layer_norm(cur, relax.const(g), relax.const(g * 0),
+                                                         axes=[-1]))
+                elif op == "bias":
+                    c = rng.standard_normal(s[-1:]).astype("float32")
+                    cur = bb.emit(relax.op.add(cur, relax.const(c)))
+                else:
+                    cur = bb.emit(relax.op.tanh(cur))
+            out = bb.emit_output(relax.op.permute_dims(cur, [perm.index(d) for d in range(rank)]))
+        bb.emit_func_output(out)
+    return bb.get(), shape
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10**6))
+def test_axis_op_graphs_keep_their_numbers(seed):
+    mod, shape = random_axis_module(seed)
+    x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    after = rewrite(mod)
+    assert relax.analysis.check_well_formed(after)
+    assert _permutes(after) <= _permutes(mod)
+    np.testing.assert_allclose(_run(after, x), _run(mod, x), rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 import fluidml_tvm
 from fluidml_tvm import frontend, targets, zoo
-from fluidml_tvm.passes.graph import transpose_kernels
+from fluidml_tvm.passes.graph import build_graph, transpose_kernels
 from fluidml_tvm.passes.layout_cost import AnalyticCost
 from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
 
@@ -105,6 +105,30 @@ def test_transpose_kernels_removed(name, before):
     """Runtime transpose kernels (call sites after FuseTIR): all attention ones go."""
     assert transpose_kernels(fused(name, False))["calls"] == before
     assert transpose_kernels(fused(name, True))["calls"] == 0
+
+
+def _permutes(mod) -> int:
+    op = tvm.ir.Op.get("relax.permute_dims")
+    found = []
+    tvm.relax.analysis.post_order_visit(
+        mod["main"], lambda e: found.append(e) if isinstance(e, tvm.relax.Call) and
+        e.op.same_as(op) else None)
+    return len(found)
+
+
+def test_rotary_layouts_flow_through_slices_and_concats():
+    """GPT-NeoX: Q and K stay in the [B, S, H, D] order of the QKV projection through the rotary
+    embedding's slices, negations, concats and products (moved as one region); of the five
+    permutes per layer only K's one to K^T is left, with absorbed layouts only."""
+    mod = frontend.import_onnx(zoo.build("gpt-neox", size="tiny", seed=0), None).mod
+    p = FluidMLLayout(model=AnalyticCost(conversion_penalty=10.0), explicit_transforms=False)
+    out = p(mod)
+    assert _permutes(mod) == 10 and _permutes(out) == 2
+    assert "moved with its region" in out.attrs["fluidml.layout_report"]
+    layouts = p.plans["main"].layouts
+    ops = {n.output: n.op for n in build_graph(mod["main"])[0].nodes}
+    assert any(ops[t] == "relax.concat" for t in layouts)
+    assert any(ops[t] == "relax.strided_slice" for t in layouts)
 
 
 def test_dynamic_shapes_keep_default_layouts():
