@@ -42,6 +42,9 @@ def _add_compile(sub):
     p.add_argument("--report", action="store_true",
                    help="print every decision of the optimizer (layouts with reasons, the rule "
                         "that scheduled each kernel, planned memory vs the live-set bound)")
+    p.add_argument("--measure-layout-gain", action="store_true",
+                   help="also compile with fluidml.layout=0, time both in interleaved rounds and "
+                        "store the on/off ratio for --report (cached per layout plan)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -162,6 +165,14 @@ def cmd_compile(args) -> int:
         progress=not args.quiet, timing=args.timing,
     )
     result.export(out, cross_compiler=args.cross_compiler)
+    if args.measure_layout_gain:
+        from .passes.layout_gain import describe, measure_gain
+
+        gain = describe(measure_gain(model, args.target, args.input_shapes, args.pass_config,
+                                     compiled_on=result))
+        result.reports["layout"] = (result.reports.get("layout") or "") + "\n" + gain
+        if not args.report:
+            print(f"[fluidml-tvm] layout {gain}", file=sys.stderr)
     if args.report:
         print(result.report())
     planned = result.planned_memory or {}

@@ -305,6 +305,7 @@ class FluidMLLayout:
                        if extra else "same layouts"))
             if not self.apply:
                 plan.notes.append("analysis only: the IR is left in the default layouts")
+            self._gain_notes(g, plan, model)
             self.plans[gv.name_hint] = plan
             log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
             if self.apply and plan.layouts:
@@ -316,6 +317,25 @@ class FluidMLLayout:
             out = relax.transform.DeadCodeElimination()(out)
         # the report travels with the module: capture it after this pass (compile --report)
         return out.with_attr("fluidml.layout_report", report(self))
+
+
+    def _gain_notes(self, g, plan, model) -> None:
+        """Expected (modelled) and measured (end to end, cached) gain of the plan."""
+        from . import layout_gain
+
+        pid = layout_gain.plan_id(g, plan.layouts)
+        plan.notes.append(f"plan id {pid}; " + layout_gain.expected_line(plan))
+        db = getattr(model, "db", None)
+        if db is None and self.options is not None and self.options.cache_dir:
+            from ..costdb import CostDB
+
+            db = CostDB(self.options.cache_dir)
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if not self.apply:
+            plan.notes.append("measured gain: not applicable (plan reported, not applied)")
+        elif db is not None and target is not None:
+            plan.notes.append(layout_gain.measured_line(db, layout_gain.target_key(target), pid,
+                                                        plan.layouts))
 
 
 def report(layout_pass: FluidMLLayout) -> str:

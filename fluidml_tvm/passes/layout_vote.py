@@ -195,8 +195,10 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
         if kind == "region":
             for t, lay in change.items():
                 if final.get(t) == lay:
+                    saved = (f"modelled {_us(d)}" if abs(d) < 1.0 else
+                             "removes explicit transforms the vote left")
                     moved[t] = (f"moved with its region of {len(change)} tensors tied by "
-                                f"layout-keeping ops (modelled {_us(d)})")
+                                f"layout-keeping ops ({saved})")
     decisions = []
     contested = {t for t, by in votes.items() if len(by) > 1}
     for t in sorted(contested | set(final), key=lambda t: g.producer.get(t, -1)):
