@@ -4,6 +4,14 @@ One row per measured candidate, keyed by (target, rule, workload, config): ``wor
 kernel's structural hash plus its shape string, so a kernel that appears again - in the same model,
 another model or another process - is looked up instead of measured. ``best`` answers the fastest
 known candidate of a workload; the second compile of a model measures nothing.
+
+Re-measure guard: a measurement carries the share of the machine other processes took while it
+ran (``load``, from :class:`fluidml_tvm.schedules.measure.LoadProbe`). A choice made from loaded
+measurements is stored as *provisional* (``noisy``): :meth:`CostDB.best` does not answer it, so
+the next compile measures the workload again, until a quiet measurement settles it or it has been
+measured :data:`REMEASURE_ATTEMPTS` times (a machine that is never quiet still gets a cache). A
+config's stored time is the better of its measurements (a quiet one beats a loaded one, else the
+faster: load only ever slows a kernel down), so repeated compiles converge on the real times.
 """
 
 from __future__ import annotations
@@ -13,6 +21,11 @@ import os
 import sqlite3
 import threading
 import time
+
+# A provisional (loaded-machine) choice is re-measured by this many compiles before it is final.
+REMEASURE_ATTEMPTS = 3
+# Others' share of the CPU above which a measurement counts as loaded (see schedules.measure).
+NOISY_LOAD = 0.15
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -51,43 +64,86 @@ class CostDB:
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            _add_column(self._conn, "measurements", "load", "REAL NOT NULL DEFAULT 0")
+            _add_column(self._conn, "choices", "noisy", "INTEGER NOT NULL DEFAULT 0")
+            _add_column(self._conn, "choices", "attempts", "INTEGER NOT NULL DEFAULT 1")
 
     # -- writes ------------------------------------------------------------------------------
     def record(self, target: str, rule: str, workload: str, config: dict, seconds: float,
-               flops: float = 0.0, threads: int = 0) -> None:
+               flops: float = 0.0, threads: int = 0, load: float = 0.0) -> None:
+        """Store a measurement; an earlier one of the same config is kept when it is better
+        (quiet where the new one is loaded, else faster)."""
+        key = (target, rule, workload, _dump(config))
         with self._lock, self._conn:
+            old = self._conn.execute(
+                "SELECT seconds, load FROM measurements WHERE target=? AND rule=? AND workload=?"
+                " AND config=?", key,
+            ).fetchone()
+            if old is not None and _rank(old[0], old[1]) <= _rank(seconds, load):
+                return
             self._conn.execute(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?)",
-                (target, rule, workload, _dump(config), float(seconds), float(flops),
-                 int(threads), time.time()),
+                "INSERT OR REPLACE INTO measurements"
+                " (target, rule, workload, config, seconds, flops, threads, created, load)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (*key, float(seconds), float(flops), int(threads), time.time(), float(load)),
             )
 
     def choose(self, target: str, rule: str, workload: str, config: dict, seconds: float,
-               trials: int) -> None:
+               trials: int, noisy: bool = False) -> None:
+        """Store the chosen config; ``noisy``: chosen from loaded measurements (provisional)."""
         with self._lock, self._conn:
+            old = self._conn.execute(
+                "SELECT attempts FROM choices WHERE target=? AND rule=? AND workload=?",
+                (target, rule, workload),
+            ).fetchone()
+            attempts = (old[0] + 1) if old is not None else 1
             self._conn.execute(
-                "INSERT OR REPLACE INTO choices VALUES (?,?,?,?,?,?,?)",
-                (target, rule, workload, _dump(config), float(seconds), int(trials), time.time()),
+                "INSERT OR REPLACE INTO choices"
+                " (target, rule, workload, config, seconds, trials, created, noisy, attempts)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (target, rule, workload, _dump(config), float(seconds), int(trials), time.time(),
+                 int(bool(noisy)), attempts),
             )
 
     # -- reads -------------------------------------------------------------------------------
-    def best(self, target: str, rule: str, workload: str) -> tuple[dict, float] | None:
-        """The chosen config of a workload and its time, or None when never measured."""
+    def best(self, target: str, rule: str, workload: str,
+             provisional: bool = False) -> tuple[dict, float] | None:
+        """The chosen config of a workload and its time, or None when never measured - or when
+        the choice is provisional (made on a loaded machine, fewer than
+        :data:`REMEASURE_ATTEMPTS` attempts) and ``provisional`` is False."""
+        row = self.choice(target, rule, workload)
+        if row is None or (row["provisional"] and not provisional):
+            return None
+        return row["config"], row["seconds"]
+
+    def choice(self, target: str, rule: str, workload: str) -> dict | None:
+        """The stored choice with its bookkeeping: config, seconds, trials, noisy, attempts,
+        provisional (noisy and to be re-measured)."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT config, seconds FROM choices WHERE target=? AND rule=? AND workload=?",
+                "SELECT config, seconds, trials, noisy, attempts FROM choices"
+                " WHERE target=? AND rule=? AND workload=?",
                 (target, rule, workload),
             ).fetchone()
-        return (json.loads(row[0]), row[1]) if row else None
+        if row is None:
+            return None
+        return {
+            "config": json.loads(row[0]), "seconds": row[1], "trials": row[2],
+            "noisy": bool(row[3]), "attempts": row[4],
+            "provisional": bool(row[3]) and row[4] < REMEASURE_ATTEMPTS,
+        }
 
-    def measured(self, target: str, rule: str, workload: str) -> dict[str, float]:
-        """All measured configs of a workload: ``{config json: seconds}``."""
+    def measured(self, target: str, rule: str, workload: str,
+                 with_load: bool = False) -> dict[str, float]:
+        """All measured configs of a workload: ``{config json: seconds}`` (``with_load``:
+        ``{config json: (seconds, load)}``)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT config, seconds FROM measurements WHERE target=? AND rule=? AND workload=?",
+                "SELECT config, seconds, load FROM measurements"
+                " WHERE target=? AND rule=? AND workload=?",
                 (target, rule, workload),
             ).fetchall()
-        return {c: s for c, s in rows}
+        return {c: ((s, ld) if with_load else s) for c, s, ld in rows}
 
     def count(self) -> int:
         with self._lock:
@@ -95,6 +151,22 @@ class CostDB:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _rank(seconds: float, load: float) -> tuple:
+    """Order of measurements of one config: quiet before loaded, then faster."""
+    return (float(load) > NOISY_LOAD, float(seconds))
+
+
+def _add_column(conn, table: str, column: str, decl: str) -> None:
+    """Schema upgrade of a cache written by an earlier version (sqlite has no IF NOT EXISTS)."""
+    cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+    if column not in cols:
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except sqlite3.OperationalError as err:  # another process added it meanwhile
+            if "duplicate column" not in str(err):
+                raise
 
 
 def _dump(config: dict) -> str:

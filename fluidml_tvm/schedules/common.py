@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import s_tir, tirx
 
@@ -121,3 +123,101 @@ def parallel_outer(sch: s_tir.Schedule, block, kinds: list[str], keep_inner: int
         sch.parallel(fused)
         return True
     return False
+
+
+# ---- the matcher the matmul, conv2d and depthwise rules share ---------------------------------
+@dataclass
+class SumOfProducts:
+    """The one reduction block of a kernel, ``C[..] = C[..] + X[..] * Y[..]`` (casts around the
+    product allowed), with its iteration variables' kinds and static extents."""
+
+    sch: s_tir.Schedule
+    block: object  # the SBlockRV
+    stmt: object  # the SBlock
+    kinds: dict  # iter var -> IterVar type (DataPar / CommReduce)
+    extents: dict  # iter var -> int
+    dtype: str
+
+    @property
+    def name(self) -> str:
+        return self.stmt.name_hint
+
+    @property
+    def reads(self) -> list:
+        return list(self.stmt.reads)
+
+    @property
+    def write(self):
+        return self.stmt.writes[0]
+
+    def reduction_vars(self) -> list:
+        """Reduction variables with an extent above 1."""
+        return [v for v, k in self.kinds.items()
+                if k == tirx.IterVar.CommReduce and self.extents[v] > 1]
+
+    def iter_values(self) -> list:
+        return list(_get_sblock_realize(self.sch, self.block).iter_values)
+
+    def param_index(self, buffer) -> int | None:
+        """Position of ``buffer`` among the PrimFunc's parameters (None: an intermediate)."""
+        func = self.sch.mod["main"]
+        return next((i for i, p in enumerate(func.params) if p.same_as(buffer)), None)
+
+
+def buffer_dtype(buf) -> str:
+    return str(buf.ty.dtype) if hasattr(buf, "ty") and hasattr(buf.ty, "dtype") else str(buf.dtype)
+
+
+def match_sum_of_products(func: tirx.PrimFunc, dtypes=None) -> tuple[SumOfProducts | None, str]:
+    """Match ``func`` as one reduction block that accumulates a product of two buffers (the
+    shape matmul and convolutions share); returns (match, reason it did not match). Injective
+    blocks before or after it are allowed (prologues, padding, epilogues). ``dtypes``: accepted
+    accumulator dtypes (None: any)."""
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = root_blocks(sch)
+    except Exception:  # noqa: BLE001 - no root block: an opaque kernel
+        return None, "no root block"
+    reds = [b for b in blocks if is_reduction(sch, b)]
+    if len(reds) != 1:
+        return None, f"{len(reds)} reduction blocks (needs exactly 1)"
+    block = reds[0]
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1 or len(stmt.reads) != 2:
+        return None, "reduction block does not read exactly two buffers"
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return None, "reduction body is not C = C + ..."
+    prod = body.value.b
+    while isinstance(prod, tirx.Cast):
+        prod = prod.value
+    if not isinstance(prod, tirx.Mul):
+        return None, "reduction body is not a sum of products"
+    dtype = buffer_dtype(body.buffer)
+    if dtypes is not None and dtype not in dtypes:
+        return None, f"dtype {dtype} ({', '.join(dtypes)} only)"
+    kinds = {iv.var: iv.iter_type for iv in stmt.iter_vars}
+    extents = {iv.var: as_int(iv.dom.extent) for iv in stmt.iter_vars}
+    if any(e is None for e in extents.values()):
+        return None, "dynamic shape"
+    return SumOfProducts(sch, block, stmt, kinds, extents, dtype), "sum of products"
+
+
+def loop_var_index(sch: s_tir.Schedule, block) -> dict | None:
+    """Block iteration variable -> index of the loop it is bound to, for a block whose every
+    non-unit axis is bound to exactly one of its loops (None otherwise)."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    vals = list(_get_sblock_realize(sch, block).iter_values)
+    out = {}
+    for iv, val in zip(stmt.iter_vars, vals):
+        if as_int(iv.dom.extent) == 1 and as_int(val) is not None:
+            continue
+        if not isinstance(val, tirx.Var):
+            return None
+        idx = next((i for i, lv in enumerate(lvars) if lv.same_as(val)), None)
+        if idx is None:
+            return None
+        out[iv.var] = idx
+    return out

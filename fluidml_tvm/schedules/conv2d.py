@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import as_int, extent, is_reduction, loop_kinds, root_blocks, vectorize_inner
+from .common import (
+    as_int,
+    extent,
+    loop_kinds,
+    match_sum_of_products,
+    root_blocks,
+    vectorize_inner,
+)
 from .injective import schedule_spatial_block
 from .matmul import _iter_values
 from .target_info import CPUInfo
@@ -40,23 +47,11 @@ class ConvMatch:
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
-    sch = s_tir.Schedule(func)
-    reds = [b for b in root_blocks(sch) if is_reduction(sch, b)]
-    if len(reds) != 1:
-        return None, f"{len(reds)} reduction blocks"
-    main = reds[0]
-    st = sch.get(main)
-    if len(st.reads) != 2 or len(st.writes) != 1:
-        return None, "not two operands"
-    body = st.body
-    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
-        return None, "not an accumulation"
-    if not isinstance(body.value.b, tirx.Mul):
-        return None, "not a sum of products"
-    kinds = {iv.var: iv.iter_type for iv in st.iter_vars}
-    ext = {iv.var: as_int(iv.dom.extent) for iv in st.iter_vars}
-    if any(e is None for e in ext.values()):
-        return None, "dynamic shape"
+    sop, why = match_sum_of_products(func)
+    if sop is None:
+        return None, why
+    sch, main, st = sop.sch, sop.block, sop.stmt
+    kinds, ext = sop.kinds, sop.extents
 
     def plain(region):
         out = []

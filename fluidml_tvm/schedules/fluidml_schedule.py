@@ -22,6 +22,7 @@ Dynamic-shape kernels fall to the generic rules.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -33,11 +34,12 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
+from ..costdb import REMEASURE_ATTEMPTS
 from ..options import Options
 from . import conv2d, conv_pool, fast_math
 from . import matmul as mm
 from .injective import schedule_injective
-from .measure import can_measure, time_funcs
+from .measure import QUIET_LOAD, can_measure, measure_funcs
 from .reduction import schedule_reduction
 from .target_info import CPUInfo, cpu_info
 
@@ -196,16 +198,18 @@ class FluidMLSchedule:
 
     def _choose(self, name, func, rule, workload, cands, build, flops, target, cpu, db, ok):
         """Pick one of ``cands`` (dicts): from the cache, else by measuring each candidate's
-        PrimFunc (``build(cfg)``), else the first. Returns (config, candidates measured, s)."""
+        PrimFunc (``build(cfg)``), else the first. Returns (config, candidates measured, s,
+        note): ``note`` says when the choice came from loaded measurements (provisional: the
+        cache re-measures it at the next compile, see :mod:`fluidml_tvm.costdb`)."""
         threads = os.environ.get("TVM_NUM_THREADS", "default")
         tkey = f"{target}|{cpu.key()}|threads={threads}"
         workload = f"{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFF:012x}:{workload}"
-        if db is not None:
-            hit = db.best(tkey, rule, workload)
-            if hit is not None:
-                return hit[0], 0, hit[1]
+        prior = db.choice(tkey, rule, workload) if db is not None else None
+        if prior is not None and (not prior["provisional"] or not ok):
+            note = ", loaded machine" if prior["noisy"] else ""
+            return prior["config"], 0, prior["seconds"], note
         if not (ok and flops >= MEASURE_MIN_FLOPS and len(cands) > 1):
-            return cands[0], 0, 0.0
+            return cands[0], 0, 0.0, ""
         built = []
         for cfg in cands:
             try:
@@ -214,22 +218,36 @@ class FluidMLSchedule:
                 log.info("%s: candidate %s failed: %s", name, cfg, err)
         log.info("measuring %s: %d candidates", name, len(built))
         _progress(f"measuring {name}: {len(built)} candidates of {rule}")
-        times = time_funcs([f for _, f in built], target) if built else []
-        best, measured = None, 0
-        for (cfg, _), t in zip(built, times):
-            if t is None:
+        timings = measure_funcs([f for _, f in built], target) if built else []
+        measured = 0
+        results = {}  # config json -> (seconds, load): this measurement, merged with earlier ones
+        for (cfg, _), tm in zip(built, timings):
+            if tm.seconds is None:
                 continue
             measured += 1
-            log.info("  %s %s: %.1f GFLOP/s", name, cfg, flops / t / 1e9)
+            log.info("  %s %s: %.1f GFLOP/s (others' load %.2f)", name, cfg,
+                     flops / tm.seconds / 1e9, tm.load)
+            results[_dump(cfg)] = (tm.seconds, tm.load)
             if db is not None:
-                db.record(tkey, rule, workload, cfg, t, flops)
-            if best is None or t < best[1]:
-                best = (cfg, t)
-        if best is None:
-            return cands[0], 0, 0.0
+                db.record(tkey, rule, workload, cfg, tm.seconds, flops, load=tm.load)
+        if not results:
+            return cands[0], 0, 0.0, ""
+        if db is not None and prior is not None:  # a re-measure: earlier rounds count too
+            for c, sl in db.measured(tkey, rule, workload, with_load=True).items():
+                if c in results:
+                    results[c] = sl
+        by_key = {_dump(c): c for c in cands}
+        key = min(results, key=lambda c: results[c][0])
+        seconds, _ = results[key]
+        noisy = any(ld > QUIET_LOAD for _, ld in results.values())
         if db is not None:
-            db.choose(tkey, rule, workload, best[0], best[1], measured)
-        return best[0], measured, best[1]
+            db.choose(tkey, rule, workload, by_key[key], seconds, measured, noisy=noisy)
+        note = ""
+        if noisy:
+            note = ", loaded machine: provisional, re-measured at the next compile"
+            if prior is not None and prior["attempts"] + 1 >= REMEASURE_ATTEMPTS:
+                note = f", loaded machine in {REMEASURE_ATTEMPTS} compiles: kept"
+        return by_key[key], measured, seconds, note
 
     @staticmethod
     def _how(measured, seconds, flops) -> str:
@@ -247,7 +265,7 @@ class FluidMLSchedule:
             ]
 
         wl = f"{match.shape_key()}:{'constB' if pack_param else 'B'}"
-        cfg, measured, seconds = self._choose(
+        cfg, measured, seconds, note = self._choose(
             name, func, "matmul", wl, [c.to_dict() for c in cands], build, match.flops(),
             target, cpu, db, measure_ok,
         )
@@ -255,7 +273,7 @@ class FluidMLSchedule:
         sch = mm.apply(func, match, chosen, cpu, pack_param)
         reason = f"{match.shape_key()} {chosen.describe()} " + self._how(
             measured, seconds, match.flops()
-        )
+        ) + note
         pack = None
         if pack_param and chosen.pack:
             pack = {match.b_param: (tuple(match.roles_b), chosen.nv * cpu.lanes(32))}
@@ -279,13 +297,17 @@ class FluidMLSchedule:
             return conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))[0].mod["main"]
 
         cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
-        cfg, measured, seconds = self._choose(
+        cfg, measured, seconds, note = self._choose(
             name, func, "conv2d", f"f{m.f}x{m.x}", cands, build, m.flops, target, cpu, db,
             measure_ok,
         )
         sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))
-        why += " " + self._how(measured, seconds, m.flops)
+        why += " " + self._how(measured, seconds, m.flops) + note
         return (sch.mod["main"], Decision(name, "conv2d", why, cfg, measured, seconds), pack), ""
+
+
+def _dump(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)  # the cache's key of a config (costdb._dump)
 
 
 def _progress(text: str) -> None:

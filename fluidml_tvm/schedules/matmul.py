@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import tvm
 from tvm import s_tir, tirx
 
-from .common import is_reduction
+from .common import match_sum_of_products
 from .target_info import CPUInfo
 
 ORDERS = ("rows", "cols", "kblock")
@@ -98,30 +98,11 @@ def _int(x) -> int | None:
 
 def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
     """Match ``func`` as a matmul; returns (match, reason) with the reason it did not match."""
-    sch = s_tir.Schedule(func)
-    root = sch.get_sblock("root") if _has_root(sch) else None
-    blocks = sch.get_child_blocks(root) if root is not None else []
-    reds = [b for b in blocks if is_reduction(sch, b)]
-    if len(reds) != 1:
-        return None, f"{len(reds)} reduction blocks (matmul needs exactly 1)"
-    main = reds[0]
-    stmt = sch.get(main)
-    if len(stmt.writes) != 1 or len(stmt.reads) != 2:
-        return None, "reduction block does not read exactly two buffers"
-    body = stmt.body
-    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
-        return None, "reduction body is not C = C + ..."
-    prod = body.value.b
-    while isinstance(prod, tirx.Cast):
-        prod = prod.value
-    if not isinstance(prod, tirx.Mul):
-        return None, "reduction body is not a sum of products"
-    if _dtype(body.buffer) != "float32":
-        return None, f"dtype {_dtype(body.buffer)} (fp32 only)"
-    kinds = {iv.var: iv.iter_type for iv in stmt.iter_vars}
-    extents = {iv.var: _int(iv.dom.extent) for iv in stmt.iter_vars}
-    if any(e is None for e in extents.values()):
-        return None, "dynamic shape"
+    sop, why = match_sum_of_products(func, dtypes=("float32",))
+    if sop is None:
+        return None, why
+    sch, main, stmt = sop.sch, sop.block, sop.stmt
+    kinds, extents = sop.kinds, sop.extents
 
     def dims(region):
         out = []
@@ -215,22 +196,10 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
             n=n,
             k=k,
             loop_roles=loop_roles,
-            dtype=_dtype(body.buffer),
+            dtype=sop.dtype,
         ),
         "matmul",
     )
-
-
-def _dtype(buf) -> str:
-    return str(buf.ty.dtype) if hasattr(buf, "ty") and hasattr(buf.ty, "dtype") else str(buf.dtype)
-
-
-def _has_root(sch) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _iter_values(sch, block):

@@ -4,15 +4,26 @@ Used to pick among candidate schedules. The timing is the minimum over a few rep
 is shared; the minimum is the least noisy statistic). Targets this host cannot run (another
 architecture, a wider vector ISA) are not measured: :func:`can_measure` says so and the caller
 falls back to its analytic first choice.
+
+Load guard: every timing round runs under a :class:`LoadProbe`, which reads how much CPU time
+*other* processes (and the hypervisor: steal time) took during the round from ``/proc/stat`` minus
+this process's own CPU time. A round where others took more than :data:`QUIET_LOAD` of the
+machine is "loaded"; a candidate's time is its best quiet round, and when a candidate got no
+quiet round within the extra rounds allowed, its :class:`Timing` says so (``quiet=False``), so the
+caller can keep such a choice provisional (re-measured by a later compile, see
+:mod:`fluidml_tvm.costdb`).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 
+from ..costdb import NOISY_LOAD
 from .target_info import cpu_info, host_target
 
 _RANK = {"generic": 0, "sse": 1, "neon": 1, "avx2": 2, "avx512": 3}
@@ -24,6 +35,64 @@ def can_measure(target) -> bool:
     if (t.isa == "neon") != (h.isa == "neon"):
         return False
     return _RANK[t.isa] <= _RANK[h.isa]
+
+
+# Others' share of the machine's CPU time above which a timing round counts as loaded.
+QUIET_LOAD = NOISY_LOAD
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_NCPU = os.cpu_count() or 1
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (incl. steal) since boot; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _HZ
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadProbe:
+    """``with LoadProbe() as p: ...`` then ``p.load``: the fraction of the machine's CPU time
+    that other processes took meanwhile (0.0 where ``/proc/stat`` is not available)."""
+
+    load = 0.0
+
+    def __enter__(self):
+        self._t, self._b, self._s = time.perf_counter(), _busy_seconds(), _own_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._t
+        busy = _busy_seconds()
+        if busy is None or self._b is None or wall <= 0:
+            self.load = 0.0
+            return False
+        foreign = (busy - self._b) - (_own_seconds() - self._s)
+        self.load = min(1.0, max(0.0, foreign / (wall * _NCPU)))
+        return False
+
+
+@dataclass
+class Timing:
+    """One candidate's measurement: ``seconds`` per call (None: failed), the others' load in
+    the round it came from, the number of quiet rounds, and whether it came from a quiet one."""
+
+    seconds: float | None
+    load: float = 0.0
+    quiet_rounds: int = 0
+    rounds: int = 0
+
+    @property
+    def quiet(self) -> bool:
+        return self.quiet_rounds > 0
 
 
 def random_args(func: tvm.tirx.PrimFunc, dev, seed: int = 0) -> list:
@@ -48,6 +117,15 @@ def build(func: tvm.tirx.PrimFunc, target):
 
 def time_funcs(funcs: list, target, min_repeat_ms: int = 40, repeat: int = 3) -> list:
     """Seconds per call of each PrimFunc (None where it failed), built in one LLVM module."""
+    return [t.seconds for t in measure_funcs(funcs, target, min_repeat_ms, repeat)]
+
+
+def measure_funcs(
+    funcs: list, target, min_repeat_ms: int = 40, repeat: int = 3, extra_rounds: int | None = None
+) -> list[Timing]:
+    """:class:`Timing` of each PrimFunc, built in one LLVM module, timed round by round
+    (interleaved). Each candidate keeps its best quiet round; while some candidate has none,
+    up to ``extra_rounds`` more rounds (default ``repeat``) are run."""
     try:
         mod = tvm.IRModule(
             {f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)}
@@ -57,27 +135,47 @@ def time_funcs(funcs: list, target, min_repeat_ms: int = 40, repeat: int = 3) ->
         out = []
         for f in funcs:
             try:
-                out.append(time_func(f, target, min_repeat_ms, repeat))
+                with LoadProbe() as p:
+                    t = time_func(f, target, min_repeat_ms, repeat)
+                q = int(p.load <= QUIET_LOAD)
+                out.append(Timing(t, p.load, q, repeat))
             except Exception:  # noqa: BLE001
-                out.append(None)
+                out.append(Timing(None))
         return out
     dev = tvm.cpu()
     args_of = [random_args(f, dev) for f in funcs]  # packed layouts differ per candidate
     # interleave the candidates round by round, so a burst of load on a shared machine hits
-    # all of them alike; keep each one's best round
-    best = [float("inf")] * len(funcs)
+    # all of them alike; keep each one's best quiet round (else its best round)
+    n = len(funcs)
+    best = [(float("inf"), 1.0)] * n  # (seconds, load) of the best round
+    best_quiet = [(float("inf"), 1.0)] * n
+    quiet = [0] * n
     slowest = 0.0
-    for i in range(len(funcs)):
+    for i in range(n):
         t0 = time.perf_counter()
         lib[f"k{i}"](*args_of[i])
         slowest = max(slowest, time.perf_counter() - t0)
     if slowest > 0.05:  # long kernels (big convolutions): one round each is enough signal
         repeat = 1
-    for _ in range(repeat):
-        for i in range(len(funcs)):
+    extra = repeat if extra_rounds is None else extra_rounds
+    rounds = 0
+    while rounds < repeat or (rounds < repeat + extra and not all(quiet)):
+        rounds += 1
+        for i in range(n):
             te = lib.time_evaluator(f"k{i}", dev, number=1, repeat=1, min_repeat_ms=min_repeat_ms)
-            best[i] = min(best[i], float(te(*args_of[i]).results[0]))
-    return best
+            with LoadProbe() as p:
+                t = float(te(*args_of[i]).results[0])
+            if t < best[i][0]:
+                best[i] = (t, p.load)
+            if p.load <= QUIET_LOAD:
+                quiet[i] += 1
+                if t < best_quiet[i][0]:
+                    best_quiet[i] = (t, p.load)
+    out = []
+    for i in range(n):
+        t, load = best_quiet[i] if quiet[i] else best[i]
+        out.append(Timing(t, load, quiet[i], rounds))
+    return out
 
 
 def time_func(func: tvm.tirx.PrimFunc, target, min_repeat_ms: int = 40, repeat: int = 3) -> float:
