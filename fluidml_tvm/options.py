@@ -44,6 +44,9 @@ class Options:
         Fuse conv2d(+bias/ReLU) with the max-pool consuming it into one kernel that computes the
         convolution a few rows at a time, so its output is never materialized
         (:mod:`fluidml_tvm.passes.fuse_conv_pool`; needs the schedule stage).
+    schedule_off
+        Comma-separated schedule rules to switch off (``depthwise``, ``conv1x1``): their kernels
+        fall to the next rule (see :mod:`fluidml_tvm.schedules.fluidml_schedule`).
     verify
         Run the independent memory-plan verifier at compile time.
     cost
@@ -67,6 +70,7 @@ class Options:
     schedule: bool = True
     split_projection: bool = True
     fuse_conv_pool: bool = True
+    schedule_off: str = ""
     verify: bool = False
     cost: str = "measured"
     tune_trials: int = 8
