@@ -9,8 +9,10 @@ the rules are tried in order; the first that applies wins:
    (target, threads, kernel structural hash, shape), so a second compile measures nothing.
    When B is a constant at every call site the PrimFunc takes B packed ``[N/nr, K, nr]`` and
    the Relax caller's constant is packed here, at compile time.
-2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride, depthwise);
+2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride);
    ``conv_pool`` (:mod:`.conv_pool`) first, for a convolution fused with its max-pool.
+   ``depthwise`` (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride
+   (switched off by ``fluidml.schedule_off=depthwise``).
 3. ``reduction`` (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
 4. ``injective`` (:mod:`.injective`) - everything without a reduction.
 
@@ -36,7 +38,7 @@ from tvm import relax, tirx
 
 from ..costdb import REMEASURE_ATTEMPTS
 from ..options import Options
-from . import conv2d, conv_pool, fast_math
+from . import conv2d, conv_pool, depthwise, fast_math
 from . import matmul as mm
 from .injective import schedule_injective
 from .measure import QUIET_LOAD, can_measure, measure_funcs
@@ -181,6 +183,14 @@ class FluidMLSchedule:
         if out is not None:
             return out
         reasons.append(f"conv2d: {why}")
+        if self._rule_on("depthwise"):
+            try:
+                out, why = self._depthwise(name, func, target, cpu, db, measure_ok)
+            except Exception as err:  # noqa: BLE001
+                out, why = None, f"{type(err).__name__}: {str(err)[:200]}"
+            if out is not None:
+                return out
+            reasons.append(f"depthwise: {why}")
         for rule, fn in (
             ("reduction", schedule_reduction),
             ("injective", schedule_injective),
@@ -279,6 +289,30 @@ class FluidMLSchedule:
             pack = {match.b_param: (tuple(match.roles_b), chosen.nv * cpu.lanes(32))}
         dec = Decision(name, "matmul", reason, chosen.to_dict(), measured, seconds)
         return sch.mod["main"], dec, pack
+
+    def _rule_on(self, rule: str) -> bool:
+        """Whether ``rule`` is not switched off by ``fluidml.schedule_off`` (a comma list)."""
+        off = getattr(self.options, "schedule_off", "") or ""
+        return rule not in {r.strip() for r in off.split(",")}
+
+    def _depthwise(self, name, func, target, cpu, db, measure_ok):
+        m, why = depthwise.analyze(func)
+        if m is None:
+            return None, why
+        nvs = depthwise.candidates(m, cpu, min(self.options.tune_trials, 3))
+        if not nvs:
+            return None, f"vector axis {m.v_extent} does not suit {cpu.lanes(32)} lanes"
+
+        def build(cfg):
+            return depthwise.schedule_depthwise(func, cpu, cfg["nv"])[0].mod["main"]
+
+        cfg, measured, seconds, note = self._choose(
+            name, func, "depthwise", f"v{m.v_extent}s{m.stride}", [{"nv": nv} for nv in nvs],
+            build, m.flops, target, cpu, db, measure_ok,
+        )
+        sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"])
+        why += " " + self._how(measured, seconds, m.flops) + note
+        return (sch.mod["main"], Decision(name, "depthwise", why, cfg, measured, seconds), None), ""
 
     def _conv2d(self, name, func, target, cpu, const_args, db, measure_ok):
         m, why = conv2d.analyze(func)

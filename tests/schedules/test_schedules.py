@@ -407,7 +407,10 @@ def conv_model(C=8, H=14, W=14, O=16, k=3, stride=1, pad=1, group=1, seed=0):  #
         (dict(k=1, pad=0, O=32), "conv2d"),  # 1x1
         (dict(stride=2, H=16, W=16), "conv2d"),  # strided
         (dict(C=3, H=12, W=12), "conv2d"),  # RGB input layer
-        (dict(C=16, O=16, group=16), "reduction"),  # depthwise: generic rule
+        (dict(C=16, O=16, group=16), "depthwise"),  # depthwise, 14 columns: one vector
+        (dict(C=16, O=16, group=16, H=16, W=16), "depthwise"),  # 16 columns: 2 x 8 lanes
+        (dict(C=16, O=16, group=16, H=16, W=16, stride=2), "depthwise"),  # strided
+        (dict(C=16, O=32, group=8), "reduction"),  # grouped (2 channels a group): generic
     ],
 )
 def test_conv2d_matches_ort(tmp_path, kw, rule):
@@ -418,6 +421,30 @@ def test_conv2d_matches_ort(tmp_path, kw, rule):
     np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
     _, dec = _schedule(model, tmp_path)
     assert [d.rule for d in dec.values() if "conv" in d.kernel] == [rule]
+
+
+@pytest.mark.parametrize("nv", [1, 2])
+def test_depthwise_tiles_compute_the_same(tmp_path, nv):
+    """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
+    and fluidml.schedule_off=depthwise gives the kernel back to the generic rule."""
+    from fluidml_tvm.schedules import depthwise
+
+    model = conv_model(C=16, O=16, group=16, H=16, W=16)
+    mod = _fused(model)
+    (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+    m, _ = depthwise.analyze(mod[gv])
+    assert m is not None and m.v_extent == 16 and not m.f_is_vector
+    sch, why = depthwise.schedule_depthwise(mod[gv], cpu_info(TARGET), nv)
+    assert f"tile {nv} x 8 lanes" in why or f"tile {nv} x 16 lanes" in why
+    mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    x = np.random.default_rng(2).standard_normal([1, 16, 16, 16]).astype(np.float32)
+    ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    off = FluidMLSchedule(TARGET, _opts(tmp_path, schedule_off="depthwise"))
+    with TARGET:
+        off(_fused(model))
+    assert [d.rule for d in off.decisions if "conv" in d.kernel] == ["reduction"]
 
 
 @pytest.mark.parametrize("fn,lo,hi,tol", [("erf", -6, 6, 1e-6), ("exp", -80, 80, 1e-6)])
@@ -444,7 +471,7 @@ def test_fast_math_is_accurate_and_vectorized(fn, lo, hi, tol):
 
 
 # ---- every kernel of the zoo models: scheduled == unscheduled ---------------------------------
-@pytest.mark.parametrize("name", ["bert", "vgg11"])
+@pytest.mark.parametrize("name", ["bert", "vgg11", "mobilenet"])
 def test_every_zoo_kernel_computes_what_it_computed_before(name):
     """Each PrimFunc of a tiny zoo model, run alone on random inputs, gives the same output
     scheduled (constant weights packed as the pass packs them) as unscheduled."""

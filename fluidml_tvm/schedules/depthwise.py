@@ -1,0 +1,255 @@
+"""Depthwise conv2d rule (MobileNet's ``group = C`` convolutions), any layout, any stride.
+
+Matches the one sum-of-products block ``C[.. f .. y .. x ..] += D[.. f .. y*s+ry .. x*s+rx ..] *
+W[.. f .. ry, rx ..]`` where the output channel ``f`` indexes the data too (one input channel per
+output channel) and every reduction axis of extent > 1 is a window axis. Such a kernel does ~9
+FMAs per output element: it is bound by memory, not by the FMA units, so the schedule's job is to
+read each input row from cache once and write each output once, vectorized:
+
+* vector axis = the innermost output axis: ``x`` (output columns) in NCHW, ``f`` in NHWC; a
+  register tile of ``nv`` vectors of it; the window loops (``ry``, ``rx``) unrolled inside the
+  tile, the accumulators in a local buffer (registers);
+* ``fuse(batch, channel)`` parallel (NCHW: the padded plane of the channel is computed right there,
+  so it is still in L1/L2 when the window reads it; NHWC: ``fuse(batch, rows)``);
+* epilogues (bias, ReLU6, ...) computed per tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+
+from .common import (
+    as_int,
+    extent,
+    loop_kinds,
+    loop_var_index,
+    match_sum_of_products,
+    root_blocks,
+)
+from .injective import schedule_spatial_block
+from .target_info import CPUInfo
+
+
+@dataclass
+class DepthwiseMatch:
+    block: str
+    loop_roles: list[str]  # per loop: "f", "v" (vector axis), "s" (other spatial), "r"
+    v_extent: int  # extent of the vector axis
+    f_is_vector: bool  # NHWC form: the channel axis is innermost
+    flops: float
+    stride: int  # stride of the vector axis in the data index (1: contiguous loads)
+
+
+def _vars_in(expr) -> list:
+    return list(tirx.analysis.undefined_vars(expr))
+
+
+def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
+    sop, why = match_sum_of_products(func, dtypes=("float32",))
+    if sop is None:
+        return None, why
+    sch, st, ext = sop.sch, sop.stmt, sop.extents
+    reads = sop.reads
+
+    def plain(region):
+        out = []
+        for r in region.region:
+            if isinstance(r.min, tirx.Var):
+                out.append(r.min)
+            elif as_int(r.min) is not None:
+                out.append(None)
+            else:
+                return None
+        return out
+
+    w_i = next((i for i, r in enumerate(reads) if plain(r) is not None), None)
+    if w_i is None:
+        return None, "no operand indexed by plain variables"
+    d_reg = reads[1 - w_i]
+    w_vars = {v for v in plain(reads[w_i]) if v is not None}
+    c_vars = plain(sop.write)
+    if c_vars is None:
+        return None, "output not indexed by plain variables"
+    # the variables of each data dim, unit axes left out (``f + rc`` with rc of extent 1)
+    d_dims = [[x for x in _vars_in(r.min) if ext.get(x, 2) > 1] for r in d_reg.region]
+    red = sop.reduction_vars()
+    if not red:
+        return None, "no reduction axis"
+    if any(not any(v.same_as(w) for w in w_vars) for v in red):
+        return None, "a reduction axis the weight does not index"
+    # every reduction axis is a window axis: it shares a data dim with an output spatial axis
+    for v in red:
+        dim = next((dv for dv in d_dims if any(x.same_as(v) for x in dv)), None)
+        if dim is None or len(dim) < 2:
+            return None, "a reduction over channels (not depthwise)"
+    out_vars = [v for v in c_vars if v is not None and ext[v] > 1]
+    # the channel axis: in the output, the weight and the data, alone in its data dim
+    fs = [v for v in out_vars if v in w_vars and any(len(dv) == 1 and dv[0].same_as(v)
+                                                      for dv in d_dims)]
+    if len(fs) != 1:
+        return None, "no channel axis shared by output, weight and data (not depthwise)"
+    f = fs[0]
+    if not out_vars:
+        return None, "no output axis"
+    v = out_vars[-1]
+    stride = 1
+    if not v.same_as(f):
+        dim = next((r for r in d_reg.region if any(x.same_as(v) for x in _vars_in(r.min))), None)
+        if dim is None:
+            return None, "innermost output axis not in the data"
+        stride = _coefficient(dim.min, v)
+        if stride is None:
+            return None, "innermost output axis indexes the data non-linearly"
+    idx = loop_var_index(sch, sop.block)
+    if idx is None:
+        return None, "block bindings are not one loop per axis"
+    loops = sch.get_loops(sop.block)
+    roles = ["s"] * len(loops)
+    for var, i in idx.items():
+        if sop.kinds[var] == tirx.IterVar.CommReduce:
+            roles[i] = "r"
+        elif ext[var] == 1:
+            continue
+        elif var.same_as(v):
+            roles[i] = "v"
+        elif var.same_as(f):
+            roles[i] = "f"
+    if "v" not in roles:
+        return None, "vector axis has no loop"
+    flops = 2.0
+    for e in ext.values():
+        flops *= e
+    return DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride), "depthwise"
+
+
+def _coefficient(expr, var) -> int | None:
+    """``a`` when ``expr`` is ``a * var + (terms without var)``, else None."""
+    if isinstance(expr, tirx.Var):
+        return 1 if expr.same_as(var) else 0
+    if isinstance(expr, tirx.IntImm):
+        return 0
+    if isinstance(expr, tirx.Add):
+        a, b = _coefficient(expr.a, var), _coefficient(expr.b, var)
+        return None if a is None or b is None else a + b
+    if isinstance(expr, tirx.Mul):
+        ca, cb = as_int(expr.b), as_int(expr.a)
+        if ca is not None:
+            c = _coefficient(expr.a, var)
+            return None if c is None else c * ca
+        if cb is not None:
+            c = _coefficient(expr.b, var)
+            return None if c is None else c * cb
+    if any(x.same_as(var) for x in _vars_in(expr)):
+        return None
+    return 0
+
+
+def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
+    """Vectors per register tile (``nv``): those dividing the vector axis, most first (0: the
+    whole axis as one vector, for rows shorter than a few vectors that lanes do not divide)."""
+    lanes = cpu.lanes(32)
+    out = []
+    if m.v_extent % lanes == 0:
+        nvec = m.v_extent // lanes
+        for nv in (4, 2, 7, 1, 3):
+            if nvec % nv == 0 and nv <= nvec and nv not in out:
+                out.append(nv)
+    elif m.v_extent <= 4 * lanes:
+        out.append(0)
+    return out[: max(1, budget)]
+
+
+def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None):
+    """Returns ``(schedule, reason)``; schedule None when the rule does not apply."""
+    m, why = analyze(func)
+    if m is None:
+        return None, why
+    cands = candidates(m, cpu)
+    if not cands:
+        return None, f"vector axis {m.v_extent} neither divisible by nor short against the lanes"
+    nv = cands[0] if nv is None else nv
+    lanes = cpu.lanes(32)
+    sch = s_tir.Schedule(func)
+    main = sch.get_sblock(m.block)
+    blocks = root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    pos = names.index(m.block)
+    pre, epis = blocks[:pos], blocks[pos + 1:]
+    for b in epis[:-1]:
+        sch.compute_inline(b)
+    out = epis[-1] if epis else None
+    loops = sch.get_loops(main)
+    outer, reds, vl = [], [], None
+    for lp, role in zip(loops, m.loop_roles):
+        if role == "v":
+            vl = lp
+        elif role == "r":
+            reds.append(lp)
+        else:
+            outer.append(lp)
+    if nv:
+        v0, v1, v2 = sch.split(vl, [m.v_extent // (nv * lanes), nv, lanes])
+    else:
+        v0, v2 = sch.split(vl, [1, m.v_extent])
+        v1 = None
+    inner = [v1, v2] if v1 is not None else [v2]
+    sch.reorder(*outer, v0, *reds, *inner)
+    # parallel over the leading outer loops: (batch, channel) in NCHW - the rows stay inside so
+    # the padded channel plane can be computed per iteration - (batch, rows) in NHWC
+    f_pos = next((i for i, r in enumerate(m.loop_roles) if r == "f"), None)
+    n_par = len(outer) if m.f_is_vector else min(len(outer), (f_pos or 0) + 1)
+    par_loops = outer[:n_par]
+    par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
+    sch.parallel(par)
+    # the accumulators of one tile in a local buffer (registers)
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, v0, preserve_unit_loops=True)
+    for r in reds:
+        if (extent(sch, r) or 0) <= 7:
+            sch.unroll(r)
+    if v1 is not None:
+        sch.unroll(v1)
+    sch.vectorize(v2)
+    _vectorize_tile(sch, acc, lanes)
+    if out is not None:
+        sch.reverse_compute_at(out, v0, preserve_unit_loops=True)
+        _vectorize_tile(sch, out, lanes)
+    padded_here = False
+    for b in pre:  # padding: per parallel iteration when it covers one channel plane
+        kinds = loop_kinds(sch, b)
+        if kinds is None or not all(k == "S" for k in kinds):
+            continue
+        if not m.f_is_vector:
+            try:
+                sch.compute_at(b, par, preserve_unit_loops=True)
+                _vectorize_tile(sch, b, lanes)
+                padded_here = True
+                continue
+            except Exception:  # noqa: BLE001 - not computable there: its own loop nest
+                pass
+        schedule_spatial_block(sch, b, lanes)
+    sch.decompose_reduction(main, reds[0])
+    init = sch.get_sblock(m.block + "_init")
+    _vectorize_tile(sch, init, lanes)
+    layout = "channels innermost" if m.f_is_vector else "columns innermost"
+    tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
+    reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
+    reason += ", padding per channel" if padded_here else ""
+    return sch, reason
+
+
+def _vectorize_tile(sch, block, lanes):
+    """Vectorize the innermost loop of a tile-sized nest (split by ``lanes`` when it divides)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    ext = as_int(sch.get(loops[-1]).extent)
+    if ext is None or ext < 2:
+        return
+    if ext % lanes == 0 and ext > lanes:
+        _, v = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(v)
+    elif ext <= 4 * lanes:
+        sch.vectorize(loops[-1])
