@@ -112,6 +112,9 @@ def test_fused_kernel_keeps_only_a_row_tile_of_the_conv_output():
     assert in_parallel, allocs
     assert int(np.prod(shape)) <= 2 * 32 * 32, shape
     assert shape[1] == 2 and shape[2] == 32, shape  # [n, y, x, f]: rows, all columns
+    # the analytic first choice computes the padded input rows per row block: 2 + 3 - 1 rows
+    pad = [a for a in allocs if a[0].startswith("pad")]
+    assert len(pad) == 1 and pad[0][2] and pad[0][1] == [1, 3, 4, 34], allocs
     # the relax graph no longer has the 1x32x32x32 conv output
     assert "conv2d_nchw" not in str(mod["main"])
 
