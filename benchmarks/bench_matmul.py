@@ -5,9 +5,13 @@ with the ``fluidml`` pipeline (candidates measured with ``--trials``, cached in 
 run through the Relax VM; ONNX Runtime runs the same model. Both use 2 threads
 (``TVM_NUM_THREADS=2`` is set before TVM's runtime starts; ORT ``intra_op_num_threads=2``).
 Timings are interleaved, round by round, and each engine keeps its best round, so load from other
-processes on a shared machine hits both alike; the ratio is the number to read.
+processes on a shared machine hits both alike; the ratio is the number to read. Each round runs
+under a load probe (the share of the CPU other processes took meanwhile,
+:class:`fluidml_tvm.schedules.measure.LoadProbe`): an engine's best *quiet* round is kept where it
+has one, and the table says how many rounds of each engine were quiet (``q``) and the worst load
+seen, so a ratio measured on a loaded machine says so.
 
-    python benchmarks/bench_matmul.py [--trials 8] [--rounds 5] [--cache DIR] [--shapes 128x768x768]
+    python benchmarks/bench_matmul.py [--trials 8] [--rounds 7] [--cache DIR] [--shapes 128x768x768]
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from fluidml_tvm import pipeline  # noqa: E402
+from fluidml_tvm.instruments import CaptureAfter  # noqa: E402
 from fluidml_tvm.options import Options  # noqa: E402
 from fluidml_tvm.schedules import host_target  # noqa: E402
+from fluidml_tvm.schedules.measure import QUIET_LOAD, LoadProbe  # noqa: E402
 
 SHAPES = [(128, 768, 768), (128, 3072, 768), (128, 768, 3072), (1024, 1024, 1024)]  # M, N, K
 
@@ -51,20 +57,36 @@ def matmul_model(M, N, K, seed=0):
 
 
 def best_of(fn, min_seconds):
+    """(seconds per call over a round of at least ``min_seconds``, others' load meanwhile)."""
     fn()
     n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        el = time.perf_counter() - t0
-        if el >= min_seconds:
-            return el / n
+    with LoadProbe() as probe:
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= min_seconds:
+                break
+    return el / n, probe.load
+
+
+def pick(rounds):
+    """Best quiet round (else best round), quiet rounds, the highest load of any round."""
+    quiet = [t for t, ld in rounds if ld <= QUIET_LOAD]
+    return min(quiet or [t for t, _ in rounds]), len(quiet), max(ld for _, ld in rounds)
+
+
+def matmul_decision(mod) -> str:
+    """The schedule chosen for the MatMul kernel, from the schedule pass's report."""
+    report = str(mod.attrs["fluidml.schedule_report"]) if mod is not None and mod.attrs else ""
+    lines = [ln for ln in report.splitlines() if ": matmul - " in ln]
+    return lines[0].split(": matmul - ", 1)[1] if lines else "?"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=8, help="candidates measured per kernel")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.25, help="per engine per round")
     ap.add_argument("--cache", default=None, help="measurement cache dir (default: a fresh one)")
     ap.add_argument("--shapes", nargs="*", default=None, help="MxNxK ...")
@@ -75,7 +97,8 @@ def main(argv=None):
     opts = Options(tune_trials=args.trials, cache_dir=cache)
     print(f"target {target}  threads: TVM {THREADS}, ORT {THREADS}  trials/kernel {args.trials}"
           f"  cache {cache}")
-    print(f"{'M x N x K':>18} {'compile s':>9} {'fluidml GF/s':>12} {'ORT GF/s':>9} {'ratio':>6}")
+    print(f"{'M x N x K':>18} {'compile s':>9} {'fluidml GF/s':>12} {'ORT GF/s':>9} {'ratio':>6}"
+          f"  quiet rounds (fluidml/ORT of {args.rounds}), max load   schedule")
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
@@ -84,7 +107,9 @@ def main(argv=None):
         model = matmul_model(M, N, K)
         t0 = time.time()
         mod = from_onnx(model, keep_params_in_input=False)
-        ex = tvm.compile(mod, target, relax_pipeline=pipeline.get_pipeline(target, opts))
+        cap = CaptureAfter(["FluidMLSchedule"])
+        with tvm.transform.PassContext(instruments=[cap]):
+            ex = tvm.compile(mod, target, relax_pipeline=pipeline.get_pipeline(target, opts))
         compile_s = time.time() - t0
         vm = relax.VirtualMachine(ex, tvm.cpu())
         a = np.random.default_rng(1).standard_normal((M, K)).astype(np.float32)
@@ -101,10 +126,12 @@ def main(argv=None):
             t_tvm.append(best_of(run_tvm, args.seconds))
             t_ort.append(best_of(run_ort, args.seconds))
         flops = 2.0 * M * N * K
-        g_tvm, g_ort = flops / min(t_tvm) / 1e9, flops / min(t_ort) / 1e9
+        (bt, qt, lt), (bo, qo, lo) = pick(t_tvm), pick(t_ort)
+        g_tvm, g_ort = flops / bt / 1e9, flops / bo / 1e9
         ratios.append(g_tvm / g_ort)
         print(f"{f'{M}x{N}x{K}':>18} {compile_s:9.1f} {g_tvm:12.1f} {g_ort:9.1f} "
-              f"{g_tvm / g_ort:6.2f}" + (f"  REL.ERR {err:.1e}" if err > 1e-4 else ""))
+              f"{g_tvm / g_ort:6.2f}  {qt}/{qo}, {max(lt, lo):.2f}   {matmul_decision(cap.mod)}"
+              + (f"  REL.ERR {err:.1e}" if err > 1e-4 else ""))
         sys.stdout.flush()
     geo = float(np.exp(np.mean(np.log(ratios))))
     print(f"geomean fluidml/ORT GFLOP/s ratio: {geo:.2f}")

@@ -16,7 +16,10 @@ The kernel (the design that matched ONNX Runtime's MLAS on this project's machin
 * Loop order, one of :data:`ORDERS` (FluidML's loop-order search, measured per shape):
   ``rows``: ``fuse(batch, row block of mc, column panel)`` parallel | rows of mr | k | tile;
   ``cols``: ``fuse(batch, column panel, row block)`` parallel | rows of mr | k | tile;
-  ``kblock``: like ``rows`` with K split in blocks of ``kc`` outside the row loop.
+  ``kblock``: like ``rows`` with K split in blocks of ``kc`` outside the row loop;
+  ``kouter``: K blocks of ``kc`` outermost (serial), ``fuse(batch, row block, column panel)``
+  parallel inside: a block of A's rows (``mc x kc``) stays in L2 while every panel of B sweeps
+  past it (the GotoBLAS order; the epilogue is then a loop nest of its own after the K loop).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tvm import s_tir, tirx
 from .common import match_sum_of_products
 from .target_info import CPUInfo
 
-ORDERS = ("rows", "cols", "kblock")
+ORDERS = ("rows", "cols", "kblock", "kouter")
 # Below this much work a parallel launch costs more than it saves.
 PARALLEL_MIN_FLOPS = 1 << 21
 _get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
@@ -244,7 +247,7 @@ def candidates(
             if mc != base.mc and match.m % mc == 0 and mc % mr == 0:
                 extra.append(MatmulConfig(mr, nv, mc, "rows"))
         out = [out[0]] + extra[:1] + out[1:] + extra[1:]
-    out = [c for c in out if c.order != "kblock" or c.kc]
+    out = [c for c in out if c.order not in ("kblock", "kouter") or c.kc]
     if not b_const and match.roles_b and match.roles_b[-1] == "n" and out:
         plain = [replace(c, pack=False) for c in out[:2]]
         out = [plain[0], out[0]] + plain[1:] + out[1:]
@@ -337,7 +340,12 @@ def apply(
         ml = bl.pop() if bl else None
     i0, i1, i2 = sch.split(ml, [match.m // cfg.mc, cfg.mc // cfg.mr, cfg.mr])
     j0, j1, j2 = sch.split(nl, [match.n // nr, cfg.nv, lanes])
-    if cfg.order == "kblock" and cfg.kc:
+    if cfg.order == "kouter" and cfg.kc:
+        k0, k1 = sch.split(kl, [match.k // cfg.kc, cfg.kc])
+        sch.reorder(k0, *bl, i0, j0, i1, k1, i2, j1, j2)
+        outer = [*bl, i0, j0]
+        kloop, at = k0, None
+    elif cfg.order == "kblock" and cfg.kc:
         k0, k1 = sch.split(kl, [match.k // cfg.kc, cfg.kc])
         sch.reorder(*bl, i0, j0, k0, i1, k1, i2, j1, j2)
         outer = [*bl, i0, j0]
@@ -357,9 +365,16 @@ def apply(
     sch.unroll(i2)
     sch.unroll(j1)
     sch.vectorize(j2)
-    # epilogue (or write-back) per tile
-    sch.reverse_compute_at(out, at, preserve_unit_loops=True)
-    _vectorize_inner(sch, out, lanes)
+    if cfg.order == "kouter":
+        # the epilogue waits for the last K block: a parallel, vectorized loop nest of its own
+        lps = sch.get_loops(out)
+        if len(lps) > 1:
+            sch.parallel(sch.fuse(*lps[:-1]))
+        _vectorize_inner(sch, out, lanes)
+    else:
+        # epilogue (or write-back) per tile
+        sch.reverse_compute_at(out, at, preserve_unit_loops=True)
+        _vectorize_inner(sch, out, lanes)
     if packer is not None:
         _parallel_copy(sch, packer, lanes)
     init = sch.decompose_reduction(main, kloop)

@@ -219,6 +219,27 @@ def test_matmul_forms_standalone(form):
     np.testing.assert_allclose(c.numpy(), a2 @ b2, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("order", mm.ORDERS)
+@pytest.mark.parametrize("pack", [True, False])
+def test_every_matmul_loop_order_computes_the_same(order, pack):
+    """Each loop order (K blocked ones included), B packed at run time or read in place."""
+    M, N, K = 32, 48, 128
+    func = _matmul_func(M, N, K)
+    match, _ = mm.analyze(func)
+    cpu = cpu_info(TARGET)
+    lanes = cpu.lanes(32)
+    kc = 32 if order in ("kblock", "kouter") else 0
+    cfg = mm.MatmulConfig(4, 48 // lanes if 48 % lanes == 0 else 1, 16, order, kc, pack)
+    sch = mm.apply(func, match, cfg, cpu, pack_param=False)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((M, K)).astype("f4"), rng.standard_normal((K, N)).astype("f4")
+    c = tvm.runtime.tensor(np.zeros((M, N), "f4"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    np.testing.assert_allclose(c.numpy(), a @ b, rtol=1e-4, atol=1e-4)
+
+
 def test_pack_array_matches_index_map():
     rng = np.random.default_rng(5)
     w = rng.standard_normal((6, 32)).astype("f4")  # [K, N]
