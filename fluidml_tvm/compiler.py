@@ -51,7 +51,8 @@ class CompiledModel:
     def report(self) -> str:
         """Every decision the optimizer recorded: layouts, schedules, memory (``--report``)."""
         parts = [f"# fluidml-tvm report: {self.source} ({self.options.describe()})"]
-        for stage in ("split_projection", "layout", "fuse_conv_pool", "schedule"):
+        for stage in ("split_projection", "residual_order", "layout", "fuse_conv_pool",
+                      "schedule"):
             text = self.reports.get(stage)
             parts.append(f"## {stage}\n{text if text else '(stage off or nothing recorded)'}")
         mem = []
@@ -265,8 +266,9 @@ def compile(  # noqa: A001
         bound = memory_analysis.live_set_lower_bound(capture.mod)
         timeline = memory_analysis.memory_timeline(capture.mod, "main")
     reports = {}
-    for stage, cap in (("split_projection", after_split), ("layout", after_layout),
-                       ("fuse_conv_pool", after_schedule), ("schedule", after_schedule)):
+    for stage, cap in (("split_projection", after_split), ("residual_order", after_split),
+                       ("layout", after_layout), ("fuse_conv_pool", after_schedule),
+                       ("schedule", after_schedule)):
         attrs = cap.mod.attrs if cap.mod is not None else None
         key = f"fluidml.{stage}_report"
         if attrs is not None and key in attrs:

@@ -40,6 +40,9 @@ class Options:
         Replace a constant-weight projection read only through slices of its last axis (a fused
         QKV) by one projection per slice, so the fused output is never materialized
         (:mod:`fluidml_tvm.passes.split_projection`; runs before the layout stage).
+    residual_order
+        Fuse a residual sum of two projections into the kernel that lowers the memory planner's
+        bound, measured by lowering both ways (:mod:`fluidml_tvm.passes.residual_order`).
     fuse_conv_pool
         Fuse conv2d(+bias/ReLU) with the max-pool consuming it into one kernel that computes the
         convolution a few rows at a time, so its output is never materialized
@@ -69,6 +72,7 @@ class Options:
     memory: bool = True
     schedule: bool = True
     split_projection: bool = True
+    residual_order: bool = True
     fuse_conv_pool: bool = True
     schedule_off: str = ""
     verify: bool = False

@@ -4,7 +4,8 @@ It is TVM's fused CPU pipeline (``relax.backend.cpu_generic``) with FluidML's st
 slots, each behind its own kill switch::
 
     library dispatch
-    [split]      FluidML: one projection per slice of a fused constant-weight projection (QKV)
+    [split]      FluidML: one projection per slice of a fused constant-weight projection (QKV);
+                 residual sums fused into the kernel that lowers the planned memory (measured)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
     legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
     [schedule]   FluidML TensorIR schedules for every fused PrimFunc
@@ -29,12 +30,17 @@ def _stage(name: str, passes: list) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes, name=f"fluidml.{name}")
 
 
-def split_passes(options: Options) -> list:
-    if not options.split_projection:
-        return []
-    from .passes.split_projection import FluidMLSplitProjection
+def split_passes(target, options: Options) -> list:
+    out = []
+    if options.split_projection:
+        from .passes.split_projection import FluidMLSplitProjection
 
-    return [FluidMLSplitProjection()]
+        out.append(FluidMLSplitProjection())
+    if options.residual_order:
+        from .passes.residual_order import FluidMLResidualOrder
+
+        out.append(FluidMLResidualOrder(target))
+    return out
 
 
 def legalize_passes(target, options: Options) -> list:
@@ -91,7 +97,7 @@ def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> l
     assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
     return [
         ("dispatch", cpu_generic.library_dispatch_passes(target)),
-        ("split", split_passes(options)),
+        ("split", split_passes(target, options)),
         ("layout", layout_passes(target, options)),
         ("legalize", legalize_passes(target, options)),
         ("schedule", schedule_passes(target, options)),

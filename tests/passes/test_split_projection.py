@@ -1,4 +1,4 @@
-"""FluidMLSplitProjection: structure before/after, what it refuses, numerics against ONNX Runtime."""
+"""FluidMLSplitProjection: structure before/after, refusals, numerics against ONNX Runtime."""
 
 import numpy as np
 import pytest
