@@ -354,6 +354,7 @@ def memory_report(mod: tvm.IRModule, target, options=None, lowered: bool = False
             "planned_one_arena": single.get(name, 0),
             "runtime_peak_estimate": plan.runtime_peak if plan else 0,
             "split": plan.split if plan else "",
+            "split_decision": plan.split_decision if plan else "",
             "order": plan.order if plan else "",
             "inplace": len(plan.inplace) if plan else 0,
             "fallback": list(plan.fallback) if plan else [],

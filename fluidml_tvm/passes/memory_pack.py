@@ -4,8 +4,9 @@
 the same program point never share a byte, and returns the smallest arena found among several
 heuristics: orders greedy by size (FluidML / TFLite), by breadth (TFLite), by lifetime area, by
 length and by start, each with best-fit and first-fit gap choice; then seeded random perturbations
-of greedy-by-size and a local search over the placement order, stopping early at the live-set
-bound (which no packing can beat). Works on abstract intervals: fast enough for property tests.
+of greedy-by-size, a bounded exact search at the live-set bound (:func:`exact_at`) and a local
+search over the placement order, stopping early at the live-set bound (which no packing can
+beat). Works on abstract intervals: fast enough for property tests.
 """
 
 from __future__ import annotations
@@ -144,9 +145,70 @@ def pack(
         if best.size <= bound:
             break
     if best.size > bound and len(intervals) > 1:
+        offs = exact_at(intervals, bound, align)
+        tried["exact/time-order"] = bound if offs is not None else -1
+        if offs is not None:
+            best = Packing(offs, bound, "exact/time-order")
+    if best.size > bound and len(intervals) > 1:
         _local_search(intervals, best, bound, align, rng, tried)
     best.tried = tried
     return best
+
+
+def exact_at(
+    intervals: list[Interval], capacity: int, align: int = ALIGN, budget: int = 20000
+) -> list[int] | None:
+    """Offsets that fit every interval into ``capacity`` bytes, or None (not found in ``budget``
+    search nodes).
+
+    Depth-first search placing the intervals in order of start time; each one tries the offsets
+    where it touches the arena's bottom or top or a buffer already placed that overlaps it in
+    time, lowest first. Finds packings that greedy orders miss when a large buffer must sit
+    between long-lived small ones (GPT-NeoX: the 1 MB MLP activation between the residual
+    stream and the LayerNorm output, alternating sides from layer to layer).
+    """
+    n = len(intervals)
+    sizes = [align_up(iv.size, align) for iv in intervals]
+    order = sorted(range(n), key=lambda i: (intervals[i].start, -sizes[i], intervals[i].end))
+    prev: list[list[int]] = [[] for _ in range(n)]  # placed earlier and overlapping in time
+    active: list[int] = []
+    for i in order:
+        active = [j for j in active if intervals[j].end >= intervals[i].start]
+        prev[i] = list(active)
+        active.append(i)
+    offs = [-1] * n
+
+    def options(i):
+        s = sizes[i]
+        cands = {0, capacity - s}
+        for j in prev[i]:
+            cands.add(offs[j] + sizes[j])
+            cands.add(offs[j] - s)
+        ok = []
+        for o in sorted(cands):
+            if 0 <= o <= capacity - s and all(
+                o >= offs[j] + sizes[j] or offs[j] >= o + s for j in prev[i]
+            ):
+                ok.append(o)
+        return iter(ok)
+
+    stack = [options(order[0])] if n else []
+    nodes = 0
+    while stack:
+        k = len(stack) - 1
+        o = next(stack[-1], None)
+        if o is None:
+            stack.pop()
+            offs[order[k]] = -1
+            continue
+        nodes += 1
+        if nodes > budget:
+            return None
+        offs[order[k]] = o
+        if k + 1 == n:
+            return offs
+        stack.append(options(order[k + 1]))
+    return None
 
 
 def _local_search(intervals, best: Packing, bound: int, align: int, rng, tried) -> None:

@@ -208,13 +208,24 @@ def test_output_split_lowers_runtime_peak_for_large_outputs():
 
     mod = from_onnx(zoo.build("gpt-neox", size="tiny", seed=0), keep_params_in_input=False)
     before = lower_to_memory_slot(mod, TARGET, OPTS)
-    split, single = FluidMLMemoryPlan(verify=True), FluidMLMemoryPlan(split_outputs=False)
+    split = FluidMLMemoryPlan(verify=True, split_outputs="always")
+    single = FluidMLMemoryPlan(split_outputs=False)
     planned_split, planned_single = split(before), single(before)
     assert split.plans["main"].split and not single.plans["main"].split
     assert planned_split["main"].script().count("R.memory.alloc_storage") == 2
     saved = single.plans["main"].runtime_peak - split.plans["main"].runtime_peak
     added = planned_bytes(planned_split)["main"] - planned_bytes(planned_single)["main"]
     assert saved > added > 0
+    # The default splits only while the arenas stay within 1.05x of the live-set bound.
+    default = FluidMLMemoryPlan(verify=True)
+    planned_default = planned_bytes(default(before))["main"]
+    plan = default.plans["main"]
+    assert f"saves {saved} bytes" in plan.split_decision
+    if plan.split:
+        assert planned_default <= 1.05 * plan.bound
+    else:
+        assert "kept one arena" in plan.split_decision
+        assert planned_default == planned_bytes(planned_single)["main"]
 
 
 def test_inplace_through_kernel_buffers():
