@@ -143,6 +143,7 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
         if _is_tensor(p.ty):
             add(p, "input", p.name)
     nodes: list[Node] = []
+    pinned: set[str] = set()
     body = func.body
     tuples: dict = {}
     for block in body.blocks:
@@ -150,6 +151,12 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
             if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Tuple):
                 tuples[b.var] = list(b.value.fields)
             if not isinstance(b, relax.VarBinding) or not _is_tensor(b.var.ty):
+                # a tuple-valued call (batch_norm, split): not a node, so the cost model cannot
+                # see it read its inputs; they keep the default layout
+                if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call):
+                    for v in relax.analysis.free_vars(b.value):
+                        if v in names:
+                            pinned.add(names[v])
                 continue
             value = b.value
             args, attrs, op = [], {}, "opaque"
@@ -186,6 +193,9 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
     for e in rets:
         if e in names:
             tensors[names[e]].output = True
+    for name in pinned:
+        if tensors[name].kind == "value":
+            tensors[name].output = True
     for e, name in names.items():  # used outside its dataflow block: keep its layout
         if isinstance(e, relax.Var) and not isinstance(e, relax.DataflowVar):
             if tensors[name].kind == "value":

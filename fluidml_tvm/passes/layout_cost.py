@@ -5,8 +5,8 @@ A layout is a permutation ``L`` of a tensor's dims: physical dim ``p`` holds log
 which layouts its kernel absorbs (reads/writes through permuted strides at no extra pass) and
 which need an explicit transpose around it - exactly what :mod:`.layout_rewrite` emits:
 
-``permute``  ``permute_dims``: free when its input and output are the same bytes (an alias),
-             else one transpose kernel.
+``permute``  ``permute_dims``: free when its input and output are the same bytes (an alias)
+             or its input is a constant (folded at compile time), else one transpose kernel.
 ``matmul``   ``matmul`` of two operands of rank >= 2: absorbs any layout of A, B and C (the
              rewrite emits one kernel indexing them through the permutation); an operand whose
              innermost dim is not the one the kernel streams over costs a strided-read penalty.
@@ -189,6 +189,8 @@ class AnalyticCost:
         lin = [layouts.get(t) or identity(len(g.tensors[t].shape or ())) for t in n.inputs]
         if kind == "permute":
             x = g.tensors[n.inputs[0]]
+            if x.kind == "const":  # FoldConstant computes it at compile time
+                return 0.0
             q = compose(inverse(lin[0]), compose(n.attrs["axes"], lout))
             return self.transpose(out.nbytes) if moves_data(q, phys_shape(x.shape, lin[0])) else 0.0
         if kind == "matmul":

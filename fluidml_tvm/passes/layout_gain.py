@@ -88,7 +88,7 @@ def record(db, tkey: str, pid: str, result: dict) -> None:
     db.record(tkey, RULE, pid, dict(result), float(result["on_s"]))
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     try:
         return f"{os.getloadavg()[0]:.1f}"
     except OSError:
@@ -132,7 +132,7 @@ def measure_gain(model, target="x86", input_shapes=None, pass_config=(), rounds:
     off = compiler.compile(model, target, input_shapes, pass_config=[*rest, "fluidml.layout=0"])
     m_on, m_off = on.load(num_threads=threads), off.load(num_threads=threads)
     res = time_pair(m_on, m_off, rounds, repeat)
-    res.update({"threads": m_on.num_threads, "load": _loadavg(), "at": time.time()})
+    res.update({"threads": m_on.num_threads, "load": loadavg(), "at": time.time()})
     ids = plan_ids(on.reports.get("layout", ""))
     opts = on.options if isinstance(on.options, Options) else Options()
     if opts.cache_dir:

@@ -164,7 +164,7 @@ class MeasuredCost(AnalyticCost):
                             out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo, c=consts: (
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
-            elif kind == "permute":
+            elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
                         key, make = self._transpose(g, i, lx, lo)
@@ -237,6 +237,8 @@ class MeasuredCost(AnalyticCost):
         n = g.nodes[i]
         if op_kind(g, i) == "permute":
             x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
+            if x.kind == "const":  # folded at compile time: no kernel at run time
+                return 0.0
             lx = layouts.get(n.inputs[0]) or identity(len(x.shape))
             lo = layouts.get(n.output) or identity(len(o.shape))
             key, _ = self._transpose(g, i, lx, lo)

@@ -1,0 +1,147 @@
+"""The layout stage on vs off, per zoo model, interleaved in one run (issue 5).
+
+For each model the same process compiles it twice with ``fluidml_tvm.compile`` (``fluidml.layout=1``
+and ``=0``, every other stage as by default), loads both and times them in interleaved rounds
+(order alternating; per round the median of ``--repeat`` runs of each, ratio on/off); the median
+of the per-round ratios is reported with its 25th-75th percentile. Also reported: the runtime
+transpose kernels (pure transpose/layout-copy PrimFuncs after FuseTIR, call sites per run) with the
+layout stage off and on, the plan's non-default tensors and its modelled (expected) gain. The
+measured ratio is stored in the measurement cache under the plan's id, so a later
+``fluidml-tvm compile --report`` of the same plan prints it beside the expected gain.
+
+    python benchmarks/bench_layout.py [--size full|tiny] [--models bert,gpt-neox,...]
+        [--rounds 7] [--repeat 10] [--out benchmarks/results]
+
+Writes ``<out>/<date>-layout-<size>.md`` (and ``.json``) with the command, the thread count, the
+machine load before and after, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+THREADS = 2
+os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))  # before TVM's runtime starts
+
+import tvm  # noqa: E402
+
+import fluidml_tvm  # noqa: E402
+from fluidml_tvm import frontend, pipeline, targets, zoo  # noqa: E402
+from fluidml_tvm.costdb import CostDB  # noqa: E402
+from fluidml_tvm.options import Options  # noqa: E402
+from fluidml_tvm.passes import layout_gain  # noqa: E402
+from fluidml_tvm.passes.graph import transpose_kernels  # noqa: E402
+
+MODELS = ["bert", "gpt-neox", "vgg11", "vgg16", "resnet50", "mobilenet"]
+
+
+def transposes(model, tgt, layout: bool) -> dict:
+    """Transpose kernels after FuseTIR with the pipeline's own dispatch/layout/legalize phases
+    (the layout stage reads the measurements the compile just cached)."""
+    mod = frontend.import_onnx(model, None).mod
+    opts = Options(layout=layout)
+    passes = []
+    for name, ps in pipeline.phases(tgt, opts):
+        if name in ("dispatch", "layout", "legalize"):
+            passes += ps
+    with tgt, tvm.transform.PassContext(opt_level=3):
+        out = tvm.transform.Sequential(passes)(mod)
+    return transpose_kernels(out)
+
+
+def _plan_facts(report: str) -> tuple[int, str]:
+    n = 0
+    expected = ""
+    for line in report.splitlines():
+        if line.startswith("[layout] function main:"):
+            n = int(line.split(":")[1].split()[0])
+        if "expected gain" in line:
+            expected = line.split("expected gain", 1)[1]
+    return n, expected
+
+
+def bench_one(name: str, size: str, rounds: int, repeat: int) -> dict:
+    tgt, _ = targets.resolve("x86")
+    model = zoo.build(name, size=size, seed=0)
+    t0 = time.perf_counter()
+    on = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=1"])
+    off = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=0"])
+    compile_s = time.perf_counter() - t0
+    m_on, m_off = on.load(), off.load()
+    res = layout_gain.time_pair(m_on, m_off, rounds=rounds, repeat=repeat)
+    res.update({"threads": m_on.num_threads, "load": layout_gain.loadavg(), "at": time.time()})
+    report = on.reports.get("layout", "")
+    ids = layout_gain.plan_ids(report)
+    db = CostDB(on.options.cache_dir)
+    for pid in ids:
+        layout_gain.record(db, layout_gain.target_key(on.target), pid, res)
+    n_layouts, expected = _plan_facts(report)
+    t_off, t_on = transposes(model, tgt, False), transposes(model, tgt, True)
+    return {"model": name, "size": size, **res, "plan_ids": ids, "non_default": n_layouts,
+            "expected": expected.strip(), "transposes_off": t_off["calls"],
+            "transposes_on": t_on["calls"], "compile_s": compile_s}
+
+
+def write(results: list, args, load_before: str, load_after: str, started: float) -> str:
+    day = time.strftime("%Y-%m-%d", time.gmtime(started))
+    stem = os.path.join(args.out, f"{day}-layout-{args.size}")
+    with open(stem + ".json", "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    lines = [
+        f"# Layout stage on vs off, {args.size} zoo ({day})", "",
+        f"Command: `python benchmarks/bench_layout.py {' '.join(sys.argv[1:])}`", "",
+        f"Host: {os.cpu_count()} cores, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; "
+        f"load average {load_before} before, {load_after} after (shared machine: read the "
+        "ratios, not the absolute times). Each model compiled twice in one process "
+        "(`fluidml.layout=1` / `=0`, all else default: measured costs, absorbed layouts only), "
+        f"timed in {args.rounds} interleaved rounds of {args.repeat} runs each; ratio = median "
+        "of per-round on/off ratios (25th-75th percentile in brackets). Transposes: call sites "
+        "of pure transpose kernels after FuseTIR, layout off -> on.", "",
+        "| model | latency on/off | rounds p25-p75 | on ms | off ms | transposes off -> on "
+        "| non-default tensors | expected (modelled) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | error: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['ratio']:.3f} | {r['q25']:.3f}-{r['q75']:.3f} | "
+            f"{r['on_s'] * 1e3:.2f} | {r['off_s'] * 1e3:.2f} | {r['transposes_off']} -> "
+            f"{r['transposes_on']} | {r['non_default']} | {r['expected']} |")
+    text = "\n".join(lines) + "\n"
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    return stem + ".md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="full", choices=["full", "tiny"])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = p.parse_args(argv)
+    started = time.time()
+    load_before = layout_gain.loadavg()
+    results = []
+    for name in args.models.split(","):
+        print(f"[bench_layout] {name} ({args.size})", file=sys.stderr, flush=True)
+        try:
+            r = bench_one(name, args.size, args.rounds, args.repeat)
+        except Exception as err:  # noqa: BLE001 - one failing model must not lose the others
+            r = {"model": name, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+        print(f"[bench_layout] {json.dumps(r, default=str)}", file=sys.stderr, flush=True)
+        results.append(r)
+        path = write(results, args, load_before, layout_gain.loadavg(), started)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
