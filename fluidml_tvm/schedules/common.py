@@ -221,3 +221,25 @@ def loop_var_index(sch: s_tir.Schedule, block) -> dict | None:
             return None
         out[iv.var] = idx
     return out
+
+
+def coefficient(expr, var) -> int | None:
+    """``a`` when ``expr`` is ``a * var + (terms without var)``, else None (0: no ``var``)."""
+    if isinstance(expr, tirx.Var):
+        return 1 if expr.same_as(var) else 0
+    if isinstance(expr, tirx.IntImm):
+        return 0
+    if isinstance(expr, tirx.Add):
+        a, b = coefficient(expr.a, var), coefficient(expr.b, var)
+        return None if a is None or b is None else a + b
+    if isinstance(expr, tirx.Mul):
+        ca, cb = as_int(expr.b), as_int(expr.a)
+        if ca is not None:
+            c = coefficient(expr.a, var)
+            return None if c is None else c * ca
+        if cb is not None:
+            c = coefficient(expr.b, var)
+            return None if c is None else c * cb
+    if any(x.same_as(var) for x in tirx.analysis.undefined_vars(expr)):
+        return None
+    return 0

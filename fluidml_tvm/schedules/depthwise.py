@@ -22,6 +22,7 @@ from tvm import s_tir, tirx
 
 from .common import (
     as_int,
+    coefficient,
     extent,
     loop_kinds,
     loop_var_index,
@@ -99,7 +100,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
         dim = next((r for r in d_reg.region if any(x.same_as(v) for x in _vars_in(r.min))), None)
         if dim is None:
             return None, "innermost output axis not in the data"
-        stride = _coefficient(dim.min, v)
+        stride = coefficient(dim.min, v)
         if stride is None:
             return None, "innermost output axis indexes the data non-linearly"
     idx = loop_var_index(sch, sop.block)
@@ -122,28 +123,6 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     for e in ext.values():
         flops *= e
     return DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride), "depthwise"
-
-
-def _coefficient(expr, var) -> int | None:
-    """``a`` when ``expr`` is ``a * var + (terms without var)``, else None."""
-    if isinstance(expr, tirx.Var):
-        return 1 if expr.same_as(var) else 0
-    if isinstance(expr, tirx.IntImm):
-        return 0
-    if isinstance(expr, tirx.Add):
-        a, b = _coefficient(expr.a, var), _coefficient(expr.b, var)
-        return None if a is None or b is None else a + b
-    if isinstance(expr, tirx.Mul):
-        ca, cb = as_int(expr.b), as_int(expr.a)
-        if ca is not None:
-            c = _coefficient(expr.a, var)
-            return None if c is None else c * ca
-        if cb is not None:
-            c = _coefficient(expr.b, var)
-            return None if c is None else c * cb
-    if any(x.same_as(var) for x in _vars_in(expr)):
-        return None
-    return 0
 
 
 def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
