@@ -336,8 +336,8 @@ def rule(sched, name, func, target, cpu, const_args, db, measure_ok):
 
     cands = [{"mr": mr, "nv": nv, "rb": rb, "pad_rows": p} for mr, nv, rb, p in tiles]
     chosen = sched._choose(
-        name, func, "conv_pool", f"f{m.f}x{m.x}s{cm.s}", cands, build, m.flops, target, cpu,
-        db, measure_ok,
+        name, func, "conv_pool", f"f{m.f}x{m.x}s{cm.s}p{tiles[0][3]}", cands, build, m.flops,
+        target, cpu, db, measure_ok,
     )
     cfg, measured, seconds = chosen[:3]
     note = chosen[3] if len(chosen) > 3 else ""  # newer _choose: where the choice came from
