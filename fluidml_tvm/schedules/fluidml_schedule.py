@@ -274,7 +274,9 @@ class FluidMLSchedule:
                 "main"
             ]
 
-        wl = f"{match.shape_key()}:{'constB' if pack_param else 'B'}"
+        # v2: the candidate set with K-blocked orders first at large K (older choices never saw
+        # them: measured again once)
+        wl = f"{match.shape_key()}:{'constB' if pack_param else 'B'}:v2"
         cfg, measured, seconds, note = self._choose(
             name, func, "matmul", wl, [c.to_dict() for c in cands], build, match.flops(),
             target, cpu, db, measure_ok,

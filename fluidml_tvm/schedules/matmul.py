@@ -237,16 +237,26 @@ def candidates(
         mc = mcs[0] if mcs else match.m
         out.append(MatmulConfig(mr, nv, mc, "rows"))
     if out:
+        # the best tile in every loop order first, then the other tiles. Measured on the
+        # AVX2 machine (issue 4, quiet rounds): K-blocked orders won at K >= 1024 (B's block in
+        # L1), smaller row blocks (mc 64 / 32) at M = 128 / 1024; 2x2 tiles never did.
         mr, nv = picked[0]
         base = out[0]
-        extra = [
-            MatmulConfig(mr, nv, base.mc, "cols"),
-            MatmulConfig(mr, nv, base.mc, "kblock", kc=_kc(match.k)),
-        ]
-        for mc in (32, 64, 256):
+        kc = _kc(match.k)
+        first = []
+        if match.k >= 1024:
+            first.append(MatmulConfig(mr, nv, base.mc, "kblock", kc=kc))
+        first.append(MatmulConfig(mr, nv, base.mc, "cols"))
+        for mc in (64, 32):
             if mc != base.mc and match.m % mc == 0 and mc % mr == 0:
-                extra.append(MatmulConfig(mr, nv, mc, "rows"))
-        out = [out[0]] + extra[:1] + out[1:] + extra[1:]
+                first.append(MatmulConfig(mr, nv, mc, "rows"))
+        later = [MatmulConfig(mr, nv, base.mc, "kblock", kc=kc)]
+        if match.k >= 2048 and match.k % 512 == 0:
+            later.append(MatmulConfig(mr, nv, base.mc, "kblock", kc=512))
+        if match.m % 256 == 0 and base.mc != 256:
+            later.append(MatmulConfig(mr, nv, 256, "rows"))
+        later.append(MatmulConfig(mr, nv, base.mc, "kouter", kc=kc))
+        out = [base] + first + out[1:2] + later + out[2:]
     out = [c for c in out if c.order not in ("kblock", "kouter") or c.kc]
     if not b_const and match.roles_b and match.roles_b[-1] == "n" and out:
         plain = [replace(c, pack=False) for c in out[:2]]
