@@ -7,7 +7,8 @@ slots, each behind its own kill switch::
     [split]      FluidML: one projection per slice of a fused constant-weight projection (QKV);
                  residual sums fused into the kernel that lowers the planned memory (measured)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
-    legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+    legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, [FluidMLFuseConvPool],
+                 FuseTIR (conv+ReLU+max-pool fusion; on with the schedule stage)
     [schedule]   FluidML TensorIR schedules for every fused PrimFunc
     lower        RewriteDataflowReshape, ToNonDataflow, RemovePurityChecking, CallTIRRewrite
     [memory]     FluidML arena planner in StaticPlanBlockMemory's slot
