@@ -46,6 +46,7 @@ class CompiledModel:
     compile_seconds: float = 0.0
     folding: str = ""
     weights: list | None = None  # [(name, numpy array)] when weights live outside the library
+    gathered_weights: tuple = ()  # names of weights read only as gather tables (embeddings)
     reports: dict = field(default_factory=dict)  # stage -> decision report text
 
     def report(self) -> str:
@@ -120,7 +121,8 @@ class CompiledModel:
 
             wpath = weights_path(path)
             meta["weights"]["file"] = os.path.basename(wpath)
-            meta["weights"]["index"] = write_weights(wpath, self.weights)
+            meta["weights"]["index"] = write_weights(wpath, self.weights,
+                                                     gathered=self.gathered_weights)
         with open(metadata_path(path), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         return path
@@ -282,6 +284,7 @@ def compile(  # noqa: A001
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
         memory_bound=bound, memory_timeline=timeline,
         weights=list(externalize.weights) if externalize is not None else None,
+        gathered_weights=tuple(sorted(externalize.gathered)) if externalize is not None else (),
         reports=reports,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
