@@ -140,8 +140,11 @@ def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
     return out[: max(1, budget)]
 
 
-def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None):
-    """Returns ``(schedule, reason)``; schedule None when the rule does not apply."""
+def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
+                       split_even_odd: bool = True):
+    """Returns ``(schedule, reason)``; schedule None when the rule does not apply.
+    ``split_even_odd``: for stride 2 along the vector axis, the padded input is laid out even
+    columns then odd ones (contiguous loads per window tap)."""
     m, why = analyze(func)
     if m is None:
         return None, why
@@ -159,6 +162,19 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None)
     for b in epis[:-1]:
         sch.compute_inline(b)
     out = epis[-1] if epis else None
+    split_pad = False
+    if m.stride == 2 and not m.f_is_vector and pre and split_even_odd:
+        # stride 2 along the vector axis: lay the padded input out as [.., even, odd] columns
+        # (w -> (w % 2, w // 2)), so each window tap reads a contiguous vector instead of every
+        # other element
+        pb = pre[-1]
+        wbuf = sch.get(pb).writes[0].source
+        last = as_int(wbuf.shape[-1])
+        reads_main = [r.source for r in sch.get(main).reads]
+        if last is not None and last % 2 == 0 and any(b.same_as(wbuf) for b in reads_main):
+            sch.transform_layout(pb, ("write", 0),
+                                 lambda *idx: [*idx[:-1], idx[-1] % 2, idx[-1] // 2])
+            split_pad = True
     loops = sch.get_loops(main)
     outer, reds, vl = [], [], None
     for lp, role in zip(loops, m.loop_roles):
@@ -216,6 +232,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None)
     tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
     reason += ", padding per channel" if padded_here else ""
+    reason += ", padded columns split even/odd" if split_pad else ""
     return sch, reason
 
 

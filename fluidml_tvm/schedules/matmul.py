@@ -237,9 +237,9 @@ def candidates(
         mc = mcs[0] if mcs else match.m
         out.append(MatmulConfig(mr, nv, mc, "rows"))
     if out:
-        # the best tile in every loop order first, then the other tiles. Measured on the
-        # AVX2 machine (issue 4, quiet rounds): K-blocked orders won at K >= 1024 (B's block in
-        # L1), smaller row blocks (mc 64 / 32) at M = 128 / 1024; 2x2 tiles never did.
+        # the best tile in every loop order first, then the other tiles. Seen on the AVX2
+        # machine (issue 4; noisy, shared runs): K-blocked orders often won at K >= 1024 (B's
+        # block in L1), smaller row blocks (mc 64 / 32) at M = 128 / 1024; 2x2 tiles never did.
         mr, nv = picked[0]
         base = out[0]
         kc = _kc(match.k)
