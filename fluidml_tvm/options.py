@@ -50,6 +50,9 @@ class Options:
     schedule_off
         Comma-separated schedule rules to switch off (``depthwise``, ``conv1x1``): their kernels
         fall to the next rule (see :mod:`fluidml_tvm.schedules.fluidml_schedule`).
+    layout_conv
+        NHWC candidates for conv2d activations in the layout stage (applied only where measured
+        faster; :mod:`fluidml_tvm.passes.layout_conv`).
     verify
         Run the independent memory-plan verifier at compile time.
     cost
@@ -75,6 +78,7 @@ class Options:
     residual_order: bool = True
     fuse_conv_pool: bool = True
     schedule_off: str = ""
+    layout_conv: bool = True
     verify: bool = False
     cost: str = "measured"
     tune_trials: int = 8

@@ -95,6 +95,7 @@ def _is_tensor(ty) -> bool:
     return isinstance(ty, relax.TensorType)
 
 
+POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
 AXIS_OPS = ("relax.strided_slice", "relax.concat", "relax.nn.softmax", "relax.nn.log_softmax",
             "relax.nn.layer_norm")
 
@@ -184,6 +185,12 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
                 axis = _axis_attrs(op, value, _shape(b.var.ty))
                 if axis is not None:
                     attrs["axis_list"] = axis
+                if op == "relax.nn.conv2d" or op in POOL_OPS:
+                    from .layout_conv import conv_attrs, pool_attrs
+
+                    found = conv_attrs(value) if op == "relax.nn.conv2d" else pool_attrs(value)
+                    if found is not None:
+                        attrs["conv" if op == "relax.nn.conv2d" else "pool"] = found
             elif isinstance(value, relax.Var) and value in names:
                 op, args = "alias", [names[value]]
             out = add(b.var, "value", b.var.name)

@@ -17,6 +17,8 @@ which need an explicit transpose around it - exactly what :mod:`.layout_rewrite`
              same-rank input, their axes remapped to physical ones (layer_norm only where its
              axes keep their order, so gamma/beta are read as they are); a softmax/layer_norm
              whose reduced axis stops being the innermost pays a strided-read penalty.
+``conv``     NCHW conv2d with a constant weight: reads NCHW or NHWC and writes NCHW or NHWC
+             (:mod:`.layout_conv`); ``pool``: max/avg pools in NCHW or NHWC (input = output).
 ``opaque``   everything else: default layouts only; non-default ones are transposed around it.
 
 :class:`AnalyticCost` prices kernels in seconds from bytes moved and FLOPs (a kernel launch,
@@ -85,11 +87,25 @@ def op_kind(g: OpGraph, i: int) -> str:
         return "matmul"
     if n.op in ELEMWISE and len(out.shape) >= 1:
         return "elemwise"
+    if "conv" in n.attrs or "pool" in n.attrs:
+        from .layout_conv import is_conv, is_pool
+
+        if is_conv(g, i):
+            return "conv"
+        if is_pool(g, i):
+            return "pool"
     if "axis_list" in n.attrs and ts and len(ts[0].shape) == len(out.shape) and all(
             len(t.shape) == len(out.shape) for t in ts[1:]
             if n.op != "relax.nn.layer_norm"):
         return "axis"
     return "opaque"
+
+
+def pool_ok(lin, lout) -> bool:
+    """A pool runs on NCHW or NHWC, its input and output alike."""
+    from .layout_conv import CONV_LAYOUTS
+
+    return tuple(lin) == tuple(lout) and tuple(lout) in CONV_LAYOUTS
 
 
 def axis_ok(g: OpGraph, i: int, lout) -> bool:
@@ -180,6 +196,13 @@ class AnalyticCost:
                 cost += self.strided_read * t.nbytes / self.bandwidth
         return cost
 
+    def conv(self, g: OpGraph, i: int, lin, lout) -> float:
+        """A conv kernel reading ``lin`` and writing ``lout`` (NCHW/NHWC), beyond ``kernel``:
+        the analytic model has no preference between the two."""
+        from .layout_conv import conv_flops
+
+        return conv_flops(g, i) / self.flops
+
     def node(self, g: OpGraph, i: int, layouts: dict) -> float:
         """``T_n`` for the layouts in ``layouts`` (tensor name -> perm; missing: default)."""
         n = g.nodes[i]
@@ -210,6 +233,19 @@ class AnalyticCost:
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
                 if moves_data(lout, full):
                     cost += self.convert(tt.nbytes)
+            return cost
+        if kind == "conv":
+            from .layout_conv import CONV_LAYOUTS
+
+            ok_in, ok_out = lin[0] in CONV_LAYOUTS, lout in CONV_LAYOUTS
+            cost += self.conv(g, i, lin[0] if ok_in else identity(4),
+                              lout if ok_out else identity(4))
+            if not ok_in:
+                cost += self.convert(g.tensors[n.inputs[0]].nbytes)
+            if not ok_out:
+                cost += self.convert(out.nbytes)
+            return cost
+        if kind == "pool" and pool_ok(lin[0], lout):
             return cost
         if kind == "axis" and axis_ok(g, i, lout):
             shared = axis_inputs(g, i)

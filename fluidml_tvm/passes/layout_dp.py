@@ -40,12 +40,16 @@ def _swap_last(rank: int) -> tuple:
     return tuple(p)
 
 
-def candidates(g: OpGraph, matmul_transposes: bool = True) -> dict[str, list[tuple]]:
+def candidates(g: OpGraph, matmul_transposes: bool = True,
+               conv_layouts: bool = True) -> dict[str, list[tuple]]:
     """Candidate layouts of every tensor (default first).
 
     ``matmul_transposes=False`` drops the transposed forms seeded by matmuls themselves (they
     only pay with explicit transforms around them); permute-seeded layouts stay.
+    ``conv_layouts``: NHWC for the activations of conv2d kernels (:mod:`.layout_conv`).
     """
+    from .layout_conv import NHWC
+
     cand: dict[str, set] = {}
     for name, t in g.tensors.items():
         rank = len(t.shape or ())
@@ -56,6 +60,9 @@ def candidates(g: OpGraph, matmul_transposes: bool = True) -> dict[str, list[tup
             ax = n.attrs["axes"]
             cand[n.output].add(inverse(ax))  # output aliases its default-layout input
             cand[n.inputs[0]].add(tuple(ax))  # input aliases its default-layout output
+        elif kind == "conv" and conv_layouts:
+            for t in (n.inputs[0], n.output):
+                cand[t].add(NHWC)
         elif kind == "matmul" and matmul_transposes:
             for t in (*n.inputs, n.output):
                 cand[t].add(_swap_last(len(g.tensors[t].shape)))
@@ -77,6 +84,9 @@ def candidates(g: OpGraph, matmul_transposes: bool = True) -> dict[str, list[tup
                     if g.tensors[t].shape == out.shape:
                         pairs.append((t, n.output, tuple))
                         pairs.append((n.output, t, tuple))
+            elif kind == "pool":  # pools run in NCHW or NHWC
+                pairs.append((n.inputs[0], n.output, tuple))
+                pairs.append((n.output, n.inputs[0], tuple))
             elif kind == "axis":  # slice/concat/softmax/layer_norm keep a layout, axes remapped
                 def keep(lay, i=i):
                     return tuple(lay) if axis_ok(g, i, lay) else None

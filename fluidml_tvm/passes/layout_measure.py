@@ -164,6 +164,14 @@ class MeasuredCost(AnalyticCost):
                             out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo, c=consts: (
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
+            elif kind == "conv":
+                from .layout_conv import CONV_LAYOUTS, conv_key, conv_variant
+
+                for lx in cands[n.inputs[0]]:
+                    for lo in cands[n.output]:
+                        if lx in CONV_LAYOUTS and lo in CONV_LAYOUTS:
+                            out[conv_key(g, i, lx, lo)] = (
+                                lambda i=i, lx=lx, lo=lo: (conv_variant(g, i, lx, lo), (1,)))
             elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
@@ -230,6 +238,15 @@ class MeasuredCost(AnalyticCost):
             return super().matmul(g, i, lays, lout)
         plain = all(lay == identity(len(lay)) for lay in (*lays, lout))
         return self.launch + (t if plain else t * (1 + self.margin))
+
+    def conv(self, g, i, lin, lout):
+        from .layout_conv import conv_key
+
+        t = self.table.get(conv_key(g, i, lin, lout))
+        if t is None:
+            return super().conv(g, i, lin, lout)
+        plain = lin == identity(4) and lout == identity(4)
+        return t if plain else t * (1 + self.margin)
 
     def node(self, g, i, layouts):
         from .layout_cost import op_kind

@@ -43,6 +43,7 @@ from .layout_cost import (
     moves_data,
     op_kind,
     phys_shape,
+    pool_ok,
 )
 from .layout_dp import candidates
 from .layout_vote import plan_layouts
@@ -127,8 +128,10 @@ class _Rewriter(relax.PyExprMutator):
         lout = self.lay(name)
         touched = any(t in self.layouts for t in (name, *self.g.nodes[i].inputs))
         value = binding.value
+        produced = None  # the layout the emitted call writes (None: as its kind absorbs)
         if not touched:
             new = self.visit_expr(value)
+            produced = lout  # the default: nothing around it has a layout
         elif kind == "permute":
             src = value.args[0]
             xname, x = self.arg(src)
@@ -146,13 +149,20 @@ class _Rewriter(relax.PyExprMutator):
             new = self.elemwise(i, value, lout)
         elif kind == "axis" and axis_ok(self.g, i, lout):
             new = self.axis_op(i, value, lout)
+        elif kind == "conv":
+            new, produced = self.conv(i, value, lout)
+        elif kind == "pool" and pool_ok(self.lay(self.g.nodes[i].inputs[0]), lout):
+            new = self.pool(value, lout)
         else:
             new = self.opaque(value)
             kind = "opaque"
+        if produced is None:
+            absorbs = kind in ("matmul", "elemwise", "axis", "pool")
+            produced = lout if absorbs else identity(len(lout))
         out = self.builder_.emit(new, var.name) if isinstance(var, relax.DataflowVar) \
             else self.builder_.emit_output(new, var.name)
-        if kind not in ("matmul", "elemwise", "axis") and lout != identity(len(lout)):
-            out = self.convert(out, name, identity(len(lout)), lout)
+        if produced != lout:
+            out = self.convert(out, name, produced, lout)
         self.phys[name] = out
         self.set_var_remap(var, out)
 
@@ -182,6 +192,44 @@ class _Rewriter(relax.PyExprMutator):
             a, b, lays[0], lays[1], self.lay(n.output), shapes[0], shapes[1], out.shape,
             out.dtype)
         return self.builder_.call_te(fn, exprs[0], exprs[1], primfunc_name_hint="matmul_layout")
+
+    def conv(self, i, value, lout):
+        """conv2d reading its input in its layout (NCHW/NHWC, else converted to NCHW) and
+        writing ``lout`` (NCHW/NHWC, else NCHW); returns the call and the layout it writes."""
+        from .layout_conv import CONV_LAYOUTS, permuted_conv2d
+
+        n = self.g.nodes[i]
+        xname, x = self.arg(value.args[0])
+        lin = self.lay(xname)
+        if lin not in CONV_LAYOUTS:
+            x, lin = self.logical(xname, x), identity(4)
+        lo = lout if lout in CONV_LAYOUTS else identity(4)
+        if lin == identity(4) and lo == identity(4):
+            return relax.Call(value.op, [x, self.visit_expr(value.args[1])], value.attrs,
+                              value.ty_args), lo
+        c = n.attrs["conv"]
+        out = self.g.tensors[n.output]
+        fn = lambda d, w: permuted_conv2d(  # noqa: E731
+            d, w, lin, lo, out.shape, c["strides"], c["padding"], c["dilation"], out.dtype)
+        call = self.builder_.call_te(fn, x, self.visit_expr(value.args[1]),
+                                     primfunc_name_hint="conv2d_layout")
+        return call, lo
+
+    def pool(self, value, lout):
+        """A pool on the tensor held in ``lout`` (NCHW or NHWC), through its layout attrs."""
+        from .layout_conv import layout_name
+
+        _, x = self.arg(value.args[0])
+        a = value.attrs
+        name = layout_name(lout)
+        op = value.op.name
+        if op == "relax.nn.adaptive_avg_pool2d":
+            size = [int(v) for v in a.output_size] if a.output_size is not None else None
+            return relax.op.nn.adaptive_avg_pool2d(x, size, layout=name, out_layout=name)
+        f = relax.op.nn.max_pool2d if op == "relax.nn.max_pool2d" else relax.op.nn.avg_pool2d
+        return f(x, [int(v) for v in a.pool_size], [int(v) for v in a.strides],
+                 [int(v) for v in a.padding], [int(v) for v in a.dilation], bool(a.ceil_mode),
+                 bool(a.count_include_pad), layout=name, out_layout=name)
 
     def axis_op(self, i, value, lout):
         """slice/concat/softmax/layer_norm run on the tensors held in ``lout``, axes remapped."""
@@ -288,7 +336,8 @@ class FluidMLLayout:
                     "Codegen" in func.attrs or "Primitive" in func.attrs)):
                 continue
             g, exprs = build_graph(func)
-            cands = candidates(g, matmul_transposes=self.explicit_transforms)
+            cands = candidates(g, matmul_transposes=self.explicit_transforms,
+                               conv_layouts=getattr(self.options, "layout_conv", True))
             if hasattr(model, "prepare"):
                 model.prepare(g, cands)
             plan = plan_layouts(g, model, cands=cands)

@@ -89,6 +89,8 @@ def regions(g: OpGraph, cands: dict) -> list[list[str]]:
             tied = [t for t in n.inputs if g.tensors[t].shape == g.tensors[n.output].shape]
         elif kind == "axis":
             tied = [n.inputs[j] for j in axis_inputs(g, i)]
+        elif kind == "pool":
+            tied = [n.inputs[0]]
         else:
             continue
         for t in tied:

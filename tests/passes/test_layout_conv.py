@@ -1,0 +1,117 @@
+"""Conv layouts (NCHW/NHWC) in the layout stage: before/after, numerics, the kill switch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from fluidml_tvm import frontend, targets, zoo
+from fluidml_tvm.options import Options
+from fluidml_tvm.passes.graph import build_graph
+from fluidml_tvm.passes.layout_conv import NHWC, permuted_conv2d
+from fluidml_tvm.passes.layout_cost import AnalyticCost
+from fluidml_tvm.passes.layout_dp import candidates
+from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
+from fluidml_tvm.pipeline import get_pipeline
+
+
+@dataclass(frozen=True)
+class NHWCFavoured(AnalyticCost):
+    """A model in which a conv writing NHWC is twice as fast (what a measurement may find)."""
+
+    def conv(self, g, i, lin, lout):
+        return super().conv(g, i, lin, lout) * (0.5 if lout == NHWC else 1.0)
+
+
+W1 = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype("float32")
+W2 = np.random.default_rng(1).standard_normal((4, 8, 1, 1)).astype("float32")
+
+
+def _before():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 4, 4), "float32"):
+            with R.dataflow():
+                c1 = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1])
+                r = R.nn.relu(c1)
+                p = R.nn.max_pool2d(r, pool_size=[2, 2], strides=[2, 2])
+                c2 = R.nn.conv2d(p, R.const(W2))
+                R.output(c2)
+            return c2
+
+    return Before
+
+
+def _run(mod, x):
+    ex = tvm.compile(mod, target="llvm")
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_conv_chain_runs_nhwc_between_nchw_ends():
+    """The first conv reads the NCHW input and writes NHWC, relu and the pool run on NHWC, the
+    last conv reads NHWC and writes the NCHW output: no transpose anywhere."""
+    before = _before()
+    p = FluidMLLayout(model=NHWCFavoured(conversion_penalty=10.0), explicit_transforms=False)
+    after = tvm.IRModule(dict(p(before).functions_items()))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c1 = bb.emit(bb.call_te(
+                lambda d, w: permuted_conv2d(d, w, (0, 1, 2, 3), NHWC, (1, 8, 8, 8), (1, 1),
+                                             (1, 1, 1, 1), (1, 1), "float32"),
+                x, relax.const(W1), primfunc_name_hint="conv2d_layout"), "c1")
+            r = bb.emit(relax.op.nn.relu(c1), "r")
+            pool = bb.emit(relax.op.nn.max_pool2d(r, [2, 2], [2, 2], layout="NHWC",
+                                                  out_layout="NHWC"), "p")
+            c2 = bb.emit_output(bb.call_te(
+                lambda d, w: permuted_conv2d(d, w, NHWC, (0, 1, 2, 3), (1, 4, 4, 4), (1, 1),
+                                             (0, 0, 0, 0), (1, 1), "float32"),
+                pool, relax.const(W2), primfunc_name_hint="conv2d_layout"), "c2")
+        bb.emit_func_output(c2)
+    tvm.ir.assert_structural_equal(after, bb.get())
+    xv = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype("float32")
+    np.testing.assert_allclose(_run(after, xv), _run(before, xv), rtol=1e-4, atol=1e-4)
+
+
+def test_kill_switch_and_measured_default():
+    g, _ = build_graph(_before()["main"])
+    assert NHWC in candidates(g)["c1"] and NHWC in candidates(g)["p"]
+    assert candidates(g, conv_layouts=False)["c1"] == [(0, 1, 2, 3)]
+    p = FluidMLLayout(model=NHWCFavoured(), options=Options(layout_conv=False))
+    p(_before())
+    assert p.plans["main"].layouts == {}
+    # the analytic model has no preference: NCHW stays
+    p = FluidMLLayout(model=AnalyticCost())
+    p(_before())
+    assert p.plans["main"].layouts == {}
+
+
+def test_vgg_nhwc_with_fluidml_schedules_matches_onnxruntime():
+    """Tiny VGG-11 with every conv activation in NHWC, then the rest of the fluidml pipeline
+    (conv2d and conv+pool schedule rules on the NHWC kernels, memory planner): ORT's numbers."""
+    model = zoo.build("vgg11", size="tiny", seed=0)
+    feeds = zoo.random_inputs(model, seed=0)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    tgt, _ = targets.resolve("x86")
+    mod = frontend.import_onnx(model, None).mod
+    p = FluidMLLayout(tgt, model=NHWCFavoured(conversion_penalty=10.0),
+                      explicit_transforms=False)
+    with tgt:
+        hi = p(mod)
+    assert sum(lay == NHWC for lay in p.plans["main"].layouts.values()) >= 8
+    opts = Options(layout=False, cost="analytic", verify=True)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(hi, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](
+        *[tvm.runtime.tensor(v) for v in feeds.values()])
+    out = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+    assert float(np.max(np.abs(out - ref))) <= 1e-4
