@@ -51,6 +51,28 @@ def test_chain_reaches_the_bound(sizes):
     assert pack(ivs).size == live_bound(ivs, ALIGN)
 
 
+# Two GPT-NeoX layers after the QKV split and the residual rewrite, in units of 4 KiB (the real
+# unit is 0.26 MB): a residual stream alternating between two tensors, the 4-unit MLP activation
+# that must sit between the residual and the LayerNorm output, 2-unit attention scores. Every
+# greedy order packs it into 7 units; the live-set bound is 6.
+GPT_LAYERS = [(1 / 64, 0, 4), (1, 3, 43), (1, 6, 22), (1, 9, 13), (1, 12, 34), (1, 15, 19),
+              (1, 18, 28), (1, 21, 25), (1, 24, 28), (2, 27, 31), (2, 30, 34), (1, 33, 37),
+              (1, 36, 40), (1, 39, 88), (1, 42, 46), (4, 45, 49), (1, 51, 67), (1, 54, 58),
+              (1, 57, 79), (1, 60, 64), (1, 63, 73), (1, 66, 70), (1, 69, 73), (2, 72, 76),
+              (2, 75, 79), (1, 78, 82), (1, 81, 85), (1, 84, 105), (1, 87, 91), (4, 90, 94),
+              (1, 96, 105), (1, 99, 103), (1, 102, 105)]
+
+
+def test_exact_search_reaches_the_bound_where_greedy_orders_do_not():
+    ivs = [Interval(int(u * 4096), a, b) for u, a, b in GPT_LAYERS]
+    p = pack(ivs)
+    assert p.size == live_bound(ivs, ALIGN) == 6 * 4096
+    assert p.strategy == "exact/time-order"
+    assert min(v for k, v in p.tried.items() if k != "exact/time-order") == 7 * 4096
+    sized = [(align_up(iv.size, ALIGN), iv.start, iv.end) for iv in ivs]
+    assert check_intervals(sized, p.offsets, p.size) == []
+
+
 def _kernel(arity: int) -> tvm.tirx.PrimFunc:
     # An opaque PrimFunc with ``arity`` handle parameters: a kernel the planner cannot see into
     # (so no in-place reuse), called in destination-passing style; never run.
