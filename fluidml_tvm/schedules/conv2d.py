@@ -16,12 +16,14 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
 from .common import (
     as_int,
+    coefficient,
     extent,
     loop_kinds,
     match_sum_of_products,
@@ -44,6 +46,9 @@ class ConvMatch:
     x: int
     flops: float
     r0: int = 1  # extent of the outermost reduction loop (input channels in NCHW)
+    # pointwise (1x1, stride 1) kernels: extent of the output-row loop right outside the column
+    # loop, which the conv1x1 tiles fuse with it (tiles then divide rows x columns); 0 otherwise
+    rows: int = 0
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
@@ -122,8 +127,37 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     for v in ext:
         flops *= ext[v]
     r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
-    match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0)
+    rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
+    match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
+                      rows)
     return match, "conv2d"
+
+
+def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
+    """Extent of the row loop a 1x1 stride-1 kernel can fuse with its column loop (0: none):
+    one reduction axis (the channels), the row and column variables bound to adjacent loops in
+    block order, each indexing the data with stride 1 and the output in adjacent dims."""
+    if len(red) != 1 or "x" not in roles:
+        return 0
+    xi = roles.index("x")
+    if xi == 0 or roles[xi - 1] != "s" or len(vals) != len(loops):
+        return 0
+    ivs = list(st.iter_vars)
+    for i, val in enumerate(vals):  # iteration variable i bound to loop i (the legalized form)
+        if not (isinstance(val, tirx.Var) and val.same_as(lvars[i])):
+            return 0
+    y = ivs[xi - 1].var
+    if not ivs[xi].var.same_as(x):
+        return 0
+    for var in (x, y):
+        dims = [r for r in data.region if _uses(r.min, var)]
+        if len(dims) != 1 or coefficient(dims[0].min, var) != 1:
+            return 0
+    out = [r.min for r in st.writes[0].region]
+    yd = next((i for i, e in enumerate(out) if _same_var(e, y)), None)
+    if yd is None or yd + 1 >= len(out) or not _same_var(out[yd + 1], x):
+        return 0
+    return extent(sch, loops[xi - 1]) or 0
 
 
 def _uses(expr, var) -> bool:
@@ -167,14 +201,64 @@ def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, i
     return out[: max(1, budget)]
 
 
+def candidates_pointwise(m: ConvMatch, cpu: CPUInfo, budget: int = 2) -> list[tuple]:
+    """(mr, nv, 0) tiles of a 1x1 stride-1 kernel (``m.rows``) whose ``mr`` divides rows x
+    columns, for :func:`schedule_conv2d` with ``fuse_rows``: a 7x7 or 14x14 map gets tiles of 4
+    to 8 positions (``mr`` dividing the columns alone caps them at 7 or 2)."""
+    if not m.rows:
+        return []
+    lanes = cpu.lanes(32)
+    p = m.rows * m.x
+    tiles = []
+    for nv in (4, 3, 2, 1):
+        if m.f % (nv * lanes):
+            continue
+        for mr in (14, 12, 8, 7, 6, 5, 4, 3, 2):
+            # only the tiles the column loop alone cannot have (the others exist unfused)
+            if mr * nv + 2 > cpu.vector_registers or p % mr or m.x % mr == 0:
+                continue
+            fits = mr * nv + nv + 1 <= cpu.vector_registers
+            tiles.append(((fits, mr * nv / (mr + nv), mr * nv), (mr, nv, 0)))
+    tiles.sort(reverse=True)
+    return [t for _, t in tiles][: max(1, budget)]
+
+
+def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
+    """Rewrite the iteration space of the conv block and of its output block so rows x columns
+    is one axis ``p = y * X + x``; returns the match for the rewritten kernel."""
+    xi = m.loop_roles.index("x")
+    yi = xi - 1
+    X = m.x
+    n_iv = len(sch.get(main).iter_vars)
+
+    def main_map(*iv):
+        return [*iv[:yi], iv[yi] * X + iv[xi], *iv[xi + 1:]]
+
+    wr = [r.min for r in sch.get(main).writes[0].region]
+    ivs = sch.get(main).iter_vars
+    yd = next(i for i, e in enumerate(wr) if _same_var(e, ivs[yi].var))
+    sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=n_iv))
+    n_out = len(sch.get(out).iter_vars)
+
+    def out_map(*iv):
+        return [*iv[:yd], iv[yd] * X + iv[yd + 1], *iv[yd + 2:]]
+
+    sch.transform_block_layout(out, tirx.IndexMap.from_func(out_map, ndim=n_out))
+    roles = m.loop_roles[:yi] + m.loop_roles[xi:]
+    return dataclasses.replace(m, loop_roles=roles, x=m.rows * X, rows=0), yd
+
+
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
     c = candidates(m, cpu, 1)
     return c[0] if c else None
 
 
-def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None):
+def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None,
+                    fuse_rows: bool = False):
     """Returns ``(schedule, reason, pack)``: schedule None when the rule does not apply; ``pack``
-    ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed."""
+    ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed.
+    ``fuse_rows`` (1x1 stride-1 kernels, ``ConvMatch.rows``): rows and columns are one axis, the
+    tile's ``mr`` divides their product (:func:`candidates_pointwise`)."""
     m, why = analyze(func)
     if m is None:
         return None, why, None
@@ -201,6 +285,10 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     else:
         out = sch.cache_write(main, 0, "global")
         acc_block = main
+    cols = m.x
+    fuse_rows = bool(fuse_rows and m.rows)
+    if fuse_rows:
+        m, y_dim = _fuse_rows(sch, main, out, m)
     # accumulator with channels innermost
     c_roles = m.loop_roles  # loops are in output-index order for spatial axes (legalized form)
     wr = sch.get(acc_block).writes[0]
@@ -208,7 +296,15 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     fvar = _loop_var_of(sch, main, "f", c_roles)
     f_dim = next(i for i, r in enumerate(wr.region) if _same_var(r.min, fvar))
     order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
-    sch.transform_layout(acc_block, ("write", 0), lambda *idx: [idx[i] for i in order])
+    if fuse_rows:  # [.., y * X + x, f]: a tile of positions is one exact region of it
+        keep = [i for i in order if i not in (y_dim, y_dim + 1, f_dim)]
+
+        def acc_map(*idx):
+            return [*[idx[i] for i in keep], idx[y_dim] * cols + idx[y_dim + 1], idx[f_dim]]
+
+        sch.transform_layout(acc_block, ("write", 0), acc_map)
+    else:
+        sch.transform_layout(acc_block, ("write", 0), lambda *idx: [idx[i] for i in order])
     # weight packing
     fmap = pack_index_map(m.w_roles, nr)
     if pack_param:
@@ -243,7 +339,13 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         rb = 0
         sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
         init_at, epi_at = reds[0], x0
-    par = sch.fuse(f0, *spatial_outer)
+    if fuse_rows and not rb:
+        # the rows are inside the tile loop now: share the tiles between the threads too (a
+        # layer with one channel panel would otherwise run on one thread)
+        par = sch.fuse(f0, *spatial_outer, x0)
+        epi_at = par
+    else:
+        par = sch.fuse(f0, *spatial_outer)
     sch.parallel(par)
     sch.unroll(x1)
     sch.unroll(f1)
@@ -256,6 +358,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
             schedule_spatial_block(sch, b, lanes)
     sch.decompose_reduction(main, init_at)
     reason = f"conv2d F={m.f} X={m.x} tile {mr}x{nr} (mr x channels)"
+    reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"

@@ -330,14 +330,21 @@ class FluidMLSchedule:
             return (cfg["mr"], cfg["nv"], cfg.get("rb", 0))
 
         def build(cfg):
-            return conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))[0].mod["main"]
+            return conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg),
+                                          fuse_rows=bool(cfg.get("p")))[0].mod["main"]
 
         cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+        if self._rule_on("conv1x1"):
+            # 1x1 stride-1: one more tile over rows x columns (14x14 and 28x28 maps, where the
+            # column count caps the tile) in the race; measured only, never the analytic pick
+            cands += [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
+                      for mr, nv, _ in conv2d.candidates_pointwise(m, cpu, 1)]
         cfg, measured, seconds, note = self._choose(
             name, func, "conv2d", f"f{m.f}x{m.x}", cands, build, m.flops, target, cpu, db,
             measure_ok,
         )
-        sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg))
+        sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg),
+                                                fuse_rows=bool(cfg.get("p")))
         why += " " + self._how(measured, seconds, m.flops) + note
         return (sch.mod["main"], Decision(name, "conv2d", why, cfg, measured, seconds), pack), ""
 

@@ -444,6 +444,35 @@ def test_conv2d_matches_ort(tmp_path, kw, rule):
     assert [d.rule for d in dec.values() if "conv" in d.kernel] == [rule]
 
 
+@pytest.mark.parametrize("epilogue", [True, False])
+def test_pointwise_tile_over_rows_and_columns(epilogue):
+    """1x1 stride-1 conv on a 14x14 map: a tile of positions that straddles rows (the rows x
+    columns axis, conv1x1), with a bias+ReLU epilogue and without, matches ORT."""
+    from fluidml_tvm.schedules import conv2d
+
+    if epilogue:
+        model = conv_model(C=16, H=14, W=14, O=48, k=1, pad=0)
+    else:
+        w = (np.random.default_rng(0).standard_normal((48, 16, 1, 1)) * 0.1).astype(np.float32)
+        model = _model([h.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])],
+                       [h.make_tensor_value_info("x", TP.FLOAT, [1, 16, 14, 14])],
+                       [h.make_tensor_value_info("y", TP.FLOAT, [1, 48, 14, 14])],
+                       [nh.from_array(w, "w")])
+    mod = _fused(model)
+    (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+    m, _ = conv2d.analyze(mod[gv])
+    assert m.rows == 14
+    (tile,) = conv2d.candidates_pointwise(m, cpu_info(TARGET), 1)
+    assert 14 % tile[0] != 0 and 196 % tile[0] == 0
+    sch, why, pack = conv2d.schedule_conv2d(mod[gv], cpu_info(TARGET), {}, tile, fuse_rows=True)
+    assert "rows x columns (196)" in why and pack is None
+    mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    x = np.random.default_rng(3).standard_normal([1, 16, 14, 14]).astype(np.float32)
+    ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("nv", [1, 2])
 def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
