@@ -211,3 +211,21 @@ def test_tiny_vgg_matches_ort_with_fusion(name):
     compiled = _check_numerics(model, inputs, ["fluidml.cost=analytic", "fluidml.verify=1"])
     section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
     assert "fused into" in section
+
+
+def test_bare_conv_without_epilogue_is_fused():
+    """A conv with no bias/ReLU is a lone call_tir after FuseOps, not a group: wrapped in one."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 3, 3, 3)).astype("float32")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("MaxPool", ["c"], ["out"], kernel_shape=[2, 2], strides=[2, 2])],
+        "conv_pool", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic",
+                                                      "fluidml.verify=1"])
+    section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
+    assert "conv2d + max_pool2d: fused into fused_conv2d_max_pool2d" in section, section
+    assert "conv_pool - conv2d+max-pool" in compiled.report()
