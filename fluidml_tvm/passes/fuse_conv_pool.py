@@ -67,6 +67,16 @@ def _is_call_tir(e) -> bool:
     return isinstance(e, relax.Call) and e.op.same_as(_CALL_TIR)
 
 
+def _callee(call) -> str:
+    if _is_call_tir(call):
+        return call.args[0].name_hint
+    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
+        return call.op.name_hint
+    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
+        return call.op.name
+    return type(call).__name__
+
+
 def _use_counts(func: relax.Function) -> dict:
     counts: dict = {}
 
@@ -155,7 +165,11 @@ class FluidMLFuseConvPool:
                     prod = block.bindings[i].value
                     kind, pname = self._producer(mod, prod)
                     if kind is None:
-                        continue  # not a convolution: nothing to report
+                        self.decisions.append(FusionDecision(
+                            _callee(prod), pool_gv.name_hint, None,
+                            "the pool's input is not computed by a conv2d (+pointwise "
+                            "epilogue) kernel"))
+                        continue
                     dec = FusionDecision(pname, pool_gv.name_hint, None, "")
                     self.decisions.append(dec)
                     if uses.get(src, 0) != 1:
