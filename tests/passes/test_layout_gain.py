@@ -46,3 +46,14 @@ def test_report_states_expected_and_measured_gain(tmp_path):
         assert f"latency on/off {res['ratio']:.3f}" in again
     else:  # a loaded machine re-measured the variants and the plan changed: a new plan id
         assert "not measured yet" in again
+
+
+def test_cli_measure_layout_gain(tmp_path, capsys):
+    from fluidml_tvm.cli import main
+
+    out = tmp_path / "m.so"
+    assert main(["compile", "zoo:bert:tiny", "-o", str(out), "--report", "-q",
+                 "--measure-layout-gain", "--pass-config", f"fluidml.cache_dir={tmp_path}"]) == 0
+    text = capsys.readouterr().out
+    assert "expected gain" in text and "measured gain: latency on/off" in text
+    assert out.exists()
