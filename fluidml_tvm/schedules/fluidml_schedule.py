@@ -334,13 +334,17 @@ class FluidMLSchedule:
                                           fuse_rows=bool(cfg.get("p")))[0].mod["main"]
 
         cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+        workload = f"f{m.f}x{m.x}"
         if self._rule_on("conv1x1"):
             # 1x1 stride-1: one more tile over rows x columns (14x14 and 28x28 maps, where the
             # column count caps the tile) in the race; measured only, never the analytic pick
-            cands += [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
-                      for mr, nv, _ in conv2d.candidates_pointwise(m, cpu, 1)]
+            extra = [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
+                     for mr, nv, _ in conv2d.candidates_pointwise(m, cpu, 1)]
+            if extra:  # its own cache entry: switched off, the choice among the rest stands
+                cands += extra
+                workload += ":p"
         cfg, measured, seconds, note = self._choose(
-            name, func, "conv2d", f"f{m.f}x{m.x}", cands, build, m.flops, target, cpu, db,
+            name, func, "conv2d", workload, cands, build, m.flops, target, cpu, db,
             measure_ok,
         )
         sch, why, pack = conv2d.schedule_conv2d(func, cpu, const_args, tile(cfg),
