@@ -8,7 +8,8 @@ fluidml-tvm's passes are ordinary TVM passes; you do not need ``fluidml_tvm.comp
 2. write a pipeline by hand as a ``tvm.transform.Sequential``: TVM's legalization and fusion, with
    ``FluidMLLayout`` before them (it must run before FoldConstant/LegalizeOps, on high-level ops);
 3. read the layout report (every decision has its reason) and count the transpose kernels left;
-4. build with ``tvm.compile(..., relax_pipeline=...)`` and check against ONNX Runtime.
+4. build with ``tvm.compile(..., relax_pipeline=...)`` and check against ONNX Runtime;
+5. layouts flow through slices, concats and elementwise ops: GPT-NeoX's rotary embedding.
 """
 
 import numpy as np
@@ -64,4 +65,26 @@ for got, ref in zip(outputs, reference):
     err = float(np.abs(got - ref).max())
     print(f"output {got.shape}: max |tvm - ort| = {err:.2e}")
     assert err < 1e-4
+
+# 5. Layouts flow through strided_slice / concat / softmax / layer_norm with their axes remapped,
+# and a whole web of such ops moves at once: GPT-NeoX's rotary embedding (slices, a negation,
+# concats and products between the head transpose and the attention matmul) stays in the
+# projection's [B, S, H, D] order, so of its five permute_dims per layer only K -> K^T is left.
+# explicit_transforms=False is what the fluidml pipeline runs: only layouts kernels absorb.
+neox = from_onnx(zoo.build("gpt-neox", size="tiny", seed=0), keep_params_in_input=False)
+
+
+def permutes(m: tvm.IRModule) -> int:
+    op = tvm.ir.Op.get("relax.permute_dims")
+    found = []
+    relax.analysis.post_order_visit(m["main"], lambda e: found.append(e) if isinstance(
+        e, relax.Call) and e.op.same_as(op) else None)
+    return len(found)
+
+
+flow = FluidMLLayout(target, Options(cost="analytic"), explicit_transforms=False)
+with target:
+    neox_after = flow(neox)
+print(f"GPT-NeoX tiny: permute_dims {permutes(neox)} -> {permutes(neox_after)}")
+assert permutes(neox_after) < permutes(neox)
 print("OK")
