@@ -341,6 +341,19 @@ def rule(sched, name, func, target, cpu, const_args, db, measure_ok):
     )
     cfg, measured, seconds = chosen[:3]
     note = chosen[3] if len(chosen) > 3 else ""  # newer _choose: where the choice came from
-    sch, why, pack = schedule_conv_pool(func, cpu, const_args, tile(cfg), cm)
+    # the fusion pass checked one schedule of this kernel; should the chosen one fail, the
+    # others (whole padded copy first) rather than a kernel holding the whole conv output
+    sch, why, pack, err = None, "", None, None
+    for c in [cfg] + [dict(c, pad_rows=0) for c in cands] + cands:
+        try:
+            sch, why, pack = schedule_conv_pool(func, cpu, const_args, tile(c), cm)
+        except Exception as e:  # noqa: BLE001 - a tile/placement this kernel does not take
+            err = err or e
+            continue
+        if c is not cfg:
+            why += f" (chosen {cfg} failed: {type(err).__name__})"
+        break
+    if sch is None:
+        raise err or RuntimeError(why)
     why += " " + sched._how(measured, seconds, m.flops) + note
     return (sch.mod["main"], Decision(name, "conv_pool", why, cfg, measured, seconds), pack), ""

@@ -229,3 +229,21 @@ def test_bare_conv_without_epilogue_is_fused():
     section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
     assert "conv2d + max_pool2d: fused into fused_conv2d_max_pool2d" in section, section
     assert "conv_pool - conv2d+max-pool" in compiled.report()
+
+
+def test_rule_falls_back_when_the_chosen_schedule_fails(monkeypatch):
+    """The fusion pass checked one schedule; if the chosen placement fails later, another
+    candidate is used (never a fused kernel left to the generic rules)."""
+    real = conv_pool.schedule_conv_pool
+
+    def flaky(func, cpu, const_args=None, tile=None, match=None):
+        if tile is not None and len(tile) > 3 and tile[3]:
+            raise ValueError("padding rows refused (test)")
+        return real(func, cpu, const_args, tile, match)
+
+    monkeypatch.setattr(conv_pool, "schedule_conv_pool", flaky)
+    model = _conv_relu_pool(hw=32, c_out=16)
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic"])
+    lines = [ln for ln in compiled.report().splitlines() if "conv_pool - " in ln]
+    assert len(lines) == 1 and "failed: ValueError" in lines[0], lines
+    assert "padded input copied whole" in lines[0]
