@@ -20,7 +20,8 @@ MIN_ROWS = 16
 
 
 def features(key: str) -> list[float]:
-    """Numeric features of a variant key (``matmul:...`` or ``transpose:...``)."""
+    """Numeric features of a variant key (``matmul:``, ``conv:``, ``transpose:``,
+    ``rtranspose:``/``transposer:`` - a transpose fused with a reshape before/after it)."""
     kind, rest = key.split(":", 1)
     parts = [tuple(int(x) for x in p.split(",") if x != "") for p in rest.split("|")]
     if kind == "matmul":
@@ -34,7 +35,18 @@ def features(key: str) -> list[float]:
             inner.append(1.0 if nonunit and nonunit[-1] == stream else 0.0)
             inner.append(float(shape[nonunit[-1]]) if nonunit else 1.0)
         return [1.0, math.log2(size * k), math.log2(size), math.log2(k), *inner, const_b]
-    shape, q = parts
+    if kind == "conv":  # data, weight, strides, padding, dilation, in layout, out layout
+        x, w, strides = parts[0], parts[1], parts[2]
+        lin, lout = parts[5], parts[6]
+        out = float(w[0]) * x[2] * x[3] / max(1, strides[0] * strides[1])
+        red = float(w[1] * w[2] * w[3])
+        nhwc_in = 1.0 if lin != tuple(range(4)) else 0.0
+        nhwc_out = 1.0 if lout != tuple(range(4)) else 0.0
+        return [2.0, math.log2(out * red), math.log2(out), math.log2(red), nhwc_in,
+                float(x[1]), nhwc_out, float(w[0]), 0, 0, 0]
+    if kind == "rtranspose":  # source shape, reshaped shape, permutation
+        parts = parts[1:]
+    shape, q = parts[:2]
     nonunit = [d for d in q if shape[d] != 1]
     last_moves = 1.0 if nonunit and nonunit[-1] != max(nonunit) else 0.0
     n = float(np.prod(shape))

@@ -223,6 +223,8 @@ class MeasuredCost(AnalyticCost):
                 continue
             hit = self.db.measured(self.tkey, "layout", k, with_load=True) \
                 if self.db is not None else {}
+            # rows from before the load was recorded (no "attempt") count as loaded
+            hit = {c: (sec, ld if '"attempt"' in c else 1.0) for c, (sec, ld) in hit.items()}
             if hit:
                 quiet = [s for s, ld in hit.values() if ld <= NOISY_LOAD]
                 self.table[k] = min(quiet or [s for s, _ in hit.values()])
