@@ -47,6 +47,9 @@ class Options:
         Fuse conv2d(+bias/ReLU) with the max-pool consuming it into one kernel that computes the
         convolution a few rows at a time, so its output is never materialized
         (:mod:`fluidml_tvm.passes.fuse_conv_pool`; needs the schedule stage).
+    fuse_conv_chain
+        With ``fuse_conv_pool``: a cheap convolution (<= 10% of the next one's FLOPs, e.g. VGG's
+        first, 3 input channels) feeding the fused one is computed inside its row loop too.
     schedule_off
         Comma-separated schedule rules to switch off (``depthwise``, ``conv1x1``): their kernels
         fall to the next rule (see :mod:`fluidml_tvm.schedules.fluidml_schedule`).
@@ -77,6 +80,7 @@ class Options:
     split_projection: bool = True
     residual_order: bool = True
     fuse_conv_pool: bool = True
+    fuse_conv_chain: bool = True
     schedule_off: str = ""
     layout_conv: bool = True
     verify: bool = False

@@ -53,7 +53,7 @@ def legalize_passes(target, options: Options) -> list:
         from .passes.fuse_conv_pool import fusion_passes
 
         i = [p.info.name for p in passes].index("FuseTIR")
-        passes[i:i + 1] = fusion_passes()
+        passes[i:i + 1] = fusion_passes(chain=options.fuse_conv_chain)
     return passes
 
 

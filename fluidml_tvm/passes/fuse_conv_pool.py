@@ -32,6 +32,9 @@ from tvm import relax, tirx
 log = logging.getLogger("fluidml_tvm.fusion")
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+# conv -> conv -> pool: the first convolution is fused only if it costs at most this fraction of
+# the second one's FLOPs (it is recomputed for the halo rows: (s + kh - 1) / s = 2x for VGG)
+CHAIN_MAX_FLOPS = 0.1
 
 
 @dataclass
@@ -99,8 +102,9 @@ class FluidMLFuseConvPool:
         rule (default). ``False`` fuses every structurally matching pair (tests).
     """
 
-    def __init__(self, check: bool = True):
+    def __init__(self, check: bool = True, chain: bool = True):
         self.check = check
+        self.chain = chain
         self.decisions: list[FusionDecision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -110,17 +114,27 @@ class FluidMLFuseConvPool:
             return mod.with_attr("fluidml.fuse_conv_pool_report", report(self.decisions))
         accepted = pairs
         if self.check:
-            trial = self._rewrite(mod, pairs)
-            fused = relax.transform.FuseTIR()(trial)
-            accepted = []
-            for p in pairs:
-                why = self._check(fused, p)
-                if why is None:
-                    accepted.append(p)
-                else:
-                    p["decision"].reason = why
-                    p["decision"].fused = None
-                    p["decision"].saved_bytes = 0
+            accepted, todo = [], pairs
+            while todo:  # a refused conv->conv chain is tried again as a plain conv+pool pair
+                fused = relax.transform.FuseTIR()(self._rewrite(mod, todo))
+                retry = []
+                for p in todo:
+                    why = self._check(fused, p)
+                    if why is None:
+                        accepted.append(p)
+                    elif p.get("chain"):
+                        name, producer, reason, saved = p.pop("plain")
+                        del p["chain"]
+                        d = p["decision"]
+                        d.fused, d.producer, d.saved_bytes = name, producer, saved
+                        d.reason = reason + f" (the chain with the first conv was refused: {why})"
+                        p["name"] = name
+                        retry.append(p)
+                    else:
+                        p["decision"].reason = why
+                        p["decision"].fused = None
+                        p["decision"].saved_bytes = 0
+                todo = retry
         mod = self._rewrite(mod, accepted) if accepted else mod
         for d in self.decisions:
             log.info("%s", d)
@@ -186,9 +200,51 @@ class FluidMLFuseConvPool:
                     dec.reason = (f"conv output {saved} bytes computed {pm.stride[0]} rows at a "
                                   f"time and pooled in the kernel; only the pool output "
                                   f"({out} bytes) is materialized")
-                    pairs.append(dict(gv=gv, block=bi, prod=i, pool=j, kind=kind, name=name,
-                                      decision=dec))
+                    pair = dict(gv=gv, block=bi, prod=i, pool=j, kind=kind, name=name,
+                                decision=dec)
+                    if self.chain:
+                        self._chain(mod, block, where, uses, pair)
+                    pairs.append(pair)
         return pairs
+
+    def _chain(self, mod, block, where, uses, pair) -> None:
+        """A convolution whose only consumer is the fused convolution, and which costs at most
+        ``CHAIN_MAX_FLOPS`` of it, is fused too (its rows computed inside the row loop, with a
+        halo: recomputed (s + kh - 1) / s times); its output is then never materialized."""
+        from ..schedules import conv2d
+
+        prod = block.bindings[pair["prod"]].value
+        data = self._args(prod, pair["kind"])[0]
+        if not isinstance(data, relax.Var) or data not in where or uses.get(data, 0) != 1:
+            return
+        k = where[data]
+        call1 = block.bindings[k].value
+        kind1, name1 = self._producer(mod, call1)
+        if kind1 is None:
+            return
+
+        def flops(call, kind):
+            first = call.args[0] if kind == "kernel" else mod[call.op].body.blocks[0].bindings[
+                0].value.args[0]
+            m, _ = conv2d.analyze(mod[first])
+            return m.flops if m is not None else None
+
+        f1, f2 = flops(call1, kind1), flops(prod, pair["kind"])
+        if not f1 or not f2 or f1 > CHAIN_MAX_FLOPS * f2:
+            return
+        dec = pair["decision"]
+        pair["plain"] = (pair["name"], dec.producer, dec.reason, dec.saved_bytes)
+        pair["chain"] = (k, kind1)
+        pair["name"] = f"{name1}_{pair['name'][len('fused_'):]}"
+        if not pair["name"].startswith("fused_"):
+            pair["name"] = "fused_" + pair["name"]
+        dec = pair["decision"]
+        dec.producer = f"{name1} + {dec.producer}"
+        dec.fused = pair["name"]
+        saved = _bytes(data.ty) or 0
+        dec.saved_bytes += saved
+        dec.reason += (f"; the first convolution's output ({saved} bytes, {f1 / f2:.1%} of the "
+                       f"second's FLOPs) is computed inside the row loop too")
 
     @staticmethod
     def _producer(mod, call) -> tuple[str | None, str]:
@@ -231,24 +287,39 @@ class FluidMLFuseConvPool:
 
     # -- rewriting -----------------------------------------------------------------------------
     @staticmethod
-    def _group(mod, func, p) -> relax.Function:
+    def _body(mod, call, kind, data=None):
+        """(params, bindings, output var) of a producer's computation; ``data`` (an expression)
+        replaces its first input, which is then no parameter."""
+        if kind == "group":
+            g = relax.utils.copy_with_new_vars(mod[call.op])
+            if data is not None:
+                g = g.bind_params({g.params[0]: data})
+            return list(g.params), list(g.body.blocks[0].bindings), g.body.body
+        args = list(call.args[1].fields)
+        params = [relax.Var(f"param_{k}", a.ty) for k, a in enumerate(args)]
+        inputs = list(params)
+        if data is not None:
+            params, inputs[0] = params[1:], data
+        last = relax.DataflowVar("conv", call.ty)
+        return params, [relax.VarBinding(last, relax.Call(
+            call.op, [call.args[0], relax.Tuple(inputs)], call.attrs, call.ty_args))], last
+
+    @staticmethod
+    def _args(call, kind) -> list:
+        return list(call.args) if kind == "group" else list(call.args[1].fields)
+
+    def _group(self, mod, func, p) -> relax.Function:
         block = func.body.blocks[p["block"]]
         prod = block.bindings[p["prod"]].value
         pool_b = block.bindings[p["pool"]]
-        if p["kind"] == "group":
-            g = relax.utils.copy_with_new_vars(mod[prod.op])
-            seq = g.body
-            bindings = list(seq.blocks[0].bindings)
-            last = seq.body
-            params = list(g.params)
-            attrs = {"Primitive": True}
+        attrs = {"Primitive": True}
+        if p.get("chain"):
+            k, kind1 = p["chain"]
+            params, bindings, first = self._body(mod, block.bindings[k].value, kind1)
+            params2, bindings2, last = self._body(mod, prod, p["kind"], data=first)
+            params, bindings = params + params2, bindings + bindings2
         else:
-            args = list(prod.args[1].fields)
-            params = [relax.Var(f"param_{k}", a.ty) for k, a in enumerate(args)]
-            last = relax.DataflowVar("conv", prod.ty)
-            bindings = [relax.VarBinding(last, relax.Call(
-                prod.op, [prod.args[0], relax.Tuple(params)], prod.attrs, prod.ty_args))]
-            attrs = {"Primitive": True}
+            params, bindings, last = self._body(mod, prod, p["kind"])
         pc = pool_b.value
         out = relax.Var("gv", pool_b.var.ty)
         bindings.append(relax.VarBinding(out, relax.Call(
@@ -275,10 +346,16 @@ class FluidMLFuseConvPool:
                     if p["name"] not in made:
                         made[p["name"]] = bb.add_func(self._group(mod, func, p), p["name"])
                     prod = bindings[p["prod"]].value
-                    args = list(prod.args) if p["kind"] == "group" else list(
-                        prod.args[1].fields)
+                    args = self._args(prod, p["kind"])
                     if p["kind"] == "group":
                         replaced.add(prod.op)
+                    if p.get("chain"):
+                        k, kind1 = p["chain"]
+                        prod1 = bindings[k].value
+                        args = self._args(prod1, kind1) + args[1:]
+                        if kind1 == "group":
+                            replaced.add(prod1.op)
+                        drop.add(k)
                     pool_b = bindings[p["pool"]]
                     bindings[p["pool"]] = relax.VarBinding(
                         pool_b.var, relax.Call(made[p["name"]], args, None, None,
@@ -323,10 +400,10 @@ class FluidMLFuseConvPool:
         return None
 
 
-def fusion_passes(check: bool = True) -> list:
+def fusion_passes(check: bool = True, chain: bool = True) -> list:
     """``[FluidMLFuseConvPool, FuseTIR, report]`` for the legalize phase's FuseTIR slot; the last
     pass puts the decisions back on the module (FuseTIR drops module attributes)."""
-    fuser = FluidMLFuseConvPool(check=check)
+    fuser = FluidMLFuseConvPool(check=check, chain=chain)
 
     @tvm.transform.module_pass(opt_level=0, name="FluidMLFuseConvPoolReport")
     def _report(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -101,25 +101,61 @@ class ConvPoolMatch:
     s: int  # the pool's row stride (= its window)
     row_blocks: int = 0  # batch x pooled rows
     pad: str | None = None  # the padding block, when the conv reads one
+    first: conv2d.ConvMatch | None = None  # conv -> conv -> pool: the first convolution
 
 
-def _conv_part(func: tirx.PrimFunc, pool_input) -> tirx.PrimFunc | None:
-    """``func`` without its last loop nest (the pool), the pool's input made the output: the
-    kernel the conv2d rule would have seen before the fusion (for :func:`conv2d.analyze`)."""
+def _conv_part(func: tirx.PrimFunc, pool_input, start: int = 0, end: int = -1,
+               first_input=None) -> tirx.PrimFunc | None:
+    """The root loop nests ``[start, end)`` of ``func`` (default: all but the pool) as a kernel
+    of their own whose output is ``pool_input`` (and whose first input is ``first_input``): the
+    kernel the conv2d rule would have seen before the fusion (for :func:`conv2d.analyze`).
+    Parameters: ``[first_input] + func's inputs + [pool_input]``."""
     realize = func.body
     if not isinstance(realize, s_tir.SBlockRealize):
         return None
     root = realize.block
     if not isinstance(root.body, tirx.SeqStmt) or len(root.body.seq) < 2:
         return None
-    seq = list(root.body.seq)[:-1]
+    seq = list(root.body.seq)[start:end]
+    if not seq:
+        return None
     body = seq[0] if len(seq) == 1 else tirx.SeqStmt(seq)
-    allocs = [b for b in root.alloc_buffers if not b.same_as(pool_input)]
-    if len(allocs) == len(root.alloc_buffers):
+    drop = [pool_input] + ([first_input] if first_input is not None else [])
+    allocs = [b for b in root.alloc_buffers if not any(b.same_as(d) for d in drop)]
+    if len(allocs) != len(root.alloc_buffers) - len(drop):
         return None  # the pool reads a parameter, not an intermediate
     new_root = s_tir.SBlock([], [], [], root.name_hint, body, None, allocs)
-    params = list(func.params)[:-1] + [pool_input]
-    return tirx.PrimFunc(params, s_tir.SBlockRealize([], True, new_root), attrs=func.attrs)
+    params = ([first_input] if first_input is not None else []) + list(func.params)[:-1]
+    return tirx.PrimFunc(params + [pool_input], s_tir.SBlockRealize([], True, new_root),
+                         attrs=func.attrs)
+
+
+def _chain(func: tirx.PrimFunc, pool_input):
+    """conv1 -> epilogues -> pad -> conv2 -> epilogues -> pool: ``(m1, m2, pad2 name)`` with
+    both ConvMatches' ``w_param`` indices into ``func``'s params, else None."""
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    reds = [i for i, b in enumerate(blocks[:-1]) if is_reduction(sch, b)]
+    if len(reds) != 2 or len(blocks) != len(func.body.block.body.seq):
+        return None
+    pad2 = reds[1] - 1
+    kinds = loop_kinds(sch, blocks[pad2])
+    if pad2 <= reds[0] or not kinds or any(k != "S" for k in kinds):
+        return None
+    reads = sch.get(blocks[pad2]).reads
+    if len(reads) != 1:
+        return None
+    mid = reads[0].source  # conv1's (epilogue) output, pad2's input
+    part1 = _conv_part(func, mid, 0, pad2)
+    part2 = _conv_part(func, pool_input, pad2, -1, first_input=mid)
+    if part1 is None or part2 is None:
+        return None
+    m1, _ = conv2d.analyze(part1)
+    m2, _ = conv2d.analyze(part2)
+    if m1 is None or m2 is None or m1.w_param is None or m2.w_param is None:
+        return None
+    m2.w_param -= 1  # part2's params start with ``mid``
+    return m1, m2, sch.get(blocks[pad2]).name_hint
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
@@ -130,6 +166,11 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
     if part is None:
         return None, "the pool does not read an intermediate of the kernel"
     m, why = conv2d.analyze(part)
+    chain = None
+    if m is None and why.startswith("2 reduction blocks"):
+        chain = _chain(func, pm.input)
+        if chain is not None:
+            m = chain[1]
     if m is None:
         return None, f"not a convolution before the pool ({why})"
     sch = s_tir.Schedule(func)
@@ -179,10 +220,15 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
             row_blocks *= d
     pre = blocks[:pos]
     pad = None
-    if len(pre) == 1 and (loop_kinds(sch, pre[0]) or ["R"]) and all(
+    if chain is not None:
+        pad = chain[2]
+    elif len(pre) == 1 and (loop_kinds(sch, pre[0]) or ["R"]) and all(
             k == "S" for k in loop_kinds(sch, pre[0]) or ["R"]):
         pad = sch.get(pre[0]).name_hint
-    return ConvPoolMatch(m, pm, y_dim, x_dim, s, row_blocks, pad), "conv+pool"
+    if chain is not None and not (row_blocks >= MIN_ROW_BLOCKS):
+        return None, f"conv->conv chain needs >= {MIN_ROW_BLOCKS} row blocks ({row_blocks})"
+    first = chain[0] if chain is not None else None
+    return ConvPoolMatch(m, pm, y_dim, x_dim, s, row_blocks, pad, first), "conv+pool"
 
 
 # Row-block iterations (batch x pooled rows) below which the padding keeps its own loop nest:
@@ -195,6 +241,8 @@ def candidates(cm: ConvPoolMatch, cpu: CPUInfo, budget: int = 4) -> list[tuple]:
     input rows one row block needs inside the parallel row loop (no padded copy of the whole
     input), when there are enough row blocks for the threads."""
     tiles = conv2d.candidates(cm.conv, cpu, budget)
+    if cm.first is not None:  # the first conv's rows are computed per row block: always
+        return [t + (1,) for t in tiles]
     if not (cm.row_blocks >= MIN_ROW_BLOCKS and cm.pad is not None):
         return [t + (0,) for t in tiles]
     # both placements of the padding for the best tiles: which one is faster varies by layer
@@ -215,7 +263,7 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
     mr, nv = tile[:2]
     rb = tile[2] if len(tile) > 2 else 0
     pad_rows = bool(tile[3]) if len(tile) > 3 else False
-    pad_rows = pad_rows and cm.pad is not None
+    pad_rows = (pad_rows or cm.first is not None) and cm.pad is not None
     lanes = cpu.lanes(32)
     nr = nv * lanes
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
@@ -228,6 +276,13 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
     pool = blocks[-1]
     for b in blocks[pos + 1:-1]:  # bias / ReLU: computed inside the pool's max
         sch.compute_inline(b)
+    first = None
+    if cm.first is not None:  # conv1's bias / ReLU: computed inside conv2's padding
+        first = sch.get_sblock(cm.first.block)
+        i1 = names.index(cm.first.block)
+        for b in blocks[i1 + 1:pos - 1]:
+            sch.compute_inline(b)
+        pre = blocks[:i1]
     # accumulator with channels innermost
     wr = sch.get(main).writes[0]
     n_dims = len(wr.region)
@@ -293,6 +348,13 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
         padb = sch.get_sblock(cm.pad)
         sch.compute_at(padb, par, preserve_unit_loops=True)
         vectorize_inner(sch, padb, lanes)
+        if first is not None:  # the first conv's rows this block pads (with a halo), here
+            sch.compute_at(first, par, preserve_unit_loops=True)
+            _tile_inner_conv(sch, first, cm.first, cpu, const_args, cm.y_dim, s, 1)
+        for b in pre if first is not None else []:
+            kinds = loop_kinds(sch, b)
+            if kinds is not None and all(k == "S" for k in kinds):
+                schedule_spatial_block(sch, b, lanes)
     else:
         for b in pre:  # padding: its own parallel loop nest, as in the conv2d rule
             kinds = loop_kinds(sch, b)
@@ -308,7 +370,83 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
     pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None
+    if first is not None:
+        m1 = cm.first
+        nr1 = _inner_tile(m1, cpu)[1] * lanes
+        reason += (f"; the first conv (F={m1.f}) computed per row block with its halo rows "
+                   f"into a buffer of {m1.f} x {s + 2} rows x {m1.x}")
+        if const_args and const_args.get(m1.w_param, False):
+            pack = dict(pack or {})
+            pack[m1.w_param] = (("conv",) + tuple(m1.w_roles), nr1)
     return sch, reason, pack
+
+
+def _inner_tile(m1, cpu):
+    t = conv2d.choose_tile(m1, cpu)
+    if t is None:
+        raise ValueError(f"no register tile for the first conv (F={m1.f}, X={m1.x})")
+    return t[:2]
+
+
+def _tile_inner_conv(sch, block, m1, cpu, const_args, y_dim, stride, halo) -> None:
+    """The conv2d rule's register tiling for a convolution computed at the row-block loop:
+    channels-innermost accumulator, packed weight, ``f0 | rows | x0 | reduction | x1 f1 f2``."""
+    mr, nv = _inner_tile(m1, cpu)
+    lanes = cpu.lanes(32)
+    nr = nv * lanes
+    wr = sch.get(block).writes[0]
+    st = sch.get(block)
+    loops = sch.get_loops(block)[-len(m1.loop_roles):]  # the block's own loops (under par)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    vals = conv2d._iter_values(sch, block)
+    fi = m1.loop_roles.index("f")
+    f_var = next(iv.var for iv, v in zip(st.iter_vars, vals) if _uses_var(v, lvars[fi]))
+    f_dim = next(i for i, r in enumerate(wr.region) if conv2d._same_var(r.min, f_var))
+    n_dims = len(wr.region)
+    order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
+    # rows y -> ((y + halo) // s, (y + halo) % s): the halo rows a block needs are then provably
+    # inside the buffer and TVM compacts it to the block's rows (else it keeps the whole output)
+    yd, s, halo = y_dim, stride, halo
+
+    def lay(*idx):
+        out = []
+        for i in order:
+            if i == yd:
+                out += [(idx[i] + halo) // s, (idx[i] + halo) % s]
+            else:
+                out.append(idx[i])
+        return out
+
+    sch.transform_layout(block, ("write", 0), lay, assume_injective_transform=True)
+    fmap = conv2d.pack_index_map(m1.w_roles, nr)
+    if const_args and const_args.get(m1.w_param, False):
+        sch.transform_layout(block, ("read", m1.w_index), fmap)
+    else:
+        sch.cache_read(block, m1.w_index, "global")  # small: a serial copy at the root
+        sch.transform_layout(block, ("read", m1.w_index), fmap)
+    loops = sch.get_loops(block)[-len(m1.loop_roles):]
+    fl = xl = None
+    spatial, reds = [], []
+    for lp, role in zip(loops, m1.loop_roles):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        else:
+            spatial.append(lp)
+    f0, f1, f2 = sch.split(fl, [m1.f // nr, nv, lanes])
+    x0, x1 = sch.split(xl, [m1.x // mr, mr])
+    sch.reorder(f0, *spatial, x0, *reds, x1, f1, f2)
+    sch.unroll(x1)
+    sch.unroll(f1)
+    sch.vectorize(f2)
+    sch.decompose_reduction(block, reds[0])
+
+
+def _uses_var(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 
 
 def rule(sched, name, func, target, cpu, const_args, db, measure_ok):

@@ -247,3 +247,67 @@ def test_rule_falls_back_when_the_chosen_schedule_fails(monkeypatch):
     lines = [ln for ln in compiled.report().splitlines() if "conv_pool - " in ln]
     assert len(lines) == 1 and "failed: ValueError" in lines[0], lines
     assert "padded input copied whole" in lines[0]
+
+
+def _conv_conv_pool(c_mid=32, hw=32):
+    """input(3 ch) -> Conv+Relu -> Conv+Relu -> MaxPool: VGG-16's first block, small."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype("float32"), n) for n, a in (
+        ("w0", rng.standard_normal((c_mid, 3, 3, 3)) * 0.3), ("b0", rng.standard_normal(c_mid)),
+        ("w1", rng.standard_normal((c_mid, c_mid, 3, 3)) * 0.1),
+        ("b1", rng.standard_normal(c_mid) * 0.1))]
+    nodes = [helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["out"], kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(
+        nodes, "conv_conv_pool",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, c_mid, hw // 2, hw // 2])],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cheap_first_conv_is_computed_per_row_block_too():
+    """conv(3->32) costs 9.4% of conv(32->32): both convolutions and the pool become one kernel,
+    the first conv's output a 4-row buffer (2 rows + halo) per parallel iteration."""
+    model = _conv_conv_pool()
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic",
+                                                      "fluidml.verify=1"])
+    section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
+    assert "computed inside the row loop too" in section, section
+    mod = lower_to_memory_slot(from_onnx(model), TARGET, OPTS)
+    prims = [f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(prims) == 1  # the whole network is one kernel
+    allocs = _lowered_allocs(prims[0])
+    convs = sorted((a for a in allocs if a[0].startswith("conv2d")), key=lambda a: a[0])
+    assert len(convs) == 2 and all(par for _, _, par in convs), allocs
+    first = convs[0][1]
+    assert int(np.prod(first)) == 4 * 32 * 32, first  # 2 x 2 rows (halo) x 32 cols x 32 ch
+    assert int(np.prod(convs[1][1])) <= 2 * 32 * 32, convs[1]
+
+
+def test_chain_kill_switch():
+    model = _conv_conv_pool()
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic",
+                                                      "fluidml.fuse_conv_chain=0"])
+    section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
+    assert "fused into" in section and "inside the row loop too" not in section, section
+
+
+def test_expensive_first_conv_is_not_chained():
+    model = _conv_conv_pool(c_mid=16)  # conv(3->16) is 3/16 = 19% of conv(16->16): > 10%
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic"])
+    section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
+    assert "fused into" in section and "inside the row loop too" not in section, section
+
+
+def test_refused_chain_falls_back_to_the_plain_pair():
+    model = _conv_conv_pool(hw=8)  # 4 row blocks: too few to compute the first conv per block
+    compiled = _check_numerics(model, _input(model), ["fluidml.cost=analytic"])
+    section = compiled.report().split("## fuse_conv_pool")[1].split("## schedule")[0]
+    assert "the chain with the first conv was refused" in section, section
+    assert "fused into" in section
