@@ -84,8 +84,9 @@ def map_weights(path: str, index: list, device) -> list:
             raise ValueError(f"{path} is truncated (weight {entry['name']})")
         arr = np.memmap(path, dtype=dtype, mode="c", offset=entry["offset"],
                         shape=tuple(entry["shape"]))
-        if entry.get("access") == "gather" and hasattr(mmap, "MADV_RANDOM"):
-            arr._mmap.madvise(mmap.MADV_RANDOM)  # no read-ahead: only the rows read are held
+        mapped = getattr(arr, "_mmap", None)
+        if entry.get("access") == "gather" and mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+            mapped.madvise(mmap.MADV_RANDOM)  # no read-ahead: only the rows read are held
         if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
             arrays.append(tvm.runtime.from_dlpack(arr))
         else:
