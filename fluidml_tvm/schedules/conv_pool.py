@@ -102,6 +102,7 @@ class ConvPoolMatch:
     row_blocks: int = 0  # batch x pooled rows
     pad: str | None = None  # the padding block, when the conv reads one
     first: conv2d.ConvMatch | None = None  # conv -> conv -> pool: the first convolution
+    halo: int = 0  # its rows above a row block the second conv reads (its top padding)
 
 
 def _conv_part(func: tirx.PrimFunc, pool_input, start: int = 0, end: int = -1,
@@ -155,7 +156,17 @@ def _chain(func: tirx.PrimFunc, pool_input):
     if m1 is None or m2 is None or m1.w_param is None or m2.w_param is None:
         return None
     m2.w_param -= 1  # part2's params start with ``mid``
-    return m1, m2, sch.get(blocks[pad2]).name_hint
+    # halo: pad2 reads mid[.., row - off, ..]; per row dim the offset (the conv's top padding)
+    offs = []
+    for r in reads[0].region:
+        e = r.min
+        if isinstance(e, tirx.Sub) and as_int(e.b) is not None:
+            offs.append(as_int(e.b))
+        elif isinstance(e, tirx.Add) and as_int(e.b) is not None:
+            offs.append(-as_int(e.b))
+        else:
+            offs.append(0)
+    return m1, m2, sch.get(blocks[pad2]).name_hint, offs, mid
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
@@ -225,10 +236,18 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
     elif len(pre) == 1 and (loop_kinds(sch, pre[0]) or ["R"]) and all(
             k == "S" for k in loop_kinds(sch, pre[0]) or ["R"]):
         pad = sch.get(pre[0]).name_hint
+    if chain is not None:
+        mid_shape = [as_int(d) for d in chain[4].shape]
+        if len(mid_shape) != len(acc_shape) or any(
+                mid_shape[i] != acc_shape[i] for i in (y_dim, x_dim)):
+            return None, "conv->conv chain: the first conv's rows/columns are not the second's"
+        if not 0 <= chain[3][y_dim] < s + 2:
+            return None, f"conv->conv chain: row padding {chain[3][y_dim]}"
     if chain is not None and not (row_blocks >= MIN_ROW_BLOCKS):
         return None, f"conv->conv chain needs >= {MIN_ROW_BLOCKS} row blocks ({row_blocks})"
     first = chain[0] if chain is not None else None
-    return ConvPoolMatch(m, pm, y_dim, x_dim, s, row_blocks, pad, first), "conv+pool"
+    halo = chain[3][y_dim] if chain is not None else 0
+    return ConvPoolMatch(m, pm, y_dim, x_dim, s, row_blocks, pad, first, halo), "conv+pool"
 
 
 # Row-block iterations (batch x pooled rows) below which the padding keeps its own loop nest:
@@ -350,7 +369,7 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
         vectorize_inner(sch, padb, lanes)
         if first is not None:  # the first conv's rows this block pads (with a halo), here
             sch.compute_at(first, par, preserve_unit_loops=True)
-            _tile_inner_conv(sch, first, cm.first, cpu, const_args, cm.y_dim, s, 1)
+            _tile_inner_conv(sch, first, cm.first, cpu, const_args, cm.y_dim, s, cm.halo)
         for b in pre if first is not None else []:
             kinds = loop_kinds(sch, b)
             if kinds is not None and all(k == "S" for k in kinds):
