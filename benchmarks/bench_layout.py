@@ -1,13 +1,14 @@
 """The layout stage on vs off, per zoo model, interleaved in one run (issue 5).
 
-For each model the same process compiles it twice with ``fluidml_tvm.compile`` (``fluidml.layout=1``
-and ``=0``, every other stage as by default), loads both and times them in interleaved rounds
-(order alternating; per round the median of ``--repeat`` runs of each, ratio on/off); the median
-of the per-round ratios is reported with its 25th-75th percentile. Also reported: the runtime
-transpose kernels (pure transpose/layout-copy PrimFuncs after FuseTIR, call sites per run) with the
-layout stage off and on, the plan's non-default tensors and its modelled (expected) gain. The
-measured ratio is stored in the measurement cache under the plan's id, so a later
-``fluidml-tvm compile --report`` of the same plan prints it beside the expected gain.
+For each model one fresh process compiles it twice with ``fluidml_tvm.compile``
+(``fluidml.layout=1`` and ``=0``, every other stage as by default), loads both and times them
+in interleaved rounds (order alternating; per round the median of ``--repeat`` runs of each,
+ratio on/off); the median of the per-round ratios is reported with its 25th-75th percentile.
+Also reported: the runtime transpose kernels (pure transpose/layout-copy PrimFuncs after
+FuseTIR, call sites per run) with the layout stage off and on, the plan's non-default tensors
+and its modelled (expected) gain. The measured ratio is stored in the measurement cache under
+the plan's id, so a later ``fluidml-tvm compile --report`` of the same plan prints it beside
+the expected gain.
 
     python benchmarks/bench_layout.py [--size full|tiny] [--models bert,gpt-neox,...]
         [--rounds 7] [--repeat 10] [--out benchmarks/results]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -126,16 +128,27 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     started = time.time()
     load_before = layout_gain.loadavg()
     results = []
+    if args.one:  # the child process of one model: its result as the last stdout line
+        print(json.dumps(bench_one(args.one, args.size, args.rounds, args.repeat), default=str))
+        return 0
     for name in args.models.split(","):
         print(f"[bench_layout] {name} ({args.size})", file=sys.stderr, flush=True)
+        # a fresh process per model: two compiled full-size models per model add up (the first
+        # version ran out of 24 GB at VGG-11 after BERT-base and GPT-NeoX-small)
+        cmd = [sys.executable, __file__, "--one", name, "--size", args.size,
+               "--rounds", str(args.rounds), "--repeat", str(args.repeat)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = proc.stdout.strip().splitlines()
         try:
-            r = bench_one(name, args.size, args.rounds, args.repeat)
-        except Exception as err:  # noqa: BLE001 - one failing model must not lose the others
-            r = {"model": name, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+            r = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            r = {"model": name, "error": f"exit {proc.returncode}: {tail[:200]}"}
         print(f"[bench_layout] {json.dumps(r, default=str)}", file=sys.stderr, flush=True)
         results.append(r)
         path = write(results, args, load_before, layout_gain.loadavg(), started)
