@@ -6,6 +6,7 @@ Runs on high-level Relax before legalization. It looks for sums of two branches:
 
     s1 = add(x, A)          s1 used only here
     s2 = add(s1, F)         F the output of a projection: matmul(., W) [+ constant bias]
+                            [reshaped]
 
 (GPT-NeoX's parallel residual ``x + attn + mlp``). FuseOps puts ``s2`` into the kernel of the
 branch whose elementwise ops come first in binding order. As the importer writes it, the
@@ -33,7 +34,7 @@ from tvm import relax
 log = logging.getLogger("fluidml_tvm.residual_order")
 
 _OP = tvm.ir.Op.get
-ADD, MATMUL = _OP("relax.add"), _OP("relax.matmul")
+ADD, MATMUL, RESHAPE = _OP("relax.add"), _OP("relax.matmul"), _OP("relax.reshape")
 
 
 def _call(expr, op) -> bool:
@@ -53,6 +54,8 @@ def _candidates(block, value_of, users) -> list:
         if not isinstance(f, relax.Var):
             continue
         fv = value_of.get(f)
+        if _call(fv, RESHAPE):  # a 2-D projection viewed back as [B, S, N]
+            fv = value_of.get(fv.args[0])
         if _call(fv, ADD) and isinstance(fv.args[1], tvm.ir.GenericConst):
             fv = value_of.get(fv.args[0])  # projection + constant bias
         if _call(fv, MATMUL):

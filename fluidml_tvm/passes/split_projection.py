@@ -8,6 +8,7 @@ legalization. In every dataflow block it looks for a projection by a constant we
     y = matmul(x, W)                 W: constant [K, N] (or permute_dims of a constant [N, K])
     y = add(y, b)                    optional, b: constant broadcast along the last axis only
     y = reshape(y, [..., g, c])      optional, splits the last axis N into (g, c), g * c = N
+                                     (the leading dims may be regrouped, [B*S, N] -> [B, S, g, c])
     s_j = strided_slice(y, last axis, [b_j, e_j))   for every user of y
 
 whose result is read only through slices of its last axis (a fused QKV projection cut into
@@ -125,7 +126,10 @@ def _match(var, value, value_of, users, outside) -> tuple[_Match | None, str]:
             nxt, us = only_user(cur)
     if _is_call(nxt, RESHAPE):
         new = _static(nxt.ty)
-        if new and len(new) == len(out) + 1 and new[:-2] == out[:-1] and new[-2] * new[-1] == n:
+        # [..., N] -> [..., g, c] with the same rows (leading dims may be regrouped: an
+        # exporter's 2-D matmul [B*S, N] viewed as [B, S, g, c])
+        if new and len(new) >= 2 and np.prod(new[:-2]) == np.prod(out[:-1]) \
+                and new[-2] * new[-1] == n:
             m.groups = new[-2]
             cur = us[0]
             m.removed.append(cur)

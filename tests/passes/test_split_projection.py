@@ -152,3 +152,18 @@ def test_tiny_gpt_neox_matches_ort_and_lowers_the_bound():
                                                   split_projection=False)))["main"]
     assert bound_on < bound_off
     assert off.split_projection is False
+
+
+def test_flattened_projection_after_shape_folding_matches_ort():
+    # The dynamic export folded by onnxsim: a 2-D matmul [B*S, 3H] viewed as [B, S, nh, 3D].
+    import fluidml_tvm
+
+    model = zoo.build("gpt-neox", size="tiny", seed=0, dynamic=True)
+    c = fluidml_tvm.compile(model, input_shapes={"input_ids": [1, 16]},
+                            options=Options(cost="analytic", verify=True))
+    assert "split [64x192] into 3 projections" in c.reports["split_projection"]
+    feeds = {"input_ids": zoo.random_inputs(zoo.build("gpt-neox", size="tiny", seed=0),
+                                            seed=0)["input_ids"]}
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(list(c.load().run(feeds).values())[0], ref, rtol=1e-4, atol=1e-4)
