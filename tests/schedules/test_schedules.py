@@ -473,6 +473,36 @@ def test_pointwise_tile_over_rows_and_columns(epilogue):
     np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_nhwc(stride):
+    """NHWC depthwise (channels innermost): vector along the channels, every tile exact."""
+    from tvm import topi
+
+    from fluidml_tvm.schedules import depthwise
+
+    X = te.placeholder((1, 12, 12, 32), name="X")
+    W = te.placeholder((3, 3, 32, 1), name="W")
+    Y = topi.nn.depthwise_conv2d_nhwc(X, W, stride, 1, 1)
+    func = te.create_prim_func([X, W, Y])
+    m, why = depthwise.analyze(func)
+    assert m is not None and m.f_is_vector, why
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 12, 12, 32)).astype("f4")
+    w = rng.standard_normal((3, 3, 32, 1)).astype("f4")
+    shape = [int(d) for d in Y.shape]
+    ref = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), TARGET)
+    want = tvm.runtime.tensor(np.zeros(shape, "f4"))
+    ref["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), want)
+    for nv in depthwise.candidates(m, cpu_info(TARGET)):
+        sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET), nv)
+        assert "channels innermost" in why
+        lib = tvm.compile(
+            tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+        got = tvm.runtime.tensor(np.zeros(shape, "f4"))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), got)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("nv", [1, 2])
 def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
