@@ -13,7 +13,8 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
 * ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
 * bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own;
 * 1x1 stride-1 kernels (``conv1x1``, ``fuse_rows``): rows and columns become one axis, so the
-  tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns).
+  tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
+  off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
 """
 
 from __future__ import annotations
