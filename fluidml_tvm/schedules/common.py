@@ -52,6 +52,20 @@ def loop_kinds(sch: s_tir.Schedule, block) -> list[str] | None:
     return kinds
 
 
+def plain_indices(region) -> list | None:
+    """The loop variables indexing a buffer region, one per axis (None for a constant index), or
+    None when some axis is indexed by an expression."""
+    out = []
+    for r in region.region:
+        if isinstance(r.min, tirx.Var):
+            out.append(r.min)
+        elif as_int(r.min) is not None:
+            out.append(None)
+        else:
+            return None
+    return out
+
+
 def extent(sch, loop) -> int | None:
     return as_int(sch.get(loop).extent)
 

@@ -30,6 +30,7 @@ from .common import (
     extent,
     loop_kinds,
     match_sum_of_products,
+    plain_indices,
     root_blocks,
     vectorize_inner,
 )
@@ -61,16 +62,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     sch, main, st = sop.sch, sop.block, sop.stmt
     kinds, ext = sop.kinds, sop.extents
 
-    def plain(region):
-        out = []
-        for r in region.region:
-            if isinstance(r.min, tirx.Var):
-                out.append(r.min)
-            elif as_int(r.min) is not None:
-                out.append(None)
-            else:
-                return None
-        return out
+    plain = plain_indices
 
     def used(region):
         vs = set()

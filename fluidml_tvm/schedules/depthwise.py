@@ -27,6 +27,7 @@ from .common import (
     loop_kinds,
     loop_var_index,
     match_sum_of_products,
+    plain_indices,
     root_blocks,
 )
 from .injective import schedule_spatial_block
@@ -54,16 +55,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     sch, st, ext = sop.sch, sop.stmt, sop.extents
     reads = sop.reads
 
-    def plain(region):
-        out = []
-        for r in region.region:
-            if isinstance(r.min, tirx.Var):
-                out.append(r.min)
-            elif as_int(r.min) is not None:
-                out.append(None)
-            else:
-                return None
-        return out
+    plain = plain_indices
 
     w_i = next((i for i, r in enumerate(reads) if plain(r) is not None), None)
     if w_i is None:
