@@ -55,6 +55,25 @@ class ConvMatch:
     rows: int = 0
 
 
+def loops_by_role(loops, roles, y_index: int | None = None):
+    """A conv block's loops by role: ``(f, x, y, reductions, other spatial)``. ``y`` is the loop at
+    ``y_index`` (None when not asked for; that loop then counts as other spatial)."""
+    fl = xl = yl = None
+    reds, spatial = [], []
+    for i, (lp, role) in enumerate(zip(loops, roles)):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        elif i == y_index:
+            yl = lp
+        else:
+            spatial.append(lp)
+    return fl, xl, yl, reds, spatial
+
+
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     sop, why = match_sum_of_products(func)
     if sop is None:
@@ -309,18 +328,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         sch.transform_layout(main, ("read", m.w_index), fmap)
         lps = sch.get_loops(cr)
         sch.parallel(lps[0]) if lps else None
-    loops = sch.get_loops(main)
-    spatial_outer, reds = [], []
-    fl = xl = None
-    for lp, role in zip(loops, m.loop_roles):
-        if role == "f":
-            fl = lp
-        elif role == "x":
-            xl = lp
-        elif role == "r":
-            reds.append(lp)
-        else:
-            spatial_outer.append(lp)
+    fl, xl, _, reds, spatial_outer = loops_by_role(sch.get_loops(main), m.loop_roles)
     f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
     x0, x1 = sch.split(xl, [m.x // mr, mr])
     r_ext = sch.get(reds[0]).extent

@@ -327,19 +327,7 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
     for iv, val in zip(st.iter_vars, vals):
         if iv.var.same_as(yvar):
             y_i = next(i for i, lv in enumerate(lvars) if lv.same_as(val))
-    spatial_outer, reds = [], []
-    fl = xl = yl = None
-    for i, (lp, role) in enumerate(zip(loops, m.loop_roles)):
-        if role == "f":
-            fl = lp
-        elif role == "x":
-            xl = lp
-        elif role == "r":
-            reds.append(lp)
-        elif i == y_i:
-            yl = lp
-        else:
-            spatial_outer.append(lp)
+    fl, xl, yl, reds, spatial_outer = conv2d.loops_by_role(loops, m.loop_roles, y_i)
     s = cm.s
     y_ext = extent(sch, yl)
     f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
@@ -444,17 +432,7 @@ def _tile_inner_conv(sch, block, m1, cpu, const_args, y_dim, stride, halo) -> No
         sch.cache_read(block, m1.w_index, "global")  # small: a serial copy at the root
         sch.transform_layout(block, ("read", m1.w_index), fmap)
     loops = sch.get_loops(block)[-len(m1.loop_roles):]
-    fl = xl = None
-    spatial, reds = [], []
-    for lp, role in zip(loops, m1.loop_roles):
-        if role == "f":
-            fl = lp
-        elif role == "x":
-            xl = lp
-        elif role == "r":
-            reds.append(lp)
-        else:
-            spatial.append(lp)
+    fl, xl, _, reds, spatial = conv2d.loops_by_role(loops, m1.loop_roles)
     f0, f1, f2 = sch.split(fl, [m1.f // nr, nv, lanes])
     x0, x1 = sch.split(xl, [m1.x // mr, mr])
     sch.reorder(f0, *spatial, x0, *reds, x1, f1, f2)
