@@ -112,14 +112,23 @@ def schedule_and_time(funcs: list, target, options, timings: bool = False) -> li
     return found if timings else [t.seconds for t in found]
 
 
+# Bumped when a schedule rule changes the kernels a key times, so older cached timings are not
+# reused: 2 = tiled transposes and the packed-order copy of K-innermost B (2026-11-26).
+KERNELS_VERSION = 2
+
+
 def _key(kind, *parts) -> str:
-    return kind + ":" + "|".join(",".join(map(str, p)) for p in parts)
+    key = kind + ":" + "|".join(",".join(map(str, p)) for p in parts)
+    if kind in ("transpose", "rtranspose", "transposer"):
+        key += f"|{KERNELS_VERSION}"  # a numeric part: layout_learned.features parses keys
+    return key
 
 
 def _mm_key(ts, o, la, lb, lo) -> str:
     """A matmul variant: shapes, layouts and which operands are constants (packed offline)."""
     consts = tuple(j for j, t in enumerate(ts) if t.kind == "const")
-    return _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts, (3,))
+    return _key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts,
+                (3, KERNELS_VERSION))
 
 
 class MeasuredCost(AnalyticCost):

@@ -283,6 +283,8 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     rb = tile[2] if len(tile) > 2 else 0
     lanes = cpu.lanes(32)
     nr = nv * lanes
+    if m.f % nr:
+        return None, f"tile {nv} x {lanes} lanes does not divide channels {m.f}", None
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)

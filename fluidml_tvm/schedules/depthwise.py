@@ -145,6 +145,8 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         return None, f"vector axis {m.v_extent} neither divisible by nor short against the lanes"
     nv = cands[0] if nv is None else nv
     lanes = cpu.lanes(32)
+    if nv and m.v_extent % (nv * lanes):
+        return None, f"tile {nv} x {lanes} lanes does not divide the vector axis {m.v_extent}"
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)

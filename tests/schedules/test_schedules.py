@@ -219,6 +219,36 @@ def test_matmul_forms_standalone(form):
     np.testing.assert_allclose(c.numpy(), a2 @ b2, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lb, transposing", [((0, 1, 3, 2), True), ((0, 3, 1, 2), False)])
+def test_nt_packing_copy(lb, transposing):
+    """B with K innermost (attention's K read as [s, d]) is packed at run time by a copy in the
+    packed order, except where its rows are 2 KiB apart (L1 set aliasing); both compute A @ B."""
+    from fluidml_tvm.passes.layout_measure import matmul_variant
+
+    H, S, D = 8, 128, 64
+    ident = (0, 1, 2, 3)
+    func = matmul_variant((1, H, S, D), (1, H, D, S), (1, H, S, S), ident, lb, ident)
+    match, why = mm.analyze(func)
+    assert match is not None, why
+    cpu = cpu_info(TARGET)
+    cfg = mm.candidates(match, cpu, 1)[0]
+    nr = cfg.nv * cpu.lanes(32)
+    phys_b = tuple((1, H, D, S)[d] for d in lb)
+    assert mm._rows_fit_l1(match.roles_b, list(phys_b), nr) is transposing
+    sch = mm.apply(func, match, cfg, cpu, pack_param=False)
+    text = sch.mod.script()
+    assert ("ax2_1_1 in T.vectorized" in text) is transposing, text[:2000]
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((1, H, S, D)).astype("f4")
+    kt = rng.standard_normal((1, H, D, S)).astype("f4")  # logical K^T
+    c = tvm.runtime.tensor(np.zeros((1, H, S, S), "f4"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(np.ascontiguousarray(
+        kt.transpose(lb))), c)
+    np.testing.assert_allclose(c.numpy(), a @ kt, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("order", mm.ORDERS)
 @pytest.mark.parametrize("pack", [True, False])
 def test_every_matmul_loop_order_computes_the_same(order, pack):
@@ -509,15 +539,15 @@ def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     and fluidml.schedule_off=depthwise gives the kernel back to the generic rule."""
     from fluidml_tvm.schedules import depthwise
 
-    model = conv_model(C=16, O=16, group=16, H=16, W=16)
+    model = conv_model(C=16, O=16, group=16, H=16, W=32)  # 2 x 16 lanes (AVX-512) divide W
     mod = _fused(model)
     (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
     m, _ = depthwise.analyze(mod[gv])
-    assert m is not None and m.v_extent == 16 and not m.f_is_vector
+    assert m is not None and m.v_extent == 32 and not m.f_is_vector
     sch, why = depthwise.schedule_depthwise(mod[gv], cpu_info(TARGET), nv)
     assert f"tile {nv} x 8 lanes" in why or f"tile {nv} x 16 lanes" in why
     mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-    x = np.random.default_rng(2).standard_normal([1, 16, 16, 16]).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal([1, 16, 16, 32]).astype(np.float32)
     ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(out, _run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
@@ -604,7 +634,7 @@ def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
     from fluidml_tvm.schedules import conv2d
     from fluidml_tvm.schedules.measure import random_args
 
-    mod = _fused(conv_model(C=64, H=8, W=8, O=16))
+    mod = _fused(conv_model(C=64, H=8, W=8, O=32))  # 2 x 16 lanes (AVX-512) divide O
     (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     sch, why, pack = conv2d.schedule_conv2d(func, cpu_info(TARGET), {1: True}, tile)
     assert sch is not None, why
@@ -619,3 +649,30 @@ def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
             *a
         )
     np.testing.assert_allclose(new_args[-1].numpy(), args[-1].numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("src, mid, perm, tiled", [
+    ((1, 32, 96), (1, 32, 3, 32), (0, 2, 3, 1), True),  # attention's K -> K^T
+    ((64, 48), (64, 48), (1, 0), True),
+    ((1, 32, 96), (1, 32, 3, 32), (0, 2, 1, 3), False),  # innermost dim stays: no tiling
+])
+def test_transpose_kernels_tile_and_compute_the_same(src, mid, perm, tiled):
+    from fluidml_tvm.passes.layout_measure import reshape_transpose_variant
+    from fluidml_tvm.schedules import injective
+
+    func = reshape_transpose_variant(src, mid, perm, None)
+    cpu = cpu_info(TARGET)
+    sch, why = injective.schedule_injective(func, cpu)
+    assert sch is not None, why
+    (block,) = injective.root_blocks(sch)
+    loops = sch.get_loops(block)
+    lanes = cpu.lanes(32)
+    shape = [int(sch.get(lp).extent) for lp in loops]
+    assert (shape[-2:] == [lanes, lanes]) is tiled, (shape, sch.mod.script())
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET)
+    x = np.random.default_rng(8).standard_normal(src).astype("f4")
+    want = x.reshape(mid).transpose(perm)
+    out = tvm.runtime.tensor(np.zeros(want.shape, "f4"))
+    lib["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), want)
