@@ -91,6 +91,7 @@ def bench_one(name: str, size: str, rounds: int, repeat: int) -> dict:
 def write(results: list, args, load_before: str, load_after: str, started: float) -> str:
     day = time.strftime("%Y-%m-%d", time.gmtime(started))
     stem = os.path.join(args.out, f"{day}-layout-{args.size}")
+    os.makedirs(args.out, exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(results, f, indent=1, default=str)
     lines = [

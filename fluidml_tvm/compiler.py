@@ -279,7 +279,7 @@ def compile(  # noqa: A001
     say(f"compiled in {elapsed:.1f} s")
     if timing:
         print("[fluidml-tvm] slowest passes:\n" + times.table(), file=sys.stderr)
-    return CompiledModel(
+    result = CompiledModel(
         executable=ex, target=tgt, inputs=imported.inputs, outputs=imported.outputs,
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
         memory_bound=bound, memory_timeline=timeline,
@@ -288,3 +288,43 @@ def compile(  # noqa: A001
         reports=reports,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
+    if _verify_layout_now(opts, tgt, cross, reports):
+        result = _verify_layout(result, model, target, input_shapes, options, pass_config, say)
+    return result
+
+
+def _verify_layout_now(opts: Options, tgt, cross, reports: dict) -> bool:
+    """A new layout plan was applied, nothing is known of its end-to-end effect, and the library
+    runs on this machine: time it against the layouts-off compile (``fluidml.layout_verify``)."""
+    return (opts.enable and opts.layout and opts.layout_verify and opts.cost == "measured"
+            and cross is None and tgt.kind.name == "llvm"
+            and "measured gain: not measured yet" in reports.get("layout", ""))
+
+
+def _verify_layout(result, model, target, input_shapes, options, pass_config, say):
+    """Compile with ``fluidml.layout=0``, time both in interleaved rounds, cache the ratio under
+    the plan's id and return the faster compile (a plan no faster is not kept)."""
+    from .passes import layout_gain
+    from .passes.layout_rewrite import LOSING_RATIO
+
+    say("verifying the layout plan end to end (fluidml.layout_verify): compiling with "
+        "fluidml.layout=0 and timing both, once per new plan")
+    t0 = time.perf_counter()
+    res = layout_gain.measure_gain(model, target, input_shapes, pass_config or (), rounds=5,
+                                   repeat=5, threads=result.options.num_threads or None,
+                                   compiled_on=result, options=options)
+    line = layout_gain.describe(res)
+    off = res.pop("off")
+    if res["ratio"] >= LOSING_RATIO:
+        say(f"  layout plan not kept: {line}")
+        off.reports["layout"] = (result.reports.get("layout", "") + "\n" + (
+            f"NOT APPLIED (fluidml.layout_verify): {line}; the library is the compile without "
+            "the plan, and later compiles of this plan skip it"))
+        off.options = result.options
+        off.compile_seconds = result.compile_seconds + time.perf_counter() - t0
+        return off
+    say(f"  layout plan kept: {line}")
+    result.reports["layout"] = result.reports.get("layout", "") + "\n" + (
+        f"verified (fluidml.layout_verify): {line}")
+    result.compile_seconds += time.perf_counter() - t0
+    return result

@@ -19,6 +19,15 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    return default
+
+
 def default_cache_dir() -> str:
     return os.environ.get(
         "FLUIDML_TVM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fluidml-tvm")
@@ -58,6 +67,13 @@ class Options:
     layout_conv
         NHWC candidates for conv2d activations in the layout stage (applied only where measured
         faster; :mod:`fluidml_tvm.passes.layout_conv`).
+    layout_verify
+        Keep a layout plan only if it measured faster end to end: the first compile of a new
+        plan (host targets, ``cost=measured``) also compiles the model with ``fluidml.layout=0``,
+        times both in interleaved rounds and returns the faster; the on/off ratio is cached per
+        plan id, so later compiles of the same plan apply it or not without re-timing
+        (:mod:`fluidml_tvm.passes.layout_gain`). Default from ``FLUIDML_TVM_LAYOUT_VERIFY``
+        (unset: on).
     verify
         Run the independent memory-plan verifier at compile time.
     cost
@@ -85,6 +101,8 @@ class Options:
     fuse_conv_chain: bool = True
     schedule_off: str = "conv1x1"
     layout_conv: bool = True
+    layout_verify: bool = field(
+        default_factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
     verify: bool = False
     cost: str = "measured"
     tune_trials: int = 8

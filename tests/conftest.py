@@ -4,6 +4,10 @@ import pytest
 
 # Tests measure nothing, but the runtime must use the same thread count everywhere.
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# fluidml.layout_verify times every new layout plan end to end at compile time (on by default for
+# users); tests compile hundreds of throwaway plans, so it is off here except where a test asks
+# for it (tests/passes/test_layout_gain.py).
+os.environ.setdefault("FLUIDML_TVM_LAYOUT_VERIFY", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

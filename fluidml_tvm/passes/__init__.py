@@ -11,10 +11,11 @@ def layout_stage(target, options, apply=None) -> list:
     The plan and the reason for every decision are always computed and left in the module
     attribute ``fluidml.layout_report``. The IR is rewritten only when the decisions come from
     measured kernels (``fluidml.cost=measured``, the default), and only to layouts that kernels
-    absorb (transposes removed, none inserted). Measured end to end (same process, interleaved,
-    2 threads), that never ran slower on the zoo and was 1-4% faster on BERT-base/GPT-NeoX-small;
-    the analytic model's plan ran 1.33x slower on tiny BERT, so ``analytic``/``learned`` only
-    report. ``apply`` overrides the choice.
+    absorb (transposes removed, none inserted); the analytic model's plan ran 1.33x slower on
+    tiny BERT, so ``analytic``/``learned`` only report. ``apply`` overrides the choice. With
+    ``fluidml.layout_verify`` (default) ``fluidml_tvm.compile`` also times each new plan against
+    the layouts-off compile and keeps it only if it measured faster (see
+    benchmarks/results/ for the per-model on/off ratios).
     """
     from .layout_rewrite import FluidMLLayout
 

@@ -118,18 +118,23 @@ def time_pair(on, off, rounds: int = 7, repeat: int = 10) -> dict:
 
 
 def measure_gain(model, target="x86", input_shapes=None, pass_config=(), rounds: int = 7,
-                 repeat: int = 10, threads: int | None = None, compiled_on=None) -> dict:
+                 repeat: int = 10, threads: int | None = None, compiled_on=None,
+                 options=None) -> dict:
     """Compile ``model`` with the layout stage on and off, time both interleaved in this
     process and store the ratio under the on-plan's id. Returns the measurement with ``ids``
-    (plan ids), ``transposes`` is not measured here (see benchmarks/bench_layout.py)."""
+    (plan ids) and ``off`` (the layouts-off :class:`~fluidml_tvm.compiler.CompiledModel`);
+    ``transposes`` is not measured here (see benchmarks/bench_layout.py)."""
     from .. import compiler
     from ..costdb import CostDB
     from ..options import Options
 
-    rest = [p for p in pass_config if not p.startswith("fluidml.layout=")]
-    on = compiled_on or compiler.compile(model, target, input_shapes,
+    if isinstance(pass_config, dict):
+        pass_config = [f"{k}={v}" for k, v in pass_config.items()]
+    rest = [p for p in (pass_config or ()) if not p.startswith("fluidml.layout=")]
+    on = compiled_on or compiler.compile(model, target, input_shapes, options=options,
                                          pass_config=[*rest, "fluidml.layout=1"])
-    off = compiler.compile(model, target, input_shapes, pass_config=[*rest, "fluidml.layout=0"])
+    off = compiler.compile(model, target, input_shapes, options=options,
+                           pass_config=[*rest, "fluidml.layout=0"])
     m_on, m_off = on.load(num_threads=threads), off.load(num_threads=threads)
     res = time_pair(m_on, m_off, rounds, repeat)
     res.update({"threads": m_on.num_threads, "load": loadavg(), "at": time.time()})
@@ -140,6 +145,7 @@ def measure_gain(model, target="x86", input_shapes=None, pass_config=(), rounds:
         for pid in ids:
             record(db, target_key(on.target), pid, res)
     res["ids"] = ids
+    res["off"] = off
     return res
 
 

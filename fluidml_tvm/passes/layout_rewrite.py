@@ -19,6 +19,11 @@ it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
 * every other op gets its inputs transposed back to the default layout - an explicit transform,
   only where no kernel absorbs the layout (the plan already paid for it in the cost model).
 
+A plan is a model's prediction; ``fluidml.layout_verify`` (on by default) checks it: the first
+compile of a plan times the model with the plan and without it (:mod:`.layout_gain`, in
+``fluidml_tvm.compile``) and caches the ratio under the plan's id; a plan measured no faster
+(ratio >= :data:`LOSING_RATIO`) is not applied, here, with the number in the report.
+
 Graph inputs, outputs and dynamic-shape tensors keep the default layout. ``apply=False`` only
 records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged. The
 report is also left in the module attribute ``fluidml.layout_report`` (read it with a pass
@@ -50,6 +55,9 @@ from .layout_vote import plan_layouts
 from .layout_vote import report as plan_report
 
 log = logging.getLogger("fluidml_tvm.layout")
+# A plan whose measured end-to-end latency ratio (on/off, median of interleaved rounds) is at
+# least this is not applied when fluidml.layout_verify is on.
+LOSING_RATIO = 1.0
 
 
 def permuted_matmul(a, b, la, lb, lo, a_shape, b_shape, out_shape, dtype):
@@ -354,10 +362,19 @@ class FluidMLLayout:
                        if extra else "same layouts"))
             if not self.apply:
                 plan.notes.append("analysis only: the IR is left in the default layouts")
-            self._gain_notes(g, plan, model)
+            stored = self._gain_notes(g, plan, model)
             self.plans[gv.name_hint] = plan
+            keep = True
+            if (self.apply and plan.layouts and stored is not None
+                    and getattr(self.options, "layout_verify", False)
+                    and stored["ratio"] >= LOSING_RATIO):
+                keep = False
+                plan.notes.append(
+                    f"NOT APPLIED (fluidml.layout_verify): measured end to end on/off "
+                    f"{stored['ratio']:.3f} >= {LOSING_RATIO}; the function keeps the default "
+                    "layouts")
             log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
-            if self.apply and plan.layouts:
+            if self.apply and plan.layouts and keep:
                 rw = _Rewriter(out, g, exprs, plan.layouts)
                 new = rw.visit_expr(func)
                 rw.builder_.update_func(gv, new)
@@ -368,8 +385,9 @@ class FluidMLLayout:
         return out.with_attr("fluidml.layout_report", report(self))
 
 
-    def _gain_notes(self, g, plan, model) -> None:
-        """Expected (modelled) and measured (end to end, cached) gain of the plan."""
+    def _gain_notes(self, g, plan, model) -> dict | None:
+        """Expected (modelled) and measured (end to end, cached) gain of the plan; returns the
+        stored end-to-end measurement of the plan, if any."""
         from . import layout_gain
 
         pid = layout_gain.plan_id(g, plan.layouts)
@@ -383,8 +401,10 @@ class FluidMLLayout:
         if not self.apply:
             plan.notes.append("measured gain: not applicable (plan reported, not applied)")
         elif db is not None and target is not None:
-            plan.notes.append(layout_gain.measured_line(db, layout_gain.target_key(target), pid,
-                                                        plan.layouts))
+            tkey = layout_gain.target_key(target)
+            plan.notes.append(layout_gain.measured_line(db, tkey, pid, plan.layouts))
+            return layout_gain.lookup(db, tkey, pid) if plan.layouts else None
+        return None
 
 
 def report(layout_pass: FluidMLLayout) -> str:

@@ -57,3 +57,72 @@ def test_cli_measure_layout_gain(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "expected gain" in text and "measured gain: latency on/off" in text
     assert out.exists()
+
+
+def _analytic_plans(monkeypatch):
+    """The analytic model's plan of tiny BERT (transposes absorbed: non-default, deterministic)
+    instead of measured kernels, so the test does not depend on this machine's timings."""
+    from fluidml_tvm.passes import layout_cost, layout_measure
+
+    monkeypatch.setattr(layout_measure, "make_model",
+                        lambda target=None, options=None, conversion_penalty=0.0, measure=True:
+                        layout_cost.AnalyticCost(conversion_penalty=conversion_penalty))
+
+
+def _timed(monkeypatch, ratio, calls):
+    def fake_time_pair(on, off, rounds=7, repeat=10):
+        calls.append((rounds, repeat))
+        # both libraries really run: the verification times what it returns
+        on.run(off.random_inputs())
+        off.run(off.random_inputs())
+        return {"ratio": ratio, "q25": ratio - 0.01, "q75": ratio + 0.01, "rounds": rounds,
+                "on_s": ratio * 1e-3, "off_s": 1e-3}
+
+    monkeypatch.setattr(layout_gain, "time_pair", fake_time_pair)
+
+
+def test_layout_verify_drops_a_plan_measured_slower(tmp_path, monkeypatch):
+    """fluidml.layout_verify: a new plan measured no faster end to end is not kept (the library
+    is the layouts-off compile) and a later compile of the same plan skips it without timing."""
+    _analytic_plans(monkeypatch)
+    calls = []
+    _timed(monkeypatch, 1.2, calls)
+    model = zoo.build("bert", size="tiny", seed=0)
+    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
+    first = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    text = first.report()
+    assert len(calls) == 1
+    assert "NOT APPLIED (fluidml.layout_verify): measured gain: latency on/off 1.200" in text
+    assert first.options.layout  # the stage ran and decided
+    off = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.layout=0"])
+    on = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.layout_verify=0"])
+    assert _kernels(on) != _kernels(off)  # the plan changes the kernels ...
+    assert _kernels(first) == _kernels(off)  # ... and the library returned has none of them
+    again = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    assert len(calls) == 1  # the cached ratio decides: no second timing
+    layout_text = again.reports["layout"]
+    assert "NOT APPLIED (fluidml.layout_verify): measured end to end on/off 1.200" in layout_text
+    assert _kernels(again) == _kernels(off)
+
+
+def _kernels(compiled) -> list[str]:
+    """The kernels the schedule stage saw (its report has one line per kernel)."""
+    return sorted(line.split(":")[0] for line in compiled.reports["schedule"].splitlines())
+
+
+def test_layout_verify_keeps_a_plan_measured_faster(tmp_path, monkeypatch):
+    _analytic_plans(monkeypatch)
+    calls = []
+    _timed(monkeypatch, 0.9, calls)
+    model = zoo.build("bert", size="tiny", seed=0)
+    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
+    first = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    assert len(calls) == 1
+    assert "verified (fluidml.layout_verify): measured gain: latency on/off 0.900" in \
+        first.reports["layout"]
+    again = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    assert len(calls) == 1
+    assert "measured gain: latency on/off 0.900" in again.reports["layout"]
+    assert "NOT APPLIED" not in again.reports["layout"]
+    off = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.layout=0"])
+    assert _kernels(first) == _kernels(again) != _kernels(off)  # the plan's kernels, kept
