@@ -67,6 +67,10 @@ class Options:
     layout_conv
         NHWC candidates for conv2d activations in the layout stage (applied only where measured
         faster; :mod:`fluidml_tvm.passes.layout_conv`).
+    layout_blocked
+        With ``layout_conv``: also the blocked ``NCHW[b]c`` layout (``b`` = the target's vector
+        lanes) for conv activations (:mod:`fluidml_tvm.passes.layout_conv`, scheduled by
+        :mod:`fluidml_tvm.schedules.conv2d_nchwc`); applied only where measured faster.
     layout_verify
         Keep a layout plan only if it measured faster end to end: the first compile of a new
         plan (host targets, ``cost=measured``) also compiles the model with ``fluidml.layout=0``,
@@ -101,6 +105,7 @@ class Options:
     fuse_conv_chain: bool = True
     schedule_off: str = "conv1x1"
     layout_conv: bool = True
+    layout_blocked: bool = True
     layout_verify: bool = field(
         default_factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
     verify: bool = False

@@ -15,9 +15,18 @@ every conv shape is timed with the FluidML schedules and cached (rule ``layout``
 a non-default variant must beat NCHW by the measured model's margin. ``fluidml.layout_conv=0``
 switches the conv candidates off.
 
-Blocked NCHW[x]c is not a candidate: it is not a permutation (the planner's layouts are), TVM
-0.27's LegalizeOps refuses conv2d with channel-chunked layouts, and the conv2d schedule rule
-matches a weight indexed by plain variables only (a blocked weight is indexed with div/mod).
+Blocked ``NCHW[b]c`` (``[N, C/b, H, W, b]``, ``b`` = the target's vector lanes) is the third
+candidate of conv activations whose channels ``b`` divides. It is not a permutation, so it is
+written as the 5-tuple ``(0, 1, 2, 3, b)`` (:func:`blocked`, :func:`is_blocked`), which only
+the conv, pool and elementwise kinds accept (every other op gets the tensor back in NCHW through
+a ``layout_transform``). TVM 0.27's LegalizeOps leaves ``conv2d`` with chunked layouts
+un-legalized, so the rewrite emits its own te compute (:func:`blocked_conv2d`, block
+``conv2d_nchwc``) with the weight stored pre-blocked at compile time (:func:`block_weight`:
+``[O/b, C/b, KH, KW, b_in, b_out]``, or ``[O/b, C, KH, KW, b_out]`` for an NCHW input: the first
+convolution reads the graph's NCHW input directly); every index is a plain variable, and
+:mod:`fluidml_tvm.schedules.conv2d_nchwc` schedules it. Pools run on it through their layout
+attribute (``NCHW16c``, which LegalizeOps accepts for pools), elementwise ops on the 5-d tensor
+with per-channel constants stored blocked. Whether it pays is measured like NHWC.
 """
 
 from __future__ import annotations
@@ -26,12 +35,93 @@ from tvm import te, topi
 
 NCHW = (0, 1, 2, 3)
 NHWC = (0, 2, 3, 1)
-CONV_LAYOUTS = (NCHW, NHWC)
+CONV_LAYOUTS = (NCHW, NHWC)  # the permutations; blocked layouts: is_blocked()
 POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
 _NAMES = {NCHW: "NCHW", NHWC: "NHWC"}
 
 
+def blocked(b: int) -> tuple:
+    """The ``NCHW[b]c`` layout of a 4-d activation."""
+    return (0, 1, 2, 3, int(b))
+
+
+def is_blocked(lay) -> bool:
+    return lay is not None and len(lay) == 5 and tuple(lay[:4]) == NCHW
+
+
+def blocked_shape(shape, lay) -> tuple:
+    """The physical shape of a 4-d tensor held in ``lay`` (blocked or a permutation)."""
+    if is_blocked(lay):
+        b = lay[4]
+        return (shape[0], shape[1] // b, shape[2], shape[3], b)
+    return tuple(shape[d] for d in lay)
+
+
+def to_blocked(b: int):
+    """Index map NCHW -> NCHW[b]c (for ``relax.op.layout_transform``)."""
+    return lambda n, c, h, w: (n, c // b, h, w, c % b)
+
+
+def from_blocked(b: int):
+    """Index map NCHW[b]c -> NCHW."""
+    return lambda n, co, h, w, ci: (n, co * b + ci, h, w)
+
+
+def block_weight(w, lin, b: int):
+    """An OIHW weight (numpy) stored for :func:`blocked_conv2d` writing ``NCHW[b]c`` and
+    reading ``lin`` (blocked: ``[O/b, C/b, KH, KW, b, b]``; NCHW: ``[O/b, C, KH, KW, b]``)."""
+    o, c, kh, kw = w.shape
+    if is_blocked(lin):
+        bi = lin[4]
+        return w.reshape(o // b, b, c // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1).copy()
+    return w.reshape(o // b, b, c, kh, kw).transpose(0, 2, 3, 4, 1).copy()
+
+
+def blocked_weight_shape(w_shape, lin, b: int) -> tuple:
+    o, c, kh, kw = w_shape
+    if is_blocked(lin):
+        bi = lin[4]
+        return (o // b, c // bi, kh, kw, bi, b)
+    return (o // b, c, kh, kw, b)
+
+
+def blocked_conv2d(data, weight, lin, b, out_shape, strides, padding, dilation, dtype):
+    """te compute of a convolution writing ``NCHW[b]c``; ``data`` is held in ``lin`` (NCHW or
+    blocked), ``weight`` pre-blocked by :func:`block_weight`. All indices are plain variables."""
+    top, left, bottom, right = padding
+    rank = len(data.shape)
+    before, after = [0] * rank, [0] * rank
+    before[2], after[2], before[3], after[3] = top, bottom, left, right
+    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
+    sh, sw = strides
+    dh, dw = dilation
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    n_, o_, oh, ow = out_shape
+    shape = (n_, o_ // b, oh, ow, b)
+    if is_blocked(lin):
+        rco = te.reduce_axis((0, int(weight.shape[1])), name="rco")
+        rci = te.reduce_axis((0, int(weight.shape[4])), name="rci")
+
+        def fcompute(nn, fo, yy, xx, fi):
+            x = padded[nn, rco, yy * sh + ry * dh, xx * sw + rx * dw, rci]
+            return te.sum(x.astype(dtype) * weight[fo, rco, ry, rx, rci, fi].astype(dtype),
+                          axis=[rco, ry, rx, rci])
+    else:
+        rc = te.reduce_axis((0, int(weight.shape[1])), name="rc")
+
+        def fcompute(nn, fo, yy, xx, fi):
+            x = padded[nn, rc, yy * sh + ry * dh, xx * sw + rx * dw]
+            return te.sum(x.astype(dtype) * weight[fo, rc, ry, rx, fi].astype(dtype),
+                          axis=[rc, ry, rx])
+
+    return te.compute(shape, fcompute, name="conv2d_nchwc", tag="conv2d_nchwc")
+
+
 def layout_name(lay) -> str:
+    if is_blocked(lay):
+        return f"NCHW{lay[4]}c"
     return _NAMES[tuple(lay)]
 
 
@@ -125,6 +215,12 @@ def conv_variant(g, i, lin, lout):
     x, w = (g.tensors[t] for t in n.inputs)
     out = g.tensors[n.output]
     c = n.attrs["conv"]
+    if is_blocked(lout):
+        d = te.placeholder(blocked_shape(x.shape, lin), x.dtype, "data")
+        k = te.placeholder(blocked_weight_shape(w.shape, lin, lout[4]), w.dtype, "weight")
+        o = blocked_conv2d(d, k, lin, lout[4], out.shape, c["strides"], c["padding"],
+                           c["dilation"], out.dtype)
+        return te.create_prim_func([d, k, o])
     d = te.placeholder(tuple(x.shape[k] for k in lin), x.dtype, "data")
     k = te.placeholder(tuple(w.shape), w.dtype, "weight")
     o = permuted_conv2d(d, k, lin, lout, out.shape, c["strides"], c["padding"], c["dilation"],

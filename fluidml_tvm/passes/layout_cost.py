@@ -51,6 +51,16 @@ def identity(rank: int) -> tuple:
     return tuple(range(rank))
 
 
+def is_blocked(lay) -> bool:
+    """``NCHW[b]c``, written ``(0, 1, 2, 3, b)`` (see :mod:`.layout_conv`)."""
+    return lay is not None and len(lay) == 5 and tuple(lay[:4]) == (0, 1, 2, 3)
+
+
+def default_of(lay) -> tuple:
+    """The default layout of the tensor ``lay`` is a layout of."""
+    return identity(4) if is_blocked(lay) else identity(len(lay))
+
+
 def inverse(perm) -> tuple:
     out = [0] * len(perm)
     for p, d in enumerate(perm):
@@ -102,10 +112,17 @@ def op_kind(g: OpGraph, i: int) -> str:
 
 
 def pool_ok(lin, lout) -> bool:
-    """A pool runs on NCHW or NHWC, its input and output alike."""
+    """A pool runs on NCHW, NHWC or NCHW[b]c, its input and output alike."""
     from .layout_conv import CONV_LAYOUTS
 
-    return tuple(lin) == tuple(lout) and tuple(lout) in CONV_LAYOUTS
+    return tuple(lin) == tuple(lout) and (tuple(lout) in CONV_LAYOUTS or is_blocked(lout))
+
+
+def blockable_const(shape, out_shape) -> bool:
+    """Whether an elementwise operand of ``shape`` broadcast to the 4-d ``out_shape`` can be
+    stored for ``NCHW[b]c`` (its channel dim is 1 or all of them)."""
+    full = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return len(full) == 4 and full[1] in (1, out_shape[1])
 
 
 def axis_ok(g: OpGraph, i: int, lout) -> bool:
@@ -169,9 +186,13 @@ class AnalyticCost:
     def transpose(self, nbytes: int) -> float:
         return self.launch + 2 * nbytes / self.transpose_bandwidth
 
-    def convert(self, nbytes: int) -> float:
-        """An explicit transform the rewrite would insert around a kernel."""
-        return self.transpose(nbytes) + self.conversion_penalty
+    def convert(self, nbytes: int, *lays) -> float:
+        """An explicit transform the rewrite would insert around a kernel. To or from
+        ``NCHW[b]c`` (any of ``lays`` blocked) it is not penalized: a blocked layout can only be
+        entered and left through one (TVM's AlterOpLayout inserts them the same way), so it pays
+        with its real cost or not at all."""
+        penalty = 0.0 if any(map(is_blocked, lays)) else self.conversion_penalty
+        return self.transpose(nbytes) + penalty
 
     def kernel(self, g: OpGraph, i: int) -> float:
         """The node's own kernel in default layouts (layout-independent part)."""
@@ -210,6 +231,23 @@ class AnalyticCost:
         out = g.tensors[n.output]
         lout = layouts.get(n.output) or identity(len(out.shape or ()))
         lin = [layouts.get(t) or identity(len(g.tensors[t].shape or ())) for t in n.inputs]
+        if kind not in ("conv", "pool", "elemwise") and any(map(is_blocked, (lout, *lin))):
+            kind = "opaque"  # only these kinds run on NCHW[b]c
+        if kind == "elemwise" and is_blocked(lout):
+            cost = self.kernel(g, i)
+            for t, lay in zip(n.inputs, lin):
+                tt = g.tensors[t]
+                if not tt.shape:
+                    continue
+                if tt.kind == "const":
+                    if not blockable_const(tt.shape, out.shape):
+                        cost += self.convert(out.nbytes, lout) * 2  # runs in NCHW instead
+                elif tt.shape == out.shape:
+                    if lay != lout:
+                        cost += self.convert(tt.nbytes, lay, lout)
+                elif any(d != 1 for j, d in enumerate(tt.shape) if j != len(tt.shape) - 3):
+                    cost += self.convert(tt.nbytes, lout)  # [1, C, 1, 1] (a bias) is a view
+            return cost
         if kind == "permute":
             x = g.tensors[n.inputs[0]]
             if x.kind == "const":  # FoldConstant computes it at compile time
@@ -226,14 +264,20 @@ class AnalyticCost:
                     continue
                 if tt.shape == out.shape:
                     if lay != lout:
-                        cost += self.convert(tt.nbytes)
+                        cost += self.convert(tt.nbytes, lay)
                     continue
                 if lay != identity(len(tt.shape)):
-                    cost += self.convert(tt.nbytes)
+                    cost += self.convert(tt.nbytes, lay)
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
                 if moves_data(lout, full):
                     cost += self.convert(tt.nbytes)
             return cost
+        if kind == "conv" and is_blocked(lout):
+            li = lin[0]
+            if li == identity(4) or is_blocked(li):
+                return cost + self.conv(g, i, li, lout)
+            return cost + self.conv(g, i, identity(4), lout) + self.convert(
+                g.tensors[n.inputs[0]].nbytes)  # NHWC -> NCHW first: a permute
         if kind == "conv":
             from .layout_conv import CONV_LAYOUTS
 
@@ -241,7 +285,7 @@ class AnalyticCost:
             cost += self.conv(g, i, lin[0] if ok_in else identity(4),
                               lout if ok_out else identity(4))
             if not ok_in:
-                cost += self.convert(g.tensors[n.inputs[0]].nbytes)
+                cost += self.convert(g.tensors[n.inputs[0]].nbytes, lin[0])
             if not ok_out:
                 cost += self.convert(out.nbytes)
             return cost
@@ -259,9 +303,9 @@ class AnalyticCost:
         for t, lay in zip(n.inputs, lin):  # opaque: transpose back to default around it
             tt = g.tensors[t]
             if tt.kind != "const" and lay != identity(len(lay)):
-                cost += self.convert(tt.nbytes)
+                cost += self.convert(tt.nbytes, lay)
         if lout != identity(len(lout)):
-            cost += self.convert(out.nbytes)
+            cost += self.convert(out.nbytes, lout)
         return cost
 
 

@@ -25,7 +25,15 @@ from __future__ import annotations
 import itertools
 
 from .graph import OpGraph
-from .layout_cost import axis_inputs, axis_ok, identity, inverse, layoutable, op_kind
+from .layout_cost import (
+    axis_inputs,
+    axis_ok,
+    identity,
+    inverse,
+    is_blocked,
+    layoutable,
+    op_kind,
+)
 
 MAX_CANDIDATES = 24
 
@@ -41,14 +49,16 @@ def _swap_last(rank: int) -> tuple:
 
 
 def candidates(g: OpGraph, matmul_transposes: bool = True,
-               conv_layouts: bool = True) -> dict[str, list[tuple]]:
+               conv_layouts: bool = True, conv_block: int = 0) -> dict[str, list[tuple]]:
     """Candidate layouts of every tensor (default first).
 
     ``matmul_transposes=False`` drops the transposed forms seeded by matmuls themselves (they
     only pay with explicit transforms around them); permute-seeded layouts stay.
-    ``conv_layouts``: NHWC for the activations of conv2d kernels (:mod:`.layout_conv`).
+    ``conv_layouts``: NHWC for the activations of conv2d kernels (:mod:`.layout_conv`), and
+    with ``conv_block`` > 0 also ``NCHW[conv_block]c`` where the block divides the channels
+    (passed on only through elementwise ops and pools).
     """
-    from .layout_conv import NHWC
+    from .layout_conv import NHWC, blocked
 
     cand: dict[str, set] = {}
     for name, t in g.tensors.items():
@@ -63,6 +73,8 @@ def candidates(g: OpGraph, matmul_transposes: bool = True,
         elif kind == "conv" and conv_layouts:
             for t in (n.inputs[0], n.output):
                 cand[t].add(NHWC)
+                if conv_block and g.tensors[t].shape[1] % conv_block == 0:
+                    cand[t].add(blocked(conv_block))
         elif kind == "matmul" and matmul_transposes:
             for t in (*n.inputs, n.output):
                 cand[t].add(_swap_last(len(g.tensors[t].shape)))
@@ -98,6 +110,8 @@ def candidates(g: OpGraph, matmul_transposes: bool = True,
                 if not layoutable(g, dst):
                     continue
                 for lay in list(cand[src]):
+                    if is_blocked(lay) and kind not in ("elemwise", "pool"):
+                        continue  # NCHW[b]c only flows through these
                     new = fmap(lay)
                     if new is not None and new not in cand[dst] and len(cand[dst]) < MAX_CANDIDATES:
                         cand[dst].add(new)

@@ -23,7 +23,15 @@ import os
 import tvm
 from tvm import te
 
-from .layout_cost import AnalyticCost, compose, identity, inverse, moves_data, phys_shape
+from .layout_cost import (
+    AnalyticCost,
+    compose,
+    identity,
+    inverse,
+    is_blocked,
+    moves_data,
+    phys_shape,
+)
 
 log = logging.getLogger("fluidml_tvm.layout")
 
@@ -181,7 +189,8 @@ class MeasuredCost(AnalyticCost):
 
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
-                        if lx in CONV_LAYOUTS and lo in CONV_LAYOUTS:
+                        if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (
+                                is_blocked(lo) and (lx == identity(4) or is_blocked(lx))):
                             out[conv_key(g, i, lx, lo)] = (
                                 lambda i=i, lx=lx, lo=lo: (conv_variant(g, i, lx, lo), (1,)))
             elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":
@@ -290,7 +299,8 @@ class MeasuredCost(AnalyticCost):
         from .layout_cost import op_kind
 
         n = g.nodes[i]
-        if op_kind(g, i) == "permute":
+        blocked = any(is_blocked(layouts.get(t)) for t in (n.output, *n.inputs))
+        if op_kind(g, i) == "permute" and not blocked:
             x, o = g.tensors[n.inputs[0]], g.tensors[n.output]
             if x.kind == "const":  # folded at compile time: no kernel at run time
                 return 0.0

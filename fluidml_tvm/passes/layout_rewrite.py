@@ -43,8 +43,10 @@ from .layout_cost import (
     axis_inputs,
     axis_ok,
     compose,
+    default_of,
     identity,
     inverse,
+    is_blocked,
     moves_data,
     op_kind,
     phys_shape,
@@ -98,15 +100,29 @@ class _Rewriter(relax.PyExprMutator):
     def logical(self, name, expr):
         """``expr`` (tensor ``name``) in the default layout; emits the transform back once."""
         lay = self.lay(name)
-        if lay == identity(len(lay)):
+        default = default_of(lay)
+        if lay == default:
             return expr
         key = ("logical", name)
         if key not in self.phys:
-            self.phys[key] = self.convert(expr, name, lay, identity(len(lay)))
+            self.phys[key] = self.convert(expr, name, lay, default)
         return self.phys[key]
 
     def convert(self, expr, name, src, dst):
-        """Tensor ``name`` held in layout ``src`` re-held in ``dst`` (one permute or a view)."""
+        """Tensor ``name`` held in layout ``src`` re-held in ``dst`` (one permute or a view;
+        to or from ``NCHW[b]c``: a ``layout_transform``, through NCHW)."""
+        if is_blocked(src) or is_blocked(dst):
+            from .layout_conv import from_blocked, to_blocked
+
+            if tuple(src) == tuple(dst):
+                return expr
+            if is_blocked(src):
+                expr = self.builder_.emit(relax.op.layout_transform(expr, from_blocked(src[4])))
+                src = identity(4)
+            if not is_blocked(dst):
+                return self.convert(expr, name, src, dst)
+            expr = self.convert(expr, name, src, identity(4))
+            return self.builder_.emit(relax.op.layout_transform(expr, to_blocked(dst[4])))
         q = compose(inverse(src), dst)
         shape = self.g.tensors[name].shape
         if q == identity(len(q)):
@@ -166,7 +182,7 @@ class _Rewriter(relax.PyExprMutator):
             kind = "opaque"
         if produced is None:
             absorbs = kind in ("matmul", "elemwise", "axis", "pool")
-            produced = lout if absorbs else identity(len(lout))
+            produced = lout if absorbs else default_of(lout)
         out = self.builder_.emit(new, var.name) if isinstance(var, relax.DataflowVar) \
             else self.builder_.emit_output(new, var.name)
         if produced != lout:
@@ -209,6 +225,8 @@ class _Rewriter(relax.PyExprMutator):
         n = self.g.nodes[i]
         xname, x = self.arg(value.args[0])
         lin = self.lay(xname)
+        if is_blocked(lout):
+            return self.blocked_conv(i, value, xname, x, lin, lout), lout
         if lin not in CONV_LAYOUTS:
             x, lin = self.logical(xname, x), identity(4)
         lo = lout if lout in CONV_LAYOUTS else identity(4)
@@ -222,6 +240,37 @@ class _Rewriter(relax.PyExprMutator):
         call = self.builder_.call_te(fn, x, self.visit_expr(value.args[1]),
                                      primfunc_name_hint="conv2d_layout")
         return call, lo
+
+    def blocked_conv(self, i, value, xname, x, lin, lout):
+        """conv2d writing ``NCHW[b]c`` (reading NCHW or a blocked input), its weight stored
+        pre-blocked (a new constant) for :func:`.layout_conv.blocked_conv2d`."""
+        from .layout_conv import block_weight, blocked_conv2d
+
+        if not (lin == identity(4) or is_blocked(lin)):
+            x, lin = self.logical(xname, x), identity(4)
+        w = value.args[1]
+        if not isinstance(w, tvm.ir.GenericConst):
+            raise ValueError(f"conv2d {self.g.nodes[i].output}: weight is not a constant")
+        b = lout[4]
+        arr = w.value.numpy()
+        wb = relax.const(block_weight(arr, lin, b), str(arr.dtype))
+        c = self.g.nodes[i].attrs["conv"]
+        out = self.g.tensors[self.g.nodes[i].output]
+        fn = lambda d, k: blocked_conv2d(  # noqa: E731
+            d, k, lin, b, out.shape, c["strides"], c["padding"], c["dilation"], out.dtype)
+        return self.builder_.call_te(fn, x, wb, primfunc_name_hint="conv2d_nchwc")
+
+    def blocked_operand(self, e, full, b: int):
+        """A non-constant broadcast operand (``full``: its 4-d shape) of an elementwise op on
+        ``NCHW[b]c`` tensors, re-held for it (channel dim C: blocked; 1: a view)."""
+        from .layout_conv import to_blocked
+
+        n_, c, h, w = full
+        if c == 1:
+            return self.builder_.emit(relax.op.reshape(e, (n_, 1, h, w, 1)))
+        if n_ * h * w == 1:  # [1, C, 1, 1] (a bias): the blocked order is the same bytes
+            return self.builder_.emit(relax.op.reshape(e, (1, c // b, 1, 1, b)))
+        return self.builder_.emit(relax.op.layout_transform(e, to_blocked(b)))
 
     def pool(self, value, lout):
         """A pool on the tensor held in ``lout`` (NCHW or NHWC), through its layout attrs."""
@@ -288,7 +337,15 @@ class _Rewriter(relax.PyExprMutator):
                 args.append(e)
                 continue
             full = (1,) * (rank - len(t.shape)) + tuple(t.shape)
-            if t.kind == "const":
+            if is_blocked(lout) and t.kind == "const":
+                args.append(relax.const(_block_const(a.value.numpy().reshape(full), lout[4]),
+                                        t.dtype))
+            elif is_blocked(lout) and t.shape != out.shape:
+                e = self.logical(n, e)
+                if len(t.shape) != rank:
+                    e = self.builder_.emit(relax.op.reshape(e, full))
+                args.append(self.blocked_operand(e, full, lout[4]))
+            elif t.kind == "const":
                 arr = np.transpose(a.value.numpy().reshape(full), lout)
                 args.append(relax.const(np.ascontiguousarray(arr), t.dtype))
             elif t.shape == out.shape:
@@ -345,7 +402,8 @@ class FluidMLLayout:
                 continue
             g, exprs = build_graph(func)
             cands = candidates(g, matmul_transposes=self.explicit_transforms,
-                               conv_layouts=getattr(self.options, "layout_conv", True))
+                               conv_layouts=getattr(self.options, "layout_conv", True),
+                               conv_block=self._conv_block())
             if hasattr(model, "prepare"):
                 model.prepare(g, cands)
             plan = plan_layouts(g, model, cands=cands)
@@ -385,6 +443,24 @@ class FluidMLLayout:
         return out.with_attr("fluidml.layout_report", report(self))
 
 
+    def _conv_block(self) -> int:
+        """The ``NCHW[b]c`` block of conv candidates: the target's fp32 vector lanes (0: none;
+        ``fluidml.layout_blocked=0`` or a non-CPU target)."""
+        if not getattr(self.options, "layout_conv", True) or \
+                not getattr(self.options, "layout_blocked", True):
+            return 0
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if target is None:
+            return 0
+        if not isinstance(target, tvm.target.Target):
+            target = tvm.target.Target(target)
+        if target.kind.name != "llvm":
+            return 0
+        from ..schedules.target_info import cpu_info
+
+        lanes = cpu_info(target).lanes(32)
+        return lanes if lanes >= 4 else 0
+
     def _gain_notes(self, g, plan, model) -> dict | None:
         """Expected (modelled) and measured (end to end, cached) gain of the plan; returns the
         stored end-to-end measurement of the plan, if any."""
@@ -405,6 +481,14 @@ class FluidMLLayout:
             plan.notes.append(layout_gain.measured_line(db, tkey, pid, plan.layouts))
             return layout_gain.lookup(db, tkey, pid) if plan.layouts else None
         return None
+
+
+def _block_const(arr, b: int):
+    """A 4-d broadcastable constant (channel dim 1 or C) stored for ``NCHW[b]c`` operands."""
+    n, c, h, w = arr.shape
+    if c == 1:
+        return np.ascontiguousarray(arr.reshape(n, 1, h, w, 1))
+    return np.ascontiguousarray(arr.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def report(layout_pass: FluidMLLayout) -> str:

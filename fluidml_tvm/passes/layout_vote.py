@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .graph import OpGraph, extract_sequences
-from .layout_cost import axis_inputs, identity, layoutable, op_kind, plan_cost
+from .layout_cost import axis_inputs, default_of, layoutable, op_kind, plan_cost
 from .layout_dp import candidates, chain_dp, chain_objective
 
 
@@ -113,7 +113,7 @@ def _region_moves(g, groups, cands, model, layouts: dict, log: list) -> bool:
         best, best_d = None, -1e-12
         for lay in sorted(common):
             change = {t: lay for t in members
-                      if layouts.get(t, identity(len(lay))) != lay}
+                      if layouts.get(t, default_of(lay)) != lay}
             if not change:
                 continue
             d = _delta(g, model, layouts, change)
@@ -134,7 +134,7 @@ def _descend(g, chains, cands, model, layouts: dict, rounds: int = 3) -> tuple[d
         changed = _region_moves(g, groups, cands, model, layouts, log)
         for k, chain in enumerate(chains):
             plan, j = chain_dp(g, chain, cands, model, layouts)
-            cur = {t: layouts.get(t, identity(len(lay))) for t, lay in plan.items()}
+            cur = {t: layouts.get(t, default_of(lay)) for t, lay in plan.items()}
             if j >= chain_objective(g, chain, model, layouts, cur) - 1e-12:
                 continue
             change = {t: lay for t, lay in plan.items() if lay != cur[t]}
@@ -149,7 +149,7 @@ def _descend(g, chains, cands, model, layouts: dict, rounds: int = 3) -> tuple[d
 
 
 def _clean(layouts: dict) -> dict:
-    return {t: lay for t, lay in layouts.items() if lay != identity(len(lay))}
+    return {t: lay for t, lay in layouts.items() if lay != default_of(lay)}
 
 
 def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> LayoutPlan:
@@ -159,7 +159,7 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
     votes: dict[str, dict[tuple, list]] = {}
     for k, chain in enumerate(chains):
         plan, j = chain_dp(g, chain, cands, model, {})
-        default = {t: identity(len(lay)) for t, lay in plan.items()}
+        default = {t: default_of(lay) for t, lay in plan.items()}
         gain = chain_objective(g, chain, model, {}, default) - j
         for t, lay in plan.items():
             if len(cands[t]) > 1:
@@ -177,9 +177,9 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
     voted, why = {}, {}
     for t, by_layout in votes.items():
         tally = {lay: sum(w for w, _ in vs) for lay, vs in by_layout.items()}
-        win = max(tally, key=lambda lay: (tally[lay], lay == identity(len(lay))))
+        win = max(tally, key=lambda lay: (tally[lay], lay == default_of(lay)))
         if tally[win] <= 0:
-            win = identity(len(win))
+            win = default_of(win)
         voted[t] = win
         why[t] = "; ".join(
             f"{list(lay)} {_us(tally[lay])} ({', '.join(s for _, s in vs)})"
@@ -204,13 +204,13 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
     decisions = []
     contested = {t for t, by in votes.items() if len(by) > 1}
     for t in sorted(contested | set(final), key=lambda t: g.producer.get(t, -1)):
-        lay = final.get(t, identity(len(cands[t][0])))
+        lay = final.get(t, default_of(cands[t][0]))
         parts = []
         if t in why:
             parts.append(f"votes: {why[t]}")
         if t in voted and voted[t] != lay:
             parts.append(f"vote winner {list(voted[t])} overridden by refinement")
-        if lay != identity(len(lay)):
+        if lay != default_of(lay):
             parts.append(f"kept by descent from the {start} plan")
         if t in moved:
             parts.append(moved[t])

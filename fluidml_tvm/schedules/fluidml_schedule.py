@@ -10,7 +10,9 @@ the rules are tried in order; the first that applies wins:
    When B is a constant at every call site the PrimFunc takes B packed ``[N/nr, K, nr]`` and
    the Relax caller's constant is packed here, at compile time.
 2. ``conv2d``   (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride);
-   ``conv_pool`` (:mod:`.conv_pool`) first, for a convolution fused with its max-pool.
+   ``conv_pool`` (:mod:`.conv_pool`) first, for a convolution fused with its max-pool, and
+   ``conv2d_nchwc`` (:mod:`.conv2d_nchwc`) before both, for a convolution the layout stage put
+   in the blocked ``NCHW[b]c`` layout.
    ``depthwise`` (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride
    (switched off by ``fluidml.schedule_off=depthwise``).
 3. ``reduction`` (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
@@ -38,7 +40,7 @@ from tvm import relax, tirx
 
 from ..costdb import REMEASURE_ATTEMPTS
 from ..options import Options
-from . import conv2d, conv_pool, depthwise, fast_math
+from . import conv2d, conv2d_nchwc, conv_pool, depthwise, fast_math
 from . import matmul as mm
 from .injective import schedule_injective
 from .measure import QUIET_LOAD, can_measure, measure_funcs
@@ -168,6 +170,14 @@ class FluidMLSchedule:
                 reasons.append(f"matmul: {type(err).__name__}: {str(err)[:200]}")
         else:
             reasons.append(f"matmul: {why}")
+        try:  # a conv the layout stage put in the blocked NCHW[b]c layout
+            out, why = self._nchwc(name, func, target, cpu, db, measure_ok)
+        except Exception as err:  # noqa: BLE001
+            out, why = None, f"{type(err).__name__}: {str(err)[:200]}"
+        if out is not None:
+            return out
+        if why and not why.startswith("no conv2d_nchwc"):
+            reasons.append(f"conv2d_nchwc: {why}")
         try:  # a conv fused with its max-pool (passes/fuse_conv_pool.py)
             out, why = conv_pool.rule(self, name, func, target, cpu, const_args, db, measure_ok)
         except Exception as err:  # noqa: BLE001
@@ -297,6 +307,26 @@ class FluidMLSchedule:
         """Whether ``rule`` is not switched off by ``fluidml.schedule_off`` (a comma list)."""
         off = getattr(self.options, "schedule_off", "") or ""
         return rule not in {r.strip() for r in off.split(",")}
+
+    def _nchwc(self, name, func, target, cpu, db, measure_ok):
+        m, why = conv2d_nchwc.analyze(func)
+        if m is None:
+            return None, why
+        cands = conv2d_nchwc.candidates(m, cpu, min(self.options.tune_trials, 4))
+        if not cands:
+            return None, f"no register tile divides columns {m.x} / blocks {m.fo}"
+
+        def build(cfg):
+            return conv2d_nchwc.schedule(func, cpu, cfg)[0].mod["main"]
+
+        cfg, measured, seconds, note = self._choose(
+            name, func, "conv2d_nchwc", f"f{m.fo}x{m.x}", cands, build, m.flops, target, cpu,
+            db, measure_ok,
+        )
+        sch, why = conv2d_nchwc.schedule(func, cpu, cfg)
+        why += " " + self._how(measured, seconds, m.flops) + note
+        return (sch.mod["main"], Decision(name, "conv2d_nchwc", why, cfg, measured, seconds),
+                None), ""
 
     def _depthwise(self, name, func, target, cpu, db, measure_ok):
         m, why = depthwise.analyze(func)

@@ -14,8 +14,15 @@ from tvm.script import relax as R
 from fluidml_tvm import frontend, targets, zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.graph import build_graph
-from fluidml_tvm.passes.layout_conv import NHWC, permuted_conv2d
-from fluidml_tvm.passes.layout_cost import AnalyticCost
+from fluidml_tvm.passes.layout_conv import (
+    NHWC,
+    block_weight,
+    blocked,
+    blocked_conv2d,
+    from_blocked,
+    permuted_conv2d,
+)
+from fluidml_tvm.passes.layout_cost import AnalyticCost, is_blocked
 from fluidml_tvm.passes.layout_dp import candidates
 from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
 from fluidml_tvm.pipeline import get_pipeline
@@ -108,6 +115,116 @@ def test_vgg_nhwc_with_fluidml_schedules_matches_onnxruntime():
     with tgt:
         hi = p(mod)
     assert sum(lay == NHWC for lay in p.plans["main"].layouts.values()) >= 8
+    opts = Options(layout=False, cost="analytic", verify=True)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(hi, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](
+        *[tvm.runtime.tensor(v) for v in feeds.values()])
+    out = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+    assert float(np.max(np.abs(out - ref))) <= 1e-4
+
+
+# ---- blocked NCHW[b]c ------------------------------------------------------------------------
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # 16 lanes: NCHW16c
+
+
+@dataclass(frozen=True)
+class BlockedFavoured(AnalyticCost):
+    """A model in which a conv writing NCHW[b]c is twice as fast."""
+
+    def conv(self, g, i, lin, lout):
+        return super().conv(g, i, lin, lout) * (0.5 if is_blocked(lout) else 1.0)
+
+
+W3 = np.random.default_rng(3).standard_normal((16, 16, 3, 3)).astype("float32")
+W4 = np.random.default_rng(4).standard_normal((32, 16, 1, 1)).astype("float32")
+B3 = np.random.default_rng(5).standard_normal((1, 16, 1, 1)).astype("float32")
+
+
+def _before_blocked():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 16, 16, 16), "float32")) -> R.Tensor((1, 32, 8, 8), "float32"):
+            with R.dataflow():
+                c1 = R.nn.conv2d(x, R.const(W3), padding=[1, 1, 1, 1])
+                a = R.add(c1, R.const(B3))
+                r = R.nn.relu(a)
+                p = R.nn.max_pool2d(r, pool_size=[2, 2], strides=[2, 2])
+                c2 = R.nn.conv2d(p, R.const(W4))
+                R.output(c2)
+            return c2
+
+    return Before
+
+
+def test_conv_chain_runs_nchw16c_with_blocked_weights():
+    """Before/after: the first conv reads the NCHW input and writes NCHW16c with its weight
+    stored blocked, the bias is stored blocked, relu and the pool run on NCHW16c, and one
+    layout_transform returns the pool's output to NCHW for the last conv (whose output is the
+    graph's)."""
+    before = _before_blocked()
+    p = FluidMLLayout(AVX512, model=BlockedFavoured(conversion_penalty=10.0),
+                      explicit_transforms=False)
+    with AVX512:
+        after = tvm.IRModule(dict(p(before).functions_items()))
+    b = blocked(16)
+    assert p.plans["main"].layouts == {"c1": b, "a": b, "r": b, "p": b}
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 16, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c1 = bb.emit(bb.call_te(
+                lambda d, w: blocked_conv2d(d, w, (0, 1, 2, 3), 16, (1, 16, 16, 16), (1, 1),
+                                            (1, 1, 1, 1), (1, 1), "float32"),
+                x, relax.const(block_weight(W3, (0, 1, 2, 3), 16)),
+                primfunc_name_hint="conv2d_nchwc"), "c1")
+            a = bb.emit(relax.op.add(c1, relax.const(
+                B3.reshape(1, 1, 16, 1, 1).transpose(0, 1, 3, 4, 2).copy())), "a")
+            r = bb.emit(relax.op.nn.relu(a), "r")
+            pool = bb.emit(relax.op.nn.max_pool2d(r, [2, 2], [2, 2], layout="NCHW16c",
+                                                  out_layout="NCHW16c"), "p")
+            back = bb.emit(relax.op.layout_transform(pool, from_blocked(16)))
+            c2 = bb.emit_output(relax.op.nn.conv2d(back, relax.const(W4)), "c2")
+        bb.emit_func_output(c2)
+    tvm.ir.assert_structural_equal(after, bb.get(), map_free_vars=True)
+    xv = np.random.default_rng(6).standard_normal((1, 16, 16, 16)).astype("float32")
+    np.testing.assert_allclose(_run(after, xv), _run(before, xv), rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_candidates_and_kill_switch():
+    g, _ = build_graph(_before_blocked()["main"])
+    b = blocked(16)
+    cands = candidates(g, conv_block=16)
+    assert b in cands["c1"] and b in cands["r"] and b in cands["p"]
+    assert all(b not in c for c in candidates(g)["c1"])  # conv_block=0: none
+    assert b not in candidates(_graph_of(_before()), conv_block=16)["c1"]  # 8 channels
+    p = FluidMLLayout(AVX512, model=BlockedFavoured(conversion_penalty=10.0),
+                      options=Options(layout_blocked=False), explicit_transforms=False)
+    with AVX512:
+        p(_before_blocked())
+    assert not any(is_blocked(lay) for lay in p.plans["main"].layouts.values())
+
+
+def _graph_of(mod):
+    return build_graph(mod["main"])[0]
+
+
+def test_vgg_nchwc_with_fluidml_schedules_matches_onnxruntime():
+    """Tiny VGG-11 with its conv activations in NCHW[lanes]c (this host's lanes), then the rest
+    of the fluidml pipeline (the conv2d_nchwc rule, conv+pool fusion, memory planner): ORT's
+    numbers."""
+    model = zoo.build("vgg11", size="tiny", seed=0)
+    feeds = zoo.random_inputs(model, seed=0)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    tgt, _ = targets.resolve("x86")
+    mod = frontend.import_onnx(model, None).mod
+    p = FluidMLLayout(tgt, model=BlockedFavoured(conversion_penalty=10.0),
+                      explicit_transforms=False)
+    with tgt:
+        hi = p(mod)
+    assert sum(is_blocked(lay) for lay in p.plans["main"].layouts.values()) >= 8
     opts = Options(layout=False, cost="analytic", verify=True)
     with tvm.transform.PassContext(opt_level=3):
         ex = tvm.compile(hi, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
