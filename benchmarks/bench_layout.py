@@ -78,12 +78,16 @@ def bench_one(name: str, size: str, rounds: int, repeat: int) -> dict:
     res.update({"threads": m_on.num_threads, "load": layout_gain.loadavg(), "at": time.time()})
     report = on.reports.get("layout", "")
     ids = layout_gain.plan_ids(report)
+    applied = layout_gain.applied(report)
     db = CostDB(on.options.cache_dir)
-    for pid in ids:
+    for pid in ids if applied else ():  # a dropped plan's "on" is the layouts-off compile
         layout_gain.record(db, layout_gain.target_key(on.target), pid, res)
     n_layouts, expected = _plan_facts(report)
     t_off, t_on = transposes(model, tgt, False), transposes(model, tgt, True)
+    verified = [ln.split("measured gain:", 1)[1].strip() for ln in report.splitlines()
+                if "(fluidml.layout_verify)" in ln and "measured gain:" in ln]
     return {"model": name, "size": size, **res, "plan_ids": ids, "non_default": n_layouts,
+            "applied": applied and n_layouts > 0, "verify": verified[0] if verified else "",
             "expected": expected.strip(), "transposes_off": t_off["calls"],
             "transposes_on": t_on["calls"], "compile_s": compile_s}
 
@@ -105,17 +109,26 @@ def write(results: list, args, load_before: str, load_after: str, started: float
         "of per-round on/off ratios (25th-75th percentile in brackets). Transposes: call sites "
         "of pure transpose kernels after FuseTIR, layout off -> on.", "",
         "| model | latency on/off | rounds p25-p75 | on ms | off ms | transposes off -> on "
-        "| non-default tensors | expected (modelled) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| non-default tensors | plan applied (fluidml.layout_verify at compile) "
+        "| expected (modelled) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['model']} | error: {r['error']} | | | | | | | |")
             continue
+        if not r.get("non_default"):
+            applied = "no plan (all default: the same IR on and off)"
+        elif r.get("applied"):
+            applied = "yes" + (f" (verified: {r['verify']})" if r.get("verify") else
+                               " (ratio cached from an earlier measurement)")
+        else:
+            applied = "no: measured no faster, dropped" + (
+                f" ({r['verify']})" if r.get("verify") else " (cached ratio)")
         lines.append(
             f"| {r['model']} | {r['ratio']:.3f} | {r['q25']:.3f}-{r['q75']:.3f} | "
             f"{r['on_s'] * 1e3:.2f} | {r['off_s'] * 1e3:.2f} | {r['transposes_off']} -> "
-            f"{r['transposes_on']} | {r['non_default']} | {r['expected']} |")
+            f"{r['transposes_on']} | {r['non_default']} | {applied} | {r['expected']} |")
     text = "\n".join(lines) + "\n"
     with open(stem + ".md", "w") as f:
         f.write(text)

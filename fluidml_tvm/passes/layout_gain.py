@@ -95,6 +95,12 @@ def loadavg() -> str:
         return "n/a"
 
 
+def applied(report_text: str) -> bool:
+    """Whether the layout stage applied its plan (fluidml.layout_verify may have dropped it: the
+    compile is then the layouts-off one, and timing it says nothing about the plan)."""
+    return "NOT APPLIED" not in (report_text or "")
+
+
 def plan_ids(report_text: str) -> list[str]:
     """Plan ids named in a layout report."""
     return _ID.findall(report_text or "")
@@ -142,7 +148,7 @@ def measure_gain(model, target="x86", input_shapes=None, pass_config=(), rounds:
     opts = on.options if isinstance(on.options, Options) else Options()
     if opts.cache_dir:
         db = CostDB(opts.cache_dir)
-        for pid in ids:
+        for pid in ids if applied(on.reports.get("layout", "")) else ():
             record(db, target_key(on.target), pid, res)
     res["ids"] = ids
     res["off"] = off

@@ -199,6 +199,8 @@ class _Rewriter(relax.PyExprMutator):
         return self.builder_.emit(relax.op.permute_dims(x, list(q)), name)
 
     def opaque(self, value):
+        if not isinstance(value, relax.Call):  # a TupleGetItem of a tuple-valued op (batch_norm)
+            return self.visit_expr(value)  # its producer keeps the default layouts
         args = []
         for a in value.args:
             n, e = self.arg(a)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .graph import OpGraph, extract_sequences
-from .layout_cost import axis_inputs, default_of, layoutable, op_kind, plan_cost
+from .layout_cost import axis_inputs, default_of, is_blocked, layoutable, op_kind, plan_cost
 from .layout_dp import candidates, chain_dp, chain_objective
 
 
@@ -35,7 +35,8 @@ class Decision:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.tensor}: {list(self.layout)} - {self.reason}"
+        lay = f"NCHW{self.layout[4]}c" if is_blocked(self.layout) else str(list(self.layout))
+        return f"{self.tensor}: {lay} - {self.reason}"
 
 
 @dataclass

@@ -103,6 +103,14 @@ def test_layout_verify_drops_a_plan_measured_slower(tmp_path, monkeypatch):
     layout_text = again.reports["layout"]
     assert "NOT APPLIED (fluidml.layout_verify): measured end to end on/off 1.200" in layout_text
     assert _kernels(again) == _kernels(off)
+    # timing the dropped plan's compile (the layouts-off library) says nothing about the plan:
+    # measure_gain does not store it under the plan's id
+    _timed(monkeypatch, 0.5, calls)
+    layout_gain.measure_gain(model, "x86", pass_config=cfg, rounds=1, repeat=1,
+                             compiled_on=again)
+    (pid,) = layout_gain.plan_ids(layout_text)
+    stored = layout_gain.lookup(CostDB(str(tmp_path)), layout_gain.target_key(first.target), pid)
+    assert stored["ratio"] == 1.2
 
 
 def _kernels(compiled) -> list[str]:
