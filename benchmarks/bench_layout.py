@@ -13,6 +13,9 @@ the expected gain.
     python benchmarks/bench_layout.py [--size full|tiny] [--models bert,gpt-neox,...]
         [--rounds 7] [--repeat 10] [--out benchmarks/results]
 
+A third compile (layouts off again) is timed in the same rounds as an A/A control: its ratio to
+the first layouts-off library is the noise floor of the on/off ratio in that run.
+
 Writes ``<out>/<date>-layout-<size>.md`` (and ``.json``) with the command, the thread count, the
 machine load before and after, and the ratios.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +59,32 @@ def transposes(model, tgt, layout: bool) -> dict:
     return transpose_kernels(out)
 
 
+def time_group(on, off, off2, rounds: int, repeat: int) -> dict:
+    """Interleaved rounds over three loaded models (the order rotates each round); per round
+    the median of ``repeat`` runs of each. Returns on/off (``ratio``, quartiles) and the A/A
+    control off2/off (``aa``, quartiles)."""
+    inputs = off.random_inputs()
+    models = [on, off, off2]
+    for m in models:
+        m.time(inputs, repeat=2)
+    per = [[], [], []]
+    for r in range(rounds):
+        order = [(r + k) % 3 for k in range(3)]
+        for k in order:
+            per[k].append(statistics.median(models[k].time(inputs, repeat=repeat)))
+
+    def summary(a, b):
+        ratios = [x / y for x, y in zip(a, b)]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        return statistics.median(ratios), q[0], q[2]
+
+    ratio, q25, q75 = summary(per[0], per[1])
+    aa, aa25, aa75 = summary(per[2], per[1])
+    return {"ratio": ratio, "q25": q25, "q75": q75, "aa": aa, "aa_q25": aa25, "aa_q75": aa75,
+            "rounds": rounds, "on_s": statistics.median(per[0]),
+            "off_s": statistics.median(per[1])}
+
+
 def _plan_facts(report: str) -> tuple[int, str]:
     n = 0
     expected = ""
@@ -73,8 +103,11 @@ def bench_one(name: str, size: str, rounds: int, repeat: int) -> dict:
     on = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=1"])
     off = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=0"])
     compile_s = time.perf_counter() - t0
-    m_on, m_off = on.load(), off.load()
-    res = layout_gain.time_pair(m_on, m_off, rounds=rounds, repeat=repeat)
+    # an A/A control: a second layouts-off compile (the same IR), timed in the same rounds, so
+    # the table shows how far two identical libraries differ in this process on this machine
+    off2 = fluidml_tvm.compile(model, "x86", pass_config=["fluidml.layout=0"])
+    m_on, m_off, m_off2 = on.load(), off.load(), off2.load()
+    res = time_group(m_on, m_off, m_off2, rounds=rounds, repeat=repeat)
     res.update({"threads": m_on.num_threads, "load": layout_gain.loadavg(), "at": time.time()})
     report = on.reports.get("layout", "")
     ids = layout_gain.plan_ids(report)
@@ -104,18 +137,21 @@ def write(results: list, args, load_before: str, load_after: str, started: float
         f"Host: {os.cpu_count()} cores, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; "
         f"load average {load_before} before, {load_after} after (shared machine: read the "
         "ratios, not the absolute times). Each model compiled twice in one process "
-        "(`fluidml.layout=1` / `=0`, all else default: measured costs, absorbed layouts only), "
-        f"timed in {args.rounds} interleaved rounds of {args.repeat} runs each; ratio = median "
-        "of per-round on/off ratios (25th-75th percentile in brackets). Transposes: call sites "
-        "of pure transpose kernels after FuseTIR, layout off -> on.", "",
-        "| model | latency on/off | rounds p25-p75 | on ms | off ms | transposes off -> on "
-        "| non-default tensors | plan applied (fluidml.layout_verify at compile) "
-        "| expected (modelled) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(`fluidml.layout=1` / `=0`, all else default: measured costs, absorbed layouts only, "
+        "fluidml.layout_verify on) and once more with `=0` as an A/A control, the three "
+        f"timed in {args.rounds} interleaved rounds (order rotating) of {args.repeat} runs "
+        "each; ratio = median of per-round on/off ratios (25th-75th percentile in brackets); "
+        "the A/A column is the same for the two identical layouts-off libraries: how far apart "
+        "two copies of one IR time here. Transposes: call sites of pure transpose kernels "
+        "after FuseTIR, layout off -> on.", "",
+        "| model | latency on/off | rounds p25-p75 | A/A control: off/off (p25-p75) | on ms "
+        "| off ms | transposes off -> on | non-default tensors "
+        "| plan applied (fluidml.layout_verify at compile) | expected (modelled) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | error: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['model']} | error: {r['error']} | | | | | | | | |")
             continue
         if not r.get("non_default"):
             applied = "no plan (all default: the same IR on and off)"
@@ -125,8 +161,9 @@ def write(results: list, args, load_before: str, load_after: str, started: float
         else:
             applied = "no: measured no faster, dropped" + (
                 f" ({r['verify']})" if r.get("verify") else " (cached ratio)")
+        aa = (f"{r['aa']:.3f} ({r['aa_q25']:.3f}-{r['aa_q75']:.3f})" if "aa" in r else "")
         lines.append(
-            f"| {r['model']} | {r['ratio']:.3f} | {r['q25']:.3f}-{r['q75']:.3f} | "
+            f"| {r['model']} | {r['ratio']:.3f} | {r['q25']:.3f}-{r['q75']:.3f} | {aa} | "
             f"{r['on_s'] * 1e3:.2f} | {r['off_s'] * 1e3:.2f} | {r['transposes_off']} -> "
             f"{r['transposes_on']} | {r['non_default']} | {applied} | {r['expected']} |")
     text = "\n".join(lines) + "\n"

@@ -305,7 +305,6 @@ def _verify_layout(result, model, target, input_shapes, options, pass_config, sa
     """Compile with ``fluidml.layout=0``, time both in interleaved rounds, cache the ratio under
     the plan's id and return the faster compile (a plan no faster is not kept)."""
     from .passes import layout_gain
-    from .passes.layout_rewrite import LOSING_RATIO
 
     say("verifying the layout plan end to end (fluidml.layout_verify): compiling with "
         "fluidml.layout=0 and timing both, once per new plan")
@@ -315,11 +314,11 @@ def _verify_layout(result, model, target, input_shapes, options, pass_config, sa
                                    compiled_on=result, options=options)
     line = layout_gain.describe(res)
     off = res.pop("off")
-    if res["ratio"] >= LOSING_RATIO:
+    if not layout_gain.keeps(res):
         say(f"  layout plan not kept: {line}")
         off.reports["layout"] = (result.reports.get("layout", "") + "\n" + (
-            f"NOT APPLIED (fluidml.layout_verify): {line}; the library is the compile without "
-            "the plan, and later compiles of this plan skip it"))
+            f"NOT APPLIED (fluidml.layout_verify): {line}; {layout_gain.keep_rule()}: the "
+            "library is the compile without the plan, and later compiles of this plan skip it"))
         off.options = result.options
         off.compile_seconds = result.compile_seconds + time.perf_counter() - t0
         return off

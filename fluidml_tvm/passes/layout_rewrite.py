@@ -22,7 +22,8 @@ it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
 A plan is a model's prediction; ``fluidml.layout_verify`` (on by default) checks it: the first
 compile of a plan times the model with the plan and without it (:mod:`.layout_gain`, in
 ``fluidml_tvm.compile``) and caches the ratio under the plan's id; a plan measured no faster
-(ratio >= :data:`LOSING_RATIO`) is not applied, here, with the number in the report.
+(:func:`.layout_gain.keeps`: on/off at most 0.995 with three quarters of the rounds faster) is
+not applied, here, with the number in the report.
 
 Graph inputs, outputs and dynamic-shape tensors keep the default layout. ``apply=False`` only
 records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged. The
@@ -38,6 +39,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
+from . import layout_gain
 from .graph import build_graph
 from .layout_cost import (
     axis_inputs,
@@ -57,9 +59,6 @@ from .layout_vote import plan_layouts
 from .layout_vote import report as plan_report
 
 log = logging.getLogger("fluidml_tvm.layout")
-# A plan whose measured end-to-end latency ratio (on/off, median of interleaved rounds) is at
-# least this is not applied when fluidml.layout_verify is on.
-LOSING_RATIO = 1.0
 
 
 def permuted_matmul(a, b, la, lb, lo, a_shape, b_shape, out_shape, dtype):
@@ -427,12 +426,12 @@ class FluidMLLayout:
             keep = True
             if (self.apply and plan.layouts and stored is not None
                     and getattr(self.options, "layout_verify", False)
-                    and stored["ratio"] >= LOSING_RATIO):
+                    and not layout_gain.keeps(stored)):
                 keep = False
                 plan.notes.append(
                     f"NOT APPLIED (fluidml.layout_verify): measured end to end on/off "
-                    f"{stored['ratio']:.3f} >= {LOSING_RATIO}; the function keeps the default "
-                    "layouts")
+                    f"{stored['ratio']:.3f} (rounds {stored['q25']:.3f}-{stored['q75']:.3f}; "
+                    f"{layout_gain.keep_rule()}); the function keeps the default layouts")
             log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
             if self.apply and plan.layouts and keep:
                 rw = _Rewriter(out, g, exprs, plan.layouts)
@@ -466,8 +465,6 @@ class FluidMLLayout:
     def _gain_notes(self, g, plan, model) -> dict | None:
         """Expected (modelled) and measured (end to end, cached) gain of the plan; returns the
         stored end-to-end measurement of the plan, if any."""
-        from . import layout_gain
-
         pid = layout_gain.plan_id(g, plan.layouts)
         plan.notes.append(f"plan id {pid}; " + layout_gain.expected_line(plan))
         db = getattr(model, "db", None)

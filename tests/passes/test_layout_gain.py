@@ -134,3 +134,11 @@ def test_layout_verify_keeps_a_plan_measured_faster(tmp_path, monkeypatch):
     assert "NOT APPLIED" not in again.reports["layout"]
     off = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.layout=0"])
     assert _kernels(first) == _kernels(again) != _kernels(off)  # the plan's kernels, kept
+
+
+def test_keep_rule_needs_a_clear_gain():
+    """Median at least 0.5% below 1 and three quarters of the rounds faster."""
+    assert layout_gain.keeps({"ratio": 0.94, "q75": 0.95})
+    assert not layout_gain.keeps({"ratio": 0.998, "q75": 1.002})  # no real gain: dropped
+    assert not layout_gain.keeps({"ratio": 0.99, "q75": 1.01})  # too spread
+    assert not layout_gain.keeps({"ratio": 1.02, "q75": 1.03})
