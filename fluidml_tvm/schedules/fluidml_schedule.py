@@ -316,17 +316,21 @@ class FluidMLSchedule:
         if not cands:
             return None, f"no register tile divides columns {m.x} / blocks {m.fo}"
 
-        def build(cfg):
-            return conv2d_nchwc.schedule(func, cpu, cfg)[0].mod["main"]
+        return self._tiled(name, func, "conv2d_nchwc", f"f{m.fo}x{m.x}", cands,
+                           lambda cfg: conv2d_nchwc.schedule(func, cpu, cfg), m.flops, target,
+                           cpu, db, measure_ok), ""
 
+    def _tiled(self, name, func, rule, workload, cands, schedule, flops, target, cpu, db,
+               measure_ok):
+        """A rule whose candidates are config dicts and ``schedule(cfg) -> (sch, why)``: pick
+        one (cached or measured, :meth:`_choose`) and schedule with it."""
         cfg, measured, seconds, note = self._choose(
-            name, func, "conv2d_nchwc", f"f{m.fo}x{m.x}", cands, build, m.flops, target, cpu,
-            db, measure_ok,
+            name, func, rule, workload, cands, lambda c: schedule(c)[0].mod["main"], flops,
+            target, cpu, db, measure_ok,
         )
-        sch, why = conv2d_nchwc.schedule(func, cpu, cfg)
-        why += " " + self._how(measured, seconds, m.flops) + note
-        return (sch.mod["main"], Decision(name, "conv2d_nchwc", why, cfg, measured, seconds),
-                None), ""
+        sch, why = schedule(cfg)
+        why += " " + self._how(measured, seconds, flops) + note
+        return sch.mod["main"], Decision(name, rule, why, cfg, measured, seconds), None
 
     def _depthwise(self, name, func, target, cpu, db, measure_ok):
         m, why = depthwise.analyze(func)
@@ -336,16 +340,10 @@ class FluidMLSchedule:
         if not nvs:
             return None, f"vector axis {m.v_extent} does not suit {cpu.lanes(32)} lanes"
 
-        def build(cfg):
-            return depthwise.schedule_depthwise(func, cpu, cfg["nv"])[0].mod["main"]
-
-        cfg, measured, seconds, note = self._choose(
-            name, func, "depthwise", f"v{m.v_extent}s{m.stride}", [{"nv": nv} for nv in nvs],
-            build, m.flops, target, cpu, db, measure_ok,
-        )
-        sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"])
-        why += " " + self._how(measured, seconds, m.flops) + note
-        return (sch.mod["main"], Decision(name, "depthwise", why, cfg, measured, seconds), None), ""
+        return self._tiled(name, func, "depthwise", f"v{m.v_extent}s{m.stride}",
+                           [{"nv": nv} for nv in nvs],
+                           lambda cfg: depthwise.schedule_depthwise(func, cpu, cfg["nv"]),
+                           m.flops, target, cpu, db, measure_ok), ""
 
     def _conv2d(self, name, func, target, cpu, const_args, db, measure_ok):
         m, why = conv2d.analyze(func)

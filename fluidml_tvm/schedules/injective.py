@@ -17,10 +17,10 @@ from tvm import s_tir, tirx
 
 from .common import (
     MIN_PARALLEL_ELEMS,
-    _get_sblock_realize,
     extent,
     inline_all,
     is_reduction,
+    loop_var_index,
     parallel_outer,
     root_blocks,
     vectorize_inner,
@@ -68,18 +68,11 @@ def transposed_loop(sch: s_tir.Schedule, block) -> int | None:
     position of the innermost loop that index does use (tile it against the innermost one)."""
     stmt = sch.get(block)
     loops = sch.get_loops(block)
-    vals = list(_get_sblock_realize(sch, block).iter_values)
-    if len(stmt.reads) != 1 or len(vals) != len(loops) or len(loops) < 2:
+    if len(stmt.reads) != 1 or len(loops) < 2:
         return None
-    loop_vars = [sch.get(lp).loop_var for lp in loops]
-    pos = {}
-    for iv, val in zip(stmt.iter_vars, vals):
-        if not isinstance(val, tirx.Var):
-            return None
-        idx = next((i for i, lv in enumerate(loop_vars) if lv.same_as(val)), None)
-        if idx is None:
-            return None
-        pos[iv.var] = idx
+    pos = loop_var_index(sch, block)
+    if pos is None:
+        return None
     last = stmt.reads[0].region[-1].min
     used = [pos[v] for v in tirx.analysis.undefined_vars(last, []) if v in pos]
     inner = len(loops) - 1

@@ -81,15 +81,21 @@ def _timed(monkeypatch, ratio, calls):
     monkeypatch.setattr(layout_gain, "time_pair", fake_time_pair)
 
 
+def _first_compile(tmp_path, monkeypatch, ratio):
+    """Tiny BERT's analytic plan, compiled with fluidml.layout_verify and a fake end-to-end
+    timing of ``ratio``: (model, pass_config, timing calls, the compile)."""
+    _analytic_plans(monkeypatch)
+    calls = []
+    _timed(monkeypatch, ratio, calls)
+    model = zoo.build("bert", size="tiny", seed=0)
+    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
+    return model, cfg, calls, fluidml_tvm.compile(model, "x86", pass_config=cfg)
+
+
 def test_layout_verify_drops_a_plan_measured_slower(tmp_path, monkeypatch):
     """fluidml.layout_verify: a new plan measured no faster end to end is not kept (the library
     is the layouts-off compile) and a later compile of the same plan skips it without timing."""
-    _analytic_plans(monkeypatch)
-    calls = []
-    _timed(monkeypatch, 1.2, calls)
-    model = zoo.build("bert", size="tiny", seed=0)
-    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
-    first = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    model, cfg, calls, first = _first_compile(tmp_path, monkeypatch, 1.2)
     text = first.report()
     assert len(calls) == 1
     assert "NOT APPLIED (fluidml.layout_verify): measured gain: latency on/off 1.200" in text
@@ -119,12 +125,7 @@ def _kernels(compiled) -> list[str]:
 
 
 def test_layout_verify_keeps_a_plan_measured_faster(tmp_path, monkeypatch):
-    _analytic_plans(monkeypatch)
-    calls = []
-    _timed(monkeypatch, 0.9, calls)
-    model = zoo.build("bert", size="tiny", seed=0)
-    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
-    first = fluidml_tvm.compile(model, "x86", pass_config=cfg)
+    model, cfg, calls, first = _first_compile(tmp_path, monkeypatch, 0.9)
     assert len(calls) == 1
     assert "verified (fluidml.layout_verify): measured gain: latency on/off 0.900" in \
         first.reports["layout"]
