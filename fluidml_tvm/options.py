@@ -70,7 +70,11 @@ class Options:
     layout_blocked
         With ``layout_conv``: also the blocked ``NCHW[b]c`` layout (``b`` = the target's vector
         lanes) for conv activations (:mod:`fluidml_tvm.passes.layout_conv`, scheduled by
-        :mod:`fluidml_tvm.schedules.conv2d_nchwc`); applied only where measured faster.
+        :mod:`fluidml_tvm.schedules.conv2d_nchwc`). Off by default: on VGG-11 (znver4) the plan
+        put the first conv in NCHW16c, which conv+pool fusion does not take, so planned
+        activations grew from 4.82 to 16.06 MB, for no latency gain (layouts on/off 0.946 with
+        it, 0.947 without; each conv layout within 2% of NCHW but the first,
+        benchmarks/results/2026-11-26-layout.md).
     layout_verify
         Keep a layout plan only if it measured faster end to end: the first compile of a new
         plan (host targets, ``cost=measured``) also compiles the model with ``fluidml.layout=0``,
@@ -105,7 +109,7 @@ class Options:
     fuse_conv_chain: bool = True
     schedule_off: str = "conv1x1"
     layout_conv: bool = True
-    layout_blocked: bool = True
+    layout_blocked: bool = False
     layout_verify: bool = field(
         default_factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
     verify: bool = False

@@ -446,9 +446,11 @@ class FluidMLLayout:
 
     def _conv_block(self) -> int:
         """The ``NCHW[b]c`` block of conv candidates: the target's fp32 vector lanes (0: none;
-        ``fluidml.layout_blocked=0`` or a non-CPU target)."""
-        if not getattr(self.options, "layout_conv", True) or \
-                not getattr(self.options, "layout_blocked", True):
+        ``fluidml.layout_blocked=0``, the default, or a non-CPU target)."""
+        from ..options import Options
+
+        opts = self.options if self.options is not None else Options()
+        if not opts.layout_conv or not opts.layout_blocked:
             return 0
         target = self.target or tvm.target.Target.current(allow_none=True)
         if target is None:

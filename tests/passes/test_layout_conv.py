@@ -127,6 +127,7 @@ def test_vgg_nhwc_with_fluidml_schedules_matches_onnxruntime():
 
 # ---- blocked NCHW[b]c ------------------------------------------------------------------------
 AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # 16 lanes: NCHW16c
+BLOCKED = Options(layout_blocked=True)  # off by default (see Options)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def test_conv_chain_runs_nchw16c_with_blocked_weights():
     layout_transform returns the pool's output to NCHW for the last conv (whose output is the
     graph's)."""
     before = _before_blocked()
-    p = FluidMLLayout(AVX512, model=BlockedFavoured(conversion_penalty=10.0),
+    p = FluidMLLayout(AVX512, BLOCKED, model=BlockedFavoured(conversion_penalty=10.0),
                       explicit_transforms=False)
     with AVX512:
         after = tvm.IRModule(dict(p(before).functions_items()))
@@ -210,11 +211,12 @@ def test_blocked_candidates_and_kill_switch():
     assert b in cands["c1"] and b in cands["r"] and b in cands["p"]
     assert all(b not in c for c in candidates(g)["c1"])  # conv_block=0: none
     assert b not in candidates(_graph_of(_before()), conv_block=16)["c1"]  # 8 channels
-    p = FluidMLLayout(AVX512, model=BlockedFavoured(conversion_penalty=10.0),
-                      options=Options(layout_blocked=False), explicit_transforms=False)
-    with AVX512:
-        p(_before_blocked())
-    assert not any(is_blocked(lay) for lay in p.plans["main"].layouts.values())
+    for opts in (Options(), Options(layout_blocked=False)):  # off by default
+        p = FluidMLLayout(AVX512, opts, model=BlockedFavoured(conversion_penalty=10.0),
+                          explicit_transforms=False)
+        with AVX512:
+            p(_before_blocked())
+        assert not any(is_blocked(lay) for lay in p.plans["main"].layouts.values())
 
 
 def _graph_of(mod):
@@ -231,7 +233,7 @@ def test_nchwc_with_fluidml_schedules_matches_onnxruntime(name, least):
     ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
     tgt, _ = targets.resolve("x86")
     mod = frontend.import_onnx(model, None).mod
-    p = FluidMLLayout(tgt, model=BlockedFavoured(conversion_penalty=10.0),
+    p = FluidMLLayout(tgt, BLOCKED, model=BlockedFavoured(conversion_penalty=10.0),
                       explicit_transforms=False)
     with tgt:
         hi = p(mod)
@@ -269,7 +271,8 @@ def test_blocked_layout_next_to_a_tuple_valued_op():
                 R.output(o)
             return o
 
-    p = FluidMLLayout(AVX512, model=ReadsBlockedFavoured(conversion_penalty=10.0, flops=10e9),
+    p = FluidMLLayout(AVX512, BLOCKED,
+                      model=ReadsBlockedFavoured(conversion_penalty=10.0, flops=10e9),
                       explicit_transforms=False)
     with AVX512:
         planned = p(Before)
