@@ -64,23 +64,10 @@ def time_group(on, off, off2, rounds: int, repeat: int) -> dict:
     """Interleaved rounds over three loaded models (the order rotates each round); per round
     the median of ``repeat`` runs of each. Returns on/off (``ratio``, quartiles) and the A/A
     control off2/off (``aa``, quartiles)."""
-    inputs = off.random_inputs()
-    models = [on, off, off2]
-    for m in models:
-        m.time(inputs, repeat=2)
-    per = [[], [], []]
-    for r in range(rounds):
-        order = [(r + k) % 3 for k in range(3)]
-        for k in order:
-            per[k].append(statistics.median(models[k].time(inputs, repeat=repeat)))
-
-    def summary(a, b):
-        ratios = [x / y for x, y in zip(a, b)]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        return statistics.median(ratios), q[0], q[2]
-
-    ratio, q25, q75 = summary(per[0], per[1])
-    aa, aa25, aa75 = summary(per[2], per[1])
+    per = layout_gain.time_rounds([on, off2, off], rounds, repeat)
+    per = [per[0], per[2], per[1]]  # on, off, off2
+    ratio, q25, q75 = layout_gain.ratio_summary(per[0], per[1])
+    aa, aa25, aa75 = layout_gain.ratio_summary(per[2], per[1])
     return {"ratio": ratio, "q25": q25, "q75": q75, "aa": aa, "aa_q25": aa25, "aa_q75": aa75,
             "rounds": rounds, "on_s": statistics.median(per[0]),
             "off_s": statistics.median(per[1])}

@@ -31,7 +31,10 @@ with per-channel constants stored blocked. Whether it pays is measured like NHWC
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import te, topi
+
+from .layout_cost import is_blocked, phys_shape
 
 NCHW = (0, 1, 2, 3)
 NHWC = (0, 2, 3, 1)
@@ -45,16 +48,12 @@ def blocked(b: int) -> tuple:
     return (0, 1, 2, 3, int(b))
 
 
-def is_blocked(lay) -> bool:
-    return lay is not None and len(lay) == 5 and tuple(lay[:4]) == NCHW
-
-
 def blocked_shape(shape, lay) -> tuple:
     """The physical shape of a 4-d tensor held in ``lay`` (blocked or a permutation)."""
     if is_blocked(lay):
         b = lay[4]
         return (shape[0], shape[1] // b, shape[2], shape[3], b)
-    return tuple(shape[d] for d in lay)
+    return phys_shape(shape, lay)
 
 
 def to_blocked(b: int):
@@ -65,6 +64,15 @@ def to_blocked(b: int):
 def from_blocked(b: int):
     """Index map NCHW[b]c -> NCHW."""
     return lambda n, co, h, w, ci: (n, co * b + ci, h, w)
+
+
+def block_activation(arr, b: int):
+    """A 4-d array (numpy; a broadcastable operand: channel dim 1 or C) held in ``NCHW[b]c``,
+    what :func:`to_blocked` does to a tensor."""
+    n, c, h, w = arr.shape
+    if c == 1:
+        return np.ascontiguousarray(arr.reshape(n, 1, h, w, 1))
+    return np.ascontiguousarray(arr.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def block_weight(w, lin, b: int):

@@ -118,12 +118,6 @@ def pool_ok(lin, lout) -> bool:
     return tuple(lin) == tuple(lout) and (tuple(lout) in CONV_LAYOUTS or is_blocked(lout))
 
 
-def blockable_const(shape, out_shape) -> bool:
-    """Whether an elementwise operand of ``shape`` broadcast to the 4-d ``out_shape`` can be
-    stored for ``NCHW[b]c`` (its channel dim is 1 or all of them)."""
-    full = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    return len(full) == 4 and full[1] in (1, out_shape[1])
-
 
 def axis_ok(g: OpGraph, i: int, lout) -> bool:
     """Whether axis op ``i`` runs as is on tensors in layout ``lout`` (its axes remapped)."""
@@ -237,12 +231,9 @@ class AnalyticCost:
             cost = self.kernel(g, i)
             for t, lay in zip(n.inputs, lin):
                 tt = g.tensors[t]
-                if not tt.shape:
-                    continue
-                if tt.kind == "const":
-                    if not blockable_const(tt.shape, out.shape):
-                        cost += self.convert(out.nbytes, lout) * 2  # runs in NCHW instead
-                elif tt.shape == out.shape:
+                if not tt.shape or tt.kind == "const":
+                    continue  # a constant (channel dim 1 or C: broadcasting) is stored blocked
+                if tt.shape == out.shape:
                     if lay != lout:
                         cost += self.convert(tt.nbytes, lay, lout)
                 elif any(d != 1 for j, d in enumerate(tt.shape) if j != len(tt.shape) - 3):

@@ -69,10 +69,14 @@ def lookup(db, tkey: str, pid: str) -> dict | None:
 
 
 def measured_line(db, tkey: str, pid: str, layouts: dict) -> str:
+    return stored_line(lookup(db, tkey, pid) if layouts else None, layouts)
+
+
+def stored_line(m: dict | None, layouts: dict) -> str:
+    """The report line of a plan with ``layouts`` whose stored measurement is ``m``."""
     if not layouts:
         return ("measured gain: none to measure (all-default plan: the IR is the one "
                 "fluidml.layout=0 compiles)")
-    m = lookup(db, tkey, pid)
     if m is None:
         return ("measured gain: not measured yet for this plan (fluidml-tvm compile --report "
                 "--measure-layout-gain, or benchmarks/bench_layout.py)")
@@ -122,20 +126,34 @@ def plan_ids(report_text: str) -> list[str]:
     return _ID.findall(report_text or "")
 
 
-def time_pair(on, off, rounds: int = 7, repeat: int = 10) -> dict:
-    """Interleaved timing of two loaded models: per round the median of ``repeat`` runs of
-    each (order alternating), ratio on/off; returns the median ratio and its quartiles."""
-    inputs = off.random_inputs()
-    on.time(inputs, repeat=2)
-    off.time(inputs, repeat=2)
-    ratios, ons, offs = [], [], []
+def time_rounds(models: list, rounds: int, repeat: int) -> list[list[float]]:
+    """Interleaved timing of loaded models on the same inputs (the last model's random ones):
+    per round the median of ``repeat`` runs of each, the order rotating from round to round.
+    Returns each model's per-round medians."""
+    inputs = models[-1].random_inputs()
+    for m in models:
+        m.time(inputs, repeat=2)
+    per = [[] for _ in models]
     for r in range(rounds):
-        pair = [(on, ons), (off, offs)]
-        for m, acc in (pair if r % 2 else pair[::-1]):
-            acc.append(statistics.median(m.time(inputs, repeat=repeat)))
-        ratios.append(ons[-1] / offs[-1])
+        for k in range(len(models)):
+            j = (r + 1 + k) % len(models)
+            per[j].append(statistics.median(models[j].time(inputs, repeat=repeat)))
+    return per
+
+
+def ratio_summary(a: list, b: list) -> tuple[float, float, float]:
+    """Median and quartiles (25th, 75th) of the per-round ratios ``a / b``."""
+    ratios = [x / y for x, y in zip(a, b)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"ratio": statistics.median(ratios), "q25": q[0], "q75": q[2], "rounds": rounds,
+    return statistics.median(ratios), q[0], q[2]
+
+
+def time_pair(on, off, rounds: int = 7, repeat: int = 10) -> dict:
+    """Interleaved timing of two loaded models (order alternating), ratio on/off; returns the
+    median ratio and its quartiles."""
+    ons, offs = time_rounds([on, off], rounds, repeat)
+    ratio, q25, q75 = ratio_summary(ons, offs)
+    return {"ratio": ratio, "q25": q25, "q75": q75, "rounds": rounds,
             "on_s": statistics.median(ons), "off_s": statistics.median(offs)}
 
 

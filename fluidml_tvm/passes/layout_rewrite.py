@@ -41,6 +41,7 @@ from tvm import relax, te
 
 from . import layout_gain
 from .graph import build_graph
+from .layout_conv import block_activation
 from .layout_cost import (
     axis_inputs,
     axis_ok,
@@ -339,8 +340,8 @@ class _Rewriter(relax.PyExprMutator):
                 continue
             full = (1,) * (rank - len(t.shape)) + tuple(t.shape)
             if is_blocked(lout) and t.kind == "const":
-                args.append(relax.const(_block_const(a.value.numpy().reshape(full), lout[4]),
-                                        t.dtype))
+                args.append(relax.const(
+                    block_activation(a.value.numpy().reshape(full), lout[4]), t.dtype))
             elif is_blocked(lout) and t.shape != out.shape:
                 e = self.logical(n, e)
                 if len(t.shape) != rank:
@@ -478,18 +479,11 @@ class FluidMLLayout:
         if not self.apply:
             plan.notes.append("measured gain: not applicable (plan reported, not applied)")
         elif db is not None and target is not None:
-            tkey = layout_gain.target_key(target)
-            plan.notes.append(layout_gain.measured_line(db, tkey, pid, plan.layouts))
-            return layout_gain.lookup(db, tkey, pid) if plan.layouts else None
+            stored = layout_gain.lookup(db, layout_gain.target_key(target), pid) \
+                if plan.layouts else None
+            plan.notes.append(layout_gain.stored_line(stored, plan.layouts))
+            return stored
         return None
-
-
-def _block_const(arr, b: int):
-    """A 4-d broadcastable constant (channel dim 1 or C) stored for ``NCHW[b]c`` operands."""
-    n, c, h, w = arr.shape
-    if c == 1:
-        return np.ascontiguousarray(arr.reshape(n, 1, h, w, 1))
-    return np.ascontiguousarray(arr.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def report(layout_pass: FluidMLLayout) -> str:

@@ -35,7 +35,9 @@ class Decision:
     reason: str
 
     def __str__(self) -> str:
-        lay = f"NCHW{self.layout[4]}c" if is_blocked(self.layout) else str(list(self.layout))
+        from .layout_conv import layout_name
+
+        lay = layout_name(self.layout) if is_blocked(self.layout) else str(list(self.layout))
         return f"{self.tensor}: {lay} - {self.reason}"
 
 

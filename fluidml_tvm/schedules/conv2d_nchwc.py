@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 
 from .common import as_int, loop_kinds, root_blocks, vectorize_inner
+from .injective import schedule_spatial_block
 from .target_info import CPUInfo
 
 BLOCK = "conv2d_nchwc"
@@ -110,9 +111,6 @@ def schedule(func: tirx.PrimFunc, cpu: CPUInfo, cfg: dict) -> tuple[s_tir.Schedu
     init = sch.decompose_reduction(main, reds[0])
     vectorize_inner(sch, init, lanes)
     for b in pre:  # the padded input: its own parallel, vectorized loop nest
-        lps = sch.get_loops(b)
-        if len(lps) > 1:
-            sch.parallel(sch.fuse(*lps[:-1]))
-        vectorize_inner(sch, b, lanes)
+        schedule_spatial_block(sch, b, lanes)
     return sch, (f"NCHW{m.lanes}c conv: tile {mr} columns x {nf} blocks of {m.lanes} channels, "
                  f"{len(reds)} reduction loops")
