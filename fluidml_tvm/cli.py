@@ -155,7 +155,7 @@ def _resolve_model(spec: str):
 
 def cmd_compile(args) -> int:
     from .compiler import compile as compile_model
-    from .compiler import metadata_path
+    from .runtime import metadata_path
 
     model, stem = _resolve_model(args.model)
     out = args.output or f"{stem}.so"
@@ -166,11 +166,13 @@ def cmd_compile(args) -> int:
     )
     result.export(out, cross_compiler=args.cross_compiler)
     if args.measure_layout_gain:
-        from .passes.layout_gain import describe, measure_gain
+        from .compiler import measure_layout_gain
+        from .decisions import note
+        from .layout_verify import describe
 
-        gain = describe(measure_gain(model, args.target, args.input_shapes, args.pass_config,
-                                     compiled_on=result))
-        result.reports["layout"] = (result.reports.get("layout") or "") + "\n" + gain
+        gain = describe(measure_layout_gain(model, args.target, args.input_shapes,
+                                            args.pass_config, compiled_on=result))
+        result.decisions.setdefault("layout", []).append(note("layout", gain))
         if not args.report:
             print(f"[fluidml-tvm] layout {gain}", file=sys.stderr)
     if args.report:

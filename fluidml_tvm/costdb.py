@@ -27,6 +27,15 @@ REMEASURE_ATTEMPTS = 3
 # Others' share of the CPU above which a measurement counts as loaded (see schedules.measure).
 NOISY_LOAD = 0.15
 
+
+
+def target_key(target, cpu_key: str | None = None) -> str:
+    """The database's key of a target as measured now: the target, the CPU facts the schedules
+    see (``CPUInfo.key()``, schedule rules only) and ``TVM_NUM_THREADS``."""
+    threads = os.environ.get("TVM_NUM_THREADS", "default")
+    return f"{target}|{cpu_key}|threads={threads}" if cpu_key else f"{target}|threads={threads}"
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
     target   TEXT NOT NULL,

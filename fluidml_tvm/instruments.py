@@ -104,3 +104,23 @@ class DumpIR:
             path = os.path.join(self.directory, f"{self.count:02d}-{safe}.py")
             with open(path, "w", encoding="utf-8") as f:
                 f.write(_script(mod))
+
+
+@tvm.ir.instrument.pass_instrument
+class CaptureDecisions:
+    """Keep the decisions FluidML's stages leave on the module (:mod:`fluidml_tvm.decisions`):
+    read after every ``fluidml.*`` phase, the latest per stage wins."""
+
+    def __init__(self, stages):
+        self.stages = tuple(stages)
+        self.decisions: dict = {}
+
+    def run_after_pass(self, mod, info):
+        if not info.name.startswith("fluidml.") or mod.attrs is None:
+            return
+        from .decisions import from_module
+
+        for stage in self.stages:
+            found = from_module(mod, stage)
+            if found is not None:
+                self.decisions[stage] = found

@@ -1,10 +1,13 @@
-"""One frozen options object for every FluidML stage.
+"""One frozen options object for every FluidML stage: every switch, its default and its help.
 
 The same options are reachable as keyword arguments (``Options(layout=False)``), as tvmc-style
 ``--pass-config`` flags (``fluidml.layout=0``) and as TVM ``PassContext`` config keys
 (``{"fluidml.layout": False}``, registered by :mod:`fluidml_tvm.config_keys` where a C++ compiler is
 available). ``fluidml`` (alone) switches the whole FluidML pipeline on or off; the others are the
 per-stage kill switches, so a wrong result or a slowdown can be bisected to one stage.
+
+The table of switches (:func:`table`) is the one source of ``describe()``, ``fluidml-tvm compile
+--help`` and the README's list of keys (a test checks that the README lists every key).
 """
 
 from __future__ import annotations
@@ -34,101 +37,78 @@ def default_cache_dir() -> str:
     )
 
 
+def _opt(default=None, help: str = "", factory=None, choices=()):  # noqa: A002 - help text
+    meta = {"help": help, "choices": tuple(choices)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Options:
-    """Configuration of the ``fluidml`` pipeline.
+    """Configuration of the ``fluidml`` pipeline; each field's help is in :func:`table`."""
 
-    Parameters
-    ----------
-    enable
-        ``fluidml=1`` runs the FluidML pipeline, ``fluidml=0`` stock TVM's
-        ``relax.get_default_pipeline(target)`` (for apples-to-apples comparisons).
-    layout, memory, schedule
-        Kill switches of the three FluidML stages (all on by default).
-    split_projection
-        Replace a constant-weight projection read only through slices of its last axis (a fused
-        QKV) by one projection per slice, so the fused output is never materialized
-        (:mod:`fluidml_tvm.passes.split_projection`; runs before the layout stage).
-    residual_order
-        Fuse a residual sum of two projections into the kernel that lowers the memory planner's
-        bound, measured by lowering both ways (:mod:`fluidml_tvm.passes.residual_order`).
-    fuse_conv_pool
-        Fuse conv2d(+bias/ReLU) with the max-pool consuming it into one kernel that computes the
-        convolution a few rows at a time, so its output is never materialized
-        (:mod:`fluidml_tvm.passes.fuse_conv_pool`; needs the schedule stage).
-    fuse_conv_chain
-        With ``fuse_conv_pool``: a cheap convolution (<= 10% of the next one's FLOPs, e.g. VGG's
-        first, 3 input channels) feeding the fused one is computed inside its row loop too.
-    schedule_off
-        Comma-separated schedule rules to switch off (``depthwise``, ``conv1x1``): their kernels
-        fall to the next rule (see :mod:`fluidml_tvm.schedules.fluidml_schedule`). ``conv1x1``
-        is off by default: MobileNetV2 on/off 0.76/0.99x and 1.08/1.02x ORT, ResNet-50
-        0.75/0.78x in loaded interleaved runs, no gain beyond noise; ``""`` turns it on.
-    layout_conv
-        NHWC candidates for conv2d activations in the layout stage (applied only where measured
-        faster; :mod:`fluidml_tvm.passes.layout_conv`).
-    layout_blocked
-        With ``layout_conv``: also the blocked ``NCHW[b]c`` layout (``b`` = the target's vector
-        lanes) for conv activations (:mod:`fluidml_tvm.passes.layout_conv`, scheduled by
-        :mod:`fluidml_tvm.schedules.conv2d_nchwc`). Off by default: on VGG-11 (znver4) the plan
-        put the first conv in NCHW16c, which conv+pool fusion does not take, so planned
-        activations grew from 4.82 to 16.06 MB, for no latency gain (layouts on/off 0.946 with
-        it, 0.947 without; each conv layout within 2% of NCHW but the first,
-        benchmarks/results/2026-11-26-layout.md).
-    layout_verify
-        Keep a layout plan only if it measured faster end to end: the first compile of a new
-        plan (host targets, ``cost=measured``) also compiles the model with ``fluidml.layout=0``,
-        times both in interleaved rounds and returns the faster; the on/off ratio is cached per
-        plan id, so later compiles of the same plan apply it or not without re-timing
-        (:mod:`fluidml_tvm.passes.layout_gain`). Default from ``FLUIDML_TVM_LAYOUT_VERIFY``
-        (unset: on).
-    verify
-        Run the independent memory-plan verifier at compile time.
-    cost
-        Where layout/schedule costs come from: ``measured`` (run kernels on the target, cached),
-        ``learned`` (XGBoost model trained on the cache) or ``analytic``.
-    tune_trials
-        Measurement budget per kernel when candidate schedules are measured.
-    cache_dir
-        The on-disk measurement database (sqlite); survives restarts.
-    num_threads
-        Threads the TVM runtime uses when fluidml-tvm runs or measures a model (0: all cores).
-    weights
-        ``external``: ``fluidml_tvm.compile`` moves the (already folded) weights out of the library
-        into ``NAME.weights``, mapped at load so a process holds them once; ``embedded``: inside
-        the library, as stock TVM does; ``auto``: external for libraries that run on this machine.
-    """
+    enable: bool = _opt(True, "run the FluidML pipeline (0: stock TVM's "
+                        "relax.get_default_pipeline(target), for apples-to-apples comparisons)")
+    layout: bool = _opt(True, "layout stage: whole-graph layout selection (kill switch)")
+    memory: bool = _opt(True, "memory stage: FluidML's arena planner in StaticPlanBlockMemory's "
+                        "slot (kill switch; 0 keeps the stock planner)")
+    schedule: bool = _opt(True, "schedule stage: TensorIR schedules for every fused kernel "
+                          "(kill switch)")
+    split_projection: bool = _opt(True, "a constant-weight projection read only through slices "
+                                  "of its last axis (a fused QKV) becomes one projection per slice")
+    residual_order: bool = _opt(True, "a residual sum of two projections is fused into the kernel "
+                                "that lowers the memory planner's bound (measured by lowering "
+                                "both ways)")
+    fuse_conv_pool: bool = _opt(True, "conv2d(+bias/ReLU) and the max-pool consuming it in one "
+                                "kernel, the conv output never materialized (needs the schedule "
+                                "stage; VGG-11 planned 0.29x of stock)")
+    fuse_conv_chain: bool = _opt(True, "with fuse_conv_pool: a cheap convolution (<= 10% of the "
+                                 "next one's FLOPs, e.g. VGG's first) feeding the fused one is "
+                                 "computed inside its row loop too (VGG-16 0.36x instead of 0.61x)")
+    schedule_off: str = _opt("conv1x1", "comma-separated schedule rules switched off (depthwise, "
+                             "conv1x1); their kernels fall to the next rule. conv1x1 is off by "
+                             "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
+                             "it on")
+    layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations in the layout stage "
+                             "(applied only where measured faster)")
+    layout_blocked: bool = _opt(False, "with layout_conv: blocked NCHW[b]c candidates (b = the "
+                                "target's vector lanes). Off: on VGG-11 it took the first conv out "
+                                "of conv+pool fusion (planned 16.06 vs 4.82 MB) for no latency "
+                                "gain")
+    layout_verify: bool = _opt(help="keep a layout plan only if it measured faster end to end: "
+                               "the first compile of a new plan also compiles with "
+                               "fluidml.layout=0 and times both (cached per plan id). Default "
+                               "from FLUIDML_TVM_LAYOUT_VERIFY (unset: on)",
+                               factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
+    memory_reorder: bool = _opt(True, "memory stage: choose a memory-aware execution order")
+    memory_inplace: bool = _opt(True, "memory stage: an elementwise kernel's output may take the "
+                                "bytes of an input that dies at that call")
+    memory_split: bool = _opt(True, "memory stage: a second small arena for the tensors live when "
+                              "the first output is allocated, where it lowers the run-time peak "
+                              "within 1.05x of the live-set bound")
+    verify: bool = _opt(False, "run the independent memory-plan verifier at compile time")
+    cost: str = _opt("measured", "where layout/schedule costs come from: measured (kernels run "
+                     "on the target, cached), learned (XGBoost on the cache) or analytic",
+                     choices=("measured", "learned", "analytic"))
+    tune_trials: int = _opt(8, "candidate schedules measured per kernel")
+    cache_dir: str = _opt(help="the on-disk measurement database (sqlite; default "
+                          "FLUIDML_TVM_CACHE or ~/.cache/fluidml-tvm)", factory=default_cache_dir)
+    num_threads: int = _opt(0, "threads the TVM runtime uses when fluidml-tvm runs or measures a "
+                            "model (0: all cores)")
+    weights: str = _opt("auto", "external: weights beside the library in NAME.weights, mapped at "
+                        "load; embedded: inside it (stock TVM); auto: external for libraries "
+                        "that run on this machine", choices=("auto", "external", "embedded"))
 
-    enable: bool = True
-    layout: bool = True
-    memory: bool = True
-    schedule: bool = True
-    split_projection: bool = True
-    residual_order: bool = True
-    fuse_conv_pool: bool = True
-    fuse_conv_chain: bool = True
-    schedule_off: str = "conv1x1"
-    layout_conv: bool = True
-    layout_blocked: bool = False
-    layout_verify: bool = field(
-        default_factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
-    verify: bool = False
-    cost: str = "measured"
-    tune_trials: int = 8
-    cache_dir: str = field(default_factory=default_cache_dir)
-    num_threads: int = 0
-    weights: str = "auto"
-
-    # ---- construction -------------------------------------------------------------------------
+    # ---- the table ------------------------------------------------------------------------------
     @classmethod
     def keys(cls) -> dict[str, dataclasses.Field]:
         """Map of pass-config key (``fluidml``, ``fluidml.layout``, ...) to dataclass field."""
-        out = {}
-        for f in fields(cls):
-            out["fluidml" if f.name == "enable" else "fluidml." + f.name] = f
+        out = {key_of(f.name): f for f in fields(cls)}
         out["fluidml.enable"] = out["fluidml"]  # PassContext-style spelling of the same switch
         return out
 
+    # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_context(cls, base: Options | None = None) -> Options:
         """``base`` updated with the ``fluidml.*`` keys of the current TVM ``PassContext``."""
@@ -170,33 +150,79 @@ class Options:
         return opts
 
     def validate(self) -> None:
-        if self.cost not in ("measured", "learned", "analytic"):
-            raise FluidMLError(
-                f"fluidml.cost must be measured, learned or analytic, got {self.cost!r}"
-            )
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise FluidMLError(f"{key_of(f.name)} must be {', '.join(choices[:-1])} or "
+                                   f"{choices[-1]}, got {getattr(self, f.name)!r}")
         if self.tune_trials < 1:
             raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
-        if self.weights not in ("auto", "external", "embedded"):
-            raise FluidMLError(
-                f"fluidml.weights must be auto, external or embedded, got {self.weights!r}"
-            )
         if self.num_threads < 0:
             raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, f.name) for k, f in self.keys().items() if k != "fluidml.enable"}
+        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def rule_on(self, rule: str) -> bool:
+        """Whether schedule rule ``rule`` is not switched off by ``fluidml.schedule_off``."""
+        return rule not in {r.strip() for r in (self.schedule_off or "").split(",")}
 
     def describe(self) -> str:
+        """The pipeline in one line: every switch that differs from its default is named."""
         if not self.enable:
             return "stock TVM pipeline (fluidml=0)"
-        on = [s for s in ("layout", "memory", "schedule") if getattr(self, s)]
-        off = [s for s in ("layout", "memory", "schedule") if not getattr(self, s)]
+        on = [s for s in STAGES if getattr(self, s)]
+        off = [s for s in STAGES if not getattr(self, s)]
         text = "fluidml pipeline, stages on: " + (", ".join(on) or "none")
-        return text + (f"; off: {', '.join(off)}" if off else "")
+        text += f"; off: {', '.join(off)}" if off else ""
+        default = Options()
+        changed = [f"{key_of(f.name)}={_show(getattr(self, f.name))}" for f in fields(self)
+                   if f.name not in STAGES + ("enable", "cache_dir")
+                   and getattr(self, f.name) != getattr(default, f.name)]
+        return text + (f"; {', '.join(changed)}" if changed else "")
+
+
+STAGES = ("layout", "memory", "schedule")
+
+
+def key_of(name: str) -> str:
+    """The pass-config key of an :class:`Options` field (``enable`` -> ``fluidml``)."""
+    return "fluidml" if name == "enable" else "fluidml." + name
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    return repr(value) if value == "" else str(value)
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    return f.type if isinstance(f.type, type) else {"bool": bool, "int": int, "str": str}[f.type]
+
+
+def table() -> list[tuple[str, str, str]]:
+    """``(key, default, help)`` for every switch, in declaration order."""
+    rows = []
+    for f in fields(Options):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = _show(default) if default is not None else "(see help)"
+        rows.append((key_of(f.name), shown, f.metadata["help"]))
+    return rows
+
+
+def help_text(width: int = 100) -> str:
+    """Every ``fluidml.*`` key with its default and help (``--help``, README)."""
+    import textwrap
+
+    out = []
+    for key, default, text in table():
+        out.append(f"{key}={default}")
+        out += textwrap.wrap(text, width - 4, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(out)
 
 
 def _coerce(key: str, f: dataclasses.Field, value):
-    typ = f.type if isinstance(f.type, type) else {"bool": bool, "int": int, "str": str}[f.type]
+    typ = _type_of(f)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -228,3 +254,16 @@ def split_pass_config(items) -> tuple[list[str], dict[str, str]]:
                 raise FluidMLError(f"--pass-config expects KEY=VALUE, got {item!r}")
             theirs[key] = item.split("=", 1)[1].strip()
     return ours, theirs
+
+
+def resolve(options=None, pass_config=None) -> tuple[Options, dict]:
+    """Options from (in increasing priority) the current PassContext, ``options``, ``pass_config``.
+
+    ``pass_config`` is a list of ``KEY=VALUE`` strings or a dict; keys outside ``fluidml.*`` are
+    returned as TVM PassContext config.
+    """
+    base = options if options is not None else Options.from_context()
+    if isinstance(pass_config, dict):
+        pass_config = [f"{k}={v}" for k, v in pass_config.items()]
+    ours, theirs = split_pass_config(pass_config or [])
+    return Options.from_pass_config(ours, base=base), theirs

@@ -26,9 +26,30 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from .options import Options
 
+# The pipeline's phases, in order; FluidML's own stages are "split", "layout", "schedule" and
+# "memory" (a Sequential named ``fluidml.<phase>`` each: --print-ir-after / --dump-ir names).
+PHASES = ("dispatch", "split", "layout", "legalize", "schedule", "lower", "memory", "weights",
+          "finalize")
+# Stages that leave decisions on the module (:mod:`fluidml_tvm.decisions`), in report order.
+DECISION_STAGES = ("split_projection", "residual_order", "layout", "layout_verify",
+                   "fuse_conv_pool", "schedule", "memory")
+# Stock TVM passes worth a dump of their own (--dump-ir).
+STOCK_DUMPS = ("LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR", "CallTIRRewrite",
+               "StaticPlanBlockMemory", "VMShapeLower")
+
+
+def phase_name(phase: str) -> str:
+    """The pass name of a phase's Sequential (``fluidml.layout``)."""
+    return f"fluidml.{phase}"
+
+
+def dump_names() -> list[str]:
+    """Passes after which ``--dump-ir`` writes the module."""
+    return [phase_name(p) for p in PHASES if p != "weights"] + list(STOCK_DUMPS)
+
 
 def _stage(name: str, passes: list) -> tvm.transform.Pass:
-    return tvm.transform.Sequential(passes, name=f"fluidml.{name}")
+    return tvm.transform.Sequential(passes, name=phase_name(name))
 
 
 def split_passes(target, options: Options) -> list:
@@ -60,9 +81,9 @@ def legalize_passes(target, options: Options) -> list:
 def layout_passes(target, options: Options) -> list:
     if not options.layout:
         return []
-    from .passes import layout_stage
+    from .passes.layout import layout_passes as stage
 
-    return layout_stage(target, options)
+    return stage(target, options)
 
 
 def schedule_passes(target, options: Options) -> list:
@@ -72,18 +93,18 @@ def schedule_passes(target, options: Options) -> list:
         return gpu.schedule_passes(target, options)
     if not options.schedule:
         return []
-    from .schedules import schedule_stage
+    from .schedules import schedule_passes as stage
 
-    return schedule_stage(target, options)
+    return stage(target, options)
 
 
 def memory_passes(target, options: Options) -> list:
     if options.memory:
-        from .passes import memory_stage
+        from .passes.memory import memory_passes as stage
 
-        stage = memory_stage(target, options)
-        if stage:
-            return stage
+        passes = stage(target, options)
+        if passes:
+            return passes
     return [relax.transform.StaticPlanBlockMemory()]
 
 
@@ -96,7 +117,7 @@ def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> l
     """
     finalize = cpu_generic.finalize_passes(target)
     assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
-    return [
+    out = [
         ("dispatch", cpu_generic.library_dispatch_passes(target)),
         ("split", split_passes(target, options)),
         ("layout", layout_passes(target, options)),
@@ -107,6 +128,21 @@ def phases(target: tvm.target.Target, options: Options, before_finalize=()) -> l
         ("weights", list(before_finalize)),
         ("finalize", finalize[1:]),
     ]
+    assert tuple(name for name, _ in out) == PHASES
+    return out
+
+
+def lower_to_memory_slot(mod: tvm.IRModule, target, options=None) -> tvm.IRModule:
+    """Run the ``fluidml`` pipeline's phases that come before its memory slot."""
+    options = options or Options()
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    seq = []
+    for name, passes in phases(target, options):
+        if name == "memory":
+            break
+        seq += passes
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
 
 
 def get_pipeline(target: tvm.target.Target, options: Options | None = None,

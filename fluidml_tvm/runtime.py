@@ -24,9 +24,12 @@ def set_num_threads(num_threads: int | None) -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
-def read_metadata(lib_path: str) -> dict:
-    from .compiler import metadata_path
+def metadata_path(lib_path: str) -> str:
+    """The metadata file written beside a library: ``model.so`` -> ``model.json``."""
+    return os.path.splitext(os.fspath(lib_path))[0] + ".json"
 
+
+def read_metadata(lib_path: str) -> dict:
     meta = metadata_path(lib_path)
     if not os.path.exists(meta):
         raise FluidMLError(

@@ -14,7 +14,8 @@ A pair is fused only when the fused kernel can be scheduled that way: the merged
 through FuseTIR on its own and the conv_pool rule must accept (and schedule) the result;
 otherwise the fused kernel would allocate the whole convolution output inside itself, no better
 than before. Every pair found gets a :class:`FusionDecision` with its reason, kept in
-:attr:`FluidMLFuseConvPool.decisions` and in the module attribute ``fluidml.fuse_conv_pool_report``.
+:attr:`FluidMLFuseConvPool.decisions` and in the module attribute
+``fluidml.decisions.fuse_conv_pool`` (:mod:`fluidml_tvm.decisions`).
 
 Kill switch: ``fluidml.fuse_conv_pool=0`` (``Options(fuse_conv_pool=False)``). The pipeline runs
 this pass only when the schedule stage is on (unscheduled, the fused kernel would still hold the
@@ -29,7 +30,10 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, tirx
 
+from ..decisions import Decision, attach, note
+
 log = logging.getLogger("fluidml_tvm.fusion")
+STAGE = "fuse_conv_pool"
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 # conv -> conv -> pool: the first convolution is fused only if it costs at most this fraction of
@@ -48,10 +52,12 @@ class FusionDecision:
     saved_bytes: int = 0  # bytes of the convolution output no longer materialized
 
     def __str__(self) -> str:
-        head = f"{self.producer} + {self.pool}: "
-        if self.fused:
-            return head + f"fused into {self.fused} - {self.reason}"
-        return head + f"not fused - {self.reason}"
+        return str(self.record())
+
+    def record(self) -> Decision:
+        choice = f"fused into {self.fused}" if self.fused else "not fused"
+        return Decision(STAGE, f"{self.producer} + {self.pool}", choice, self.reason,
+                        {"saved_bytes": self.saved_bytes, "fused": self.fused})
 
 
 def _bytes(ty) -> int | None:
@@ -111,7 +117,7 @@ class FluidMLFuseConvPool:
         self.decisions = []
         pairs = self._find(mod)  # (func gv, producer binding index, pool binding index, info)
         if not pairs:
-            return mod.with_attr("fluidml.fuse_conv_pool_report", report(self.decisions))
+            return records(mod, self.decisions)
         accepted = pairs
         if self.check:
             accepted, todo = [], pairs
@@ -138,7 +144,7 @@ class FluidMLFuseConvPool:
         mod = self._rewrite(mod, accepted) if accepted else mod
         for d in self.decisions:
             log.info("%s", d)
-        return mod.with_attr("fluidml.fuse_conv_pool_report", report(self.decisions))
+        return records(mod, self.decisions)
 
     # -- finding pairs -------------------------------------------------------------------------
     def _find(self, mod) -> list[dict]:
@@ -407,12 +413,13 @@ def fusion_passes(check: bool = True, chain: bool = True) -> list:
 
     @tvm.transform.module_pass(opt_level=0, name="FluidMLFuseConvPoolReport")
     def _report(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return mod.with_attr("fluidml.fuse_conv_pool_report", report(fuser.decisions))
+        return records(mod, fuser.decisions)
 
     return [fuser, relax.transform.FuseTIR(), _report]
 
 
-def report(decisions: list[FusionDecision]) -> str:
-    if not decisions:
-        return "no convolution followed by a max-pool"
-    return "\n".join(str(d) for d in decisions)
+def records(mod: tvm.IRModule, decisions: list[FusionDecision]) -> tvm.IRModule:
+    """``mod`` with the fusion decisions attached (:mod:`fluidml_tvm.decisions`)."""
+    found = [d.record() for d in decisions]
+    found = found or [note(STAGE, "no convolution followed by a max-pool")]
+    return attach(mod, STAGE, found)

@@ -21,7 +21,7 @@ the module as given and with every such sum rewritten (legalization, fusion and 
 ``fluidml`` pipeline, no schedules) and keeps the rewrite only when the memory planner's
 in-place-aware live-set bound is lower. No value changes (floating-point addition is
 commutative). The decision and both bounds are kept in :attr:`FluidMLResidualOrder.decision` and
-the module attribute ``fluidml.residual_order_report``.
+the module attribute ``fluidml.decisions.residual_order`` (:mod:`fluidml_tvm.decisions`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ import logging
 import tvm
 from tvm import relax
 
+from ..decisions import Decision, attach, note
+
 log = logging.getLogger("fluidml_tvm.residual_order")
+STAGE = "residual_order"
 
 _OP = tvm.ir.Op.get
 ADD, MATMUL, RESHAPE = _OP("relax.add"), _OP("relax.matmul"), _OP("relax.reshape")
@@ -101,13 +104,15 @@ def swap_sums(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 
 def planned_bound(mod: tvm.IRModule, target) -> int:
     """The memory planner's in-place-aware live-set bound of ``mod`` lowered without schedules
-    (summed over functions)."""
-    from ..options import Options
-    from .memory_analysis import lower_to_memory_slot
-    from .memory_plan import FluidMLMemoryPlan
+    (summed over functions): TVM's own passes up to the memory slot, then the planner."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    opts = Options(layout=False, schedule=False, split_projection=False, residual_order=False)
-    lowered = lower_to_memory_slot(mod, target, opts)
+    from .memory import FluidMLMemoryPlan
+
+    lower = [*cpu_generic.library_dispatch_passes(target), *cpu_generic.legalize_passes(target),
+             *cpu_generic.dataflow_lower_passes(target)]
+    with target:
+        lowered = tvm.transform.Sequential(lower)(mod)
     planner = FluidMLMemoryPlan(split_outputs=False, stock_fallback=False, random_tries=0)
     planner(lowered)
     return sum(p.bound for p in planner.plans.values())
@@ -126,7 +131,7 @@ class FluidMLResidualOrder:
         swapped, n = swap_sums(mod)
         if n == 0:
             self.decision = "no residual sum of a projection found"
-            return mod.with_attr("fluidml.residual_order_report", self.decision)
+            return attach(mod, STAGE, [note(STAGE, self.decision)])
         target = self.target or tvm.target.Target.current(allow_none=True)
         target = target or tvm.target.Target({"kind": "llvm"})
         keep, swap = planned_bound(mod, target), planned_bound(swapped, target)
@@ -138,4 +143,6 @@ class FluidMLResidualOrder:
             + ("swapped" if use else "kept as written")
         )
         log.info(self.decision)
-        return (swapped if use else mod).with_attr("fluidml.residual_order_report", self.decision)
+        record = Decision(STAGE, f"{n} residual sums", "swapped" if use else "kept as written",
+                          self.decision, {"bound_as_written": keep, "bound_swapped": swap})
+        return attach(swapped if use else mod, STAGE, [record])

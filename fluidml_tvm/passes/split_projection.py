@@ -22,7 +22,7 @@ so the fused output (GPT-NeoX-small: 0.79 MB, live until its last slice) is neve
 each part is computed where its slice was. Columns no slice reads are not computed.
 
 Not rewritten (the reason is kept in :attr:`FluidMLSplitProjection.decisions` and in the
-module attribute ``fluidml.split_projection_report``): a non-constant weight, a projection or
+module attribute ``fluidml.decisions.split_projection``): a non-constant weight, a projection or
 intermediate that leaves the dataflow block or has another user, a slice on another axis, with
 a stride other than 1 or symbolic bounds, slices that overlap (the rewrite would compute columns
 twice), symbolic shapes. Nothing is matched by name.
@@ -36,7 +36,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..decisions import Decision, attach, note, render
+
 log = logging.getLogger("fluidml_tvm.split_projection")
+STAGE = "split_projection"
 
 _OP = tvm.ir.Op.get
 MATMUL, ADD, RESHAPE = _OP("relax.matmul"), _OP("relax.add"), _OP("relax.reshape")
@@ -167,11 +170,12 @@ def _match(var, value, value_of, users, outside) -> tuple[_Match | None, str]:
 class FluidMLSplitProjection:
     """Split every constant-weight projection read only through last-axis slices.
 
-    ``decisions`` lists, per projection considered, ``"name: split into ... | kept: reason"``.
+    ``decisions`` lists, per projection considered, a :class:`~fluidml_tvm.decisions.Decision`
+    (choice ``split`` or ``kept``, with the reason).
     """
 
     def __init__(self):
-        self.decisions: list[str] = []
+        self.decisions: list[Decision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.decisions = []
@@ -183,10 +187,11 @@ class FluidMLSplitProjection:
             if new is not None:
                 out = out.clone() if out is mod else out
                 out[gv] = new
-        return out.with_attr("fluidml.split_projection_report", self.report())
+        found = self.decisions or [note(STAGE, "no constant-weight projection read through slices")]
+        return attach(out, STAGE, found)
 
     def report(self) -> str:
-        return "\n".join(self.decisions) or "no constant-weight projection read through slices"
+        return render(self.decisions) or "no constant-weight projection read through slices"
 
     def _function(self, func: relax.Function, fname: str) -> relax.Function | None:
         body = func.body
@@ -215,19 +220,21 @@ class FluidMLSplitProjection:
             name = f"{fname}/{b.var.name}"
             if m is None:
                 if why != "weight is not a 2-D constant":  # activations x activations: silent
-                    self.decisions.append(f"{name}: kept: {why}")
+                    self.decisions.append(Decision(STAGE, name, "kept", why))
                 continue
             for s, (lo, hi) in m.slices.items():
                 matches[s] = (m, lo, hi)
             dropped.update(m.removed)
             k, n = m.weight.shape
             kept = sum(hi - lo for lo, hi in m.slices.values()) * m.groups
-            self.decisions.append(
-                f"{name}: split [{k}x{n}] into {len(m.slices)} projections "
+            self.decisions.append(Decision(
+                STAGE, name, "split",
+                f"[{k}x{n}] into {len(m.slices)} projections "
                 f"({', '.join(f'{s.name}: cols [{lo},{hi})' for s, (lo, hi) in m.slices.items())}"
                 + (f" in each of {m.groups} groups" if m.groups > 1 else "")
                 + f"); the fused output ({int(np.prod(_static(b.var.ty))) * m.weight.itemsize}"
-                f" bytes) is never materialized; {n - kept} of {n} columns unread")
+                f" bytes) is never materialized; {n - kept} of {n} columns unread",
+                {"weight": [k, n], "parts": len(m.slices), "groups": m.groups}))
             log.debug(self.decisions[-1])
         if not matches:
             return None

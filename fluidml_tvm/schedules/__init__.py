@@ -8,7 +8,7 @@ from .fluidml_schedule import Decision, FluidMLSchedule, report
 from .target_info import CPUInfo, cpu_info, host_target
 
 
-def schedule_stage(target, options) -> list:
+def schedule_passes(target, options) -> list:
     """Passes of the schedule slot: :class:`FluidMLSchedule` for CPU (llvm) targets."""
     return [FluidMLSchedule(target, options)]
 
@@ -20,5 +20,5 @@ __all__ = [
     "cpu_info",
     "host_target",
     "report",
-    "schedule_stage",
+    "schedule_passes",
 ]

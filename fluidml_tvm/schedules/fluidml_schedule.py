@@ -39,6 +39,8 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..costdb import REMEASURE_ATTEMPTS
+from ..decisions import Decision as Record
+from ..decisions import attach
 from ..options import Options
 from . import conv2d, conv2d_nchwc, conv_pool, depthwise, fast_math
 from . import matmul as mm
@@ -66,10 +68,12 @@ class Decision:
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        s = f"{self.kernel}: {self.rule} - {self.reason}"
-        if self.measured:
-            s += f" [measured {self.measured} candidates]"
-        return s
+        return str(self.record())
+
+    def record(self) -> Record:
+        reason = self.reason + (f" [measured {self.measured} candidates]" if self.measured else "")
+        return Record("schedule", self.kernel, self.rule, reason,
+                      {"config": self.config, "measured": self.measured, "seconds": self.seconds})
 
 
 @tvm.transform.module_pass(opt_level=0, name="FluidMLSchedule")
@@ -150,7 +154,7 @@ class FluidMLSchedule:
             n = sum(1 for d in self.decisions if d.measured)
             _progress(f"measured {n} kernels\n")
         # the per-kernel decisions travel with the module (read them with a pass instrument)
-        return mod.with_attr("fluidml.schedule_report", report(self.decisions))
+        return attach(mod, "schedule", [d.record() for d in self.decisions])
 
     # -- one kernel --------------------------------------------------------------------------
     def _schedule_one(self, name, func, target, cpu: CPUInfo, const_args, db, measure_ok):

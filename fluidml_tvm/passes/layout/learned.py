@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .layout_measure import MeasuredCost
+from .measure import MeasuredCost
 
 MIN_ROWS = 16
 

@@ -32,38 +32,18 @@ with per-channel constants stored blocked. Whether it pays is measured like NHWC
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, topi
+from tvm import te
 
-from .layout_cost import is_blocked, phys_shape
-
-NCHW = (0, 1, 2, 3)
-NHWC = (0, 2, 3, 1)
-CONV_LAYOUTS = (NCHW, NHWC)  # the permutations; blocked layouts: is_blocked()
-POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
-_NAMES = {NCHW: "NCHW", NHWC: "NHWC"}
-
-
-def blocked(b: int) -> tuple:
-    """The ``NCHW[b]c`` layout of a 4-d activation."""
-    return (0, 1, 2, 3, int(b))
-
-
-def blocked_shape(shape, lay) -> tuple:
-    """The physical shape of a 4-d tensor held in ``lay`` (blocked or a permutation)."""
-    if is_blocked(lay):
-        b = lay[4]
-        return (shape[0], shape[1] // b, shape[2], shape[3], b)
-    return phys_shape(shape, lay)
-
-
-def to_blocked(b: int):
-    """Index map NCHW -> NCHW[b]c (for ``relax.op.layout_transform``)."""
-    return lambda n, c, h, w: (n, c // b, h, w, c % b)
-
-
-def from_blocked(b: int):
-    """Index map NCHW[b]c -> NCHW."""
-    return lambda n, co, h, w, ci: (n, co * b + ci, h, w)
+from .kernels import blocked_conv2d, permuted_conv2d
+from .layouts import (  # noqa: F401
+    CONV_LAYOUTS,
+    POOL_OPS,
+    blocked,
+    blocked_shape,
+    is_blocked,
+    layout_name,
+    phys_shape,
+)
 
 
 def block_activation(arr, b: int):
@@ -91,46 +71,6 @@ def blocked_weight_shape(w_shape, lin, b: int) -> tuple:
         bi = lin[4]
         return (o // b, c // bi, kh, kw, bi, b)
     return (o // b, c, kh, kw, b)
-
-
-def blocked_conv2d(data, weight, lin, b, out_shape, strides, padding, dilation, dtype):
-    """te compute of a convolution writing ``NCHW[b]c``; ``data`` is held in ``lin`` (NCHW or
-    blocked), ``weight`` pre-blocked by :func:`block_weight`. All indices are plain variables."""
-    top, left, bottom, right = padding
-    rank = len(data.shape)
-    before, after = [0] * rank, [0] * rank
-    before[2], after[2], before[3], after[3] = top, bottom, left, right
-    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
-    sh, sw = strides
-    dh, dw = dilation
-    kh, kw = int(weight.shape[2]), int(weight.shape[3])
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    n_, o_, oh, ow = out_shape
-    shape = (n_, o_ // b, oh, ow, b)
-    if is_blocked(lin):
-        rco = te.reduce_axis((0, int(weight.shape[1])), name="rco")
-        rci = te.reduce_axis((0, int(weight.shape[4])), name="rci")
-
-        def fcompute(nn, fo, yy, xx, fi):
-            x = padded[nn, rco, yy * sh + ry * dh, xx * sw + rx * dw, rci]
-            return te.sum(x.astype(dtype) * weight[fo, rco, ry, rx, rci, fi].astype(dtype),
-                          axis=[rco, ry, rx, rci])
-    else:
-        rc = te.reduce_axis((0, int(weight.shape[1])), name="rc")
-
-        def fcompute(nn, fo, yy, xx, fi):
-            x = padded[nn, rc, yy * sh + ry * dh, xx * sw + rx * dw]
-            return te.sum(x.astype(dtype) * weight[fo, rc, ry, rx, fi].astype(dtype),
-                          axis=[rc, ry, rx])
-
-    return te.compute(shape, fcompute, name="conv2d_nchwc", tag="conv2d_nchwc")
-
-
-def layout_name(lay) -> str:
-    if is_blocked(lay):
-        return f"NCHW{lay[4]}c"
-    return _NAMES[tuple(lay)]
 
 
 def conv_attrs(call) -> dict | None:
@@ -186,35 +126,6 @@ def conv_flops(g, i) -> float:
     n = g.nodes[i]
     w = g.tensors[n.inputs[1]]
     return 2.0 * g.tensors[n.output].size * w.shape[1] * w.shape[2] * w.shape[3]
-
-
-def permuted_conv2d(data, weight, lin, lout, out_shape, strides, padding, dilation, dtype):
-    """te compute of an NCHW/OIHW convolution whose input is held in layout ``lin`` and whose
-    output is written in ``lout`` (``data`` is the physical te tensor, ``weight`` OIHW)."""
-    pos = [list(lin).index(d) for d in range(4)]  # logical dim -> physical position
-    top, left, bottom, right = padding
-    before, after = [0] * 4, [0] * 4
-    before[pos[2]], after[pos[2]] = top, bottom
-    before[pos[3]], after[pos[3]] = left, right
-    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
-    _, cin, kh, kw = (int(d) for d in weight.shape)
-    rc = te.reduce_axis((0, cin), name="rc")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    sh, sw = strides
-    dh, dw = dilation
-
-    def fcompute(*pidx):
-        lg = [None] * 4
-        for p, d in enumerate(lout):
-            lg[d] = pidx[p]
-        nn, ff, yy, xx = lg
-        logical = [nn, rc, yy * sh + ry * dh, xx * sw + rx * dw]
-        x = padded[tuple(logical[d] for d in lin)]
-        return te.sum(x.astype(dtype) * weight[ff, rc, ry, rx].astype(dtype), axis=[rc, ry, rx])
-
-    shape = tuple(out_shape[d] for d in lout)
-    return te.compute(shape, fcompute, name="conv2d_layout", tag="conv2d_layout")
 
 
 def conv_variant(g, i, lin, lout):

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .graph import OpGraph
+from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_shape
 
 REDUCING_AXIS_OPS = {"relax.nn.softmax", "relax.nn.log_softmax", "relax.nn.layer_norm"}
 
@@ -45,44 +46,6 @@ ELEMWISE = {
     ).split()
 }
 FREE_OPS = {"relax.reshape", "alias"}  # views: no kernel at run time
-
-
-def identity(rank: int) -> tuple:
-    return tuple(range(rank))
-
-
-def is_blocked(lay) -> bool:
-    """``NCHW[b]c``, written ``(0, 1, 2, 3, b)`` (see :mod:`.layout_conv`)."""
-    return lay is not None and len(lay) == 5 and tuple(lay[:4]) == (0, 1, 2, 3)
-
-
-def default_of(lay) -> tuple:
-    """The default layout of the tensor ``lay`` is a layout of."""
-    return identity(4) if is_blocked(lay) else identity(len(lay))
-
-
-def inverse(perm) -> tuple:
-    out = [0] * len(perm)
-    for p, d in enumerate(perm):
-        out[d] = p
-    return tuple(out)
-
-
-def compose(perm, inner) -> tuple:
-    """``out[p] = perm[inner[p]]``."""
-    return tuple(perm[i] for i in inner)
-
-
-def moves_data(perm, shape) -> bool:
-    """Whether reordering a tensor of ``shape`` by ``perm`` (out dim p = in dim perm[p]) moves
-    bytes: false when the non-unit dims keep their relative order (then it is a reshape)."""
-    kept = [d for d in perm if shape[d] != 1]
-    return kept != sorted(kept)
-
-
-def phys_shape(shape, perm) -> tuple:
-    """The shape a tensor of logical ``shape`` has in layout ``perm``."""
-    return tuple(shape[d] for d in perm)
 
 
 def op_kind(g: OpGraph, i: int) -> str:
@@ -98,7 +61,7 @@ def op_kind(g: OpGraph, i: int) -> str:
     if n.op in ELEMWISE and len(out.shape) >= 1:
         return "elemwise"
     if "conv" in n.attrs or "pool" in n.attrs:
-        from .layout_conv import is_conv, is_pool
+        from .conv import is_conv, is_pool
 
         if is_conv(g, i):
             return "conv"
@@ -113,10 +76,9 @@ def op_kind(g: OpGraph, i: int) -> str:
 
 def pool_ok(lin, lout) -> bool:
     """A pool runs on NCHW, NHWC or NCHW[b]c, its input and output alike."""
-    from .layout_conv import CONV_LAYOUTS
+    from .layouts import CONV_LAYOUTS
 
     return tuple(lin) == tuple(lout) and (tuple(lout) in CONV_LAYOUTS or is_blocked(lout))
-
 
 
 def axis_ok(g: OpGraph, i: int, lout) -> bool:
@@ -214,7 +176,7 @@ class AnalyticCost:
     def conv(self, g: OpGraph, i: int, lin, lout) -> float:
         """A conv kernel reading ``lin`` and writing ``lout`` (NCHW/NHWC), beyond ``kernel``:
         the analytic model has no preference between the two."""
-        from .layout_conv import conv_flops
+        from .conv import conv_flops
 
         return conv_flops(g, i) / self.flops
 
@@ -270,7 +232,7 @@ class AnalyticCost:
             return cost + self.conv(g, i, identity(4), lout) + self.convert(
                 g.tensors[n.inputs[0]].nbytes)  # NHWC -> NCHW first: a permute
         if kind == "conv":
-            from .layout_conv import CONV_LAYOUTS
+            from .layouts import CONV_LAYOUTS
 
             ok_in, ok_out = lin[0] in CONV_LAYOUTS, lout in CONV_LAYOUTS
             cost += self.conv(g, i, lin[0] if ok_in else identity(4),

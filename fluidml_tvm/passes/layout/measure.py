@@ -18,27 +18,20 @@ packed offline as in the real pipeline. A variant in a non-default layout must b
 from __future__ import annotations
 
 import logging
-import os
 
 import tvm
 from tvm import te
 
-from .layout_cost import (
-    AnalyticCost,
-    compose,
-    identity,
-    inverse,
-    is_blocked,
-    moves_data,
-    phys_shape,
-)
+from ...costdb import target_key
+from .cost import AnalyticCost
+from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_shape
 
 log = logging.getLogger("fluidml_tvm.layout")
 
 
 def matmul_variant(a_shape, b_shape, out_shape, la, lb, lo, dtype="float32"):
     """The PrimFunc the rewrite emits for a matmul with layouts ``la``, ``lb``, ``lo``."""
-    from .layout_rewrite import permuted_matmul
+    from .kernels import permuted_matmul
 
     a = te.placeholder(phys_shape(a_shape, la), dtype, "A")
     b = te.placeholder(phys_shape(b_shape, lb), dtype, "B")
@@ -99,8 +92,8 @@ def schedule_and_time(funcs: list, target, options, timings: bool = False) -> li
     """
     import dataclasses
 
-    from ..schedules import FluidMLSchedule
-    from ..schedules.measure import measure_funcs
+    from ...schedules import FluidMLSchedule
+    from ...schedules.measure import measure_funcs
 
     # each variant gets the schedules' own choice among a few measured tiles (cached), so the
     # default and the permuted variants are compared at their best, as the pipeline runs them
@@ -160,15 +153,14 @@ class MeasuredCost(AnalyticCost):
         object.__setattr__(self, "measure", measure)
         object.__setattr__(self, "table", {})
         object.__setattr__(self, "loaded", set())  # variants known only from loaded runs
-        threads = os.environ.get("TVM_NUM_THREADS", "default")
-        object.__setattr__(self, "tkey", f"{target}|threads={threads}")
+        object.__setattr__(self, "tkey", target_key(target))
 
     def __hash__(self):
         return id(self)
 
     # -- variants the DP may ask for ----------------------------------------------------------
     def variants(self, g, cands) -> dict:
-        from .layout_cost import op_kind
+        from .cost import op_kind
 
         out = {}
         for i, n in enumerate(g.nodes):
@@ -185,7 +177,8 @@ class MeasuredCost(AnalyticCost):
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
             elif kind == "conv":
-                from .layout_conv import CONV_LAYOUTS, conv_key, conv_variant
+                from .conv import conv_key, conv_variant
+                from .layouts import CONV_LAYOUTS
 
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
@@ -233,7 +226,7 @@ class MeasuredCost(AnalyticCost):
         is measured again, up to ``REMEASURE_ATTEMPTS`` times, as the schedules' choices are;
         its time is the best quiet measurement, else the best of all.
         """
-        from ..costdb import NOISY_LOAD, REMEASURE_ATTEMPTS
+        from ...costdb import NOISY_LOAD, REMEASURE_ATTEMPTS
 
         todo, tries = {}, {}
         for k, make in self.variants(g, cands).items():
@@ -287,7 +280,7 @@ class MeasuredCost(AnalyticCost):
         return self.launch + (t if plain else t * (1 + self.margin))
 
     def conv(self, g, i, lin, lout):
-        from .layout_conv import conv_key
+        from .conv import conv_key
 
         t = self.table.get(conv_key(g, i, lin, lout))
         if t is None:
@@ -296,7 +289,7 @@ class MeasuredCost(AnalyticCost):
         return t if plain else t * (1 + self.margin)
 
     def node(self, g, i, layouts):
-        from .layout_cost import op_kind
+        from .cost import op_kind
 
         n = g.nodes[i]
         blocked = any(is_blocked(layouts.get(t)) for t in (n.output, *n.inputs))
@@ -314,32 +307,3 @@ class MeasuredCost(AnalyticCost):
         return super().node(g, i, layouts)
 
 
-def make_model(target=None, options=None, conversion_penalty: float = 0.0, measure: bool = True):
-    """The cost model ``options.cost`` names (``analytic`` when measuring is impossible).
-
-    ``measure=False``: cached measurements only, analytic terms for the rest (no compile time
-    spent timing kernels, e.g. when the plan is only reported).
-    """
-    from ..options import Options
-    from ..schedules.measure import can_measure
-
-    options = options or Options()
-    if options.cost == "analytic":
-        return AnalyticCost(conversion_penalty=conversion_penalty)
-    if target is None:
-        target = tvm.target.Target.current(allow_none=True)
-    elif not isinstance(target, tvm.target.Target):
-        target = tvm.target.Target(target)
-    if target is None or target.kind.name != "llvm" or not can_measure(target):
-        log.info("layout: target cannot be measured here; analytic costs")
-        return AnalyticCost(conversion_penalty=conversion_penalty)
-    db = None
-    if options.cache_dir:
-        from ..costdb import CostDB
-
-        db = CostDB(options.cache_dir)
-    if options.cost == "learned":
-        from .layout_learned import LearnedCost
-
-        return LearnedCost(target, options, db, measure, conversion_penalty=conversion_penalty)
-    return MeasuredCost(target, options, db, measure, conversion_penalty=conversion_penalty)

@@ -25,7 +25,7 @@ import logging
 import tvm
 from tvm import relax
 
-from .memory_analysis import (
+from .lifetimes import (
     BUILTIN_ALLOC,
     MEM_ALLOC_STORAGE,
     MEM_ALLOC_TENSOR,

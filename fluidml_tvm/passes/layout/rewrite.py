@@ -1,9 +1,7 @@
-"""``FluidMLLayout``: choose every tensor's layout (FluidML) and rewrite the Relax IR to it.
+"""The IR in the chosen layouts: :func:`apply_plan` realizes a layout plan on a Relax function.
 
-Runs on high-level Relax (``R.matmul``, ``R.permute_dims``, elementwise ops, ...) before
-LegalizeOps/FoldConstant, inside ``with target:`` or with a target given. For each Relax function
-it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
-:mod:`.layout_vote`) under a cost model (:mod:`.layout_cost`) and realizes the plan:
+It runs on high-level Relax (``R.matmul``, ``R.permute_dims``, elementwise ops, ...) before
+LegalizeOps/FoldConstant:
 
 * a tensor in layout ``L`` is held physically permuted (``x_phys = permute_dims(x, L)``);
 * ``permute_dims`` whose input and output are the same bytes becomes an alias (no kernel), or a
@@ -19,16 +17,8 @@ it builds the operator graph (:mod:`.graph`), plans layouts (:mod:`.layout_dp`,
 * every other op gets its inputs transposed back to the default layout - an explicit transform,
   only where no kernel absorbs the layout (the plan already paid for it in the cost model).
 
-A plan is a model's prediction; ``fluidml.layout_verify`` (on by default) checks it: the first
-compile of a plan times the model with the plan and without it (:mod:`.layout_gain`, in
-``fluidml_tvm.compile``) and caches the ratio under the plan's id; a plan measured no faster
-(:func:`.layout_gain.keeps`: on/off at most 0.995 with three quarters of the rounds faster) is
-not applied, here, with the number in the report.
-
-Graph inputs, outputs and dynamic-shape tensors keep the default layout. ``apply=False`` only
-records the plans (:attr:`FluidMLLayout.plans`, :func:`report`) and leaves the IR unchanged. The
-report is also left in the module attribute ``fluidml.layout_report`` (read it with a pass
-instrument after ``FluidMLLayout``, as ``fluidml-tvm compile --report`` can).
+Graph inputs, outputs and dynamic-shape tensors keep the default layout. The plan comes from
+:mod:`.stage` (the front door), which decides whether it is applied.
 """
 
 from __future__ import annotations
@@ -37,52 +27,14 @@ import logging
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax
 
-from . import layout_gain
-from .graph import build_graph
-from .layout_conv import block_activation
-from .layout_cost import (
-    axis_inputs,
-    axis_ok,
-    compose,
-    default_of,
-    identity,
-    inverse,
-    is_blocked,
-    moves_data,
-    op_kind,
-    phys_shape,
-    pool_ok,
-)
-from .layout_dp import candidates
-from .layout_vote import plan_layouts
-from .layout_vote import report as plan_report
+from .conv import block_activation
+from .cost import axis_inputs, axis_ok, op_kind, pool_ok
+from .kernels import permuted_matmul
+from .layouts import compose, default_of, identity, inverse, is_blocked, moves_data, phys_shape
 
 log = logging.getLogger("fluidml_tvm.layout")
-
-
-def permuted_matmul(a, b, la, lb, lo, a_shape, b_shape, out_shape, dtype):
-    """te compute of ``C = A @ B`` where A, B, C are held in layouts ``la``, ``lb``, ``lo``
-    (logical shapes given; ``a``/``b`` are the physical te tensors); returns physical C."""
-    r = len(out_shape)
-    k = te.reduce_axis((0, a_shape[-1]), name="k")
-
-    def operand(t, lay, shape, last2, pidx_log):
-        nb = len(shape) - 2
-        batch = [0 if shape[j] == 1 else pidx_log[r - 2 - nb + j] for j in range(nb)]
-        idx = batch + last2
-        return t[tuple(idx[d] for d in lay)]
-
-    def fcompute(*pidx):
-        lg = [None] * r
-        for p, d in enumerate(lo):
-            lg[d] = pidx[p]
-        x = operand(a, la, a_shape, [lg[r - 2], k], lg)
-        y = operand(b, lb, b_shape, [k, lg[r - 1]], lg)
-        return te.sum(x.astype(dtype) * y.astype(dtype), axis=k)
-
-    return te.compute(phys_shape(out_shape, lo), fcompute, name="T_matmul")
 
 
 @relax.expr_functor.mutator
@@ -112,7 +64,7 @@ class _Rewriter(relax.PyExprMutator):
         """Tensor ``name`` held in layout ``src`` re-held in ``dst`` (one permute or a view;
         to or from ``NCHW[b]c``: a ``layout_transform``, through NCHW)."""
         if is_blocked(src) or is_blocked(dst):
-            from .layout_conv import from_blocked, to_blocked
+            from .layouts import from_blocked, to_blocked
 
             if tuple(src) == tuple(dst):
                 return expr
@@ -222,7 +174,8 @@ class _Rewriter(relax.PyExprMutator):
     def conv(self, i, value, lout):
         """conv2d reading its input in its layout (NCHW/NHWC, else converted to NCHW) and
         writing ``lout`` (NCHW/NHWC, else NCHW); returns the call and the layout it writes."""
-        from .layout_conv import CONV_LAYOUTS, permuted_conv2d
+        from .kernels import permuted_conv2d
+        from .layouts import CONV_LAYOUTS
 
         n = self.g.nodes[i]
         xname, x = self.arg(value.args[0])
@@ -246,7 +199,8 @@ class _Rewriter(relax.PyExprMutator):
     def blocked_conv(self, i, value, xname, x, lin, lout):
         """conv2d writing ``NCHW[b]c`` (reading NCHW or a blocked input), its weight stored
         pre-blocked (a new constant) for :func:`.layout_conv.blocked_conv2d`."""
-        from .layout_conv import block_weight, blocked_conv2d
+        from .conv import block_weight
+        from .kernels import blocked_conv2d
 
         if not (lin == identity(4) or is_blocked(lin)):
             x, lin = self.logical(xname, x), identity(4)
@@ -265,7 +219,7 @@ class _Rewriter(relax.PyExprMutator):
     def blocked_operand(self, e, full, b: int):
         """A non-constant broadcast operand (``full``: its 4-d shape) of an elementwise op on
         ``NCHW[b]c`` tensors, re-held for it (channel dim C: blocked; 1: a view)."""
-        from .layout_conv import to_blocked
+        from .layouts import to_blocked
 
         n_, c, h, w = full
         if c == 1:
@@ -276,7 +230,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def pool(self, value, lout):
         """A pool on the tensor held in ``lout`` (NCHW or NHWC), through its layout attrs."""
-        from .layout_conv import layout_name
+        from .layouts import layout_name
 
         _, x = self.arg(value.args[0])
         a = value.attrs
@@ -364,144 +318,9 @@ class _Rewriter(relax.PyExprMutator):
         return relax.Call(value.op, args, value.attrs, value.ty_args)
 
 
-@tvm.transform.module_pass(opt_level=0, name="FluidMLLayout")
-class FluidMLLayout:
-    """Plan (and by default apply) FluidML layouts on every Relax function of a module.
-
-    Parameters
-    ----------
-    target
-        The target the costs are for (``None``: ``Target.current()``, or analytic costs).
-    options
-        :class:`fluidml_tvm.options.Options`; ``cost`` selects the cost model (analytic /
-        measured / learned, see :func:`.layout_measure.make_model`).
-    apply
-        Rewrite the IR (True) or only record the plans and reasons (False).
-    model
-        A cost model object overriding ``options.cost`` (tests, tutorials).
-    explicit_transforms
-        Allow plans that insert transposes around kernels that cannot absorb a layout (True:
-        FluidML's full search). False keeps only layouts that kernels absorb, so the rewrite
-        removes transpose kernels and never adds one (what the ``fluidml`` pipeline runs).
-    """
-
-    def __init__(self, target=None, options=None, apply: bool = True, model=None,
-                 explicit_transforms: bool = True):
-        self.target, self.options, self.apply, self.model = target, options, apply, model
-        self.explicit_transforms = explicit_transforms
-        self.plans: dict = {}
-
-    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        from .layout_measure import make_model
-
-        penalty = 0.0 if self.explicit_transforms else 10.0  # seconds: never worth paying
-        # a plan that is only reported uses cached measurements and spends no compile time
-        model = self.model or make_model(self.target, self.options, penalty, measure=self.apply)
-        out = mod
-        for gv, func in mod.functions_items():
-            if not isinstance(func, relax.Function) or (func.attrs and (
-                    "Codegen" in func.attrs or "Primitive" in func.attrs)):
-                continue
-            g, exprs = build_graph(func)
-            cands = candidates(g, matmul_transposes=self.explicit_transforms,
-                               conv_layouts=getattr(self.options, "layout_conv", True),
-                               conv_block=self._conv_block())
-            if hasattr(model, "prepare"):
-                model.prepare(g, cands)
-            plan = plan_layouts(g, model, cands=cands)
-            if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
-                penalty = model.conversion_penalty
-                object.__setattr__(model, "conversion_penalty", 0.0)
-                free = plan_layouts(g, model, plan.chains)
-                object.__setattr__(model, "conversion_penalty", penalty)
-                extra = sorted(set(free.layouts.items()) - set(plan.layouts.items()))
-                plan.notes.append(
-                    f"unrestricted plan (explicit transforms allowed, not applied): "
-                    f"{len(free.layouts)} non-default tensors, modelled {free.cost * 1e6:.1f}us; "
-                    + ("differs on: " + ", ".join(f"{t}{list(lay)}" for t, lay in extra[:12])
-                       if extra else "same layouts"))
-            if not self.apply:
-                plan.notes.append("analysis only: the IR is left in the default layouts")
-            stored = self._gain_notes(g, plan, model)
-            self.plans[gv.name_hint] = plan
-            keep = True
-            if (self.apply and plan.layouts and stored is not None
-                    and getattr(self.options, "layout_verify", False)
-                    and not layout_gain.keeps(stored)):
-                keep = False
-                plan.notes.append(
-                    f"NOT APPLIED (fluidml.layout_verify): measured end to end on/off "
-                    f"{stored['ratio']:.3f} (rounds {stored['q25']:.3f}-{stored['q75']:.3f}; "
-                    f"{layout_gain.keep_rule()}); the function keeps the default layouts")
-            log.info("layout plan of %s:\n%s", gv.name_hint, plan_report(plan))
-            if self.apply and plan.layouts and keep:
-                rw = _Rewriter(out, g, exprs, plan.layouts)
-                new = rw.visit_expr(func)
-                rw.builder_.update_func(gv, new)
-                out = rw.builder_.get()
-        if out is not mod:
-            out = relax.transform.DeadCodeElimination()(out)
-        # the report travels with the module: capture it after this pass (compile --report)
-        return out.with_attr("fluidml.layout_report", report(self))
-
-
-    def _conv_block(self) -> int:
-        """The ``NCHW[b]c`` block of conv candidates: the target's fp32 vector lanes (0: none;
-        ``fluidml.layout_blocked=0``, the default, or a non-CPU target)."""
-        from ..options import Options
-
-        opts = self.options if self.options is not None else Options()
-        if not opts.layout_conv or not opts.layout_blocked:
-            return 0
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if target is None:
-            return 0
-        if not isinstance(target, tvm.target.Target):
-            target = tvm.target.Target(target)
-        if target.kind.name != "llvm":
-            return 0
-        from ..schedules.target_info import cpu_info
-
-        lanes = cpu_info(target).lanes(32)
-        return lanes if lanes >= 4 else 0
-
-    def _gain_notes(self, g, plan, model) -> dict | None:
-        """Expected (modelled) and measured (end to end, cached) gain of the plan; returns the
-        stored end-to-end measurement of the plan, if any."""
-        pid = layout_gain.plan_id(g, plan.layouts)
-        plan.notes.append(f"plan id {pid}; " + layout_gain.expected_line(plan))
-        db = getattr(model, "db", None)
-        if db is None and self.options is not None and self.options.cache_dir:
-            from ..costdb import CostDB
-
-            db = CostDB(self.options.cache_dir)
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if not self.apply:
-            plan.notes.append("measured gain: not applicable (plan reported, not applied)")
-        elif db is not None and target is not None:
-            stored = layout_gain.lookup(db, layout_gain.target_key(target), pid) \
-                if plan.layouts else None
-            plan.notes.append(layout_gain.stored_line(stored, plan.layouts))
-            return stored
-        return None
-
-
-def report(layout_pass: FluidMLLayout) -> str:
-    """Chosen layouts with reasons, per function (for ``fluidml-tvm compile --report``)."""
-    parts = []
-    for name, plan in layout_pass.plans.items():
-        parts.append(f"[layout] function {name}: {len(plan.layouts)} non-default tensors\n"
-                     + plan_report(plan))
-    return "\n".join(parts)
-
-
-def explain(mod: tvm.IRModule, target=None, options=None, model=None) -> str:
-    """The layout report of ``mod`` (Relax, before legalization) without changing it."""
-    p = FluidMLLayout(target, options, apply=False, model=model)
-    if target is not None:
-        with tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target:
-            p(mod)
-    else:
-        p(mod)
-    return report(p)
-
+def apply_plan(mod: tvm.IRModule, gv, func, g, exprs, layouts: dict) -> tvm.IRModule:
+    """``mod`` with Relax function ``gv`` (``func``, graph ``g``) rewritten to ``layouts``."""
+    rw = _Rewriter(mod, g, exprs, layouts)
+    new = rw.visit_expr(func)
+    rw.builder_.update_func(gv, new)
+    return rw.builder_.get()

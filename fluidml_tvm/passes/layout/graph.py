@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
+from .layouts import POOL_OPS
+
 
 @dataclass
 class Tensor:
@@ -95,7 +97,6 @@ def _is_tensor(ty) -> bool:
     return isinstance(ty, relax.TensorType)
 
 
-POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
 AXIS_OPS = ("relax.strided_slice", "relax.concat", "relax.nn.softmax", "relax.nn.log_softmax",
             "relax.nn.layer_norm")
 
@@ -186,7 +187,7 @@ def build_graph(func: relax.Function) -> tuple[OpGraph, dict]:
                 if axis is not None:
                     attrs["axis_list"] = axis
                 if op == "relax.nn.conv2d" or op in POOL_OPS:
-                    from .layout_conv import conv_attrs, pool_attrs
+                    from .conv import conv_attrs, pool_attrs
 
                     found = conv_attrs(value) if op == "relax.nn.conv2d" else pool_attrs(value)
                     if found is not None:

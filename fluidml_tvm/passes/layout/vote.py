@@ -23,22 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...decisions import Decision
+from .cost import axis_inputs, layoutable, op_kind, plan_cost
+from .dp import candidates, chain_dp, chain_objective
 from .graph import OpGraph, extract_sequences
-from .layout_cost import axis_inputs, default_of, is_blocked, layoutable, op_kind, plan_cost
-from .layout_dp import candidates, chain_dp, chain_objective
-
-
-@dataclass
-class Decision:
-    tensor: str
-    layout: tuple
-    reason: str
-
-    def __str__(self) -> str:
-        from .layout_conv import layout_name
-
-        lay = layout_name(self.layout) if is_blocked(self.layout) else str(list(self.layout))
-        return f"{self.tensor}: {lay} - {self.reason}"
+from .layouts import default_of, is_blocked, layout_name
 
 
 @dataclass
@@ -217,7 +206,8 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
             parts.append(f"kept by descent from the {start} plan")
         if t in moved:
             parts.append(moved[t])
-        decisions.append(Decision(t, lay, "; ".join(parts) or "default"))
+        decisions.append(Decision("layout", t, layout_str(lay), "; ".join(parts) or "default",
+                                  {"layout": list(lay)}))
     notes = [
         f"modelled cost ({model.name}): default {_us(default_cost)}, voted {_us(voted_cost)}, "
         f"final {_us(plan_cost(g, model, final))} (descent from vote {_us(cost_v)}, "
@@ -225,6 +215,11 @@ def plan_layouts(g: OpGraph, model, chains=None, weight=None, cands=None) -> Lay
     ]
     return LayoutPlan(final, decisions, chains, plan_cost(g, model, final), default_cost,
                       voted_cost, model.name, notes)
+
+
+def layout_str(lay) -> str:
+    """``[0, 2, 1, 3]`` for a permutation, ``NCHW16c`` for a blocked layout."""
+    return layout_name(lay) if is_blocked(lay) else str(list(lay))
 
 
 def report(plan: LayoutPlan) -> str:

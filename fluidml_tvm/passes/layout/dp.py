@@ -24,16 +24,9 @@ from __future__ import annotations
 
 import itertools
 
+from .cost import axis_inputs, axis_ok, layoutable, op_kind
 from .graph import OpGraph
-from .layout_cost import (
-    axis_inputs,
-    axis_ok,
-    identity,
-    inverse,
-    is_blocked,
-    layoutable,
-    op_kind,
-)
+from .layouts import identity, inverse, is_blocked
 
 MAX_CANDIDATES = 24
 
@@ -58,7 +51,7 @@ def candidates(g: OpGraph, matmul_transposes: bool = True,
     with ``conv_block`` > 0 also ``NCHW[conv_block]c`` where the block divides the channels
     (passed on only through elementwise ops and pools).
     """
-    from .layout_conv import NHWC, blocked
+    from .layouts import NHWC, blocked
 
     cand: dict[str, set] = {}
     for name, t in g.tensors.items():
