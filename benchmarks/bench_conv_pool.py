@@ -40,7 +40,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.memory_analysis import (
+from fluidml_tvm.passes.memory.lifetimes import (
     collect_lifetimes,
     live_set_lower_bound,
     lower_to_memory_slot,

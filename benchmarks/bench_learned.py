@@ -24,7 +24,7 @@ import sys
 from fluidml_tvm import targets
 from fluidml_tvm.costdb import CostDB
 from fluidml_tvm.options import default_cache_dir
-from fluidml_tvm.passes.layout_learned import (
+from fluidml_tvm.passes.layout.learned import (
     cached_rows,
     heldout_rank_correlation,
     within_shape_rank_correlation,

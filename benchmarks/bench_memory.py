@@ -42,7 +42,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.memory_analysis import (
+from fluidml_tvm.passes.memory.lifetimes import (
     live_set_lower_bound,
     lower_to_memory_slot,
     memory_report,
@@ -113,8 +113,8 @@ def _plot(name: str, before, rep: dict, plot_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fluidml_tvm.passes.memory_analysis import memory_timeline
-    from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan
+    from fluidml_tvm.passes.memory.lifetimes import memory_timeline
+    from fluidml_tvm.passes.memory.plan import FluidMLMemoryPlan
 
     planned = FluidMLMemoryPlan()(before)
     fig, ax = plt.subplots(figsize=(9, 3.5))

@@ -1,12 +1,17 @@
 import os
+import sys
 
 import pytest
+
+# The shared model builders (onnx_models.py, light_models.py, ...) live beside this file; with
+# --import-mode=importlib (pytest.ini) nothing puts this directory on sys.path for us.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Tests measure nothing, but the runtime must use the same thread count everywhere.
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 # fluidml.layout_verify times every new layout plan end to end at compile time (on by default for
 # users); tests compile hundreds of throwaway plans, so it is off here except where a test asks
-# for it (tests/passes/test_layout_gain.py).
+# for it (tests/test_layout_verify.py).
 os.environ.setdefault("FLUIDML_TVM_LAYOUT_VERIFY", "0")
 
 

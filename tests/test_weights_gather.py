@@ -13,7 +13,7 @@ import fluidml_tvm
 from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.external_weights import ExternalizeWeights, gathers
-from fluidml_tvm.passes.memory_analysis import lower_to_memory_slot
+from fluidml_tvm.pipeline import lower_to_memory_slot
 from fluidml_tvm.weights import write_weights
 
 

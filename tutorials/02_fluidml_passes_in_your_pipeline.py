@@ -20,8 +20,8 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.graph import transpose_kernels
-from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, report
+from fluidml_tvm.passes.layout.graph import transpose_kernels
+from fluidml_tvm.passes.layout.rewrite import FluidMLLayout, report
 
 # 1. An ONNX model, imported by stock TVM (static shapes).
 model = zoo.build("bert", size="tiny", seed=0)

@@ -10,9 +10,9 @@ from tvm.script import relax as R
 
 from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.memory_analysis import live_set_lower_bound, lower_to_memory_slot
+from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
 from fluidml_tvm.passes.split_projection import FluidMLSplitProjection
-from fluidml_tvm.pipeline import get_pipeline
+from fluidml_tvm.pipeline import get_pipeline, lower_to_memory_slot
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm"})
@@ -58,11 +58,11 @@ def _expected():
 def test_split_structure_interleaved_groups():
     p = FluidMLSplitProjection()
     after = p(_before())
-    tvm.ir.assert_structural_equal(after.without_attr("fluidml.split_projection_report"),
+    tvm.ir.assert_structural_equal(after.without_attr("fluidml.decisions.split_projection"),
                                    _expected(), map_free_vars=True)
-    assert "split [16x24] into 3 projections" in p.report()
+    assert "split - [16x24] into 3 projections" in p.report()
     assert "in each of 2 groups" in p.report()
-    assert "fluidml.split_projection_report" in after.attrs
+    assert "fluidml.decisions.split_projection" in after.attrs
 
 
 @tvm.script.ir_module
@@ -80,7 +80,7 @@ class WeightIsAParameter:
 
 def test_non_constant_weight_is_left_alone():
     after = FluidMLSplitProjection()(WeightIsAParameter)
-    tvm.ir.assert_structural_equal(after.without_attr("fluidml.split_projection_report"),
+    tvm.ir.assert_structural_equal(after.without_attr("fluidml.decisions.split_projection"),
                                    WeightIsAParameter)
 
 
@@ -123,7 +123,7 @@ def test_hand_built_onnx_matches_ort(starts, ends, transb):
                                providers=["CPUExecutionProvider"]).run(None, feeds)
     p = FluidMLSplitProjection()
     p(from_onnx(model, keep_params_in_input=False))
-    assert "split [16x24] into 2 projections" in p.report()
+    assert "split - [16x24] into 2 projections" in p.report()
     got = _run(model, feeds, Options(cost="analytic", verify=True))
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
@@ -161,7 +161,7 @@ def test_flattened_projection_after_shape_folding_matches_ort():
     model = zoo.build("gpt-neox", size="tiny", seed=0, dynamic=True)
     c = fluidml_tvm.compile(model, input_shapes={"input_ids": [1, 16]},
                             options=Options(cost="analytic", verify=True))
-    assert "split [64x192] into 3 projections" in c.reports["split_projection"]
+    assert "split - [64x192] into 3 projections" in c.report()
     feeds = {"input_ids": zoo.random_inputs(zoo.build("gpt-neox", size="tiny", seed=0),
                                             seed=0)["input_ids"]}
     ref = ort.InferenceSession(model.SerializeToString(),

@@ -223,7 +223,7 @@ def test_matmul_forms_standalone(form):
 def test_nt_packing_copy(lb, transposing):
     """B with K innermost (attention's K read as [s, d]) is packed at run time by a copy in the
     packed order, except where its rows are 2 KiB apart (L1 set aliasing); both compute A @ B."""
-    from fluidml_tvm.passes.layout_measure import matmul_variant
+    from fluidml_tvm.passes.layout.measure import matmul_variant
 
     H, S, D = 8, 128, 64
     ident = (0, 1, 2, 3)
@@ -657,7 +657,7 @@ def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
     ((1, 32, 96), (1, 32, 3, 32), (0, 2, 1, 3), False),  # innermost dim stays: no tiling
 ])
 def test_transpose_kernels_tile_and_compute_the_same(src, mid, perm, tiled):
-    from fluidml_tvm.passes.layout_measure import reshape_transpose_variant
+    from fluidml_tvm.passes.layout.measure import reshape_transpose_variant
     from fluidml_tvm.schedules import injective
 
     func = reshape_transpose_variant(src, mid, perm, None)

@@ -16,10 +16,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluidml_tvm.passes.graph import Node, OpGraph, Tensor, extract_sequences
-from fluidml_tvm.passes.layout_cost import AnalyticCost, identity, op_kind, plan_cost
-from fluidml_tvm.passes.layout_dp import brute_force, candidates, chain_dp, chain_objective
-from fluidml_tvm.passes.layout_vote import plan_layouts
+from fluidml_tvm.passes.layout.cost import AnalyticCost, identity, op_kind, plan_cost
+from fluidml_tvm.passes.layout.dp import brute_force, candidates, chain_dp, chain_objective
+from fluidml_tvm.passes.layout.graph import Node, OpGraph, Tensor, extract_sequences
+from fluidml_tvm.passes.layout.vote import plan_layouts
 
 
 class RandomCost:

@@ -12,17 +12,17 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes import memory_stage
-from fluidml_tvm.passes.memory_analysis import (
+from fluidml_tvm.passes.memory import FluidMLMemoryPlan
+from fluidml_tvm.passes.memory import memory_passes as memory_stage
+from fluidml_tvm.passes.memory.inplace import inplace_safe
+from fluidml_tvm.passes.memory.lifetimes import (
     live_set_lower_bound,
-    lower_to_memory_slot,
-    memory_report,
     memory_timeline,
     planned_bytes,
 )
-from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan, inplace_safe
-from fluidml_tvm.passes.memory_verify import verify_module
-from fluidml_tvm.pipeline import get_pipeline, memory_passes
+from fluidml_tvm.passes.memory.verify import verify_module
+from fluidml_tvm.pipeline import get_pipeline, lower_to_memory_slot, memory_passes
+from fluidml_tvm.tools.memory_report import memory_report
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 OPTS = Options(schedule=False, layout=False, verify=True)

@@ -15,9 +15,10 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 import fluidml_tvm
 from fluidml_tvm import frontend, targets, zoo
-from fluidml_tvm.passes.graph import build_graph, transpose_kernels
-from fluidml_tvm.passes.layout_cost import AnalyticCost
-from fluidml_tvm.passes.layout_rewrite import FluidMLLayout
+from fluidml_tvm.decisions import from_module, render
+from fluidml_tvm.passes.layout import FluidMLLayout
+from fluidml_tvm.passes.layout.cost import AnalyticCost
+from fluidml_tvm.passes.layout.graph import build_graph, transpose_kernels
 
 MODELS = ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"]
 
@@ -27,9 +28,10 @@ def applied(monkeypatch):
     """The pipeline's layout stage with the rewrite applied (the default only reports)."""
     import functools
 
-    import fluidml_tvm.passes as passes
+    import fluidml_tvm.passes.layout as layout
 
-    monkeypatch.setattr(passes, "layout_stage", functools.partial(passes.layout_stage, apply=True))
+    applied = functools.partial(layout.layout_passes, apply=True)
+    monkeypatch.setattr(layout, "layout_passes", applied)
 
 
 def _ort(model, feeds):
@@ -76,7 +78,7 @@ def test_bert_default_cost_numerics(applied):
 
 def test_default_stage_reports_without_rewriting():
     from fluidml_tvm.options import Options
-    from fluidml_tvm.passes import layout_stage
+    from fluidml_tvm.passes.layout import layout_passes as layout_stage
 
     tgt, _ = targets.resolve("x86")
     mod = frontend.import_onnx(zoo.build("bert", size="tiny", seed=0), None).mod
@@ -84,8 +86,9 @@ def test_default_stage_reports_without_rewriting():
     with tgt:
         out = stage(mod)
     assert layout_stage(tgt, Options())[0].apply  # measured decisions are applied
-    assert "lv30: [0, 2, 1, 3]" in out.attrs["fluidml.layout_report"]
-    assert "analysis only" in out.attrs["fluidml.layout_report"]
+    text = render(from_module(out, "layout"))
+    assert "lv30: [0, 2, 1, 3]" in text
+    assert "analysis only" in text
     tvm.ir.assert_structural_equal(tvm.IRModule(dict(out.functions_items())), mod)
 
 
@@ -124,7 +127,7 @@ def test_rotary_layouts_flow_through_slices_and_concats():
     p = FluidMLLayout(model=AnalyticCost(conversion_penalty=10.0), explicit_transforms=False)
     out = p(mod)
     assert _permutes(mod) == 10 and _permutes(out) == 2
-    assert "moved with its region" in out.attrs["fluidml.layout_report"]
+    assert "moved with its region" in render(from_module(out, "layout"))
     layouts = p.plans["main"].layouts
     ops = {n.output: n.op for n in build_graph(mod["main"])[0].nodes}
     assert any(ops[t] == "relax.concat" for t in layouts)

@@ -11,13 +11,15 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from fluidml_tvm.passes.layout_cost import AnalyticCost
-from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, explain, permuted_matmul, report
+from fluidml_tvm.decisions import from_module, render
+from fluidml_tvm.passes.layout import FluidMLLayout, explain, report
+from fluidml_tvm.passes.layout.cost import AnalyticCost
+from fluidml_tvm.passes.layout.kernels import permuted_matmul
 
 
 def strip(mod):
-    """The module without the report attribute the pass leaves on it."""
-    assert "fluidml.layout_report" in mod.attrs
+    """The module without the decisions attribute the pass leaves on it."""
+    assert "fluidml.decisions.layout" in mod.attrs
     return tvm.IRModule(dict(mod.functions_items()))
 
 
@@ -124,7 +126,7 @@ def test_absorbed_layout_is_reported_and_apply_false_keeps_ir():
     after = p(Before)
     tvm.ir.assert_structural_equal(strip(after), Before)
     text = report(p)
-    assert after.attrs["fluidml.layout_report"] == text
+    assert render(from_module(after, "layout")) == text
     assert "a: [0, 2, 1]" in text and "b: [0, 2, 1]" in text and "votes" in text
     assert explain(Before, model=AnalyticCost()) == text
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from fluidml_tvm.passes.memory_analysis import planned_bytes
-from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan
-from fluidml_tvm.passes.memory_verify import verify_module
+from fluidml_tvm.passes.memory import FluidMLMemoryPlan
+from fluidml_tvm.passes.memory.lifetimes import planned_bytes
+from fluidml_tvm.passes.memory.verify import verify_module
 
 
 def _kernel(arity: int) -> tvm.tirx.PrimFunc:

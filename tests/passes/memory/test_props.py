@@ -12,16 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import relax
 
-from fluidml_tvm.passes.memory_analysis import live_set_lower_bound
-from fluidml_tvm.passes.memory_plan import (
-    ALIGN,
-    FluidMLMemoryPlan,
-    Interval,
-    align_up,
-    live_bound,
-    pack,
-)
-from fluidml_tvm.passes.memory_verify import check_intervals, verify_module
+from fluidml_tvm.passes.memory import FluidMLMemoryPlan
+from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
+from fluidml_tvm.passes.memory.pack import ALIGN, Interval, align_up, live_bound, pack
+from fluidml_tvm.passes.memory.verify import check_intervals, verify_module
 
 intervals_st = st.lists(
     st.tuples(st.integers(1, 5000), st.integers(0, 60), st.integers(0, 20)).map(

@@ -10,18 +10,15 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.memory_analysis import (
-    MEM_ALLOC_TENSOR,
-    collect_lifetimes,
-    lower_to_memory_slot,
-)
-from fluidml_tvm.passes.memory_plan import FluidMLMemoryPlan
-from fluidml_tvm.passes.memory_verify import (
+from fluidml_tvm.passes.memory import FluidMLMemoryPlan
+from fluidml_tvm.passes.memory.lifetimes import MEM_ALLOC_TENSOR, collect_lifetimes
+from fluidml_tvm.passes.memory.verify import (
     MemoryPlanError,
     check_intervals,
     check_module,
     verify_module,
 )
+from fluidml_tvm.pipeline import lower_to_memory_slot
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 OPTS = Options(schedule=False, layout=False)
@@ -159,10 +156,11 @@ def test_accepts_planned_inplace_handovers_only_for_elementwise_kernels(lowered)
 
 def test_verify_option_fails_loudly_on_a_bad_plan(lowered, monkeypatch):
     # A planner bug (every tensor at offset 0) must stop compilation when verify is on.
-    from fluidml_tvm.passes import memory_plan
+    from fluidml_tvm.passes.memory import plan as memory_plan
+    from fluidml_tvm.passes.memory.pack import Packing
 
     def broken_pack(intervals, *args, **kwargs):
-        p = memory_plan.Packing([0] * len(intervals), max(iv.size for iv in intervals), "broken")
+        p = Packing([0] * len(intervals), max(iv.size for iv in intervals), "broken")
         return p
 
     monkeypatch.setattr(memory_plan, "pack", broken_pack)

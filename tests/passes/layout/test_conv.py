@@ -14,18 +14,14 @@ from tvm.script import relax as R
 
 from fluidml_tvm import frontend, targets, zoo
 from fluidml_tvm.options import Options
-from fluidml_tvm.passes.graph import build_graph
-from fluidml_tvm.passes.layout_conv import (
-    NHWC,
-    block_weight,
-    blocked,
-    blocked_conv2d,
-    from_blocked,
-    permuted_conv2d,
-)
-from fluidml_tvm.passes.layout_cost import AnalyticCost, is_blocked
-from fluidml_tvm.passes.layout_dp import candidates
-from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, _Rewriter
+from fluidml_tvm.passes.layout import FluidMLLayout
+from fluidml_tvm.passes.layout.conv import block_weight
+from fluidml_tvm.passes.layout.cost import AnalyticCost
+from fluidml_tvm.passes.layout.dp import candidates
+from fluidml_tvm.passes.layout.graph import build_graph
+from fluidml_tvm.passes.layout.kernels import blocked_conv2d, permuted_conv2d
+from fluidml_tvm.passes.layout.layouts import NHWC, blocked, from_blocked, is_blocked
+from fluidml_tvm.passes.layout.rewrite import _Rewriter
 from fluidml_tvm.pipeline import get_pipeline
 
 
