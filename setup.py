@@ -33,5 +33,10 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "onnxruntime>=1.17", "ruff>=0.5"],
         "plot": ["matplotlib>=3.6"],
     },
-    entry_points={"console_scripts": ["fluidml-tvm=fluidml_tvm.cli:main"]},
+    entry_points={
+        "console_scripts": ["fluidml-tvm=fluidml_tvm.cli:main"],
+        # `import tvm` runs every entry point of this group: it registers the fluidml.* keys with
+        # TVM's PassContext, so PassContext(config={"fluidml.layout": False}) works in any flow.
+        "tvm.backends": ["fluidml = fluidml_tvm.config_keys:_autoload"],
+    },
 )

@@ -16,8 +16,12 @@ from .errors import FluidMLError, names
 
 
 def _add_compile(sub):
+    from .options import help_text
+
     p = sub.add_parser("compile", help="compile an ONNX model to a shared library",
-                       description="Compile an ONNX model into a TVM library (plus NAME.json).")
+                       description="Compile an ONNX model into a TVM library (plus NAME.json).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="FluidML's --pass-config keys (KEY=DEFAULT):\n" + help_text())
     p.add_argument("model", help="path to an .onnx file, or zoo:NAME[:tiny|full] for a zoo model")
     p.add_argument("--target", default="x86",
                    help="x86 | rasp4b | jetson-orin | cuda | cuda-sm90 | a TVM tag | a JSON "
@@ -25,9 +29,9 @@ def _add_compile(sub):
     p.add_argument("--input-shapes", default=None, metavar="SHAPES",
                    help='fix input shapes, e.g. "input_ids:[1,128] attention_mask:[1,128]"')
     p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="fluidml=0|1 (stock TVM vs FluidML pipeline), fluidml.layout=0, "
-                        "fluidml.memory=0, fluidml.schedule=0, fluidml.verify=1, ...; other keys "
-                        "go to TVM's PassContext. Repeatable.")
+                   help="fluidml=0|1 (stock TVM vs FluidML pipeline), fluidml.layout=0, ... "
+                        "(every fluidml.* key is listed below); other keys go to TVM's "
+                        "PassContext. Repeatable.")
     p.add_argument("-o", "--output", default=None,
                    help="output library path (default: MODEL.so beside the current directory)")
     p.add_argument("--cross-compiler", default=None,

@@ -45,7 +45,7 @@ def build(
     from .pipeline import get_pipeline
 
     t0 = time.perf_counter()
-    config_keys.register()
+    keys_registered = config_keys.register()
     opts, tvm_config = resolve(options, pass_config)
     tgt, cross = targets.resolve(target)
     if isinstance(input_shapes, str):
@@ -72,7 +72,7 @@ def build(
     if dump_ir:
         inst.append(instruments.DumpIR(dump_ir, dump_names()))
     config = dict(tvm_config)
-    if config_keys.register():
+    if keys_registered:
         config.update({k: v for k, v in opts.to_dict().items()})
     externalize = None
     if opts.enable and _external_weights(opts, tgt, cross):

@@ -37,8 +37,8 @@ def default_cache_dir() -> str:
     )
 
 
-def _opt(default=None, help: str = "", factory=None, choices=()):  # noqa: A002 - help text
-    meta = {"help": help, "choices": tuple(choices)}
+def _opt(default=None, help: str = "", factory=None, choices=(), shown=None):  # noqa: A002
+    meta = {"help": help, "choices": tuple(choices), "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -80,7 +80,8 @@ class Options:
                                "the first compile of a new plan also compiles with "
                                "fluidml.layout=0 and times both (cached per plan id). Default "
                                "from FLUIDML_TVM_LAYOUT_VERIFY (unset: on)",
-                               factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True))
+                               factory=lambda: _env_flag("FLUIDML_TVM_LAYOUT_VERIFY", True),
+                               shown="1")
     memory_reorder: bool = _opt(True, "memory stage: choose a memory-aware execution order")
     memory_inplace: bool = _opt(True, "memory stage: an elementwise kernel's output may take the "
                                 "bytes of an input that dies at that call")
@@ -93,7 +94,8 @@ class Options:
                      choices=("measured", "learned", "analytic"))
     tune_trials: int = _opt(8, "candidate schedules measured per kernel")
     cache_dir: str = _opt(help="the on-disk measurement database (sqlite; default "
-                          "FLUIDML_TVM_CACHE or ~/.cache/fluidml-tvm)", factory=default_cache_dir)
+                          "FLUIDML_TVM_CACHE or ~/.cache/fluidml-tvm)", factory=default_cache_dir,
+                          shown="~/.cache/fluidml-tvm")
     num_threads: int = _opt(0, "threads the TVM runtime uses when fluidml-tvm runs or measures a "
                             "model (0: all cores)")
     weights: str = _opt("auto", "external: weights beside the library in NAME.weights, mapped at "
@@ -204,8 +206,7 @@ def table() -> list[tuple[str, str, str]]:
     """``(key, default, help)`` for every switch, in declaration order."""
     rows = []
     for f in fields(Options):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = _show(default) if default is not None else "(see help)"
+        shown = f.metadata["shown"] or _show(f.default)
         rows.append((key_of(f.name), shown, f.metadata["help"]))
     return rows
 

@@ -31,11 +31,12 @@ import tvm
 from tvm import relax, tirx
 
 from ..decisions import Decision, attach, note
+from .relax_util import CALL_TIR, callee, is_call_tir, static_nbytes, use_counts
 
 log = logging.getLogger("fluidml_tvm.fusion")
 STAGE = "fuse_conv_pool"
 
-_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_CALL_TIR = CALL_TIR
 # conv -> conv -> pool: the first convolution is fused only if it costs at most this fraction of
 # the second one's FLOPs (it is recomputed for the halo rows: (s + kh - 1) / s = 2x for VGG)
 CHAIN_MAX_FLOPS = 0.1
@@ -58,43 +59,6 @@ class FusionDecision:
         choice = f"fused into {self.fused}" if self.fused else "not fused"
         return Decision(STAGE, f"{self.producer} + {self.pool}", choice, self.reason,
                         {"saved_bytes": self.saved_bytes, "fused": self.fused})
-
-
-def _bytes(ty) -> int | None:
-    shape = getattr(ty, "shape", None)
-    if shape is None or not hasattr(shape, "values"):
-        return None
-    n = 1
-    for d in shape.values:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        n *= int(d)
-    return n * tvm.runtime.DataType(ty.dtype).bits // 8
-
-
-def _is_call_tir(e) -> bool:
-    return isinstance(e, relax.Call) and e.op.same_as(_CALL_TIR)
-
-
-def _callee(call) -> str:
-    if _is_call_tir(call):
-        return call.args[0].name_hint
-    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
-        return call.op.name_hint
-    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
-        return call.op.name
-    return type(call).__name__
-
-
-def _use_counts(func: relax.Function) -> dict:
-    counts: dict = {}
-
-    def visit(e):
-        if isinstance(e, relax.Var):
-            counts[e] = counts.get(e, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
 
 
 @tvm.transform.module_pass(opt_level=0, name="FluidMLFuseConvPool")
@@ -158,14 +122,14 @@ class FluidMLFuseConvPool:
                 continue
             if not isinstance(func.body, relax.SeqExpr):
                 continue
-            uses = _use_counts(func)
+            uses = use_counts(func)
             for bi, block in enumerate(func.body.blocks):
                 if not isinstance(block, relax.DataflowBlock):
                     continue
                 where = {b.var: i for i, b in enumerate(block.bindings)}
                 for j, b in enumerate(block.bindings):
                     value = b.value
-                    if not _is_call_tir(value):
+                    if not is_call_tir(value):
                         continue
                     pool_gv = value.args[0]
                     pool = mod[pool_gv]
@@ -186,7 +150,7 @@ class FluidMLFuseConvPool:
                     kind, pname = self._producer(mod, prod)
                     if kind is None:
                         self.decisions.append(FusionDecision(
-                            _callee(prod), pool_gv.name_hint, None,
+                            callee(prod), pool_gv.name_hint, None,
                             "the pool's input is not computed by a conv2d (+pointwise "
                             "epilogue) kernel"))
                         continue
@@ -196,13 +160,13 @@ class FluidMLFuseConvPool:
                         dec.reason = (f"the convolution output has {uses.get(src, 0)} uses "
                                       "(the pool must be its only consumer)")
                         continue
-                    saved = _bytes(src.ty) or 0
+                    saved = static_nbytes(src.ty) or 0
                     name = f"{pname}_{pool_gv.name_hint}"
                     if not name.startswith("fused_"):
                         name = "fused_" + name
                     dec.fused = name
                     dec.saved_bytes = saved
-                    out = _bytes(b.var.ty) or 0
+                    out = static_nbytes(b.var.ty) or 0
                     dec.reason = (f"conv output {saved} bytes computed {pm.stride[0]} rows at a "
                                   f"time and pooled in the kernel; only the pool output "
                                   f"({out} bytes) is materialized")
@@ -247,7 +211,7 @@ class FluidMLFuseConvPool:
         dec = pair["decision"]
         dec.producer = f"{name1} + {dec.producer}"
         dec.fused = pair["name"]
-        saved = _bytes(data.ty) or 0
+        saved = static_nbytes(data.ty) or 0
         dec.saved_bytes += saved
         dec.reason += (f"; the first convolution's output ({saved} bytes, {f1 / f2:.1%} of the "
                        f"second's FLOPs) is computed inside the row loop too")
@@ -263,7 +227,7 @@ class FluidMLFuseConvPool:
             except Exception:  # noqa: BLE001 - analysis of an unexpected kernel
                 return False
 
-        if _is_call_tir(call):
+        if is_call_tir(call):
             prim = mod[call.args[0]]
             if isinstance(prim, tirx.PrimFunc) and is_conv(prim):
                 return "kernel", call.args[0].name_hint
@@ -279,7 +243,7 @@ class FluidMLFuseConvPool:
         if not (isinstance(body, relax.SeqExpr) and len(body.blocks) == 1):
             return None, ""
         calls = [b.value for b in body.blocks[0].bindings]
-        if not calls or not all(_is_call_tir(c) for c in calls):
+        if not calls or not all(is_call_tir(c) for c in calls):
             return None, ""
         first = mod[calls[0].args[0]]
         if not (isinstance(first, tirx.PrimFunc) and is_conv(first)):

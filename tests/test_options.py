@@ -1,16 +1,13 @@
-"""Options, the fluidml pipeline registration, and the fluidml.* PassContext keys."""
+"""Options (every switch in one table), the fluidml.* PassContext keys (config_keys.py)."""
 
-import numpy as np
 import pytest
 import tvm
-from onnx_models import assert_matches_ort, mlp
-from tvm import relax
+from onnx_models import mlp
 
 import fluidml_tvm
-from fluidml_tvm import config_keys, frontend
+from fluidml_tvm import config_keys
 from fluidml_tvm.errors import FluidMLError
-from fluidml_tvm.options import Options
-from fluidml_tvm.pipeline import get_pipeline, phases
+from fluidml_tvm.options import Options, help_text, resolve, table
 
 
 def test_options_from_pass_config():
@@ -25,35 +22,6 @@ def test_options_from_pass_config():
         Options.from_pass_config(["fluidml.layout"])
     with pytest.raises(FluidMLError, match="measured, learned or analytic"):
         Options.from_pass_config(["fluidml.cost=guess"])
-
-
-def test_phases_and_kill_switches():
-    target = tvm.target.Target({"kind": "llvm"})
-    names = [n for n, _ in phases(target, Options())]
-    assert names == ["dispatch", "split", "layout", "legalize", "schedule", "lower", "memory",
-                     "weights", "finalize"]
-    off = dict(phases(target, Options(layout=False, memory=False, schedule=False,
-                                      split_projection=False, residual_order=False)))
-    assert off["layout"] == [] and off["schedule"] == [] and off["split"] == []
-    assert [p.info.name for p in off["memory"]] == ["StaticPlanBlockMemory"]
-
-
-def test_registered_pipeline_compiles_in_a_plain_tvm_flow():
-    model = mlp()
-    imported = frontend.import_onnx(model)
-    target = tvm.target.Target({"kind": "llvm"})
-    pipe = relax.get_pipeline("fluidml", target=target)
-    ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipe)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    x = np.random.default_rng(0).standard_normal((4, 32)).astype("float32")
-    out = vm["main"](tvm.runtime.tensor(x)).numpy()
-    assert_matches_ort(model, {"y": out}, {"x": x})
-
-
-def test_stock_pipeline_is_tvms_default():
-    target = tvm.target.Target({"kind": "llvm"})
-    stock = get_pipeline(target, Options(enable=False))
-    assert stock.info.name == relax.get_default_pipeline(target).info.name
 
 
 def test_passcontext_keys_registered_and_read():
@@ -80,3 +48,33 @@ def test_passcontext_keys_drive_compile():
     with tvm.transform.PassContext(config={"fluidml.enable": False}):
         compiled = fluidml_tvm.compile(mlp(), "x86", pass_config=["fluidml=1"])
     assert compiled.options.enable is True
+
+
+def test_every_switch_has_help_and_is_described():
+    rows = table()
+    keys = [k for k, _, _ in rows]
+    assert keys == [k for k in Options.keys() if k != "fluidml.enable"]
+    assert all(text and default for _, default, text in rows)
+    text = help_text()
+    assert all(f"{k}=" in text for k in keys)
+    assert Options().describe() == "fluidml pipeline, stages on: layout, memory, schedule"
+    changed = Options(layout=False, memory_split=False, schedule_off="", cost="analytic")
+    assert changed.describe() == ("fluidml pipeline, stages on: memory, schedule; off: layout; "
+                                  "fluidml.schedule_off='', fluidml.memory_split=0, "
+                                  "fluidml.cost=analytic")
+    assert Options(enable=False).describe() == "stock TVM pipeline (fluidml=0)"
+
+
+def test_rule_switches_and_choices():
+    assert not Options().rule_on("conv1x1") and Options().rule_on("depthwise")
+    assert Options(schedule_off="").rule_on("conv1x1")
+    assert not Options(schedule_off="depthwise, conv1x1").rule_on("depthwise")
+    with pytest.raises(FluidMLError, match="fluidml.weights must be auto, external or embedded"):
+        Options.from_pass_config(["fluidml.weights=cloud"])
+
+
+def test_resolve_splits_fluidml_and_tvm_keys():
+    opts, theirs = resolve(Options(layout=False), ["fluidml.memory=0", "relax.x=3"])
+    assert not opts.layout and not opts.memory and theirs == {"relax.x": "3"}
+    opts, theirs = resolve(None, {"fluidml.verify": 1})
+    assert opts.verify and theirs == {}

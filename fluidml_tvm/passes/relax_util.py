@@ -1,0 +1,48 @@
+"""Small readers of Relax IR shared by FluidML's graph-level passes."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, tirx
+
+CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+
+
+def static_nbytes(ty) -> int | None:
+    """Bytes of a tensor type with a static shape (None: symbolic)."""
+    shape = getattr(ty, "shape", None)
+    if shape is None or not hasattr(shape, "values"):
+        return None
+    n = 1
+    for d in shape.values:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        n *= int(d)
+    return n * tvm.runtime.DataType(ty.dtype).bits // 8
+
+
+def is_call_tir(e) -> bool:
+    return isinstance(e, relax.Call) and e.op.same_as(CALL_TIR)
+
+
+def callee(call) -> str:
+    """The name of what a call calls: the PrimFunc of a call_tir, a function, an op."""
+    if is_call_tir(call):
+        return call.args[0].name_hint
+    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
+        return call.op.name_hint
+    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
+        return call.op.name
+    return type(call).__name__
+
+
+def use_counts(func: relax.Function) -> dict:
+    """How often each variable is used in ``func``'s body."""
+    counts: dict = {}
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            counts[e] = counts.get(e, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
