@@ -122,10 +122,26 @@ class CompiledModel:
         return path
 
     def load(self, device=None, num_threads=None):
-        """A runnable model in this process, without exporting (host targets only)."""
+        """A runnable model in this process (host targets only), without writing ``export``'s
+        files: the VM runs a copy exported to a temporary directory. A VM started on
+        :attr:`executable` itself would change it (TVM 0.27 records an empty memory scope per
+        constant), and a later :meth:`export` would then print "Scope Saving" per constant and
+        every load of the library "Scope Loaded"."""
+        import shutil
+        import tempfile
+
+        import tvm
+
         from .runtime import Model
 
-        return Model.from_executable(self.executable, self.metadata(), device, num_threads,
+        tmp = tempfile.mkdtemp(prefix="fluidml-tvm-load-")
+        try:
+            path = os.path.join(tmp, "model.so")
+            self.executable.export_library(path)
+            lib = tvm.runtime.load_module(path)  # mapped: the file may go
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Model.from_executable(lib, self.metadata(), device, num_threads,
                                      weights=self.weights)
 
 

@@ -14,7 +14,7 @@ import time
 from . import frontend, layout_verify, targets
 from .artifact import CompiledModel
 from .errors import FluidMLError
-from .options import Options, resolve
+from .options import Options, resolve, tvm_pass_config
 from .pipeline import DECISION_STAGES, dump_names, phase_name
 
 
@@ -71,7 +71,7 @@ def build(
         inst.append(printer)
     if dump_ir:
         inst.append(instruments.DumpIR(dump_ir, dump_names()))
-    config = dict(tvm_config)
+    config = tvm_pass_config(tvm_config)
     if keys_registered:
         config.update({k: v for k, v in opts.to_dict().items()})
     externalize = None

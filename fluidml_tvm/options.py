@@ -268,3 +268,52 @@ def resolve(options=None, pass_config=None) -> tuple[Options, dict]:
         pass_config = [f"{k}={v}" for k, v in pass_config.items()]
     ours, theirs = split_pass_config(pass_config or [])
     return Options.from_pass_config(ours, base=base), theirs
+
+
+_BOOL_TYPES = {"bool", "Bool"}
+_INT_TYPES = {"int", "Integer", "ir.IntImm"}
+_STR_TYPES = {"String", "str", "ffi.String"}
+
+
+def tvm_pass_config(items: dict) -> dict:
+    """TVM ``PassContext`` config from ``--pass-config`` strings: each value converted to the type
+    TVM declares for its key (``PassContext.list_configs()``). An unknown key, a value of the
+    wrong type or a key that takes a structured config object is a :class:`FluidMLError` naming
+    the key (a tvmc-era ``tir.*`` key points to its TVM 0.27 name)."""
+    import difflib
+
+    import tvm
+
+    known = {k: str(v.get("type", "")) for k, v in tvm.transform.PassContext.list_configs().items()}
+    out = {}
+    for key, value in items.items():
+        if key not in known:
+            hints = [n for n in (f"tirx.{key[4:]}", f"s_tir.{key[4:]}")
+                     if key.startswith("tir.") and n in known]
+            hints += [n for n in difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+                      if n not in hints]
+            hint = f"; did you mean {' or '.join(hints)}?" if hints else ""
+            if key.startswith("tir.") and hints:
+                hint += " (TVM 0.20+ renamed tir.* passes to tirx.* and s_tir.*)"
+            raise FluidMLError(f"unknown pass-config key {key!r}{hint}")
+        typ = known[key]
+        if not isinstance(value, str):
+            out[key] = value
+        elif typ in _BOOL_TYPES:
+            low = value.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise FluidMLError(f"--pass-config {key} expects 0 or 1 (bool), got {value!r}")
+            out[key] = low in _TRUE
+        elif typ in _INT_TYPES:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise FluidMLError(f"--pass-config {key} expects an integer, got {value!r}") \
+                    from None
+        elif typ in _STR_TYPES:
+            out[key] = value
+        else:
+            raise FluidMLError(f"--pass-config {key} takes a {typ} object, which a KEY=VALUE "
+                               "flag cannot give: set it from Python (tvm.transform.PassContext"
+                               "(config={...}) around fluidml_tvm.compile)")
+    return out

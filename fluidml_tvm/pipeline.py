@@ -66,10 +66,15 @@ def split_passes(target, options: Options) -> list:
 
 
 def legalize_passes(target, options: Options) -> list:
-    """TVM's legalize passes; FluidMLFuseConvPool between FuseOps and FuseTIR when on (CPU
+    """TVM's legalize passes (LegalizeOps without its per-``take`` warning,
+    :mod:`.passes.legalize`); FluidMLFuseConvPool between FuseOps and FuseTIR when on (CPU
     targets with the schedule stage on: only the conv_pool schedule keeps the fused
     convolution output small)."""
+    from .passes.legalize import legalize_ops
+
     passes = list(cpu_generic.legalize_passes(target))
+    assert passes[0].info.name == "LegalizeOps", passes[0].info.name
+    passes[0] = legalize_ops()
     if options.fuse_conv_pool and options.schedule and target.kind.name == "llvm":
         from .passes.fuse_conv_pool import fusion_passes
 

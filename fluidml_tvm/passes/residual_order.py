@@ -107,9 +107,11 @@ def planned_bound(mod: tvm.IRModule, target) -> int:
     (summed over functions): TVM's own passes up to the memory slot, then the planner."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    from .legalize import legalize_ops
     from .memory import FluidMLMemoryPlan
 
-    lower = [*cpu_generic.library_dispatch_passes(target), *cpu_generic.legalize_passes(target),
+    legalize = [legalize_ops(), *cpu_generic.legalize_passes(target)[1:]]
+    lower = [*cpu_generic.library_dispatch_passes(target), *legalize,
              *cpu_generic.dataflow_lower_passes(target)]
     with target:
         lowered = tvm.transform.Sequential(lower)(mod)
