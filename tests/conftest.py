@@ -27,3 +27,4 @@ def _temporary_cache(tmp_path_factory):
         os.environ.pop("FLUIDML_TVM_CACHE", None)
     else:
         os.environ["FLUIDML_TVM_CACHE"] = old
+
