@@ -32,6 +32,10 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "onnxruntime>=1.17", "ruff>=0.5"],
         "plot": ["matplotlib>=3.6"],
+        # nvcc from PyPI (~320 MB installed): CUDA libraries (cuda, cuda-sm90, jetson-orin) build
+        # on a machine without the CUDA toolkit or a GPU; fluidml_tvm.cuda.find_nvcc finds it.
+        "cuda": ["nvidia-cuda-nvcc==13.5.37", "nvidia-cuda-runtime==13.5.37",
+                 "nvidia-nvvm==13.5.37", "nvidia-cuda-crt==13.5.37"],
     },
     entry_points={
         "console_scripts": ["fluidml-tvm=fluidml_tvm.cli:main"],

@@ -151,6 +151,25 @@ def _compile_callback(code):
     return nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc")
 
 
+def find_nvcc() -> str | None:
+    """The ``nvcc`` CUDA builds use: the one on PATH, else the one the ``cuda`` extra installs
+    (PyPI's ``nvidia-cuda-nvcc``: ``site-packages/nvidia/cu13/bin``), whose directory is then put
+    on PATH for TVM's nvcc driver. None when there is neither."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for sub in sorted(os.listdir(root), reverse=True):  # cu13 before cu12
+            cand = os.path.join(root, sub, "bin", "nvcc")
+            if sub.startswith("cu") and os.access(cand, os.X_OK):
+                os.environ["PATH"] = os.path.dirname(cand) + os.pathsep + os.environ["PATH"]
+                return cand
+    return None
+
+
 def ensure_build_support(target) -> None:
     """Make ``tvm.compile(mod, target)`` emit compiled CUDA kernels (see the module docstring).
 
@@ -161,9 +180,9 @@ def ensure_build_support(target) -> None:
     import tvm_ffi
 
     if os.environ.get("TVM_CUDA_COMPILE_MODE", "nvcc").lower() != "nvrtc" \
-            and shutil.which("nvcc") is None:
-        raise FluidMLError("compiling for CUDA needs nvcc on PATH (the CUDA toolkit; e.g. pip "
-                           "install nvidia-cuda-nvcc, or /usr/local/cuda/bin)")
+            and find_nvcc() is None:
+        raise FluidMLError("compiling for CUDA needs nvcc: pip install 'fluidml-tvm[cuda]' (nvcc "
+                           "from PyPI), or the CUDA toolkit's bin directory on PATH")
     with _lock:
         load_runtime()
         if not _callback_installed:
