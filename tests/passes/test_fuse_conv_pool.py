@@ -12,9 +12,9 @@ import fluidml_tvm
 from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.fuse_conv_pool import FluidMLFuseConvPool
-from fluidml_tvm.passes.memory_analysis import live_set_lower_bound, lower_to_memory_slot
-from fluidml_tvm.pipeline import phases
-from fluidml_tvm.schedules import conv_pool
+from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
+from fluidml_tvm.pipeline import lower_to_memory_slot, phases
+from fluidml_tvm.schedules.rules import conv_pool
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fluidml_tvm.passes.graph import Node, OpGraph, Tensor
-from fluidml_tvm.passes.layout_cost import AnalyticCost, moves_data
-from fluidml_tvm.passes.layout_learned import (
+from fluidml_tvm.passes.layout.cost import AnalyticCost
+from fluidml_tvm.passes.layout.graph import Node, OpGraph, Tensor
+from fluidml_tvm.passes.layout.layouts import moves_data
+from fluidml_tvm.passes.layout.learned import (
     features,
     heldout_rank_correlation,
     within_shape_rank_correlation,
 )
-from fluidml_tvm.passes.layout_measure import _key
+from fluidml_tvm.passes.layout.measure import _key
 
 
 def test_moves_data_ignores_unit_dims():
@@ -60,7 +61,7 @@ def test_measured_kernel_variants_compute_the_right_thing():
     """The PrimFuncs whose timings drive the measured model compute what the rewrite emits."""
     import tvm
 
-    from fluidml_tvm.passes.layout_measure import matmul_variant, reshape_transpose_variant
+    from fluidml_tvm.passes.layout.measure import matmul_variant, reshape_transpose_variant
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 6, 8)).astype("float32")
@@ -89,7 +90,7 @@ def test_loaded_measurements_are_measured_again(tmp_path, monkeypatch):
 
     from fluidml_tvm.costdb import NOISY_LOAD, REMEASURE_ATTEMPTS, CostDB
     from fluidml_tvm.options import Options
-    from fluidml_tvm.passes import layout_measure
+    from fluidml_tvm.passes.layout import measure as layout_measure
     from fluidml_tvm.schedules.measure import Timing
 
     calls = []

@@ -15,6 +15,9 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
 * 1x1 stride-1 kernels (``conv1x1``, ``fuse_rows``): rows and columns become one axis, so the
   tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
   off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
+
+The analysis is :mod:`.conv2d_match`; this module has the candidates, the kernel and
+:class:`Conv2dRule`.
 """
 
 from __future__ import annotations

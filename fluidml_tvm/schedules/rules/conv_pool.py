@@ -15,7 +15,9 @@ rule's kernel (:mod:`.conv2d`: channels-innermost accumulator, packed weight, ``
   output is never materialized (a 64x224x224 output becomes a 2x224x16 buffer per thread).
 
 Applies when the pool windows do not overlap (kernel == stride, no padding) and tile the conv
-output exactly, in any layout where the pooled axes are the conv's row and column axes.
+output exactly, in any layout where the pooled axes are the conv's row and column axes. The
+analysis is :mod:`.conv_pool_match`; this module has the candidates, the kernel and
+:class:`ConvPoolRule`.
 """
 
 from __future__ import annotations

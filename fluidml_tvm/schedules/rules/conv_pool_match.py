@@ -158,6 +158,16 @@ def _chain(func: tirx.PrimFunc, pool_input):
     return m1, m2, sch.get(blocks[pad2]).name_hint, offs, mid
 
 
+def _reduction_blocks(func: tirx.PrimFunc) -> int | None:
+    """How many root blocks of ``func`` are reductions (None: no root block)."""
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = root_blocks(sch)
+    except Exception:  # noqa: BLE001 - no root block: an opaque kernel
+        return None
+    return sum(1 for b in blocks if is_reduction(sch, b))
+
+
 def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
     pm, why = analyze_pool(func)
     if pm is None:
@@ -167,7 +177,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvPoolMatch | None, str]:
         return None, Unrelated("the pool does not read an intermediate of the kernel")
     m, why = analyze_conv(part)
     chain = None
-    if m is None and why.startswith("2 reduction blocks"):
+    if m is None and _reduction_blocks(part) == 2:  # conv -> conv -> pool: a chain?
         chain = _chain(func, pm.input)
         if chain is not None:
             m = chain[1]

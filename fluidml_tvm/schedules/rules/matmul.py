@@ -4,7 +4,8 @@ Matches a PrimFunc whose only reduction block computes ``C[b.., i, j] += A[.. i 
 B[.. k .. j ..]`` with every index a plain iteration variable (any operand order: the transposed
 forms attention and Gemm produce are covered), optionally preceded by injective prologues (inlined)
 and followed by injective epilogues (bias, GELU, residual add: inlined into one block computed per
-register tile).
+register tile). The analysis is :mod:`.matmul_match`; this module has the candidates, the kernel
+and :class:`MatmulRule`.
 
 The kernel (the design that matched ONNX Runtime's MLAS on this project's machines):
 
