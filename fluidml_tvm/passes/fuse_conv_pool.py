@@ -112,7 +112,7 @@ class FluidMLFuseConvPool:
 
     # -- finding pairs -------------------------------------------------------------------------
     def _find(self, mod) -> list[dict]:
-        from ..schedules import conv_pool
+        from ..schedules.rules import conv_pool
 
         pairs = []
         for gv, func in mod.functions_items():
@@ -181,7 +181,7 @@ class FluidMLFuseConvPool:
         """A convolution whose only consumer is the fused convolution, and which costs at most
         ``CHAIN_MAX_FLOPS`` of it, is fused too (its rows computed inside the row loop, with a
         halo: recomputed (s + kh - 1) / s times); its output is then never materialized."""
-        from ..schedules import conv2d
+        from ..schedules.rules import conv2d
 
         prod = block.bindings[pair["prod"]].value
         data = self._args(prod, pair["kind"])[0]
@@ -219,7 +219,7 @@ class FluidMLFuseConvPool:
     @staticmethod
     def _producer(mod, call) -> tuple[str | None, str]:
         """("group"|"kernel", name) when ``call`` computes a convolution, else (None, "")."""
-        from ..schedules import conv2d
+        from ..schedules.rules import conv2d
 
         def is_conv(prim):
             try:
@@ -353,7 +353,7 @@ class FluidMLFuseConvPool:
     # -- the schedule must take it ---------------------------------------------------------------
     @staticmethod
     def _check(fused_mod, p) -> str | None:
-        from ..schedules import conv_pool
+        from ..schedules.rules import conv_pool
         from ..schedules.target_info import cpu_info
 
         name = p["name"]

@@ -21,6 +21,11 @@ def as_int(x) -> int | None:
     return None
 
 
+def iter_values(sch: s_tir.Schedule, block) -> list:
+    """The SBlockRealize bindings of ``block`` (found by walking its parent loop body)."""
+    return list(_get_sblock_realize(sch, block).iter_values)
+
+
 def root_blocks(sch: s_tir.Schedule) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -34,7 +39,7 @@ def loop_kinds(sch: s_tir.Schedule, block) -> list[str] | None:
     (the form LegalizeOps produces), else None."""
     loops = sch.get_loops(block)
     stmt = sch.get(block)
-    vals = list(_get_sblock_realize(sch, block).iter_values)
+    vals = iter_values(sch, block)
     loop_vars = [sch.get(lp).loop_var for lp in loops]
     kinds = ["S"] * len(loops)
     for iv, val in zip(stmt.iter_vars, vals):
@@ -94,8 +99,12 @@ def inline_all(sch: s_tir.Schedule, keep=()) -> None:
                 pass
 
 
-def vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> bool:
-    """Split the innermost loop by ``lanes`` and vectorize it (or vectorize a short loop)."""
+def vectorize_inner(sch: s_tir.Schedule, block, lanes: int, whole: int = 2,
+                    tail: bool = True) -> bool:
+    """Vectorize the innermost loop of ``block``: split by ``lanes`` when they divide it, else
+    vectorize it whole when it is at most ``whole`` x ``lanes`` long. ``tail``: a longer loop
+    that ``lanes`` do not divide is split and its inner loop unroll-annotated (not vectorized).
+    (The matmul epilogue and the depthwise tile use ``whole=4, tail=False``.)"""
     loops = sch.get_loops(block)
     if not loops:
         return False
@@ -106,10 +115,10 @@ def vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> bool:
         _, v = sch.split(loops[-1], [None, lanes])
         sch.vectorize(v)
         return True
-    if ext <= 2 * lanes:
+    if ext <= whole * lanes:
         sch.vectorize(loops[-1])
         return True
-    if ext > lanes:
+    if tail and ext > lanes:
         # a tail: LLVM vectorizes the body of a split loop with a bounds check poorly, so only
         # unroll-annotate the inner loop
         _, v = sch.split(loops[-1], [None, lanes])
@@ -170,7 +179,7 @@ class SumOfProducts:
                 if k == tirx.IterVar.CommReduce and self.extents[v] > 1]
 
     def iter_values(self) -> list:
-        return list(_get_sblock_realize(self.sch, self.block).iter_values)
+        return iter_values(self.sch, self.block)
 
     def param_index(self, buffer) -> int | None:
         """Position of ``buffer`` among the PrimFunc's parameters (None: an intermediate)."""
@@ -223,7 +232,7 @@ def loop_var_index(sch: s_tir.Schedule, block) -> dict | None:
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     lvars = [sch.get(lp).loop_var for lp in loops]
-    vals = list(_get_sblock_realize(sch, block).iter_values)
+    vals = iter_values(sch, block)
     out = {}
     for iv, val in zip(stmt.iter_vars, vals):
         if as_int(iv.dom.extent) == 1 and as_int(val) is not None:

@@ -14,7 +14,7 @@ from fluidml_tvm.options import Options
 from fluidml_tvm.passes.fuse_conv_pool import FluidMLFuseConvPool
 from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
 from fluidml_tvm.pipeline import lower_to_memory_slot, phases
-from fluidml_tvm.schedules import conv_pool
+from fluidml_tvm.schedules.rules import conv_pool
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})

@@ -15,44 +15,22 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
 * 1x1 stride-1 kernels (``conv1x1``, ``fuse_rows``): rows and columns become one axis, so the
   tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
   off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
+
+The analysis is :mod:`.conv2d_match`; this module has the candidates, the kernel and
+:class:`Conv2dRule`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import (
-    as_int,
-    coefficient,
-    extent,
-    loop_kinds,
-    match_sum_of_products,
-    plain_indices,
-    root_blocks,
-    vectorize_inner,
-)
+from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
+from ..target_info import CPUInfo
+from .base import Context, Rule
+from .conv2d_match import ConvMatch, analyze, loop_var_of, same_var
 from .injective import schedule_spatial_block
-from .matmul import _iter_values
-from .target_info import CPUInfo
-
-
-@dataclass
-class ConvMatch:
-    block: str
-    w_index: int  # index of the weight in the block's reads
-    w_param: int | None  # position of the weight among the PrimFunc's params
-    w_roles: list[str]  # per weight dim: "f" or "r" (reduction) or "1"
-    loop_roles: list[str]  # per loop: "f", "x", "s" (other spatial), "r"
-    f: int
-    x: int
-    flops: float
-    r0: int = 1  # extent of the outermost reduction loop (input channels in NCHW)
-    # pointwise (1x1, stride 1) kernels: extent of the output-row loop right outside the column
-    # loop, which the conv1x1 tiles fuse with it (tiles then divide rows x columns); 0 otherwise
-    rows: int = 0
 
 
 def loops_by_role(loops, roles, y_index: int | None = None):
@@ -72,114 +50,6 @@ def loops_by_role(loops, roles, y_index: int | None = None):
         else:
             spatial.append(lp)
     return fl, xl, yl, reds, spatial
-
-
-def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
-    sop, why = match_sum_of_products(func)
-    if sop is None:
-        return None, why
-    sch, main, st = sop.sch, sop.block, sop.stmt
-    kinds, ext = sop.kinds, sop.extents
-
-    plain = plain_indices
-
-    def used(region):
-        vs = set()
-        for r in region.region:
-            vs |= {v for v in ext if _uses(r.min, v)}
-        return vs
-
-    reads = list(st.reads)
-    w_i = next((i for i, r in enumerate(reads) if plain(r) is not None), None)
-    if w_i is None:
-        return None, "no operand indexed by plain variables"
-    d_i = 1 - w_i
-    w_vars = set(v for v in plain(reads[w_i]) if v is not None)
-    d_vars = used(reads[d_i])
-    c_vars = plain(st.writes[0])
-    if c_vars is None:
-        return None, "output not indexed by plain variables"
-    red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce and ext[v] > 1]
-    if not red or any(v not in w_vars or v not in d_vars for v in red):
-        return None, "reduction axes not in both operands"
-    fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
-    if len(fs) != 1:
-        return None, "no single output-channel axis (depthwise/grouped or not a conv)"
-    f = fs[0]
-    xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
-    if not xs:
-        return None, "no spatial output axis"
-    x = xs[-1]  # the innermost spatial axis (output columns)
-    if len(red) < 2 and all(_is_plain_in(reads[d_i], v) for v in xs):
-        return None, "a matmul, not a convolution"
-    vals = _iter_values(sch, main)
-    loops = sch.get_loops(main)
-    lvars = [sch.get(lp).loop_var for lp in loops]
-    roles = ["s"] * len(loops)
-    for iv, val in zip(st.iter_vars, vals):
-        if ext[iv.var] == 1:
-            continue
-        if not isinstance(val, tirx.Var):
-            return None, "binding is not a loop variable"
-        i = next((i for i, lv in enumerate(lvars) if lv.same_as(val)), None)
-        if i is None:
-            return None, "binding is not a loop variable"
-        if kinds[iv.var] == tirx.IterVar.CommReduce:
-            roles[i] = "r"
-        elif iv.var.same_as(f):
-            roles[i] = "f"
-        elif iv.var.same_as(x):
-            roles[i] = "x"
-    w_roles = []
-    for v in plain(reads[w_i]):
-        if v is None or ext.get(v, 1) == 1:
-            w_roles.append("1")
-        else:
-            w_roles.append("f" if v.same_as(f) else "r")
-    w_param = next((i for i, p in enumerate(func.params) if p.same_as(reads[w_i].source)), None)
-    flops = 2.0
-    for v in ext:
-        flops *= ext[v]
-    r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
-    rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
-    match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
-                      rows)
-    return match, "conv2d"
-
-
-def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
-    """Extent of the row loop a 1x1 stride-1 kernel can fuse with its column loop (0: none):
-    one reduction axis (the channels), the row and column variables bound to adjacent loops in
-    block order, each indexing the data with stride 1 and the output in adjacent dims."""
-    if len(red) != 1 or "x" not in roles:
-        return 0
-    xi = roles.index("x")
-    if xi == 0 or roles[xi - 1] != "s" or len(vals) != len(loops):
-        return 0
-    ivs = list(st.iter_vars)
-    for i, val in enumerate(vals):  # iteration variable i bound to loop i (the legalized form)
-        if not (isinstance(val, tirx.Var) and val.same_as(lvars[i])):
-            return 0
-    y = ivs[xi - 1].var
-    if not ivs[xi].var.same_as(x):
-        return 0
-    for var in (x, y):
-        dims = [r for r in data.region if _uses(r.min, var)]
-        if len(dims) != 1 or coefficient(dims[0].min, var) != 1:
-            return 0
-    out = [r.min for r in st.writes[0].region]
-    yd = next((i for i, e in enumerate(out) if _same_var(e, y)), None)
-    if yd is None or yd + 1 >= len(out) or not _same_var(out[yd + 1], x):
-        return 0
-    return extent(sch, loops[xi - 1]) or 0
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
-
-
-def _is_plain_in(region, var) -> bool:
-    return any(isinstance(r.min, tirx.Var) and r.min.same_as(var) for r in region.region)
 
 
 def pack_index_map(w_roles: list[str], nr: int):
@@ -250,7 +120,7 @@ def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
 
     wr = [r.min for r in sch.get(main).writes[0].region]
     ivs = sch.get(main).iter_vars
-    yd = next(i for i, e in enumerate(wr) if _same_var(e, ivs[yi].var))
+    yd = next(i for i, e in enumerate(wr) if same_var(e, ivs[yi].var))
     sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=n_iv))
     n_out = len(sch.get(out).iter_vars)
 
@@ -309,8 +179,8 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     c_roles = m.loop_roles  # loops are in output-index order for spatial axes (legalized form)
     wr = sch.get(acc_block).writes[0]
     n_dims = len(wr.region)
-    fvar = _loop_var_of(sch, main, "f", c_roles)
-    f_dim = next(i for i, r in enumerate(wr.region) if _same_var(r.min, fvar))
+    fvar = loop_var_of(sch, main, "f", c_roles)
+    f_dim = next(i for i, r in enumerate(wr.region) if same_var(r.min, fvar))
     order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
     if fuse_rows:  # [.., y * X + x, f]: a tile of positions is one exact region of it
         keep = [i for i in order if i not in (y_dim, y_dim + 1, f_dim)]
@@ -371,17 +241,42 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     return sch, reason, pack
 
 
-def _loop_var_of(sch, block, role, roles):
-    st = sch.get(block)
-    vals = _iter_values(sch, block)
-    loops = sch.get_loops(block)
-    lvars = [sch.get(lp).loop_var for lp in loops]
-    idx = roles.index(role)
-    for iv, val in zip(st.iter_vars, vals):
-        if isinstance(val, tirx.Var) and val.same_as(lvars[idx]):
-            return iv.var
-    raise ValueError(f"no block var for loop role {role}")
+class Conv2dRule(Rule):
+    """The conv2d rule: up to 4 register tiles measured per shape (a CNN has many distinct conv
+    shapes, each candidate costs a compile, and beyond the 4 best-ranked tiles - 2 tiles with and
+    without reduction blocking - little is won); with ``conv1x1`` on, a 1x1 stride-1 kernel also
+    races one tile over rows x columns (measured only, never the analytic pick)."""
 
+    name = "conv2d"
 
-def _same_var(e, v) -> bool:
-    return isinstance(e, tirx.Var) and e.same_as(v)
+    def analyze(self, func, ctx: Context):
+        return analyze(func)
+
+    def candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
+        tiles = candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
+        if not tiles:
+            return []
+        cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+        if ctx.options.rule_on("conv1x1"):
+            # 1x1 stride-1: one more tile over rows x columns (14x14 and 28x28 maps, where the
+            # column count caps the tile)
+            cands += [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
+                      for mr, nv, _ in candidates_pointwise(m, ctx.cpu, 1)]
+        return cands
+
+    def no_candidates(self, m: ConvMatch, ctx: Context) -> str:
+        return f"no register tile divides channels {m.f} / columns {m.x}"
+
+    def workload(self, m: ConvMatch, candidates: list[dict], ctx: Context) -> str:
+        # the rows x columns tile has its own cache entry: switched off, the choice among the
+        # rest stands
+        return f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
+
+    def flops(self, m: ConvMatch) -> float:
+        return m.flops
+
+    def apply(self, func, m: ConvMatch, config: dict, ctx: Context):
+        tile = (config["mr"], config["nv"], config.get("rb", 0))
+        sch, why, pack = schedule_conv2d(func, ctx.cpu, ctx.const_args, tile,
+                                         fuse_rows=bool(config.get("p")))
+        return sch.mod["main"], why, pack

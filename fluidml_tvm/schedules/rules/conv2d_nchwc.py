@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import as_int, loop_kinds, root_blocks, vectorize_inner
+from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
+from ..target_info import CPUInfo
+from .base import Context, Rule, Unrelated
 from .injective import schedule_spatial_block
-from .target_info import CPUInfo
 
 BLOCK = "conv2d_nchwc"
 
@@ -42,7 +43,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[NCHWcMatch | None, str]:
     blocks = root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     if BLOCK not in names:
-        return None, f"no {BLOCK} block"
+        return None, Unrelated(f"no {BLOCK} block")
     main = blocks[names.index(BLOCK)]
     kinds = loop_kinds(sch, main)
     if kinds is None or kinds[:5] != ["S"] * 5 or any(k != "R" for k in kinds[5:]):
@@ -114,3 +115,28 @@ def schedule(func: tirx.PrimFunc, cpu: CPUInfo, cfg: dict) -> tuple[s_tir.Schedu
         schedule_spatial_block(sch, b, lanes)
     return sch, (f"NCHW{m.lanes}c conv: tile {mr} columns x {nf} blocks of {m.lanes} channels, "
                  f"{len(reds)} reduction loops")
+
+
+class NCHWcRule(Rule):
+    """The conv2d_nchwc rule: up to 4 register tiles measured per shape."""
+
+    name = "conv2d_nchwc"
+
+    def analyze(self, func, ctx: Context):
+        return analyze(func)
+
+    def candidates(self, m: NCHWcMatch, ctx: Context) -> list[dict]:
+        return candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
+
+    def no_candidates(self, m: NCHWcMatch, ctx: Context) -> str:
+        return f"no register tile divides columns {m.x} / blocks {m.fo}"
+
+    def workload(self, m: NCHWcMatch, candidates: list[dict], ctx: Context) -> str:
+        return f"f{m.fo}x{m.x}"
+
+    def flops(self, m: NCHWcMatch) -> float:
+        return m.flops
+
+    def apply(self, func, m: NCHWcMatch, config: dict, ctx: Context):
+        sch, why = schedule(func, ctx.cpu, config)
+        return sch.mod["main"], why, None

@@ -4,13 +4,14 @@ Matches a PrimFunc whose only reduction block computes ``C[b.., i, j] += A[.. i 
 B[.. k .. j ..]`` with every index a plain iteration variable (any operand order: the transposed
 forms attention and Gemm produce are covered), optionally preceded by injective prologues (inlined)
 and followed by injective epilogues (bias, GELU, residual add: inlined into one block computed per
-register tile).
+register tile). The analysis is :mod:`.matmul_match`; this module has the candidates, the kernel
+and :class:`MatmulRule`.
 
 The kernel (the design that matched ONNX Runtime's MLAS on this project's machines):
 
 * B is read in a packed layout ``[.., N/nr, K, nr]`` - for a constant weight the PrimFunc's
   parameter itself takes that layout (the caller packs the constant at compile time, see
-  :mod:`.packing`); otherwise a copy stage packs it at run time (O(N*K), against O(M*N*K)).
+  :mod:`..constants`); otherwise a copy stage packs it at run time (O(N*K), against O(M*N*K)).
 * Register tile ``mr x nr`` (``nr = nv`` vectors of the target's lanes), accumulated in place,
   ``mr`` and ``nv`` unrolled, the lanes vectorized.
 * Loop order, one of :data:`ORDERS` (FluidML's loop-order search, measured per shape):
@@ -27,16 +28,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-import tvm
 from tvm import s_tir, tirx
 
-from .common import match_sum_of_products
-from .target_info import CPUInfo
+from ..common import as_int, vectorize_inner
+from ..target_info import CPUInfo
+from .base import Context, Rule
+from .matmul_match import MatmulMatch, analyze
 
 ORDERS = ("rows", "cols", "kblock", "kouter")
 # Below this much work a parallel launch costs more than it saves.
 PARALLEL_MIN_FLOPS = 1 << 21
-_get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
 
 
 @dataclass(frozen=True)
@@ -62,153 +63,6 @@ class MatmulConfig:
         if self.kc:
             s += f" kc={self.kc}"
         return s + (" packedB" if self.pack else " plainB")
-
-
-@dataclass
-class MatmulMatch:
-    """What the analysis found: roles of the loops and operands of the main block."""
-
-    block: str  # name of the reduction block
-    a_index: int  # index of A in the block's reads
-    b_index: int  # index of B in the block's reads
-    b_param: int | None  # position of B among the PrimFunc's params (None: B is an intermediate)
-    roles_b: list[str]  # role of each dim of B: "b" batch, "k", "n", "1" (unit/other)
-    batch: int
-    m: int
-    n: int
-    k: int
-    loop_roles: list[str]  # role of each loop of the block, in order: "b", "m", "n", "k", "1"
-    dtype: str
-
-    def shape_key(self) -> str:
-        return f"b{self.batch}m{self.m}n{self.n}k{self.k}"
-
-    def flops(self) -> float:
-        return 2.0 * self.batch * self.m * self.n * self.k
-
-
-def _var_of(expr):
-    """The iteration variable an index expression is, or None (constants give 'const')."""
-    if isinstance(expr, tirx.Var):
-        return expr
-    if isinstance(expr, tirx.IntImm):
-        return "const"
-    return None
-
-
-def _int(x) -> int | None:
-    return int(x) if isinstance(x, tirx.IntImm | int) else None
-
-
-def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
-    """Match ``func`` as a matmul; returns (match, reason) with the reason it did not match."""
-    sop, why = match_sum_of_products(func, dtypes=("float32",))
-    if sop is None:
-        return None, why
-    sch, main, stmt = sop.sch, sop.block, sop.stmt
-    kinds, extents = sop.kinds, sop.extents
-
-    def dims(region):
-        out = []
-        for r in region.region:
-            if _int(r.extent) != 1:
-                return None
-            out.append(_var_of(r.min))
-        return out
-
-    c_dims = dims(stmt.writes[0])
-    r_dims = [dims(r) for r in stmt.reads]
-    if c_dims is None or any(d is None for d in r_dims) or None in c_dims:
-        return None, "an operand index is not a plain loop variable"
-    if any(None in d for d in r_dims):
-        return None, "an operand index is not a plain loop variable"
-    sets = [set(v for v in d if v != "const") for d in r_dims]
-    c_set = set(v for v in c_dims if v != "const")
-    red = [v for v, k in kinds.items() if k == tirx.IterVar.CommReduce and extents[v] > 1]
-    if len(red) != 1:
-        return None, f"{len(red)} non-trivial reduction axes"
-    kv = red[0]
-    if not (kv in sets[0] and kv in sets[1]):
-        return None, "reduction axis not in both operands"
-    # The N axis is C's innermost non-unit dim; B is the operand that has it.
-    inner = [v for v in c_dims if v != "const" and extents[v] > 1]
-    if not inner:
-        return None, "output has no non-unit dim"
-    nv_ = inner[-1]
-    if (nv_ in sets[0]) == (nv_ in sets[1]):
-        return None, "innermost output axis is in both operands (not a matmul)"
-    b_i = 0 if nv_ in sets[0] else 1
-    a_i = 1 - b_i
-    roles = {}
-    for v, kind in kinds.items():
-        if extents[v] == 1:
-            roles[v] = "1"
-        elif v == kv:
-            roles[v] = "k"
-        elif v == nv_:
-            roles[v] = "n"
-        elif kind != tirx.IterVar.DataPar or v not in c_set:
-            return None, "unexpected iteration axis"
-        elif v in sets[a_i] and v in sets[b_i]:
-            roles[v] = "b"
-        elif v in sets[a_i]:
-            roles[v] = "m"
-        else:
-            return None, "a spatial axis only in B besides N"
-    if list(roles.values()).count("m") > 1:
-        return None, "several M axes"
-    loops = sch.get_loops(main)
-    loop_vars = [sch.get(lp).loop_var for lp in loops]
-    realize_vals = _iter_values(sch, main)
-    if realize_vals is None or len(realize_vals) != len(loops):
-        return None, "block bindings are not one loop per axis"
-    if not all(isinstance(val, tirx.Var) for val in realize_vals):
-        return None, "block binding is not a plain loop variable"
-    var_by_loop = {}
-    for iv, val in zip(stmt.iter_vars, realize_vals):
-        idx = next((i for i, lv in enumerate(loop_vars) if lv.same_as(val)), None)
-        if idx is None:
-            return None, "binding does not use the block's loops"
-        var_by_loop[idx] = iv.var
-    loop_roles = [roles[var_by_loop[i]] for i in range(len(loops))]
-    b_region = stmt.reads[b_i]
-    roles_b = [("1" if d == "const" else roles[d]) for d in r_dims[b_i]]
-    b_param = None
-    for i, p in enumerate(func.params):
-        if p.same_as(b_region.source):
-            b_param = i
-    batch = 1
-    m = n = k = 1
-    for v, r in roles.items():
-        if r == "b":
-            batch *= extents[v]
-        elif r == "m":
-            m = extents[v]
-        elif r == "n":
-            n = extents[v]
-        elif r == "k":
-            k = extents[v]
-    return (
-        MatmulMatch(
-            block=stmt.name_hint,
-            a_index=a_i,
-            b_index=b_i,
-            b_param=b_param,
-            roles_b=roles_b,
-            batch=batch,
-            m=m,
-            n=n,
-            k=k,
-            loop_roles=loop_roles,
-            dtype=sop.dtype,
-        ),
-        "matmul",
-    )
-
-
-def _iter_values(sch, block):
-    """The SBlockRealize bindings of ``block`` (found by walking its parent loop body)."""
-    return list(_get_sblock_realize(sch, block).iter_values)
 
 
 # ---- candidates -------------------------------------------------------------------------------
@@ -381,34 +235,20 @@ def apply(
         lps = sch.get_loops(out)
         if len(lps) > 1:
             sch.parallel(sch.fuse(*lps[:-1]))
-        _vectorize_inner(sch, out, lanes)
+        vectorize_inner(sch, out, lanes, whole=4, tail=False)
     else:
         # epilogue (or write-back) per tile
         sch.reverse_compute_at(out, at, preserve_unit_loops=True)
-        _vectorize_inner(sch, out, lanes)
+        vectorize_inner(sch, out, lanes, whole=4, tail=False)
     if packer is not None:
-        b_shape = [_int(d) for d in sch.get(packer).reads[0].source.shape]
+        b_shape = [as_int(d) for d in sch.get(packer).reads[0].source.shape]
         if None not in b_shape and _rows_fit_l1(match.roles_b, b_shape, nr):
             _transposing_copy(sch, packer, match.roles_b, nr, lanes)
         else:
             _parallel_copy(sch, packer, lanes)
     init = sch.decompose_reduction(main, kloop)
-    _vectorize_inner(sch, init, lanes)
+    vectorize_inner(sch, init, lanes, whole=4, tail=False)
     return sch
-
-
-def _vectorize_inner(sch, block, lanes):
-    loops = sch.get_loops(block)
-    if not loops:
-        return
-    ext = _int(sch.get(loops[-1]).extent)
-    if ext is None:
-        return
-    if ext % lanes == 0 and ext > lanes:
-        _, v = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(v)
-    elif ext <= 4 * lanes and ext > 1:
-        sch.vectorize(loops[-1])
 
 
 def _rows_fit_l1(roles_b, b_shape, nr, line=64, sets=64, ways=8) -> bool:
@@ -459,9 +299,51 @@ def _parallel_copy(sch, block, lanes):
         sch.parallel(loops[0])
 
 
+class MatmulRule(Rule):
+    """The matmul rule: candidate tiles and loop orders measured per shape (see the module
+    docstring); B packed at compile time when it is a constant at every call site."""
+
+    name = "matmul"
+
+    def analyze(self, func, ctx: Context):
+        try:
+            return analyze(func)
+        except Exception as err:  # noqa: BLE001 - an unexpected kernel: the reason says so
+            return None, f"analysis failed: {err}"
+
+    def candidates(self, match: MatmulMatch, ctx: Context) -> list[dict]:
+        cands = candidates(match, ctx.cpu, ctx.options.tune_trials,
+                           b_const=ctx.is_const(match.b_param))
+        return [c.to_dict() for c in cands]
+
+    def no_candidates(self, match, ctx: Context) -> str:
+        return "no tile divides the shape"
+
+    def workload(self, match: MatmulMatch, candidates: list[dict], ctx: Context) -> str:
+        # v2: the candidate set with K-blocked orders first at large K (older choices never saw
+        # them: measured again once)
+        return f"{match.shape_key()}:{'constB' if ctx.is_const(match.b_param) else 'B'}:v2"
+
+    def flops(self, match: MatmulMatch) -> float:
+        return match.flops()
+
+    def config_of(self, config: dict) -> dict:
+        return MatmulConfig.from_dict(config).to_dict()
+
+    def apply(self, func, match: MatmulMatch, config: dict, ctx: Context):
+        cfg = MatmulConfig.from_dict(config)
+        pack_b = ctx.is_const(match.b_param)
+        sch = apply(func, match, cfg, ctx.cpu, pack_b)
+        pack = None
+        if pack_b and cfg.pack:
+            pack = {match.b_param: (tuple(match.roles_b), cfg.nv * ctx.cpu.lanes(32))}
+        return sch.mod["main"], f"{match.shape_key()} {cfg.describe()}", pack
+
+
 __all__ = [
     "MatmulConfig",
     "MatmulMatch",
+    "MatmulRule",
     "analyze",
     "apply",
     "candidates",

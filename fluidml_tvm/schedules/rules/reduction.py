@@ -15,7 +15,7 @@ import logging
 
 from tvm import s_tir, tirx
 
-from .common import (
+from ..common import (
     MIN_PARALLEL_ELEMS,
     extent,
     inline_all,
@@ -25,8 +25,9 @@ from .common import (
     root_blocks,
     vectorize_inner,
 )
+from ..target_info import CPUInfo
+from .base import Context, Rule
 from .injective import schedule_spatial_block
-from .target_info import CPUInfo
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
@@ -50,12 +51,20 @@ def _unroll_reduction(sch, block, lanes):
     sch.annotate(inner, "pragma_unroll_explicit", 1)
 
 
+def analyze(func: tirx.PrimFunc) -> tuple[bool | None, str]:
+    """``(True, ..)`` when some block of ``func`` is a reduction, else ``(None, why not)``."""
+    sch = s_tir.Schedule(func)
+    if not any(is_reduction(sch, b) for b in root_blocks(sch)):
+        return None, "no reduction block"
+    return True, "reduction"
+
+
 def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo):
     """Returns ``(schedule, reason)``; schedule is None when the rule does not apply."""
+    ok, why = analyze(func)
+    if ok is None:
+        return None, why
     sch = s_tir.Schedule(func)
-    blocks = root_blocks(sch)
-    if not any(is_reduction(sch, b) for b in blocks):
-        return None, "no reduction block"
     lanes = cpu.lanes(32)
     try:
         out = _row_form(s_tir.Schedule(func), lanes)
@@ -160,3 +169,19 @@ def _row_form(sch: s_tir.Schedule, lanes: int):
         else:
             vectorize_inner(sch, b, lanes)
     return sch, f"reduction (row form: {len(blocks)} nests under {rows} fused row axes)"
+
+
+class ReductionRule(Rule):
+    """The row-reduction rule (one schedule, never measured); a fallback: its reason also says
+    why the better rules did not apply."""
+
+    name = "reduction"
+    measures = False
+    generic = True
+
+    def analyze(self, func, ctx: Context):
+        return analyze(func)
+
+    def apply(self, func, match, config: dict, ctx: Context):
+        sch, why = schedule_reduction(func, ctx.cpu)
+        return sch.mod["main"], why, None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .common import (
+from ..common import (
     MIN_PARALLEL_ELEMS,
     extent,
     inline_all,
@@ -25,22 +25,48 @@ from .common import (
     root_blocks,
     vectorize_inner,
 )
-from .target_info import CPUInfo
+from ..target_info import CPUInfo
+from .base import Context, Rule
 
 
-def schedule_injective(func: tirx.PrimFunc, cpu: CPUInfo):
-    """Returns ``(schedule, reason)``; schedule is None when the rule does not apply."""
+def analyze(func: tirx.PrimFunc) -> tuple[bool | None, str]:
+    """``(True, ..)`` when ``func`` has blocks and none is a reduction, else ``(None, why not)``."""
     sch = s_tir.Schedule(func)
     blocks = root_blocks(sch)
     if not blocks:
         return None, "no blocks under the root"
     if any(is_reduction(sch, b) for b in blocks):
         return None, "has a reduction block"
+    return True, "injective"
+
+
+def schedule_injective(func: tirx.PrimFunc, cpu: CPUInfo):
+    """Returns ``(schedule, reason)``; schedule is None when the rule does not apply."""
+    ok, why = analyze(func)
+    if ok is None:
+        return None, why
+    sch = s_tir.Schedule(func)
     inline_all(sch)
     lanes = cpu.lanes(32)
     for b in root_blocks(sch):
         schedule_spatial_block(sch, b, lanes)
     return sch, f"injective: {len(root_blocks(sch))} loop nest(s), parallel + vectorize x{lanes}"
+
+
+class InjectiveRule(Rule):
+    """The elementwise / injective rule (one schedule, never measured); the last fallback: its
+    reason also says why the better rules did not apply."""
+
+    name = "injective"
+    measures = False
+    generic = True
+
+    def analyze(self, func, ctx: Context):
+        return analyze(func)
+
+    def apply(self, func, match, config: dict, ctx: Context):
+        sch, why = schedule_injective(func, ctx.cpu)
+        return sch.mod["main"], why, None
 
 
 def schedule_spatial_block(sch: s_tir.Schedule, block, lanes: int) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from .common import (
+from ..common import (
     as_int,
     coefficient,
     extent,
@@ -29,9 +29,11 @@ from .common import (
     match_sum_of_products,
     plain_indices,
     root_blocks,
+    vectorize_inner,
 )
+from ..target_info import CPUInfo
+from .base import Context, Rule
 from .injective import schedule_spatial_block
-from .target_info import CPUInfo
 
 
 @dataclass
@@ -201,10 +203,10 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     if v1 is not None:
         sch.unroll(v1)
     sch.vectorize(v2)
-    _vectorize_tile(sch, acc, lanes)
+    vectorize_inner(sch, acc, lanes, whole=4, tail=False)
     if out is not None:
         sch.reverse_compute_at(out, v0, preserve_unit_loops=True)
-        _vectorize_tile(sch, out, lanes)
+        vectorize_inner(sch, out, lanes, whole=4, tail=False)
     padded_here = False
     for b in pre:  # padding: per parallel iteration when it covers one channel plane
         kinds = loop_kinds(sch, b)
@@ -213,7 +215,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         if not m.f_is_vector:
             try:
                 sch.compute_at(b, par, preserve_unit_loops=True)
-                _vectorize_tile(sch, b, lanes)
+                vectorize_inner(sch, b, lanes, whole=4, tail=False)
                 padded_here = True
                 continue
             except Exception:  # noqa: BLE001 - not computable there: its own loop nest
@@ -221,7 +223,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         schedule_spatial_block(sch, b, lanes)
     sch.decompose_reduction(main, reds[0])
     init = sch.get_sblock(m.block + "_init")
-    _vectorize_tile(sch, init, lanes)
+    vectorize_inner(sch, init, lanes, whole=4, tail=False)
     layout = "channels innermost" if m.f_is_vector else "columns innermost"
     tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
@@ -230,16 +232,28 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     return sch, reason
 
 
-def _vectorize_tile(sch, block, lanes):
-    """Vectorize the innermost loop of a tile-sized nest (split by ``lanes`` when it divides)."""
-    loops = sch.get_loops(block)
-    if not loops:
-        return
-    ext = as_int(sch.get(loops[-1]).extent)
-    if ext is None or ext < 2:
-        return
-    if ext % lanes == 0 and ext > lanes:
-        _, v = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(v)
-    elif ext <= 4 * lanes:
-        sch.vectorize(loops[-1])
+class DepthwiseRule(Rule):
+    """The depthwise rule: up to 3 tile widths measured per shape; switched off by
+    ``fluidml.schedule_off=depthwise`` (its kernels then fall to the reduction rule)."""
+
+    name = "depthwise"
+    optional = True
+
+    def analyze(self, func, ctx: Context):
+        return analyze(func)
+
+    def candidates(self, m: DepthwiseMatch, ctx: Context) -> list[dict]:
+        return [{"nv": nv} for nv in candidates(m, ctx.cpu, min(ctx.options.tune_trials, 3))]
+
+    def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:
+        return f"vector axis {m.v_extent} does not suit {ctx.cpu.lanes(32)} lanes"
+
+    def workload(self, m: DepthwiseMatch, candidates: list[dict], ctx: Context) -> str:
+        return f"v{m.v_extent}s{m.stride}"
+
+    def flops(self, m: DepthwiseMatch) -> float:
+        return m.flops
+
+    def apply(self, func, m: DepthwiseMatch, config: dict, ctx: Context):
+        sch, why = schedule_depthwise(func, ctx.cpu, config["nv"])
+        return sch.mod["main"], why, None

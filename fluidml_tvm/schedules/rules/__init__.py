@@ -1,0 +1,39 @@
+"""The schedule rules, one operator family per module, each a :class:`.base.Rule`.
+
+:data:`RULES` is the order the stage tries them in; the first that applies to a kernel wins:
+
+1. ``matmul``       (:mod:`.matmul`) - matmul / dense / batch-matmul with prologues and
+   epilogues; B packed at compile time when it is a constant.
+2. ``conv2d_nchwc`` (:mod:`.conv2d_nchwc`) - a convolution the layout stage put in the blocked
+   ``NCHW[b]c`` layout.
+3. ``conv_pool``    (:mod:`.conv_pool`) - a convolution fused with its max-pool
+   (:mod:`fluidml_tvm.passes.fuse_conv_pool`).
+4. ``conv2d``       (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride).
+5. ``depthwise``    (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride;
+   switched off by ``fluidml.schedule_off=depthwise``.
+6. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
+7. ``injective``    (:mod:`.injective`) - everything without a reduction.
+
+The first five measure their candidates (:mod:`..choose`); the last two have one schedule each.
+"""
+
+from .base import Context, Rule, Unrelated
+from .conv2d import Conv2dRule
+from .conv2d_nchwc import NCHWcRule
+from .conv_pool import ConvPoolRule
+from .depthwise import DepthwiseRule
+from .injective import InjectiveRule
+from .matmul import MatmulRule
+from .reduction import ReductionRule
+
+RULES: tuple[Rule, ...] = (
+    MatmulRule(),
+    NCHWcRule(),
+    ConvPoolRule(),
+    Conv2dRule(),
+    DepthwiseRule(),
+    ReductionRule(),
+    InjectiveRule(),
+)
+
+__all__ = ["RULES", "Context", "Rule", "Unrelated"]

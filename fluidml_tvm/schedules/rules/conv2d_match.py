@@ -1,0 +1,152 @@
+"""What the conv2d rule matches (:mod:`.conv2d`): the one reduction block ``C[.. f .. y .. x ..]
++= D[..] * W[.. f .. r ..]`` whose weight ``W`` is indexed by plain variables and owns one output
+axis ``f`` (the output channel) that the data does not index; the role of every loop, and for a
+1x1 stride-1 kernel the row loop its tiles may fuse with the columns (``ConvMatch.rows``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import tirx
+
+from ..common import coefficient, extent, iter_values, match_sum_of_products, plain_indices
+
+
+@dataclass
+class ConvMatch:
+    block: str
+    w_index: int  # index of the weight in the block's reads
+    w_param: int | None  # position of the weight among the PrimFunc's params
+    w_roles: list[str]  # per weight dim: "f" or "r" (reduction) or "1"
+    loop_roles: list[str]  # per loop: "f", "x", "s" (other spatial), "r"
+    f: int
+    x: int
+    flops: float
+    r0: int = 1  # extent of the outermost reduction loop (input channels in NCHW)
+    # pointwise (1x1, stride 1) kernels: extent of the output-row loop right outside the column
+    # loop, which the conv1x1 tiles fuse with it (tiles then divide rows x columns); 0 otherwise
+    rows: int = 0
+
+
+def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
+    sop, why = match_sum_of_products(func)
+    if sop is None:
+        return None, why
+    sch, main, st = sop.sch, sop.block, sop.stmt
+    kinds, ext = sop.kinds, sop.extents
+
+    plain = plain_indices
+
+    def used(region):
+        vs = set()
+        for r in region.region:
+            vs |= {v for v in ext if _uses(r.min, v)}
+        return vs
+
+    reads = list(st.reads)
+    w_i = next((i for i, r in enumerate(reads) if plain(r) is not None), None)
+    if w_i is None:
+        return None, "no operand indexed by plain variables"
+    d_i = 1 - w_i
+    w_vars = set(v for v in plain(reads[w_i]) if v is not None)
+    d_vars = used(reads[d_i])
+    c_vars = plain(st.writes[0])
+    if c_vars is None:
+        return None, "output not indexed by plain variables"
+    red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce and ext[v] > 1]
+    if not red or any(v not in w_vars or v not in d_vars for v in red):
+        return None, "reduction axes not in both operands"
+    fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
+    if len(fs) != 1:
+        return None, "no single output-channel axis (depthwise/grouped or not a conv)"
+    f = fs[0]
+    xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
+    if not xs:
+        return None, "no spatial output axis"
+    x = xs[-1]  # the innermost spatial axis (output columns)
+    if len(red) < 2 and all(_is_plain_in(reads[d_i], v) for v in xs):
+        return None, "a matmul, not a convolution"
+    vals = iter_values(sch, main)
+    loops = sch.get_loops(main)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    roles = ["s"] * len(loops)
+    for iv, val in zip(st.iter_vars, vals):
+        if ext[iv.var] == 1:
+            continue
+        if not isinstance(val, tirx.Var):
+            return None, "binding is not a loop variable"
+        i = next((i for i, lv in enumerate(lvars) if lv.same_as(val)), None)
+        if i is None:
+            return None, "binding is not a loop variable"
+        if kinds[iv.var] == tirx.IterVar.CommReduce:
+            roles[i] = "r"
+        elif iv.var.same_as(f):
+            roles[i] = "f"
+        elif iv.var.same_as(x):
+            roles[i] = "x"
+    w_roles = []
+    for v in plain(reads[w_i]):
+        if v is None or ext.get(v, 1) == 1:
+            w_roles.append("1")
+        else:
+            w_roles.append("f" if v.same_as(f) else "r")
+    w_param = next((i for i, p in enumerate(func.params) if p.same_as(reads[w_i].source)), None)
+    flops = 2.0
+    for v in ext:
+        flops *= ext[v]
+    r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
+    rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
+    match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
+                      rows)
+    return match, "conv2d"
+
+
+def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
+    """Extent of the row loop a 1x1 stride-1 kernel can fuse with its column loop (0: none):
+    one reduction axis (the channels), the row and column variables bound to adjacent loops in
+    block order, each indexing the data with stride 1 and the output in adjacent dims."""
+    if len(red) != 1 or "x" not in roles:
+        return 0
+    xi = roles.index("x")
+    if xi == 0 or roles[xi - 1] != "s" or len(vals) != len(loops):
+        return 0
+    ivs = list(st.iter_vars)
+    for i, val in enumerate(vals):  # iteration variable i bound to loop i (the legalized form)
+        if not (isinstance(val, tirx.Var) and val.same_as(lvars[i])):
+            return 0
+    y = ivs[xi - 1].var
+    if not ivs[xi].var.same_as(x):
+        return 0
+    for var in (x, y):
+        dims = [r for r in data.region if _uses(r.min, var)]
+        if len(dims) != 1 or coefficient(dims[0].min, var) != 1:
+            return 0
+    out = [r.min for r in st.writes[0].region]
+    yd = next((i for i, e in enumerate(out) if same_var(e, y)), None)
+    if yd is None or yd + 1 >= len(out) or not same_var(out[yd + 1], x):
+        return 0
+    return extent(sch, loops[xi - 1]) or 0
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _is_plain_in(region, var) -> bool:
+    return any(isinstance(r.min, tirx.Var) and r.min.same_as(var) for r in region.region)
+
+
+def loop_var_of(sch, block, role, roles):
+    st = sch.get(block)
+    vals = iter_values(sch, block)
+    loops = sch.get_loops(block)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    idx = roles.index(role)
+    for iv, val in zip(st.iter_vars, vals):
+        if isinstance(val, tirx.Var) and val.same_as(lvars[idx]):
+            return iv.var
+    raise ValueError(f"no block var for loop role {role}")
+
+
+def same_var(e, v) -> bool:
+    return isinstance(e, tirx.Var) and e.same_as(v)

@@ -1,0 +1,94 @@
+"""The conv2d rule (and which rule each kind of convolution gets): NCHW convolutions of every
+kind against ONNX Runtime, the 1x1 tile over rows x columns, every tile with and without
+reduction blocking computing what the unscheduled kernel computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from fluidml_tvm.schedules import cpu_info
+from fluidml_tvm.schedules.constants import pack_array
+
+from ..models import TARGET, compile_run, conv_model, fused, onnx_model, opts, run_ort
+from ..models import schedule as run_schedule
+
+
+@pytest.mark.parametrize(
+    "kw,rule",
+    [
+        (dict(), "conv2d"),  # 3x3, pad 1
+        (dict(k=1, pad=0, O=32), "conv2d"),  # 1x1
+        (dict(stride=2, H=16, W=16), "conv2d"),  # strided
+        (dict(C=3, H=12, W=12), "conv2d"),  # RGB input layer
+        (dict(C=16, O=16, group=16), "depthwise"),  # depthwise, 14 columns: one vector
+        (dict(C=16, O=16, group=16, H=16, W=16), "depthwise"),  # 16 columns: 2 x 8 lanes
+        (dict(C=16, O=16, group=16, H=16, W=16, stride=2), "depthwise"),  # strided
+        (dict(C=16, O=32, group=8), "reduction"),  # grouped (2 channels a group): generic
+    ],
+)
+def test_conv2d_matches_ort(tmp_path, kw, rule):
+    model = conv_model(**kw)
+    shape = [1, kw.get("C", 8), kw.get("H", 14), kw.get("W", 14)]
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    out = compile_run(model, {"x": x}, opts(tmp_path))
+    np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    _, dec = run_schedule(model, tmp_path)
+    assert [d.choice for d in dec.values() if "conv" in d.subject] == [rule]
+
+
+@pytest.mark.parametrize("epilogue", [True, False])
+def test_pointwise_tile_over_rows_and_columns(epilogue):
+    """1x1 stride-1 conv on a 14x14 map: a tile of positions that straddles rows (the rows x
+    columns axis, conv1x1), with a bias+ReLU epilogue and without, matches ORT."""
+    from fluidml_tvm.schedules.rules import conv2d
+
+    if epilogue:
+        model = conv_model(C=16, H=14, W=14, O=48, k=1, pad=0)
+    else:
+        w = (np.random.default_rng(0).standard_normal((48, 16, 1, 1)) * 0.1).astype(np.float32)
+        model = onnx_model([h.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])],
+                       [h.make_tensor_value_info("x", TP.FLOAT, [1, 16, 14, 14])],
+                       [h.make_tensor_value_info("y", TP.FLOAT, [1, 48, 14, 14])],
+                       [nh.from_array(w, "w")])
+    mod = fused(model)
+    (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+    m, _ = conv2d.analyze(mod[gv])
+    assert m.rows == 14
+    (tile,) = conv2d.candidates_pointwise(m, cpu_info(TARGET), 1)
+    assert 14 % tile[0] != 0 and 196 % tile[0] == 0
+    sch, why, pack = conv2d.schedule_conv2d(mod[gv], cpu_info(TARGET), {}, tile, fuse_rows=True)
+    assert "rows x columns (196)" in why and pack is None
+    mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    x = np.random.default_rng(3).standard_normal([1, 16, 14, 14]).astype(np.float32)
+    ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tile", [(4, 1, 0), (4, 1, 32), (2, 2, 32)])
+def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
+    from fluidml_tvm.schedules.measure import random_args
+    from fluidml_tvm.schedules.rules import conv2d
+
+    mod = fused(conv_model(C=64, H=8, W=8, O=32))  # 2 x 16 lanes (AVX-512) divide O
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch, why, pack = conv2d.schedule_conv2d(func, cpu_info(TARGET), {1: True}, tile)
+    assert sch is not None, why
+    assert ("reduction blocks of 32" in why) == (tile[2] == 32)
+    dev = tvm.cpu()
+    args = random_args(func, dev, seed=7)
+    new_args = [tvm.runtime.tensor(pack_array(a.numpy(), *pack[i]) if i in pack else a.numpy())
+                for i, a in enumerate(args[:-1])]
+    new_args.append(tvm.runtime.tensor(np.zeros(args[-1].shape, "f4")))
+    for f, a in ((func, args), (sch.mod["main"], new_args)):
+        tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), TARGET)["main"](
+            *a
+        )
+    np.testing.assert_allclose(new_args[-1].numpy(), args[-1].numpy(), rtol=1e-4, atol=1e-4)

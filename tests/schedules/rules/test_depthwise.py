@@ -1,0 +1,68 @@
+"""The depthwise rule: NHWC (channels innermost) and NCHW tiles against the unscheduled kernel
+and ONNX Runtime; ``fluidml.schedule_off=depthwise`` gives the kernel to the reduction rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from fluidml_tvm.schedules import FluidMLSchedule, cpu_info
+
+from ..models import TARGET, conv_model, fused, opts, run_ort
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_nhwc(stride):
+    """NHWC depthwise (channels innermost): vector along the channels, every tile exact."""
+    from tvm import topi
+
+    from fluidml_tvm.schedules.rules import depthwise
+
+    X = te.placeholder((1, 12, 12, 32), name="X")
+    W = te.placeholder((3, 3, 32, 1), name="W")
+    Y = topi.nn.depthwise_conv2d_nhwc(X, W, stride, 1, 1)
+    func = te.create_prim_func([X, W, Y])
+    m, why = depthwise.analyze(func)
+    assert m is not None and m.f_is_vector, why
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 12, 12, 32)).astype("f4")
+    w = rng.standard_normal((3, 3, 32, 1)).astype("f4")
+    shape = [int(d) for d in Y.shape]
+    ref = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), TARGET)
+    want = tvm.runtime.tensor(np.zeros(shape, "f4"))
+    ref["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), want)
+    for nv in depthwise.candidates(m, cpu_info(TARGET)):
+        sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET), nv)
+        assert "channels innermost" in why
+        lib = tvm.compile(
+            tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+        got = tvm.runtime.tensor(np.zeros(shape, "f4"))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), got)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nv", [1, 2])
+def test_depthwise_tiles_compute_the_same(tmp_path, nv):
+    """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
+    and fluidml.schedule_off=depthwise gives the kernel back to the generic rule."""
+    from fluidml_tvm.schedules.rules import depthwise
+
+    model = conv_model(C=16, O=16, group=16, H=16, W=32)  # 2 x 16 lanes (AVX-512) divide W
+    mod = fused(model)
+    (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+    m, _ = depthwise.analyze(mod[gv])
+    assert m is not None and m.v_extent == 32 and not m.f_is_vector
+    sch, why = depthwise.schedule_depthwise(mod[gv], cpu_info(TARGET), nv)
+    assert f"tile {nv} x 8 lanes" in why or f"tile {nv} x 16 lanes" in why
+    mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    x = np.random.default_rng(2).standard_normal([1, 16, 16, 32]).astype(np.float32)
+    ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    off = FluidMLSchedule(TARGET, opts(tmp_path, schedule_off="depthwise"))
+    with TARGET:
+        off(fused(model))
+    assert [d.choice for d in off.decisions if "conv" in d.subject] == ["reduction"]

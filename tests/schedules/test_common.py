@@ -1,0 +1,59 @@
+"""common.py: the helpers the rules share, vectorize_inner's two forms in particular (the
+injective/reduction/conv one and the matmul/depthwise one, ``whole=4, tail=False``)."""
+
+from __future__ import annotations
+
+import pytest
+import tvm
+from tvm import te
+
+from fluidml_tvm.schedules.common import (
+    as_int,
+    iter_values,
+    loop_kinds,
+    match_sum_of_products,
+    root_blocks,
+    vectorize_inner,
+)
+
+from .models import matmul_func
+
+
+def _copy(n):
+    A = te.placeholder((4, n), name="A")
+    B = te.compute((4, n), lambda i, j: A[i, j] + 1.0, name="B")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([A, B]))
+    return sch, sch.get_sblock("B")
+
+
+def _inner(sch, block):
+    loops = sch.get_loops(block)
+    return [int(sch.get(lp).extent) for lp in loops], sch.get(loops[-1]).kind
+
+
+@pytest.mark.parametrize("n, whole, tail, vectorized, extents", [
+    (64, 2, True, True, [4, 4, 16]),  # lanes divide it: split and vectorized
+    (24, 2, True, True, [4, 24]),  # short: vectorized whole
+    (40, 2, True, False, [4, 3, 16]),  # long with a tail: split, unroll-annotated only
+    (40, 4, False, True, [4, 40]),  # the matmul / depthwise form: up to 4 vectors whole
+    (72, 4, False, False, [4, 72]),  # ... and no tail split beyond
+    (1, 2, True, False, [4, 1]),
+])
+def test_vectorize_inner(n, whole, tail, vectorized, extents):
+    sch, b = _copy(n)
+    assert vectorize_inner(sch, b, 16, whole=whole, tail=tail) is vectorized
+    got, kind = _inner(sch, b)
+    assert got == extents
+    assert (kind == tvm.tirx.ForKind.VECTORIZED) is vectorized
+
+
+def test_block_helpers():
+    func = matmul_func(16, 8, 4)
+    sch = tvm.s_tir.Schedule(func)
+    (b,) = root_blocks(sch)
+    assert loop_kinds(sch, b) == ["S", "S", "R"]
+    assert len(iter_values(sch, b)) == 3
+    sop, why = match_sum_of_products(func)
+    assert sop is not None and sop.name == "C", why
+    assert [sop.extents[v] for v in sop.reduction_vars()] == [4]
+    assert as_int(tvm.tirx.IntImm("int32", 3)) == 3 and as_int(3) == 3 and as_int("x") is None
