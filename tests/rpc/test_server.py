@@ -28,7 +28,7 @@ def test_kill_tree_ends_children():
                              " 'import time; time.sleep(60)']); time.sleep(60)"])
     time.sleep(0.5)
     procs = process_tree(proc.pid)
-    rpc.killprocess_tree(proc.pid)
+    rpc.kill_tree(proc.pid)
     proc.wait(5)
     assert_gone(procs)
 
