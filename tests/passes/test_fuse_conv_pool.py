@@ -9,12 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm.relax.frontend.onnx import from_onnx
 
 import fluidml_tvm
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.fuse_conv_pool import FluidMLFuseConvPool
 from fluidml_tvm.passes.memory_analysis import live_set_lower_bound, lower_to_memory_slot
 from fluidml_tvm.pipeline import phases
 from fluidml_tvm.schedules import conv_pool
+from fluidml_tvm.tools import zoo
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})

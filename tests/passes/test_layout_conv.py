@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from fluidml_tvm import frontend, targets, zoo
+from fluidml_tvm import frontend, targets
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.graph import build_graph
 from fluidml_tvm.passes.layout_conv import (
@@ -27,6 +27,7 @@ from fluidml_tvm.passes.layout_cost import AnalyticCost, is_blocked
 from fluidml_tvm.passes.layout_dp import candidates
 from fluidml_tvm.passes.layout_rewrite import FluidMLLayout, _Rewriter
 from fluidml_tvm.pipeline import get_pipeline
+from fluidml_tvm.tools import zoo
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import fluidml_tvm
-from fluidml_tvm import zoo
 from fluidml_tvm.costdb import CostDB
 from fluidml_tvm.passes import layout_gain
+from fluidml_tvm.tools import zoo
 
 
 def test_measured_gain_is_stored_per_plan_and_read_back(tmp_path):

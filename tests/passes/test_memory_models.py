@@ -157,7 +157,7 @@ def test_inplace_safe_accepts_elementwise_rejects_others():
 
 @pytest.mark.parametrize("name", ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"])
 def test_zoo_tiny_numerics_and_bytes(name):
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     model = zoo.build(name, size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)
@@ -204,7 +204,7 @@ def test_output_split_lowers_runtime_peak_for_large_outputs():
     # GPT-NeoX's logits (16 x 512 fp32 = 32 KiB) are as large as all its intermediates: with one
     # arena they coexist with the whole arena; a second small arena for the final LayerNorm lets
     # the main arena go before the logits are allocated.
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     mod = from_onnx(zoo.build("gpt-neox", size="tiny", seed=0), keep_params_in_input=False)
     before = lower_to_memory_slot(mod, TARGET, OPTS)
@@ -232,7 +232,7 @@ def test_inplace_through_kernel_buffers():
     # ResNet's batch_norm(+add)+relu kernels compute per-channel scales from the weights into
     # buffers of their own and chain pointwise blocks through others: the conv output they read
     # may still be overwritten by their output; the convolution itself may not.
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     mod = from_onnx(zoo.build("resnet50", size="tiny", seed=0), keep_params_in_input=False)
     before = lower_to_memory_slot(mod, TARGET, OPTS)
