@@ -1,6 +1,6 @@
 """conv+ReLU+max-pool fusion (``fluidml.fuse_conv_pool``): planned memory and latency, on vs off.
 
-``--memory``: each model (``fluidml_tvm.zoo``, full size unless ``--size``) is imported and
+``--memory``: each model (``fluidml_tvm.tools.zoo``, full size unless ``--size``) is imported and
 lowered by the ``fluidml`` pipeline up to its memory slot with the schedule stage on (the fusion
 needs it; ``fluidml.cost=analytic``, layout stage off: neither changes which tensors exist),
 fusion on and off, then planned by ``FluidMLMemoryPlan`` (verified) and by the stock
@@ -38,7 +38,6 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory.lifetimes import (
     collect_lifetimes,
@@ -48,6 +47,7 @@ from fluidml_tvm.passes.memory.lifetimes import (
     memory_timeline,
     planned_bytes,
 )
+from fluidml_tvm.tools import zoo
 
 THREADS = int(os.environ["TVM_NUM_THREADS"])
 

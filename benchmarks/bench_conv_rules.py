@@ -26,10 +26,11 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
-from fluidml_tvm import pipeline, zoo  # noqa: E402
+from fluidml_tvm import pipeline  # noqa: E402
 from fluidml_tvm.options import Options  # noqa: E402
 from fluidml_tvm.schedules import host_target  # noqa: E402
 from fluidml_tvm.schedules.measure import QUIET_LOAD, LoadProbe  # noqa: E402
+from fluidml_tvm.tools import zoo  # noqa: E402
 
 
 def timed_round(fn, seconds):

@@ -37,11 +37,12 @@ os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))  # before TVM's runtime s
 import tvm  # noqa: E402
 
 import fluidml_tvm  # noqa: E402
-from fluidml_tvm import frontend, pipeline, targets, zoo  # noqa: E402
+from fluidml_tvm import frontend, pipeline, targets  # noqa: E402
 from fluidml_tvm.costdb import CostDB  # noqa: E402
 from fluidml_tvm.options import Options  # noqa: E402
 from fluidml_tvm.passes import layout_gain  # noqa: E402
 from fluidml_tvm.passes.layout.graph import transpose_kernels  # noqa: E402
+from fluidml_tvm.tools import zoo  # noqa: E402
 
 MODELS = ["bert", "gpt-neox", "vgg11", "vgg16", "resnet50", "mobilenet"]
 

@@ -53,9 +53,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_model(name: str, size: str):
-    """A zoo model if ``fluidml_tvm.zoo`` has it, else the small builders of the tests."""
+    """A zoo model if ``fluidml_tvm.tools.zoo`` has it, else the small builders of the tests."""
     try:
-        from fluidml_tvm import zoo
+        from fluidml_tvm.tools import zoo
 
         return zoo.build(name, size=size, seed=0), f"fluidml_tvm.zoo {name} ({size})"
     except (ImportError, KeyError, ValueError) as err:
@@ -163,7 +163,7 @@ def run_models() -> dict:
     sys.path.insert(0, os.path.join(HERE, "..", "tests", "passes"))
     import memory_models as mm
 
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     return {
         "bert_like(2x128x256)": mm.bert_like(layers=2, seq=128, hidden=256, heads=4, ffn=1024),
@@ -173,7 +173,7 @@ def run_models() -> dict:
 
 
 def _feeds(model):
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     try:
         return zoo.random_inputs(model, seed=0)

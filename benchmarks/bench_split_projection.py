@@ -37,9 +37,9 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
 
-    from fluidml_tvm import zoo
     from fluidml_tvm.compiler import compile as compile_model
     from fluidml_tvm.runtime import load
+    from fluidml_tvm.tools import zoo
 
     model, _ = zoo.resolve(args.model)
     feeds = zoo.random_inputs(model, seed=0)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from fluidml_tvm import bench, zoo
+from fluidml_tvm.tools import bench, zoo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

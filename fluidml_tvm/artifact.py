@@ -12,8 +12,8 @@ from .decisions import render
 from .errors import FluidMLError
 from .options import Options
 from .pipeline import DECISION_STAGES
-from .runtime import metadata_path
-from .weights import weights_path
+from .runtime.metadata import metadata_path
+from .runtime.weights import weights_path
 
 METADATA_VERSION = 1
 
@@ -111,7 +111,7 @@ class CompiledModel:
         meta = self.metadata()
         meta["cross_compiler"] = cc
         if self.weights is not None:
-            from .weights import write_weights
+            from .runtime.weights import write_weights
 
             wpath = weights_path(path)
             meta["weights"]["file"] = os.path.basename(wpath)

@@ -147,7 +147,7 @@ def _add_benchmark(sub):
 # ---- commands ---------------------------------------------------------------------------------
 def _resolve_model(spec: str):
     if spec.startswith("zoo:"):
-        from . import zoo
+        from .tools import zoo
 
         try:
             model, _ = zoo.resolve(spec)
@@ -248,12 +248,12 @@ def cmd_run(args) -> int:
         print(f"{times.mean():10.4f}    {np.median(times):10.4f}    {times.max():10.4f}   "
               f"{times.min():10.4f}   {times.std():10.4f}")
     if args.profile:
-        from . import rpc
+        from .runtime import profile
 
         rows = model.kernel_times(inputs, number=args.number) if remote \
-            else rpc.local_kernel_times(model, inputs, number=args.number)
+            else profile.local_kernel_times(model, inputs, number=args.number)
         print(f"Per-kernel times (summed over {args.number} run(s)):")
-        print(rpc.format_kernel_table(rows, args.profile))
+        print(profile.format_kernel_table(rows, args.profile))
     if not args.outputs and not args.print_top and not args.print_time:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, "
@@ -276,7 +276,7 @@ def cmd_rpc_server(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from . import bench
+    from .tools import bench
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in bench.ENGINES]

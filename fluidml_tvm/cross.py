@@ -160,7 +160,7 @@ def run_under_qemu(lib_path: str, inputs: dict, repeat: int = 0, number: int = 1
             dims = "x".join(str(d) for d in spec["shape"])
             cmd += ["--input", f"{spec['dtype']}:{dims}:{path}"]
         if meta.get("weights"):  # external weights follow the inputs, read from NAME.weights
-            from .weights import weights_path
+            from .runtime.weights import weights_path
 
             wpath = os.path.abspath(weights_path(lib_path))
             if not os.path.exists(wpath):

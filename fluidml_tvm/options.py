@@ -70,6 +70,9 @@ class Options:
                              "conv1x1); their kernels fall to the next rule. conv1x1 is off by "
                              "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
                              "it on")
+    fast_math: bool = _opt(True, "vectorizable exp/erf (max relative error of exp 2e-7, absolute "
+                           "error of erf 2e-7; NaN, +-inf and overflow as IEEE) in the kernels "
+                           "FluidML schedules, nowhere else; 0 keeps libm's scalar calls")
     layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations in the layout stage "
                              "(applied only where measured faster)")
     layout_blocked: bool = _opt(False, "with layout_conv: blocked NCHW[b]c candidates (b = the "

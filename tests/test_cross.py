@@ -16,9 +16,10 @@ import pytest
 from cross_models import assert_close_to_ort, e_machine, tiny_conv, tiny_conv_inputs
 
 import fluidml_tvm
-from fluidml_tvm import cli, cross, zoo
+from fluidml_tvm import cli, cross
 from fluidml_tvm.errors import FluidMLError
 from fluidml_tvm.runtime import read_metadata
+from fluidml_tvm.tools import zoo
 
 EM_AARCH64 = 183
 

@@ -98,7 +98,7 @@ def test_opset_newer_than_onnx_knows():
 
 
 def test_int64_inputs_keep_their_dtype():
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     imported = frontend.import_onnx(zoo.build("bert", size="tiny"))
     assert {s.dtype for s in imported.inputs} == {"int64"}

@@ -4,11 +4,12 @@ expected vs measured gain in the report (fluidml-tvm compile --report)."""
 from __future__ import annotations
 
 import fluidml_tvm
-from fluidml_tvm import layout_verify, zoo
+from fluidml_tvm import layout_verify
 from fluidml_tvm.compiler import measure_layout_gain
 from fluidml_tvm.costdb import CostDB
 from fluidml_tvm.decisions import render
 from fluidml_tvm.passes.layout import gain as layout_gain
+from fluidml_tvm.tools import zoo
 
 
 def _plan_ids(compiled) -> list[str]:

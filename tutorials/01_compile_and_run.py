@@ -2,7 +2,7 @@
 
 Run it:  python tutorials/01_compile_and_run.py
 
-1. write a small BERT encoder as an ONNX file (fluidml_tvm.zoo makes one with random weights);
+1. write a small BERT encoder as an ONNX file (fluidml_tvm.tools.zoo makes one with random weights);
 2. compile it twice: with the FluidML pipeline (fluidml=1) and with stock TVM (fluidml=0);
 3. export each as a shared library plus its metadata, load it back, run it;
 4. compare the outputs with ONNX Runtime, and time both libraries.
@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 import fluidml_tvm
-from fluidml_tvm import zoo
+from fluidml_tvm.tools import zoo
 
 workdir = tempfile.mkdtemp(prefix="fluidml-tutorial-")
 onnx_path = os.path.join(workdir, "bert_tiny.onnx")

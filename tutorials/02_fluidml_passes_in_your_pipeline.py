@@ -4,7 +4,7 @@ Run it:  python tutorials/02_fluidml_passes_in_your_pipeline.py
 
 fluidml-tvm's passes are ordinary TVM passes; you do not need ``fluidml_tvm.compile``:
 
-1. import an ONNX model with TVM's own frontend (here a tiny BERT from fluidml_tvm.zoo);
+1. import an ONNX model with TVM's own frontend (here a tiny BERT from fluidml_tvm.tools.zoo);
 2. write a pipeline by hand as a ``tvm.transform.Sequential``: TVM's legalization and fusion, with
    ``FluidMLLayout`` before them (it must run before FoldConstant/LegalizeOps, on high-level ops);
 3. read the layout report (every decision has its reason) and count the transpose kernels left;
@@ -18,10 +18,10 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
+from fluidml_tvm.passes.layout import FluidMLLayout, report
 from fluidml_tvm.passes.layout.graph import transpose_kernels
-from fluidml_tvm.passes.layout.rewrite import FluidMLLayout, report
+from fluidml_tvm.tools import zoo
 
 # 1. An ONNX model, imported by stock TVM (static shapes).
 model = zoo.build("bert", size="tiny", seed=0)

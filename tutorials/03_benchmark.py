@@ -15,7 +15,7 @@ difference from ONNX Runtime come back as one row per engine, and the ratios per
 import json
 import tempfile
 
-from fluidml_tvm import bench
+from fluidml_tvm.tools import bench
 
 outdir = tempfile.mkdtemp(prefix="fluidml-bench-tutorial-")
 result = bench.run_suite(["zoo:bert:tiny"], engines=("fluidml", "tvm", "ort"), threads=2,

@@ -62,7 +62,9 @@ import numpy as np
 import onnxruntime as ort
 
 import fluidml_tvm
-from fluidml_tvm import cross, rpc, zoo
+from fluidml_tvm import cross, rpc
+from fluidml_tvm.runtime.profile import format_kernel_table
+from fluidml_tvm.tools import zoo
 
 HOST = "127.0.0.1"  # a tutorial never listens beyond this machine
 workdir = tempfile.mkdtemp(prefix="fluidml-cross-rpc-")
@@ -123,7 +125,7 @@ try:
               f"median {np.median(ms):.3f} ms, min {ms.min():.3f} ms over 10 x 5 runs")
         rows = remote.kernel_times(inputs, number=5)
         print("[2] slowest kernels on the board (5 runs):")
-        print(rpc.format_kernel_table(rows, top=5))
+        print(format_kernel_table(rows, top=5))
 finally:
     # 3. Stop everything (the server leaves popen_worker children; stop_server ends them by PID).
     rpc.stop_server(board)

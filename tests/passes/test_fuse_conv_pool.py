@@ -9,12 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm.relax.frontend.onnx import from_onnx
 
 import fluidml_tvm
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.fuse_conv_pool import FluidMLFuseConvPool
 from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
 from fluidml_tvm.pipeline import lower_to_memory_slot, phases
 from fluidml_tvm.schedules.rules import conv_pool
+from fluidml_tvm.tools import zoo
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})

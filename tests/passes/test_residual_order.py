@@ -6,11 +6,11 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm import zoo
 from fluidml_tvm.decisions import from_module
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.residual_order import FluidMLResidualOrder, swap_sums
 from fluidml_tvm.pipeline import get_pipeline
+from fluidml_tvm.tools import zoo
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm"})

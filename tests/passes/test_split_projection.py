@@ -8,11 +8,11 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.script import relax as R
 
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory.lifetimes import live_set_lower_bound
 from fluidml_tvm.passes.split_projection import FluidMLSplitProjection
 from fluidml_tvm.pipeline import get_pipeline, lower_to_memory_slot
+from fluidml_tvm.tools import zoo
 
 ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm"})

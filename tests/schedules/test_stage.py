@@ -138,8 +138,8 @@ def test_aarch64_target_schedules_and_builds(tmp_path):
 def test_every_zoo_kernel_computes_what_it_computed_before(name):
     """Each PrimFunc of a tiny zoo model, run alone on random inputs, gives the same output
     scheduled (constant weights packed as the pass packs them) as unscheduled."""
-    from fluidml_tvm import zoo
     from fluidml_tvm.schedules.measure import random_args
+    from fluidml_tvm.tools import zoo
 
     model = zoo.build(name, size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)

@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from fluidml_tvm import frontend, targets, zoo
+from fluidml_tvm import frontend, targets
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.layout import FluidMLLayout
 from fluidml_tvm.passes.layout.conv import block_weight
@@ -23,6 +23,7 @@ from fluidml_tvm.passes.layout.kernels import blocked_conv2d, permuted_conv2d
 from fluidml_tvm.passes.layout.layouts import NHWC, blocked, from_blocked, is_blocked
 from fluidml_tvm.passes.layout.rewrite import _Rewriter
 from fluidml_tvm.pipeline import get_pipeline
+from fluidml_tvm.tools import zoo
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ import tvm
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 import fluidml_tvm
-from fluidml_tvm import frontend, targets, zoo
+from fluidml_tvm import frontend, targets
 from fluidml_tvm.decisions import from_module, render
 from fluidml_tvm.passes.layout import FluidMLLayout
 from fluidml_tvm.passes.layout.cost import AnalyticCost
 from fluidml_tvm.passes.layout.graph import build_graph, transpose_kernels
+from fluidml_tvm.tools import zoo
 
 MODELS = ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"]
 

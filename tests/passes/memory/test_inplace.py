@@ -48,7 +48,7 @@ def test_inplace_through_kernel_buffers():
     # ResNet's batch_norm(+add)+relu kernels compute per-channel scales from the weights into
     # buffers of their own and chain pointwise blocks through others: the conv output they read
     # may still be overwritten by their output; the convolution itself may not.
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     mod = from_onnx(zoo.build("resnet50", size="tiny", seed=0), keep_params_in_input=False)
     before = lower_to_memory_slot(mod, TARGET, OPTS)

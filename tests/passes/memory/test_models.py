@@ -52,7 +52,7 @@ def test_numerics_match_onnxruntime(name):
 
 @pytest.mark.parametrize("name", ["bert", "gpt-neox", "vgg11", "resnet50", "mobilenet"])
 def test_zoo_tiny_numerics_and_bytes(name):
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     model = zoo.build(name, size="tiny", seed=0)
     feeds = zoo.random_inputs(model, seed=0)

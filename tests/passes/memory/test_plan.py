@@ -25,7 +25,7 @@ def test_output_split_lowers_runtime_peak_for_large_outputs():
     # GPT-NeoX's logits (16 x 512 fp32 = 32 KiB) are as large as all its intermediates: with one
     # arena they coexist with the whole arena; a second small arena for the final LayerNorm lets
     # the main arena go before the logits are allocated.
-    from fluidml_tvm import zoo
+    from fluidml_tvm.tools import zoo
 
     mod = from_onnx(zoo.build("gpt-neox", size="tiny", seed=0), keep_params_in_input=False)
     before = lower_to_memory_slot(mod, TARGET, OPTS)

@@ -10,11 +10,11 @@ from onnx_models import ort_run
 from tvm.relax.frontend.onnx import from_onnx
 
 import fluidml_tvm
-from fluidml_tvm import zoo
 from fluidml_tvm.options import Options
 from fluidml_tvm.passes.external_weights import ExternalizeWeights, gathers
 from fluidml_tvm.pipeline import lower_to_memory_slot
-from fluidml_tvm.weights import write_weights
+from fluidml_tvm.runtime.weights import write_weights
+from fluidml_tvm.tools import zoo
 
 
 def test_embedding_is_the_only_gather_table():

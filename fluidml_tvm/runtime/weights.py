@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from ..errors import FluidMLError
+
 ALIGN = 4096
 
 
@@ -25,8 +27,6 @@ def load_weights(lib_path: str, metadata: dict, device) -> list:
 
     Raises :class:`FluidMLError` when the file is missing or truncated.
     """
-    from .errors import FluidMLError
-
     if not metadata.get("weights"):
         return []
     wpath = weights_path(lib_path)

@@ -9,9 +9,9 @@ import pytest
 from onnx_models import ort_run
 
 import fluidml_tvm
-from fluidml_tvm import zoo
 from fluidml_tvm.errors import FluidMLError
-from fluidml_tvm.weights import write_weights
+from fluidml_tvm.runtime.weights import write_weights
+from fluidml_tvm.tools import zoo
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,14 @@
-"""Load and run a library written by ``fluidml_tvm.compile(...).export(path)``."""
+"""A loaded library: :class:`Model` (``run``, ``time``) and :func:`load`."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from .errors import FluidMLError, names
+from ..errors import FluidMLError, names
+from .metadata import read_metadata
+from .weights import load_weights
 
 
 def set_num_threads(num_threads: int | None) -> int:
@@ -22,27 +23,6 @@ def set_num_threads(num_threads: int | None) -> int:
     elif "TVM_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(os.cpu_count() or 1)
     return int(os.environ["TVM_NUM_THREADS"])
-
-
-def metadata_path(lib_path: str) -> str:
-    """The metadata file written beside a library: ``model.so`` -> ``model.json``."""
-    return os.path.splitext(os.fspath(lib_path))[0] + ".json"
-
-
-def read_metadata(lib_path: str) -> dict:
-    meta = metadata_path(lib_path)
-    if not os.path.exists(meta):
-        raise FluidMLError(
-            f"no metadata file {meta} beside {lib_path}; was it written by fluidml-tvm compile?"
-        )
-    try:
-        with open(meta, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise FluidMLError(f"cannot read metadata {meta}: {err}") from None
-    if data.get("format") != "fluidml-tvm":
-        raise FluidMLError(f"{meta} is not a fluidml-tvm metadata file")
-    return data
 
 
 class Model:
@@ -158,7 +138,7 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
     from tvm.runtime.vm import VirtualMachine
 
     if meta.get("target_kind") == "cuda":
-        from .cuda import load_runtime
+        from ..cuda import load_runtime
 
         driver = load_runtime()  # TVM's CUDA runtime, before loading a module with GPU code
         if device is None:
@@ -175,7 +155,5 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
         reason = lines[-1] if lines else type(err).__name__
         raise FluidMLError(f"cannot load {path}: {reason}") from None
     device = device or tvm.cpu()
-    from .weights import load_weights
-
     weights = load_weights(path, meta, device)
     return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n, weights)

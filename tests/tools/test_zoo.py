@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fluidml_tvm import zoo
+from fluidml_tvm.tools import zoo
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -211,3 +211,23 @@ def test_dynamic_imports_into_tvm_with_shapes(name):
     mod = from_onnx(model, shape_dict=shapes)
     params = mod["main"].params
     assert [list(p.ty.shape) for p in params[: len(shapes)]] == list(shapes.values())
+
+
+# --- the graph builder -------------------------------------------------------------------------
+
+def test_graph_builder_names_constants_and_dry_runs():
+    from fluidml_tvm.tools.zoo.graph import Graph
+
+    g = Graph(0)
+    assert [g.name("w"), g.name("w"), g.name("w")] == ["w", "w_1", "w_2"]
+    c = g.const([1, 2])
+    assert g.const([1, 2]) == c and g.const([1, 2], np.int32) != c  # shared per dtype and value
+    w = g.param("fc.weight", (3, 4))
+    assert g.params == 12 and onnx.numpy_helper.to_array(g.inits[-1]).shape == (3, 4)
+    a, b = g.op("Split", [w], outputs=2, axis=0)
+    assert (a, b) == ("split_out", "split_out_1") and g.nodes[-1].name == "Split"
+    assert g.rename_last("parts") == "parts" and g.nodes[-1].output[0] == "parts"
+    dry = Graph(0, dry=True)
+    dry.param("fc.weight", (3, 4))
+    dry.buffer("mask", np.ones(2, bool))
+    assert dry.params == 12 and dry.inits == []  # counted, never generated

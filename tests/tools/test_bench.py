@@ -9,9 +9,9 @@ import pytest
 from onnx_models import mlp
 
 import fluidml_tvm
-from fluidml_tvm import bench, zoo
+from fluidml_tvm.tools import bench, zoo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_memory_numbers_match_the_hand_computation():
@@ -61,3 +61,24 @@ def test_cli_benchmark_rejects_bad_engine(capsys):
 
     assert cli.main(["benchmark", "zoo:bert:tiny", "--engines", "fluidml,onnx"]) == 2
     assert "--engines takes a subset" in capsys.readouterr().err
+
+
+def test_markdown_table():
+    """The report's two tables, '-' where an engine has no value (ORT compiles nothing)."""
+    info = {"cpu": "CPU", "cores": 2, "threads": 2, "tvm": "0.27", "onnxruntime": "1.2",
+            "date": "D"}
+    engines = {
+        "fluidml": {"median_ms": 1.0, "min_ms": 0.9, "max_ms": 1.5, "samples": 3,
+                    "compile_seconds": 2.25, "planned_bytes": 2e6, "bound_bytes": 1e6,
+                    "peak_activation_bytes": 3e6, "peak_rss_bytes": 50e6,
+                    "max_abs_diff_vs_ort": 1.5e-6},
+        "ort": {"median_ms": 2.0, "min_ms": 2.0, "max_ms": 2.0, "samples": 3,
+                "compile_seconds": None, "peak_rss_bytes": 100e6},
+    }
+    rows = [{"model": "bert:tiny", "engines": engines, "ratios": {"fluidml/ort": 0.5}}]
+    lines = bench.markdown_table(rows, info).splitlines()
+    assert lines[0] == "Host: CPU, 2 cores, 2 threads per engine; TVM 0.27, ONNX Runtime 1.2; D"
+    assert lines[4] == ("| bert:tiny | fluidml | 1.00 (0.90-1.50, 3) | 2.2 | 2.00 | 1.00 | 3.00 "
+                        "| 50.00 | 1.50e-06 |")
+    assert lines[5] == "| bert:tiny | ort | 2.00 (2.00-2.00, 3) | - | - | - | - | 100.00 | - |"
+    assert lines[-1] == "| bert:tiny | 0.5x | - | - | - | 0.50x |"

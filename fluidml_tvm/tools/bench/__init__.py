@@ -1,0 +1,41 @@
+"""The measuring instrument: FluidML vs stock TVM vs ONNX Runtime, latency and memory.
+
+Behind ``fluidml-tvm benchmark`` and ``benchmarks/run_zoo.py``: :mod:`.suite` orchestrates (one
+fresh process per engine and round), :mod:`.worker` is the measuring process
+(``python -m fluidml_tvm.tools.bench MODE ARGS.json RESULT.json``), :mod:`.report` writes the
+markdown table and the plots.
+
+Method (benchmarks/README.md says the same for readers):
+
+- every engine runs in its own fresh process with the same thread count (``TVM_NUM_THREADS`` and
+  ONNX Runtime's ``intra_op_num_threads``), on the same seeded inputs;
+- TVM engines are compiled once in a separate process (compile time), exported, then loaded by
+  the run process with the runtime alone (``TVM_USE_RUNTIME_LIB=1``), as on a board;
+- each run process warms up, then times runs; the rounds of all engines are interleaved (engine
+  order rotated each round) so machine drift hits all of them; the median over all samples is
+  reported with min and max. A run process stops sampling once it has spent ``budget`` seconds
+  (stock TVM takes seconds per run), after at least one timed run;
+- peak activation memory is measured: TVM with ``memory_cfg="naive"`` (no pooling) and glibc's
+  ``mallinfo2`` (``uordblks + hblkhd``) sampled before and after every kernel call through
+  ``vm.set_instrument`` during a second run, minus the baseline before it (outputs included);
+  ONNX Runtime as the growth of the same counter over its first run (its arena keeps what the run
+  needed);
+- whole-process peak RSS is ``VmHWM`` of the run process (load + runs);
+- planned activation memory comes from the IR after the planner, with the live-set lower bound.
+"""
+
+from .report import markdown_table, plots
+from .suite import ENGINES, benchmark_model, host_info, run_suite
+from .worker import heap_bytes, peak_rss_bytes, worker_main
+
+__all__ = [
+    "ENGINES",
+    "benchmark_model",
+    "heap_bytes",
+    "host_info",
+    "markdown_table",
+    "peak_rss_bytes",
+    "plots",
+    "run_suite",
+    "worker_main",
+]
