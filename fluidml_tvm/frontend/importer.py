@@ -93,10 +93,11 @@ def captured_output():
 def failing_node(err: BaseException) -> str | None:
     """``node 'name' (OpType)`` for the ONNX node the importer was converting when ``err`` was
     raised (with the ``If`` nodes around it), or None when the traceback does not show one."""
-    found = []
+    found, frames = [], set()
     for frame, _ in traceback.walk_tb(err.__traceback__):
-        if frame.f_code.co_name not in _NODE_LOOPS:
-            continue
+        if frame.f_code.co_name not in _NODE_LOOPS or id(frame) in frames:
+            continue  # a frame shows up twice where the importer re-raises
+        frames.add(id(frame))
         node = frame.f_locals.get("node")
         if node is not None and hasattr(node, "op_type"):
             found.append(node)

@@ -88,7 +88,7 @@ def expand_rnns(proto, opset: int):
             continue
         rnn = check(node, types, consts, opset)
         prefix = node.name or f"{node.op_type.lower()}{index}"
-        em = Emitter(opset, prefix, taken, rnn.dtype)
+        em = Emitter(opset, prefix, taken, rnn.dtype, known=consts)
         _expand(em, rnn)
         nodes.extend(em.nodes)
         model.graph.initializer.extend(em.inits)

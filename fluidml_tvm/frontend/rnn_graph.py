@@ -54,12 +54,20 @@ def constant_values(proto) -> dict:
     return out
 
 
-class Emitter:
-    """Collects new nodes and initializers; every name starts with ``prefix/`` and is unique."""
+# Ops the emitter computes with numpy when all their inputs are constants (the slices and
+# transposes of constant weights, the bias sums): TVM's FoldConstant would build and run one
+# kernel for each, seconds for a few hundred.
+_FOLD = {"Transpose": lambda a, perm: np.transpose(a, perm), "Add": lambda a, b: a + b}
 
-    def __init__(self, opset: int, prefix: str, taken: set, dtype):
+
+class Emitter:
+    """Collects new nodes and initializers; every name starts with ``prefix/`` and is unique.
+    ``known`` maps constant names to their values: ops on them are computed here."""
+
+    def __init__(self, opset: int, prefix: str, taken: set, dtype, known: dict | None = None):
         self.opset, self.prefix, self.taken, self.dtype = opset, prefix, taken, dtype
         self.nodes, self.inits, self._consts = [], [], {}
+        self.known = known if known is not None else {}
 
     def fresh(self, hint: str) -> str:
         base = f"{self.prefix}/{hint}"
@@ -73,6 +81,9 @@ class Emitter:
     def op(self, op_type: str, inputs, hint: str, out: str | None = None, **attrs) -> str:
         from onnx import helper
 
+        if out is None and op_type in _FOLD and all(i in self.known for i in inputs):
+            return self.const(np.ascontiguousarray(
+                _FOLD[op_type](*[self.known[i] for i in inputs], **attrs)), hint)
         out = out or self.fresh(hint)
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.fresh(
             f"{hint}/{op_type}"), **attrs))
@@ -86,12 +97,16 @@ class Emitter:
             name = self.fresh(hint)
             self.inits.append(numpy_helper.from_array(array, name))
             self._consts[key] = name
+            self.known[name] = array
         return self._consts[key]
 
     def ints(self, values) -> str:
         return self.const(np.asarray(values, np.int64), "shape")
 
     def slice(self, x: str, axis: int, start: int, end: int, hint: str) -> str:
+        if x in self.known:
+            return self.const(np.ascontiguousarray(
+                np.take(self.known[x], np.arange(start, end), axis=axis)), hint)
         if self.opset >= 10:
             return self.op("Slice", [x, self.ints([start]), self.ints([end]), self.ints([axis])],
                            hint)
