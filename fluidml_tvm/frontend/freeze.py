@@ -4,8 +4,9 @@
 from the graph input) and removes it from the graph inputs; :func:`fold_frozen` then
 constant-folds the graph with onnxscript's optimizer, which also folds ``If`` nodes whose condition
 became constant (inlining the branch taken) and the shape logic behind them, before TVM's importer
-sees the graph. onnxsim cannot do this step: it fails on graphs whose subgraphs read outer-scope
-values, which is how ``If`` branches usually read their inputs.
+sees the graph. onnxsim (which folds the shape subgraphs later) is not enough here: it fails on an
+``If`` nested in a branch that reads the branch's own values ("Nodes in a graph must be
+topologically sorted"), and on branch outputs declared without a shape.
 
 Errors are one line: unknown input name, unparsable value, a value of the wrong shape or dtype.
 """

@@ -57,6 +57,45 @@ def voice_activity(samples="N") -> onnx.ModelProto:
     return _model(nodes, [x, sr], [y], inits)
 
 
+def nested_switch() -> onnx.ModelProto:
+    """``If sr == 16000`` whose then-branch holds a second ``If`` on ``flag`` that reads a value of
+    the then-branch (onnxsim 0.8.1 fails on this graph), with branch-local initializers."""
+    def branch(p, chunk, inner):
+        nodes = [_const(f"{p}_shape", [1, -1, chunk]),
+                 helper.make_node("Reshape", ["h", f"{p}_shape"], [f"{p}_r"], name=f"{p}_reshape"),
+                 helper.make_node("Mul", [f"{p}_r", f"{p}_w"], [f"{p}_o"], name=f"{p}_mul")]
+        out = f"{p}_o"
+        if inner:
+            def leaf(op, suffix):
+                return helper.make_graph(
+                    [helper.make_node(op, [f"{p}_o"], [f"{p}_{suffix}"], name=f"{p}_{suffix}")],
+                    f"{p}_{suffix}", [],
+                    [helper.make_tensor_value_info(f"{p}_{suffix}", TensorProto.FLOAT,
+                                                   [1, "M", chunk])])
+            nodes.append(helper.make_node("If", ["flag_b"], [f"{p}_sel"], name=f"{p}_if",
+                                          then_branch=leaf("Neg", "neg"),
+                                          else_branch=leaf("Identity", "same")))
+            out = f"{p}_sel"
+        w = numpy_helper.from_array(np.linspace(0.5, 2, chunk).astype(np.float32), f"{p}_w")
+        return helper.make_graph(nodes, p, [], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, [1, "M", chunk])], [w])
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [1])
+    flag = helper.make_tensor_value_info("flag", TensorProto.INT64, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "M"])
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Cast", ["flag"], ["flag_b"], name="flag_b", to=TensorProto.BOOL),
+             helper.make_node("Equal", ["sr", "k16000"], ["is_16k_1"], name="is_16k"),
+             helper.make_node("Squeeze", ["is_16k_1"], ["is_16k"], name="squeeze"),
+             helper.make_node("If", ["is_16k"], ["frames"], name="pick_rate",
+                              then_branch=branch("t", 4, True), else_branch=branch("e", 2, False)),
+             helper.make_node("ReduceSum", ["frames", "last"], ["y"], name="sum", keepdims=0)]
+    inits = [numpy_helper.from_array(np.array([16000], np.int64), "k16000"),
+             numpy_helper.from_array(np.array([2], np.int64), "last")]
+    return _model(nodes, [x, sr, flag], [y], inits, opset=17)
+
+
 def scaled_by_vector() -> onnx.ModelProto:
     """y = x * w + flag, with w a [2] input and flag a bool input (frozen as small tensors)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from frontend_models import scaled_by_vector, voice_activity
+from frontend_models import nested_switch, scaled_by_vector, voice_activity
 from onnx_models import ort_run
 
 import fluidml_tvm
@@ -55,6 +55,18 @@ def test_frozen_rate_folds_the_if_and_matches_ort(rate, frame):
     got = compiled.load().run({"x": x})
     ref = ort_run(model, {"x": x, "sr": np.array(rate, np.int64)})[0]
     np.testing.assert_allclose(got["y"], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("values", ["sr:16000 flag:1", "sr:16000 flag:0", "sr:[8000] flag:1"])
+def test_nested_if_folds_where_onnxsim_fails(values):
+    model = nested_switch()
+    frozen = frontend.parse_input_values(values)
+    compiled = fluidml_tvm.compile(model, input_values=values, pass_config=FAST)
+    x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
+    feeds = {"x": x, "sr": np.array(frozen["sr"], np.int64).reshape(1),
+             "flag": np.array(frozen["flag"], np.int64)}
+    np.testing.assert_allclose(compiled.load().run({"x": x})["y"], ort_run(model, feeds)[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_without_freezing_the_if_fails_in_one_line(capfd):
