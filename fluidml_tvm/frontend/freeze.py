@@ -151,9 +151,13 @@ def _cast(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def fold_frozen(proto, frozen_names) -> tuple:
     """Constant-fold ``proto`` with onnxscript's optimizer (``If`` on constants included) and
-    drop what no output needs. Returns ``(model, note)``."""
+    drop what no output needs. Returns ``(model, note)``; the note shows the frozen values."""
     import onnx
+    from onnx import numpy_helper
 
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+             if t.name in set(frozen_names)}
+    frozen_names = [_shown(n, inits.get(n)) for n in frozen_names]
     try:
         from onnxscript import optimizer
     except ImportError:
@@ -173,6 +177,12 @@ def fold_frozen(proto, frozen_names) -> tuple:
     note = (f"froze {', '.join(frozen_names)}; onnxscript folded {before[0]} -> {after[0]} "
             f"nodes{ifs}")
     return model, note
+
+
+def _shown(name: str, value) -> str:
+    if value is None:
+        return name
+    return f"{name}={value.tolist()}" if value.size <= 8 else f"{name}=<{value.size} values>"
 
 
 def _count(graph) -> tuple:

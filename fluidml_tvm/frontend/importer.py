@@ -72,7 +72,13 @@ def captured_output():
             stream.flush()
     py_out = io.StringIO()
     with tempfile.TemporaryFile() as tmp:
-        saved = [os.dup(1), os.dup(2)]
+        try:
+            saved = [os.dup(1), os.dup(2)]
+        except OSError:  # no fd 1/2 to capture (a daemon): Python's streams only
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_out):
+                yield text
+            text.append(py_out.getvalue())
+            return
         try:
             os.dup2(tmp.fileno(), 1)
             os.dup2(tmp.fileno(), 2)
