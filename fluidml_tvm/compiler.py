@@ -54,8 +54,6 @@ def build(
     say = _say(progress)
     source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
     say(f"importing {source}")
-    if isinstance(input_values, str):
-        input_values = frontend.parse_input_values(input_values)
     imported = frontend.import_onnx(model, input_shapes, input_values)
     say(f"  {imported.folding}; inputs: "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
