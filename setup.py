@@ -21,6 +21,10 @@ setup(
         # the input shapes are fixed; TVM's importer folds simple ones itself but fails on others
         # ("Reshape requires the input new shape to be Shape"), and folding first is uniform.
         "onnxsim>=0.4.36",
+        # --freeze-inputs: onnxscript's constant folder inlines an If whose condition became a
+        # constant and folds the shape logic behind it; onnxsim fails on an If nested in a branch
+        # that reads the branch's values, and TVM's importer does not fold If (tested: 0.7.2).
+        "onnxscript>=0.7",
         "numpy>=1.24",
         "xgboost>=2.0",
         "tqdm>=4.60",

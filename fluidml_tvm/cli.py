@@ -28,6 +28,10 @@ def _add_compile(sub):
                         "object (default: x86, this machine's CPU)")
     p.add_argument("--input-shapes", default=None, metavar="SHAPES",
                    help='fix input shapes, e.g. "input_ids:[1,128] attention_mask:[1,128]"')
+    p.add_argument("--freeze-inputs", default=None, metavar="VALUES",
+                   help='fix inputs to values at compile time, e.g. "sr:16000 flag:1 v:[1,2]": '
+                        "they become constants, If nodes on them fold, and the library no "
+                        "longer takes them")
     p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE",
                    help="fluidml=0|1 (stock TVM vs FluidML pipeline), fluidml.layout=0, ... "
                         "(every fluidml.* key is listed below); other keys go to TVM's "
@@ -166,7 +170,7 @@ def cmd_compile(args) -> int:
     result = compile_model(
         model, target=args.target, input_shapes=args.input_shapes, pass_config=args.pass_config,
         print_ir_after=args.print_ir_after or None, dump_ir=args.dump_ir,
-        progress=not args.quiet, timing=args.timing,
+        progress=not args.quiet, timing=args.timing, input_values=args.freeze_inputs,
     )
     result.export(out, cross_compiler=args.cross_compiler)
     if args.measure_layout_gain:
@@ -175,7 +179,8 @@ def cmd_compile(args) -> int:
         from .layout_verify import describe
 
         gain = describe(measure_layout_gain(model, args.target, args.input_shapes,
-                                            args.pass_config, compiled_on=result))
+                                            args.pass_config, compiled_on=result,
+                                            input_values=args.freeze_inputs))
         result.decisions.setdefault("layout", []).append(note("layout", gain))
         if not args.report:
             print(f"[fluidml-tvm] layout {gain}", file=sys.stderr)

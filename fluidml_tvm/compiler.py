@@ -36,6 +36,7 @@ def build(
     dump_ir: str | None = None,
     progress: bool = False,
     timing: bool = False,
+    input_values=None,
 ) -> CompiledModel:
     """One run of the pipeline on an ONNX model (no layout verification); the arguments are
     :func:`compile`'s."""
@@ -53,7 +54,7 @@ def build(
     say = _say(progress)
     source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
     say(f"importing {source}")
-    imported = frontend.import_onnx(model, input_shapes)
+    imported = frontend.import_onnx(model, input_shapes, input_values)
     say(f"  {imported.folding}; inputs: "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
     say(f"compiling for {tgt.kind.name} ({opts.describe()})")
@@ -128,6 +129,7 @@ def compile(  # noqa: A001
     dump_ir: str | None = None,
     progress: bool = False,
     timing: bool = False,
+    input_values=None,
 ) -> CompiledModel:
     """Compile an ONNX model for ``target``.
 
@@ -147,12 +149,17 @@ def compile(  # noqa: A001
         Pass names whose output IR is printed; a directory that receives the IR after each stage.
     progress, timing
         Print stage progress / the per-pass timing table to stderr.
+    input_values
+        Inputs fixed to a value at compile time, ``{"sr": 16000}`` or the ``--freeze-inputs``
+        string ``"sr:16000 flag:1"``: they become constants, ``If`` nodes on them are folded, and
+        the compiled model no longer takes them.
     """
     say = _say(progress)
     result = build(model, target, input_shapes, options, pass_config, print_ir_after, dump_ir,
-                   progress, timing)
+                   progress, timing, input_values=input_values)
     if _verify_layout_now(result):
-        result = _verify_layout(result, model, target, input_shapes, options, pass_config, say)
+        result = _verify_layout(result, model, target, input_shapes, options, pass_config, say,
+                                input_values)
     return result
 
 
@@ -178,13 +185,15 @@ def _layout_off(pass_config) -> list:
     return [*rest, "fluidml.layout=0"]
 
 
-def _verify_layout(result, model, target, input_shapes, options, pass_config, say):
+def _verify_layout(result, model, target, input_shapes, options, pass_config, say,
+                   input_values=None):
     """Compile with ``fluidml.layout=0``, time both in interleaved rounds, cache the ratio under
     the plan's id and return the faster compile (a plan no faster is not kept)."""
     say("verifying the layout plan end to end (fluidml.layout_verify): compiling with "
         "fluidml.layout=0 and timing both, once per new plan")
     t0 = time.perf_counter()
-    off = build(model, target, input_shapes, options, _layout_off(pass_config))
+    off = build(model, target, input_shapes, options, _layout_off(pass_config),
+                input_values=input_values)
     res = layout_verify.measure(result, off, rounds=5, repeat=5,
                                 threads=result.options.num_threads or None)
     verdict = layout_verify.decision(res)
@@ -205,7 +214,7 @@ def _verify_layout(result, model, target, input_shapes, options, pass_config, sa
 
 def measure_layout_gain(model, target="x86", input_shapes=None, pass_config=(), rounds: int = 7,
                         repeat: int = 10, threads: int | None = None, compiled_on=None,
-                        options=None) -> dict:
+                        options=None, input_values=None) -> dict:
     """Compile ``model`` with the layout stage on (unless ``compiled_on`` is given) and off, time
     both interleaved and store the ratio under the plan's id (``--measure-layout-gain``).
     Returns :func:`fluidml_tvm.layout_verify.measure`'s result with ``off``, the layouts-off
@@ -214,8 +223,10 @@ def measure_layout_gain(model, target="x86", input_shapes=None, pass_config=(), 
         pass_config = [f"{k}={v}" for k, v in pass_config.items()]
     rest = [p for p in (pass_config or ()) if not p.startswith("fluidml.layout=")]
     on = compiled_on or compile(model, target, input_shapes, options=options,
-                                pass_config=[*rest, "fluidml.layout=1"])
-    off = build(model, target, input_shapes, options, _layout_off(pass_config))
+                                pass_config=[*rest, "fluidml.layout=1"],
+                                input_values=input_values)
+    off = build(model, target, input_shapes, options, _layout_off(pass_config),
+                input_values=input_values)
     res = layout_verify.measure(on, off, rounds, repeat, threads)
     res["off"] = off
     return res
