@@ -70,9 +70,9 @@ class Options:
                              "conv1x1); their kernels fall to the next rule. conv1x1 is off by "
                              "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
                              "it on")
-    fast_math: bool = _opt(True, "vectorizable exp/erf (max relative error of exp 2e-7, absolute "
-                           "error of erf 2e-7; NaN, +-inf and overflow as IEEE) in the kernels "
-                           "FluidML schedules, nowhere else; 0 keeps libm's scalar calls")
+    fast_math: bool = _opt(True, "vectorizable exp/erf in the kernels FluidML schedules, nowhere "
+                           "else (exp: relative error <= 2e-7; erf: absolute error <= 3e-7; NaN, "
+                           "+-inf and overflow as IEEE); 0 keeps libm's scalar calls")
     layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations in the layout stage "
                              "(applied only where measured faster)")
     layout_blocked: bool = _opt(False, "with layout_conv: blocked NCHW[b]c candidates (b = the "
@@ -212,6 +212,14 @@ def table() -> list[tuple[str, str, str]]:
         shown = f.metadata["shown"] or _show(f.default)
         rows.append((key_of(f.name), shown, f.metadata["help"]))
     return rows
+
+
+def markdown_table(indent: str = "  ") -> str:
+    """The README's table of keys (``python -c "from fluidml_tvm.options import markdown_table;
+    print(markdown_table())"``)."""
+    rows = [f"{indent}| key=default | what it does |", f"{indent}|---|---|"]
+    rows += [f"{indent}| `{k}={d}` | {h} |" for k, d, h in table()]
+    return "\n".join(rows)
 
 
 def help_text(width: int = 100) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import os
 
-from fluidml_tvm.options import table
+from fluidml_tvm.options import markdown_table, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "fluidml_tvm")
@@ -122,3 +122,4 @@ def test_readme_lists_every_key_with_its_default():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     missing = [f"{k}={d}" for k, d, _ in table() if f"`{k}={d}`" not in readme]
     assert missing == []
+    assert markdown_table() in readme  # the same text: regenerate it from options.py

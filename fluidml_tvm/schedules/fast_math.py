@@ -1,20 +1,24 @@
-"""Vectorizable fp32 ``erf`` and ``exp`` for llvm targets.
+"""Vectorizable fp32 ``exp`` and ``erf`` in the kernels FluidML schedules, and nowhere else.
 
 TVM 0.27 lowers ``tirx.erf``/``tirx.exp`` on llvm to a scalar libm call per lane, so a vectorized
 GELU epilogue or softmax runs lane by lane (a BERT FFN matmul with its GELU epilogue measured ~5x
-slower than the same matmul with a bias epilogue; BERT-base's softmax took 4 ms a call). This
-registers, for llvm only, the approximations TVM's own ``topi.fast_erf`` (rational, clamped to
-[-4, 4], max abs error ~1e-7) and ``topi.fast_exp`` (range reduction to 2^n * exp(f), degree-7
-polynomial, relative error ~1e-7) use, as plain arithmetic that LLVM vectorizes. Other dtypes
-keep libm.
+slower than the same matmul with a bias epilogue; BERT-base's softmax took 4 ms a call).
+:func:`apply` rewrites the fp32 ``exp``/``erf`` calls of one scheduled PrimFunc into plain
+arithmetic that LLVM vectorizes: ``exp`` by range reduction ``2^n * exp(f)`` (Cody-Waite ``ln 2``,
+degree-7 polynomial, ``2^n`` as two exponent-field products so the whole fp32 range is covered,
+denormals included), ``erf`` by TVM's ``topi.fast_erf`` rational approximation. Measured over
+the fp32 range (tests/schedules/test_fast_math.py): ``exp`` relative error <= 2e-7 for
+x >= -87.3 and absolute error <= 2e-45 below, ``erf`` absolute error <= 3e-7. NaN stays NaN,
+``exp(+inf) = inf``, ``exp(x > 88.7228) = inf``, ``exp(-inf) = 0``, ``erf(+-inf) = +-1``, as IEEE
+and ONNX Runtime have them.
 
-The schedule pass registers them (an op lowering rule is process-wide in TVM);
-``FLUIDML_TVM_EXACT_MATH=1`` in the environment keeps the libm calls.
+The schedule stage applies it to every kernel it schedules (and to the candidates it times),
+unless ``fluidml.fast_math=0``. Nothing is registered process-wide: a stock TVM compile in the
+same process, or a kernel FluidML does not schedule, keeps libm's exact calls. Other dtypes are
+left alone.
 """
 
 from __future__ import annotations
-
-import os
 
 import tvm
 from tvm import tirx
@@ -56,66 +60,56 @@ def fast_erf_expr(x):
 
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1)
+EXP_MAX = 88.72283935546875  # the largest x with a finite fp32 exp(x)
+EXP_MIN = -104.0  # exp(x) rounds to 0 in fp32 below about -103.97
 
 
-def fast_exp_expr(x):
+def _exp2i(n, c, sfx):
+    """``2^n`` for an integral fp32 ``n`` in [-126, 127], built in the exponent field."""
+    bits = tirx.shift_left(tirx.Cast("int32" + sfx, n + c(127.0)), c(23, "int32"))
+    return tirx.reinterpret("float32" + sfx, bits)
+
+
+def fast_exp_expr(x0):
     """exp(x) = 2^n * exp(f), n = floor(x log2 e + 1/2), f = x - n ln 2, as a PrimExpr."""
-    c, lanes = _const_fn(x)
+    c, lanes = _const_fn(x0)
     sfx = f"x{lanes}" if lanes > 1 else ""
-
-    x = tirx.max(tirx.min(x, c(88.0)), c(-88.0))  # 2^(n+127) stays finite
+    x = tirx.max(tirx.min(x0, c(EXP_MAX)), c(EXP_MIN))
     n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
-    f = x - n * c(0.6931471805599453)
+    f = x - n * c(0.693359375) + n * c(2.12194440e-4)  # ln 2 = 0.693359375 - 2.12194440e-4
     y = c(_EXP_P[0])
     for p in _EXP_P[1:]:
         y = y * f + c(p)
     y = y * f * f + f + c(1.0)
-    bits = tirx.shift_left(tirx.Cast("int32" + sfx, n + c(127.0)), c(23, "int32"))
-    two_n = tirx.reinterpret("float32" + sfx, bits)
-    return two_n * y
+    half = tirx.floor(n * c(0.5))  # 2^n as 2^half * 2^(n - half): each factor stays normal
+    y = y * _exp2i(half, c, sfx) * _exp2i(n - half, c, sfx)
+    y = tirx.Select(x0 > c(EXP_MAX), c(float("inf")), y)
+    return tirx.Select(tirx.isnan(x0), x0, y)
 
 
-def _lower_exp(call):
-    x = call.args[0]
-    if _elem(x) != "float32":
-        return _libm(call, "exp", "expf")
-    return fast_exp_expr(x)
+def fast_erf_ieee_expr(x):
+    """:func:`fast_erf_expr` with NaN kept (its clamp would turn NaN into +-1)."""
+    return tirx.Select(tirx.isnan(x), x, fast_erf_expr(x))
 
 
-def _elem(e) -> str:
-    """Element type of a (possibly vector, ``float32x8``) expression."""
-    return _dtype(e).split("x")[0]
+_EXP = tvm.ir.Op.get("tirx.exp")
+_ERF = tvm.ir.Op.get("tirx.erf")
 
 
-def _libm(call, f64: str, f32: str):
-    x = call.args[0]
-    dt = _dtype(x)
-    if dt in ("float64", "float32"):
-        return tirx.call_pure_extern(dt, f64 if dt == "float64" else f32, x)
-    return call  # other dtypes / vectors of them: left to the default lowering
+def apply(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with its fp32 ``exp``/``erf`` calls replaced by the approximations."""
+    import tvm_ffi
+
+    def rewrite(call):
+        if str(call.ty) == "float32" and len(call.args) == 1:
+            if call.op.same_as(_EXP):
+                return fast_exp_expr(call.args[0])
+            if call.op.same_as(_ERF):
+                return fast_erf_ieee_expr(call.args[0])
+        return call
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, rewrite)])
 
 
 def _dtype(e) -> str:
     return str(e.ty.dtype) if hasattr(e.ty, "dtype") else str(e.ty)
-
-
-def _lower_erf(call):
-    x = call.args[0]
-    if _elem(x) != "float32":
-        return _libm(call, "erf", "erff")
-    return fast_erf_expr(x)
-
-
-_REGISTERED = False
-
-
-def register() -> bool:
-    """Install the llvm lowerings of ``tirx.erf``/``tirx.exp`` (once); False when disabled."""
-    global _REGISTERED
-    if os.environ.get("FLUIDML_TVM_EXACT_MATH", "0") not in ("", "0"):
-        return False
-    if not _REGISTERED:
-        tvm.tirx.register_intrin_lowering("tirx.erf", target="llvm", f=_lower_erf, level=99)
-        tvm.tirx.register_intrin_lowering("tirx.exp", target="llvm", f=_lower_exp, level=99)
-        _REGISTERED = True
-    return True

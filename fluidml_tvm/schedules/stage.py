@@ -74,7 +74,6 @@ class FluidMLSchedule:
             log.warning("FluidMLSchedule: target %s is not a CPU (llvm) target; skipped", target)
             return mod
         cpu = cpu_info(target)
-        fast_math.register()  # vectorizable erf/exp for GELU and softmax (fast_math.py)
         self.decisions = []
         consts = constant_args(mod)
         db = None
@@ -97,6 +96,8 @@ class FluidMLSchedule:
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
             new, dec, pack = schedule_kernel(func, ctx)
+            if new is not None and self.options.fast_math:
+                new = fast_math.apply(new)  # vectorizable exp/erf in FluidML's kernels only
             self.decisions.append(dec)
             if new is None:
                 msg = f"FluidMLSchedule: no rule schedules kernel {name!r} ({dec.reason}); naive"
@@ -160,9 +161,12 @@ def _try_rule(rule, func, ctx: Context):
         new, reason, pack = rule.apply(func, match, choice.config, ctx)
         return new, reason, pack, choice
     flops = rule.flops(match)
-    choice = choose(ctx.kernel, func, rule.name, rule.workload(match, cands, ctx), cands,
-                    lambda cfg: rule.build(func, match, cfg, ctx), flops, ctx.target, ctx.cpu,
-                    ctx.db, ctx.measure_ok)
+    def build(cfg):  # a candidate as it will run: with the fast exp/erf when they are on
+        built = rule.build(func, match, cfg, ctx)
+        return fast_math.apply(built) if ctx.options.fast_math else built
+
+    choice = choose(ctx.kernel, func, rule.name, rule.workload(match, cands, ctx), cands, build,
+                    flops, ctx.target, ctx.cpu, ctx.db, ctx.measure_ok)
     new, reason, pack = rule.apply(func, match, choice.config, ctx)
     return new, f"{reason} {choice.how(flops)}", pack, choice
 
