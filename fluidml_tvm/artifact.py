@@ -38,6 +38,46 @@ class CompiledModel:
     weights: list | None = None  # [(name, numpy array)] when weights live outside the library
     gathered_weights: tuple = ()  # names of weights read only as gather tables (embeddings)
     decisions: dict = field(default_factory=dict)  # stage -> [Decision] (fluidml_tvm.decisions)
+    host_peak: dict | None = None  # {"gflops", "gbps"} measured here (fluidml_tvm.roofline)
+
+    def kernels(self) -> dict:
+        """Per scheduled kernel: its rule, work (flops, bytes) and, where candidates were timed
+        at compile time, the seconds of the chosen one (the roofline view's data)."""
+        out = {}
+        for d in self.decisions.get("schedule") or []:
+            if "flops" in d.data:
+                out[d.subject] = {"rule": d.choice, "flops": d.data["flops"],
+                                  "bytes": d.data["bytes"], "seconds": d.data.get("seconds", 0.0)}
+        return out
+
+    def roofline(self) -> str:
+        """The report's roofline section: host peaks, the conv/matmul kernels timed at compile
+        time with their share of the roofline, and a warning for each below 30%."""
+        from .roofline import fraction, is_compute_kernel, rates, warning
+
+        if not self.host_peak:
+            return ("host peak not measured (a cross-compiled library, fluidml.cost other than "
+                    "measured, or fluidml=0): fluidml-tvm run --profile shows kernel times")
+        peak = self.host_peak
+        lines = [f"host peak: {peak['gflops']:.1f} GFLOP/s fp32, {peak['gbps']:.1f} GB/s"]
+        warn, untimed = [], 0
+        for name, rec in sorted(self.kernels().items()):
+            if not is_compute_kernel(name, rec["rule"]):
+                continue
+            if not rec["seconds"]:
+                untimed += 1
+                continue
+            gflops, _ = rates(rec, rec["seconds"])
+            frac = fraction(rec, rec["seconds"], peak)
+            lines.append(f"{name}: {rec['rule']}, {gflops:.1f} GFLOP/s, "
+                         f"{frac:.0%} of the roofline" if frac is not None else name)
+            w = warning(name, rec, rec["seconds"], peak)
+            if w:
+                warn.append(w)
+        if untimed:
+            lines.append(f"{untimed} conv/matmul kernels not timed at compile time (cached "
+                         "elsewhere or analytic): fluidml-tvm run --profile times them all")
+        return "\n".join(lines + warn)
 
     def report(self) -> str:
         """Every decision the optimizer recorded: layouts, schedules, memory (``--report``)."""
@@ -55,6 +95,7 @@ class CompiledModel:
             bound = (self.memory_bound or {}).get(name)
             mem.append(f"{name}: planned {planned} bytes, live-set lower bound {bound} bytes")
         parts.append("## memory\n" + ("\n".join(mem) or "(no plan recorded)"))
+        parts.append("## roofline\n" + self.roofline())
         if self.weights is not None:
             total = sum(a.nbytes for _, a in self.weights)
             parts.append(f"## weights\n{len(self.weights)} tensors, {total} bytes, stored "
@@ -73,6 +114,8 @@ class CompiledModel:
             "options": self.options.to_dict(),
             "pipeline": self.options.describe(),
             "planned_memory_bytes": self.planned_memory,
+            "host_peak": self.host_peak,
+            "kernels": self.kernels(),
             "live_set_lower_bound_bytes": self.memory_bound,
             "compile_seconds": round(self.compile_seconds, 3),
             "shape_folding": self.folding,

@@ -258,7 +258,7 @@ def cmd_run(args) -> int:
         rows = model.kernel_times(inputs, number=args.number) if remote \
             else profile.local_kernel_times(model, inputs, number=args.number)
         print(f"Per-kernel times (summed over {args.number} run(s)):")
-        print(profile.format_kernel_table(rows, args.profile))
+        print(profile.format_kernel_table(rows, args.profile, metadata=model.metadata))
     if not args.outputs and not args.print_top and not args.print_time:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, "

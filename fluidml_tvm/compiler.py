@@ -103,6 +103,11 @@ def build(
         # The bound of the binding order the planner emitted (it may have reordered).
         bound = lifetimes.live_set_lower_bound(capture.mod)
         timeline = lifetimes.memory_timeline(capture.mod, "main")
+    peak = None
+    if opts.enable and opts.schedule and tgt.kind.name == "llvm" and cross is None:
+        from .schedules.peaks import host_peak
+
+        peak = host_peak(tgt, opts)  # measured once per host and thread count, then cached
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
     if timing:
@@ -113,7 +118,7 @@ def build(
         memory_bound=bound, memory_timeline=timeline,
         weights=list(externalize.weights) if externalize is not None else None,
         gathered_weights=tuple(sorted(externalize.gathered)) if externalize is not None else (),
-        decisions=recorded.decisions,
+        decisions=recorded.decisions, host_peak=peak,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
     return result

@@ -65,17 +65,37 @@ def local_kernel_times(model, inputs, number: int = 1) -> list[dict]:
     return json.loads(kernel_times(model.vm.module, "main", number))
 
 
-def format_kernel_table(rows: list[dict], top: int | None = None) -> str:
+def format_kernel_table(rows: list[dict], top: int | None = None,
+                        metadata: dict | None = None) -> str:
     """The per-kernel table ``fluidml-tvm run --profile`` prints: the ``top`` slowest kernels,
-    the rest summed, and the VM's own builtins (allocations, shape checks) on one line."""
+    the rest summed, and the VM's own builtins (allocations, shape checks) on one line. With
+    the library's ``metadata`` (its kernels' work and the compile host's peaks), each kernel's
+    GFLOP/s, GB/s and share of the roofline, and a warning for every conv/matmul kernel below
+    30% of it (:mod:`fluidml_tvm.roofline`)."""
+    from ..roofline import fraction, lookup, rates, warning
+
     total = sum(r["total_ms"] for r in rows) or 1.0
     kernels = [r for r in rows if not r["name"].startswith("vm.builtin.")]
     builtins = [r for r in rows if r["name"].startswith("vm.builtin.")]
     shown = kernels[:top] if top else kernels
-    lines = [f"{'kernel':<48} {'calls':>6} {'total (ms)':>11} {'mean (us)':>10} {'share':>6}"]
+    work = (metadata or {}).get("kernels") or {}
+    peak = (metadata or {}).get("host_peak")
+    head = f"{'kernel':<48} {'calls':>6} {'total (ms)':>11} {'mean (us)':>10} {'share':>6}"
+    lines = [head + (f" {'GFLOP/s':>8} {'GB/s':>7} {'roof':>5}" if work else "")]
+    warnings = []
     for r in shown:
-        lines.append(f"{r['name'][:48]:<48} {r['calls']:>6d} {r['total_ms']:>11.4f} "
-                     f"{r['mean_us']:>10.2f} {100 * r['total_ms'] / total:>5.1f}%")
+        line = (f"{r['name'][:48]:<48} {r['calls']:>6d} {r['total_ms']:>11.4f} "
+                f"{r['mean_us']:>10.2f} {100 * r['total_ms'] / total:>5.1f}%")
+        rec = lookup(work, r["name"])
+        if rec is not None:
+            seconds = r["mean_us"] * 1e-6
+            gflops, gbps = rates(rec, seconds)
+            frac = fraction(rec, seconds, peak)
+            line += f" {gflops:>8.1f} {gbps:>7.1f} " + (f"{frac:>4.0%}" if frac else f"{'-':>5}")
+            w = warning(r["name"], rec, seconds, peak) if peak else None
+            if w:
+                warnings.append(w)
+        lines.append(line)
 
     def summed(label, group):
         ms = sum(r["total_ms"] for r in group)
@@ -86,4 +106,7 @@ def format_kernel_table(rows: list[dict], top: int | None = None) -> str:
         summed(f"({len(kernels) - len(shown)} more kernels)", kernels[len(shown):])
     if builtins:
         summed(f"(VM builtins: {len(builtins)} kinds)", builtins)
-    return "\n".join(lines)
+    if work and peak:
+        lines.append(f"roof: share of this host's roofline ({peak['gflops']:.1f} GFLOP/s, "
+                     f"{peak['gbps']:.1f} GB/s measured at compile time)")
+    return "\n".join(lines + warnings)

@@ -30,7 +30,7 @@ from tvm import tirx
 
 from ..decisions import Decision, attach
 from ..options import Options
-from . import fast_math
+from . import fast_math, work
 from .choose import Choice, choose, progress
 from .constants import constant_args, pack_constants
 from .measure import can_measure
@@ -96,6 +96,7 @@ class FluidMLSchedule:
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
             new, dec, pack = schedule_kernel(func, ctx)
+            dec.data.update(work.kernel_work(func))  # flops, bytes: the roofline view
             if new is not None and self.options.fast_math:
                 new = fast_math.apply(new)  # vectorizable exp/erf in FluidML's kernels only
             self.decisions.append(dec)

@@ -1,0 +1,85 @@
+"""This host's measured peaks, for the roofline view (:mod:`fluidml_tvm.roofline`; each kernel's
+work is :func:`.work.kernel_work`).
+
+``host_peak`` measures,
+once per (target, CPU, threads) and cached in the measurement database, the fp32 throughput of a
+1024x512x512 matmul with a constant weight under FluidML's matmul rule (what this project's
+kernels reach on big matmuls: the practical compute peak) and the bandwidth of a large parallel,
+vectorized elementwise kernel (the practical memory peak). A measurement on a loaded machine is
+provisional and measured again by the next compile. :mod:`fluidml_tvm.roofline` compares.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import te, tirx
+
+log = logging.getLogger("fluidml_tvm.schedules")
+
+_PEAK_RULE = "host_peak"
+_PEAK_VERSION = "v1"
+
+
+def _matmul_module(m: int, n: int, k: int) -> tvm.IRModule:
+    """``x @ W`` with a constant ``W``, legalized: the matmul rule then packs W offline, as it
+    does for every model's weights."""
+    import numpy as np
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    w = relax.const(np.random.default_rng(0).standard_normal((k, n)).astype("float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(out)
+    return relax.transform.LegalizeOps()(bb.get())
+
+
+def _copy(n: int) -> tirx.PrimFunc:
+    a = te.placeholder((n,), name="A")
+    b = te.compute((n,), lambda i: a[i] + 1.0, name="B")
+    return te.create_prim_func([a, b])
+
+
+def host_peak(target, options) -> dict | None:
+    """This host's measured fp32 peaks ``{"gflops", "gbps"}`` for ``target`` (None when the
+    target cannot be timed here or measuring is off). Cached: measured once per target, CPU
+    and thread count."""
+    from .. import costdb
+    from .measure import can_measure, measure_funcs
+    from .stage import FluidMLSchedule
+    from .target_info import cpu_info
+
+    if options.cost != "measured" or not options.cache_dir or not can_measure(target):
+        return None
+    db = costdb.CostDB(options.cache_dir)
+    tkey = costdb.target_key(target, cpu_info(target).key())
+    try:
+        known = db.best(tkey, _PEAK_RULE, _PEAK_VERSION)
+        if known is not None:
+            return dict(known[0])
+        m, n, k, size = 1024, 512, 512, 1 << 24
+        mod = _matmul_module(m, n, k)
+        mod["copy"] = _copy(size)
+        with target:
+            mod = FluidMLSchedule(target, options)(mod)
+        funcs = {gv.name_hint: f for gv, f in mod.functions_items()
+                 if isinstance(f, tirx.PrimFunc)}
+        mm = next(f for name, f in funcs.items() if name.startswith("matmul"))
+        t_mm, t_copy = measure_funcs([mm, funcs["copy"]], target, repeat=3)
+        if not t_mm.seconds or not t_copy.seconds:
+            return None
+        peak = {"gflops": round(2.0 * m * n * k / t_mm.seconds / 1e9, 1),
+                "gbps": round(2 * 4 * size / t_copy.seconds / 1e9, 1)}
+        noisy = not (t_mm.quiet and t_copy.quiet)  # a loaded machine: measured again next time
+        db.choose(tkey, _PEAK_RULE, _PEAK_VERSION, peak, t_mm.seconds, trials=1, noisy=noisy)
+        log.info("host peak: %s%s", peak, " (loaded machine: provisional)" if noisy else "")
+        return peak
+    except Exception as err:  # noqa: BLE001 - the roofline is a view: never fail a compile on it
+        log.info("host peak not measured: %s", err)
+        return None
+    finally:
+        db.close()
