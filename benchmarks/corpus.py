@@ -191,7 +191,16 @@ _HF_BUILDERS = {"distilbert": _hf_distilbert, "whisper_encoder": _hf_whisper_enc
 
 
 def build(spec: ModelSpec, seed: int = SEED):
-    """The reference model with seeded random weights, in eval mode."""
+    """The reference model with seeded random weights, in eval mode.
+
+    The reference initializers alone give degenerate outputs: with BatchNorm's initial running
+    statistics (mean 0, variance 1) nothing is normalized at inference, and activations shrink
+    through depth (MobileNetV3 logits ~1e-9, EfficientNet-B0 ~1e-14, MNASNet ~1e-8; tiny values
+    become denormals, which slow some engines down and make output comparisons meaningless), and
+    ViT's classifier head is initialized to zeros (all-zero logits). So :func:`_calibrate` sets
+    every BatchNorm's running statistics from seeded random batches (train-mode forward passes,
+    cumulative average) and re-initializes all-zero weight matrices with N(0, 0.02).
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -201,7 +210,33 @@ def build(spec: ModelSpec, seed: int = SEED):
         model = getattr(torchvision.models, spec.builder)(weights=None, **spec.kwargs)
     else:
         model = _HF_BUILDERS[spec.builder]()
+    model._corpus_calibration = _calibrate(model, spec, seed)
     return model.eval()
+
+
+def _calibrate(model, spec: ModelSpec, seed: int, batches: int = 2, batch: int = 4) -> dict:
+    """Re-initialize all-zero weights; set BatchNorm running stats from random batches."""
+    import torch
+
+    zeroed = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.02)
+                zeroed.append(name)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bns:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for b in range(batches):
+                shapes = {i.name: (batch,) + tuple(i.shape[1:]) for i in spec.inputs}
+                x = make_inputs(spec, seed=seed + 1 + b, shape_override=shapes)
+                model(*(torch.from_numpy(x[i.name]) for i in spec.inputs))
+        model.eval()
+    return {"reinitialized": zeroed, "batchnorms": len(bns)}
 
 
 def _np_outputs(result) -> list:
@@ -238,10 +273,11 @@ def export(spec: ModelSpec, out: str, opset: int = DEFAULT_OPSET,
         kw["external_data"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        with torch.no_grad():
-            torch.onnx.export(model, args, tmp, opset_version=opset,
-                              input_names=[i.name for i in spec.inputs], output_names=out_names,
-                              do_constant_folding=True, **kw)
+        # not under no_grad: there nn.MultiheadAttention takes its fused fast path
+        # (aten::_native_multi_head_attention), which the TorchScript exporter cannot export
+        torch.onnx.export(model, args, tmp, opset_version=opset,
+                          input_names=[i.name for i in spec.inputs], output_names=out_names,
+                          do_constant_folding=True, **kw)
     proto = onnx.load(tmp)
     onnx.checker.check_model(proto)
     os.replace(tmp, path)
@@ -264,7 +300,8 @@ def export(spec: ModelSpec, out: str, opset: int = DEFAULT_OPSET,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "onnx_nodes": len(proto.graph.node),
         "onnx_ops": dict(collections.Counter(n.op_type for n in proto.graph.node).most_common()),
-        "seed": SEED, "torch": torch.__version__, "onnx_version": onnx.__version__,
+        "seed": SEED, "calibration": getattr(model, "_corpus_calibration", None),
+        "torch": torch.__version__, "onnx_version": onnx.__version__,
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
     try:
