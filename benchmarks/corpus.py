@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -418,8 +419,10 @@ def describe_kernel(info: dict | None) -> str:
 
 
 def conv_geometry(info: dict | None) -> dict | None:
-    """For a conv2d-like reduction block in NCHW: channels, groups, kernel, stride, dilation,
-    padding-free input size, read off the block's reads and the PrimFunc's buffers."""
+    """For a conv reduction block in NCHW: channels, groups, kernel, stride, dilation and the
+    conv's own input/output sizes. Output size, kernel and input channels per group come from the
+    block's loop extents (``[n, f, y, x, rc, ry, rx]``), stride/dilation from its reads; the input
+    is the PrimFunc's first buffer (other buffers of a fused kernel belong to its epilogue)."""
     if not info:
         return None
     for blk in info["blocks"]:
@@ -429,19 +432,65 @@ def conv_geometry(info: dict | None) -> dict | None:
         reads = blk["reads"]
         sy = re.search(r"v_yy \* T\.int64\((\d+)\)", reads)
         dy = re.search(r"v_ry \* T\.int64\((\d+)\)", reads)
-        bufs = [s for _, s, _ in info["buffers"]]
-        weight = next((s for n, s, _ in info["buffers"] if n in ("B", "kernel", "weight")
-                       or n.startswith("p") and len(s) == 4), None)
-        data = bufs[0] if bufs else None
-        out = bufs[-1] if bufs else None
         geo = {"block": blk["block"], "stride": int(sy.group(1)) if sy else 1,
                "dilation": int(dy.group(1)) if dy else 1}
-        if weight and data and len(weight) == 4 and len(data) == 4:
-            groups = data[1] // weight[1] if weight[1] else None
-            geo.update(in_channels=data[1], out_channels=weight[0], kernel=weight[2:],
-                       groups=groups, input_hw=data[2:], output_hw=out[2:] if out else None)
+        data = info["buffers"][0][1] if info["buffers"] else None
+        ext = blk["extents"]
+        if "nchw" in blk["block"] and len(ext) == 7 and None not in ext and data and len(data) == 4:
+            geo.update(in_channels=data[1], out_channels=ext[1], kernel=ext[5:7],
+                       groups=data[1] // ext[4] if ext[4] else None, input_hw=data[2:],
+                       output_hw=ext[2:4])
         return geo
     return None
+
+
+def matmul_geometry(info: dict | None) -> dict | None:
+    """For a matmul/dense reduction block: batch dims, M, N (the last two spatial extents) and K
+    (the reduction extent), from the block's iterator kinds and extents."""
+    if not info:
+        return None
+    for blk in info["blocks"]:
+        if not re.search(r"matmul|dense", blk["block"]) or None in blk["extents"]:
+            continue
+        sp = [e for k, e in zip(blk["iters"], blk["extents"]) if k == "S"]
+        red = [e for k, e in zip(blk["iters"], blk["extents"]) if k == "R"]
+        if len(sp) < 2 or not red:
+            return None
+        return {"block": blk["block"], "batch": sp[:-2], "M": sp[-2], "N": sp[-1],
+                "K": math.prod(red)}
+    return None
+
+
+def reason_category(fb: dict) -> str:
+    """The clause of a fallback's reason that says why the kernel's own rule did not apply
+    (``not conv2d: ...`` for a conv, ``not matmul: ...`` for a matmul), numbers blanked, so
+    fallbacks can be counted by cause."""
+    want = "not matmul" if re.search(r"matmul|dense", fb["kernel"]) and "conv" not in \
+        fb["kernel"] else "not conv2d"
+    m = re.search(want + r": ([^;|]*)", fb["reason"])
+    text = m.group(1).strip() if m else fb["reason"].split("|")[0].strip()
+    return f"{want}: " + re.sub(r"\d+", "N", text) if m else text
+
+
+def inventory(workdir: str, name: str) -> dict | None:
+    """Fallbacks and rule counts re-derived from a check's saved report and IR dump."""
+    rp = os.path.join(workdir, f"{name}.report.md")
+    if not os.path.exists(rp):
+        return None
+    with open(rp) as f:
+        rows = parse_schedule(f.read())
+    ir = _pre_schedule_ir(os.path.join(workdir, f"{name}.ir"))
+    shapes = primfunc_shapes(ir) if ir else {}
+    heavy = [r for r in rows if HEAVY.search(r["kernel"])]
+    fbs = []
+    for r in fallbacks(rows):
+        info = shapes.get(r["kernel"])
+        fbs.append({**r, "shape": describe_kernel(info), "conv": conv_geometry(info),
+                    "matmul": matmul_geometry(info),
+                    "epilogue": [(n, s) for n, s, _ in (info or {}).get("buffers", [])]})
+    return {"kernels": len(rows), "rules": _count(r["rule"] for r in rows),
+            "heavy_kernels": len(heavy), "heavy_rules": _count(r["rule"] for r in heavy),
+            "fallbacks": fbs}
 
 
 # ---- check ---------------------------------------------------------------------------------------
@@ -594,6 +643,128 @@ def check_model(spec: ModelSpec, out: str, workdir: str, threads: int = 2,
     return row
 
 
+# ---- the baseline inventory (markdown) ---------------------------------------------------
+def _fmt_diff(d: dict | None) -> str:
+    if not d or d.get("max_abs") is None:
+        return "-" if not d else f"n/a ({d.get('error') or d.get('shape_mismatch')})"
+    rel = f" (rel {d['rel']:.0e})" if d.get("rel") is not None else ""
+    return f"{d['max_abs']:.1e}{rel}"
+
+
+def _fmt_op(fb: dict) -> str:
+    c, m = fb.get("conv"), fb.get("matmul")
+    if c and "in_channels" in c:
+        k = "x".join(map(str, c["kernel"]))
+        kind = "grouped conv2d" if c["groups"] not in (1, None) else "conv2d"
+        if c["groups"] and c["groups"] == c["in_channels"]:
+            kind = "depthwise conv2d"
+        g = f", groups {c['groups']} ({c['in_channels'] // c['groups']} ch/group)" \
+            if c["groups"] not in (1, None) else ""
+        dil = f", dilation {c['dilation']}" if c["dilation"] != 1 else ""
+        return (f"{kind} {k} stride {c['stride']}{dil}, {c['in_channels']}->{c['out_channels']} "
+                f"ch{g}, {c['input_hw'][0]}x{c['input_hw'][1]} -> "
+                f"{c['output_hw'][0]}x{c['output_hw'][1]}")
+    if m:
+        b = f"batch {'x'.join(map(str, m['batch']))}, " if m["batch"] and \
+            math.prod(m["batch"]) > 1 else ""
+        return f"{m['block']} {b}M={m['M']} N={m['N']} K={m['K']}"
+    return fb.get("shape", "?")
+
+
+def _fmt_others(fb: dict) -> str:
+    """The fused kernel's buffers beyond the conv/matmul input and weight (epilogue operands)."""
+    bufs = fb.get("epilogue") or []
+    return ", ".join(f"{n} [{','.join(map(str, s))}]" for n, s in bufs)
+
+
+def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
+    """The per-model inventory written to benchmarks/results/<date>-corpus-baseline.md."""
+    import collections
+
+    work = os.path.join(out, "work")
+    info = info or {}
+    lines = ["# Corpus baseline: export, ONNX Runtime, OpenVINO, fluidml analytic compile", ""]
+    if info:
+        lines += [f"- commit `{info.get('commit')}`; {info.get('date')}",
+                  f"- host: {info.get('cpu')} ({info.get('machine')}, {info.get('cores')} cores; "
+                  f"ISA {', '.join(info.get('isa') or [])})",
+                  "- versions: " + ", ".join(f"{k} {v}" for k, v in
+                                             (info.get("versions") or {}).items() if v), ""]
+    invs = {}
+    for name, row in found.items():
+        inv = inventory(work, name)
+        if inv is None and row.get("fluidml_analytic", {}).get("ok"):
+            inv = row["fluidml_analytic"]
+        invs[name] = inv
+    lines += ["## Summary", "",
+              "| model | exported (opset, ONNX nodes, params) | ORT vs torch | OpenVINO vs ORT | "
+              "ORT ms | OpenVINO ms | load (1-min) | fluidml analytic compile | analytic lib vs "
+              "ORT | conv/matmul kernels: rules | fallbacks |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in found.items():
+        en = row.get("engines", {})
+        ort, ov = en.get("ort", {}), en.get("openvino", {})
+        comp = row.get("fluidml_analytic") or {}
+        inv = invs.get(name) or {}
+        la = row.get("loadavg") or [float("nan")]
+        comp_s = (f"OK, {comp['seconds']:.0f} s, {inv.get('kernels')} kernels" if comp.get("ok")
+                  else f"FAILED: {comp.get('error', 'not run')}")
+        heavy = ", ".join(f"{k} {v}" for k, v in sorted((inv.get("heavy_rules") or {}).items()))
+        lines.append(
+            f"| {name} | yes ({row.get('opset')}, {row.get('onnx_nodes')}, "
+            f"{row.get('parameters', 0) / 1e6:.1f} M) | {_fmt_diff(ort.get('vs_torch'))} | "
+            f"{_fmt_diff(ov.get('vs_ort')) if ov.get('ok') else ov.get('error', '-')} | "
+            f"{ort.get('median_ms', float('nan')):.2f} | {ov.get('median_ms', float('nan')):.2f} | "
+            f"{la[0]:.2f} | {comp_s} | "
+            f"{_fmt_diff(en.get('fluidml_analytic', {}).get('vs_ort'))} | "
+            f"{inv.get('heavy_kernels', '-')}: {heavy or '-'} | "
+            f"{len(inv.get('fallbacks') or [])} |")
+    cats = collections.defaultdict(list)
+    for name, inv in invs.items():
+        for fb in (inv or {}).get("fallbacks") or []:
+            cats[(fb["rule"], reason_category(fb))].append(name)
+    lines += ["", "## Fallbacks by cause (all models)", "",
+              "The clause of the report's reason that says why the kernel's own rule "
+              "(conv2d / matmul) did not take it; numbers blanked.", "",
+              "| rule taken | why not conv2d / matmul | kernels | models |", "|---|---|---|---|"]
+    for (rule, cat), names in sorted(cats.items(), key=lambda kv: -len(kv[1])):
+        per = collections.Counter(names)
+        lines.append(f"| {rule} | {cat} | {len(names)} | "
+                     + ", ".join(f"{n} ({c})" for n, c in per.items()) + " |")
+    lines += ["", "## Per model", ""]
+    for name, row in found.items():
+        inv = invs.get(name) or {}
+        comp = row.get("fluidml_analytic") or {}
+        lines += [f"### {name}", "", f"{row.get('description', '')}; inputs "
+                  f"`{row.get('inputs')}`; {row.get('exporter')} exporter, opset "
+                  f"{row.get('opset')}.", ""]
+        if not comp.get("ok"):
+            lines += [f"fluidml analytic compile: {comp.get('error', 'not run')}", ""]
+            continue
+        lines.append(f"All kernels by rule: {', '.join(f'{k} {v}' for k, v in sorted((inv.get('rules') or {}).items()))}; "  # noqa: E501
+                     f"conv/matmul kernels by rule: "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted((inv.get('heavy_rules') or {}).items()))}.")  # noqa: E501
+        fbs = inv.get("fallbacks") or []
+        if not fbs:
+            lines += ["", "No conv/matmul kernel fell back to a generic rule.", ""]
+        else:
+            lines += ["", "| kernel | rule | op and shapes | PrimFunc buffers | reason (report) |",
+                      "|---|---|---|---|---|"]
+            for fb in fbs:
+                lines.append(f"| {fb['kernel']} | {fb['rule']} | {_fmt_op(fb)} | "
+                             f"{_fmt_others(fb)} | {fb['reason'].replace('|', '&#124;')} |")
+            lines.append("")
+        prof = row.get("analytic_profile") or {}
+        if prof.get("ok"):
+            lines += ["Slowest kernels of the analytic-schedule library (`fluidml-tvm run "
+                      "--profile`, 1 run, loaded machine; analytic schedules, not the measured "
+                      "default):", "", "| kernel | calls | ms | share |", "|---|---|---|---|"]
+            lines += [f"| {k['kernel']} | {k['calls']} | {k['total_ms']:.2f} | {k['share']:.1f}% |"
+                      for k in prof["rows"]]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 # ---- command line --------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -612,10 +783,26 @@ def main(argv=None) -> int:
     c.add_argument("--budget", type=float, default=10.0)
     c.add_argument("--json", default=None, help="write the findings here (default OUT/check.json)")
     c.add_argument("--skip-compile", action="store_true", help="only the ORT/OpenVINO checks")
+    b = sub.add_parser("baseline", help="the inventory markdown from a check's findings")
+    b.add_argument("--out", default=DEFAULT_OUT, help=f"cache directory ({DEFAULT_OUT})")
+    b.add_argument("--json", default=None, help="findings of check (default OUT/check.json)")
+    b.add_argument("-o", "--output", default=None, help="markdown file (default: stdout)")
     args = p.parse_args(argv)
     if args.command == "list":
         for s in MODELS.values():
             print(f"{s.name:<22} {s.family:<12} {s.input_shapes():<44} {s.description}")
+        return 0
+    if args.command == "baseline":
+        from run_corpus import host_info
+
+        with open(args.json or os.path.join(args.out, "check.json")) as f:
+            found = json.load(f)
+        text = baseline_markdown(found, args.out, host_info(2))
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(text)
+        else:
+            print(text)
         return 0
     specs = select(args.models)
     if args.command == "export":
