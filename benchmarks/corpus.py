@@ -456,6 +456,10 @@ def matmul_geometry(info: dict | None) -> dict | None:
         red = [e for k, e in zip(blk["iters"], blk["extents"]) if k == "R"]
         if len(sp) < 2 or not red:
             return None
+        bufs = info["buffers"]
+        if len(bufs) > 1 and len(bufs[1][1]) == 2:  # a 2-D weight: every leading axis is a row
+            return {"block": blk["block"], "batch": [], "M": math.prod(sp[:-1]),
+                    "rows": sp[:-1], "N": sp[-1], "K": math.prod(red)}
         return {"block": blk["block"], "batch": sp[:-2], "M": sp[-2], "N": sp[-1],
                 "K": math.prod(red)}
     return None
@@ -667,7 +671,9 @@ def _fmt_op(fb: dict) -> str:
     if m:
         b = f"batch {'x'.join(map(str, m['batch']))}, " if m["batch"] and \
             math.prod(m["batch"]) > 1 else ""
-        return f"{m['block']} {b}M={m['M']} N={m['N']} K={m['K']}"
+        rows = m.get("rows") or []
+        r = f" (rows {'x'.join(map(str, rows))})" if len([x for x in rows if x > 1]) > 1 else ""
+        return f"{m['block']} {b}M={m['M']}{r} N={m['N']} K={m['K']}"
     return fb.get("shape", "?")
 
 

@@ -135,6 +135,32 @@ def test_kernel_shapes_from_the_ir_dump():
     assert mm["blocks"][0]["extents"] == [1, 128, 3072, 768]
     assert "matmul SSSR [1,128,3072,768]" in corpus.describe_kernel(mm)
     assert corpus.conv_geometry(mm) is None
+    assert corpus.matmul_geometry(mm) == {"block": "matmul", "batch": [], "M": 128,
+                                          "rows": [1, 128], "N": 3072, "K": 768}
+
+
+def test_baseline_inventory_from_saved_report_and_ir(tmp_path):
+    """``corpus.py baseline`` re-reads a check's saved report and IR dump (no torch needed)."""
+    work = tmp_path / "work"
+    (work / "m.ir").mkdir(parents=True)
+    (work / "m.report.md").write_text(REPORT.replace("fused_matmul_add2", "fused_matmul_add2"))
+    (work / "m.ir" / "08-fluidml.legalize.py").write_text(IR)
+    (work / "m.ir" / "09-fluidml.schedule.py").write_text("")
+    found = {"m": {"model": "m", "description": "test model", "opset": 17, "onnx_nodes": 3,
+                   "parameters": 1000, "inputs": "x:[1,16,28,28]", "exporter": "torchscript",
+                   "loadavg": [1.5, 1.0, 0.5],
+                   "engines": {"ort": {"ok": True, "median_ms": 1.0,
+                                       "vs_torch": {"max_abs": 1e-6, "rel": 1e-6}},
+                               "openvino": {"ok": True, "median_ms": 2.0,
+                                            "vs_ort": {"max_abs": 2e-6, "rel": 2e-6}}},
+                   "fluidml_analytic": {"ok": True, "seconds": 3.0}}}
+    md = corpus.baseline_markdown(found, str(tmp_path))
+    assert "| conv2d | reduction | grouped conv2d 3x3 stride 2, 16->32 ch, groups 4 (4 ch/group)" \
+        ", 28x28 -> 14x14 |" in md
+    assert "matmul M=128 N=3072 K=768" in md
+    assert "| reduction | not conv2d: no register tile divides channels N / columns N | 1 | " \
+        "m (1) |" in md
+    assert "| none | no rule applied | 1 | m (1) |" in md
 
 
 def test_profile_table_parser():
