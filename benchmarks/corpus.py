@@ -655,6 +655,12 @@ def _fmt_diff(d: dict | None) -> str:
     return f"{d['max_abs']:.1e}{rel}"
 
 
+def _fmt_ms(m: dict) -> str:
+    if "median_ms" not in m:
+        return "-"
+    return f"{m['median_ms']:.2f} ({m['min_ms']:.2f})"
+
+
 def _fmt_op(fb: dict) -> str:
     c, m = fb.get("conv"), fb.get("matmul")
     if c and "in_channels" in c:
@@ -696,6 +702,42 @@ def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
                   f"ISA {', '.join(info.get('isa') or [])})",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in
                                              (info.get("versions") or {}).items() if v), ""]
+    loads = [row["loadavg"][0] for row in found.values() if row.get("loadavg")]
+    rels = [(row.get("engines", {}).get(e, {}).get(k) or {}).get("rel")
+            for row in found.values() for e, k in (("ort", "vs_torch"), ("openvino", "vs_ort"),
+                                                   ("fluidml_analytic", "vs_ort"))]
+    rels = [r for r in rels if r is not None]
+    lines += [
+        "## Method and caveats", "",
+        "- `python benchmarks/corpus.py export` then `check` then `baseline` (this file). Each "
+        "model: built from its reference code with seeded random weights (BatchNorm statistics "
+        "calibrated on random batches, see benchmarks/README.md), exported with the TorchScript "
+        "exporter at opset 17, batch 1, static shapes; no onnxsim or shape inference on the "
+        "exported files.",
+        "- ORT and OpenVINO: each in a fresh process, 2 threads (ORT intra_op_num_threads; "
+        "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, INFERENCE_NUM_THREADS 2, latency hint), "
+        "median of up to 10 calls after one warm-up (numpy in, numpy out). **The machine was "
+        "shared and loaded** (1-min load average on 2 cores after each model: "
+        + (f"{min(loads):.2f}-{max(loads):.2f}" if loads else "n/a")
+        + "): absolute latencies are indicative only; repeat them on a quiet host.",
+        "- fluidml: `fluidml-tvm compile MODEL.onnx --input-shapes ... --pass-config "
+        "fluidml.cost=analytic --report --dump-ir DIR`. Analytic costs skip kernel measurement, "
+        "and with them the layout stage only reports its plan (every conv stays NCHW): a default "
+        "(measured) compile may pick other rules, or NHWC for some convs, so its kernel list can "
+        "differ. The analytic library was run and compared with ONNX Runtime, and profiled "
+        "(`fluidml-tvm run --profile`, 1 run) to show which kernels dominate; its latency is not "
+        "fluidml's (analytic schedules, no measurement).",
+        "- A *fallback* is a kernel whose name contains conv1d/conv2d/conv2d_transpose/matmul/"
+        "dense and whose schedule rule is `reduction`, `injective` or `none`. Names are the "
+        "report's (one PrimFunc may run several times; the profile gives the calls). Shapes come "
+        "from the IR just before `fluidml.schedule`: conv geometry from the reduction block's "
+        "loop extents and index expressions, matmul M/N/K from its spatial and reduction extents; "
+        "*PrimFunc buffers* lists every buffer of the fused kernel (input, weight, bias, and the "
+        "epilogue's operands, e.g. the feature map an SE gate multiplies).",
+        "- Tolerance: outputs are compared as max abs difference and relative to max |reference|; "
+        "all models agree within rel "
+        + (f"{max(rels):.0e}" if rels else "n/a") + " (ORT vs torch, OpenVINO vs ORT, fluidml "
+        "analytic vs ORT); the bar used is rel 1e-4.", ""]
     invs = {}
     for name, row in found.items():
         inv = inventory(work, name)
@@ -704,8 +746,9 @@ def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
         invs[name] = inv
     lines += ["## Summary", "",
               "| model | exported (opset, ONNX nodes, params) | ORT vs torch | OpenVINO vs ORT | "
-              "ORT ms | OpenVINO ms | load (1-min) | fluidml analytic compile | analytic lib vs "
-              "ORT | conv/matmul kernels: rules | fallbacks |",
+              "ORT ms median (min) | OpenVINO ms median (min) | load (1-min) | "
+              "fluidml analytic compile | analytic lib vs ORT | conv/matmul kernels: rules | "
+              "fallbacks |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in found.items():
         en = row.get("engines", {})
@@ -720,7 +763,7 @@ def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
             f"| {name} | yes ({row.get('opset')}, {row.get('onnx_nodes')}, "
             f"{row.get('parameters', 0) / 1e6:.1f} M) | {_fmt_diff(ort.get('vs_torch'))} | "
             f"{_fmt_diff(ov.get('vs_ort')) if ov.get('ok') else ov.get('error', '-')} | "
-            f"{ort.get('median_ms', float('nan')):.2f} | {ov.get('median_ms', float('nan')):.2f} | "
+            f"{_fmt_ms(ort)} | {_fmt_ms(ov)} | "
             f"{la[0]:.2f} | {comp_s} | "
             f"{_fmt_diff(en.get('fluidml_analytic', {}).get('vs_ort'))} | "
             f"{inv.get('heavy_kernels', '-')}: {heavy or '-'} | "
@@ -830,8 +873,15 @@ def main(argv=None) -> int:
         with open(path) as f:
             found = json.load(f)
     for s in specs:
+        old = found.get(s.name) or {}
         found[s.name] = check_model(s, args.out, os.path.join(args.out, "work"), args.threads,
                                     args.repeat, args.budget, skip_compile=args.skip_compile)
+        if args.skip_compile:  # keep the fluidml findings of an earlier full check
+            for k in ("fluidml_analytic", "analytic_profile"):
+                if k in old:
+                    found[s.name][k] = old[k]
+            if "fluidml_analytic" in old.get("engines", {}):
+                found[s.name]["engines"]["fluidml_analytic"] = old["engines"]["fluidml_analytic"]
         found[s.name]["loadavg"] = list(os.getloadavg())
         with open(path, "w") as f:
             json.dump(found, f, indent=2)

@@ -94,7 +94,8 @@ def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int
     cfg = ["fluidml=1" if engine == "fluidml" else "fluidml=0"]
     cfg += list(pass_config) if engine == "fluidml" else []
     cmd = [sys.executable, "-m", "fluidml_tvm.cli", "compile", onnx_path, "-o", lib, "-q",
-           "--input-shapes", manifest["input_shapes"]]
+           "--input-shapes", manifest["input_shapes"]] + (["--report"] if engine == "fluidml"
+                                                         else [])
     for kv in cfg:
         cmd += ["--pass-config", kv]
     env = dict(os.environ, TVM_NUM_THREADS=str(threads))
@@ -108,7 +109,24 @@ def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int
     if not res["ok"]:
         tail = [x for x in proc.stderr.strip().splitlines() if x.strip()][-3:]
         res["error"] = f"exit {proc.returncode}: {' | '.join(tail)}"
+    elif engine == "fluidml":  # the schedule rule of every kernel, for the profile table
+        with open(lib + ".report.md", "w") as f:
+            f.write(proc.stdout)
+        res["report"] = lib + ".report.md"
+        res["schedule"] = corpus.parse_schedule(proc.stdout)
     return res
+
+
+def annotate(profile_rows: list, schedule: list) -> list:
+    """Add each profiled kernel's schedule rule and reason (the profile truncates names to 48
+    characters: a unique prefix match is taken)."""
+    out = []
+    for r in profile_rows:
+        hits = [s for s in schedule if s["kernel"] == r["kernel"]] or \
+            [s for s in schedule if s["kernel"].startswith(r["kernel"])]
+        extra = {"rule": hits[0]["rule"], "reason": hits[0]["reason"]} if len(hits) == 1 else {}
+        out.append({**r, **extra})
+    return out
 
 
 def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, rounds: int,
@@ -172,8 +190,10 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
             eng["vs_ort"] = corpus._diff_lists(corpus._load_npz_list(outputs[e]), ref)
     row["ratios"] = ratios(row["engines"])
     if profile_top and "fluidml" in libs and row["engines"]["fluidml"].get("ok"):
-        row["fluidml_profile"] = corpus_engines.profile(libs["fluidml"], inputs, threads,
-                                                        top=profile_top)
+        prof = corpus_engines.profile(libs["fluidml"], inputs, threads, top=profile_top)
+        if prof.get("ok"):
+            prof["rows"] = annotate(prof["rows"], row["engines"]["fluidml"].get("schedule", []))
+        row["fluidml_profile"] = prof
     row["loadavg_after"] = list(os.getloadavg())
     return row
 
@@ -256,13 +276,15 @@ def markdown(rows: list, info: dict, options: dict) -> str:
     prof = [r for r in rows if (r.get("fluidml_profile") or {}).get("ok")]
     if prof:
         lines += ["", "## Slowest fluidml kernels per model", "",
-                  "From `fluidml-tvm run --profile` (share of the profiled run; kernel names as "
-                  "in `fluidml-tvm compile --report`).", ""]
+                  "From `fluidml-tvm run --profile` (share of the profiled run), with each "
+                  "kernel's schedule rule and reason from `fluidml-tvm compile --report`.", ""]
         for r in prof:
             p = r["fluidml_profile"]
-            lines += [f"### {r['model']}", "", "| kernel | calls | total ms | share |",
-                      "|---|---|---|---|"]
-            lines += [f"| {k['kernel']} | {k['calls']} | {k['total_ms']:.3f} | {k['share']:.1f}% |"
+            lines += [f"### {r['model']}", "",
+                      "| kernel | calls | total ms | share | rule | reason (report) |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {k['kernel']} | {k['calls']} | {k['total_ms']:.3f} | {k['share']:.1f}% "
+                      f"| {k.get('rule', '')} | {k.get('reason', '').replace('|', '&#124;')} |"
                       for k in p["rows"]]
             lines.append("")
     notes = [f"- {r['model']} {e}: {m.get('error')}" for r in rows

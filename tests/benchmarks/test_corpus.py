@@ -206,6 +206,11 @@ def test_results_writer(tmp_path):
     md = open(mp).read()
     assert "**geometric mean** | **2.00x** | **2.83x** | **100.00x**" in md
     assert "| fused_conv2d | 1 | 1.500 | 75.0% |" in md
+    rows = run_corpus.annotate(
+        [{"kernel": "fused_conv2d3_add_relu", "calls": 1, "total_ms": 1.0, "share": 50.0},
+         {"kernel": "fused_", "calls": 1, "total_ms": 1.0, "share": 50.0}],
+        corpus.parse_schedule(REPORT))
+    assert rows[0]["rule"] == "conv2d" and "rule" not in rows[1]  # a prefix, but not unique
     assert "machine load" in md and info["cpu"] in md
 
 
