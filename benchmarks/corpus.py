@@ -658,7 +658,8 @@ def _fmt_diff(d: dict | None) -> str:
 def _fmt_ms(m: dict) -> str:
     if "median_ms" not in m:
         return "-"
-    return f"{m['median_ms']:.2f} ({m['min_ms']:.2f})"
+    low = f" ({m['min_ms']:.2f})" if m.get("min_ms") is not None else ""
+    return f"{m['median_ms']:.2f}{low}"
 
 
 def _fmt_op(fb: dict) -> str:
