@@ -708,6 +708,11 @@ def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
             for row in found.values() for e, k in (("ort", "vs_torch"), ("openvino", "vs_ort"),
                                                    ("fluidml_analytic", "vs_ort"))]
     rels = [r for r in rels if r is not None]
+    counts = sorted({m.get("samples") for row in found.values()
+                     for e, m in row.get("engines", {}).items()
+                     if e in ("ort", "openvino") and m.get("samples")})
+    samples = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}") \
+        if counts else "?"
     lines += [
         "## Method and caveats", "",
         "- `python benchmarks/corpus.py export` then `check` then `baseline` (this file). Each "
@@ -717,8 +722,8 @@ def baseline_markdown(found: dict, out: str, info: dict | None = None) -> str:
         "exported files.",
         "- ORT and OpenVINO: each in a fresh process, 2 threads (ORT intra_op_num_threads; "
         "OpenVINO CPU, INFERENCE_PRECISION_HINT f32, INFERENCE_NUM_THREADS 2, latency hint), "
-        "median of up to 10 calls after one warm-up (numpy in, numpy out). **The machine was "
-        "shared and loaded** (1-min load average on 2 cores after each model: "
+        f"median (min) of {samples} timed calls after one warm-up (numpy in, numpy out). "
+        "**The machine was shared and loaded** (1-min load average on 2 cores after each model: "
         + (f"{min(loads):.2f}-{max(loads):.2f}" if loads else "n/a")
         + "): absolute latencies are indicative only; repeat them on a quiet host.",
         "- fluidml: `fluidml-tvm compile MODEL.onnx --input-shapes ... --pass-config "
@@ -836,7 +841,9 @@ def main(argv=None) -> int:
     b = sub.add_parser("baseline", help="the inventory markdown from a check's findings")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"cache directory ({DEFAULT_OUT})")
     b.add_argument("--json", default=None, help="findings of check (default OUT/check.json)")
-    b.add_argument("-o", "--output", default=None, help="markdown file (default: stdout)")
+    b.add_argument("-o", "--output", default=None,
+                   help="markdown file, with the findings and inventory as JSON beside it "
+                        "(default: markdown to stdout)")
     args = p.parse_args(argv)
     if args.command == "list":
         for s in MODELS.values():
@@ -847,10 +854,16 @@ def main(argv=None) -> int:
 
         with open(args.json or os.path.join(args.out, "check.json")) as f:
             found = json.load(f)
-        text = baseline_markdown(found, args.out, host_info(2))
+        info = host_info(2)
+        text = baseline_markdown(found, args.out, info)
         if args.output:
             with open(args.output, "w") as f:
                 f.write(text)
+            work = os.path.join(args.out, "work")
+            data = {"info": info, "models": {
+                n: {**row, "inventory": inventory(work, n)} for n, row in found.items()}}
+            with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+                json.dump(data, f, indent=1)
         else:
             print(text)
         return 0

@@ -122,11 +122,23 @@ def annotate(profile_rows: list, schedule: list) -> list:
     characters: a unique prefix match is taken)."""
     out = []
     for r in profile_rows:
-        hits = [s for s in schedule if s["kernel"] == r["kernel"]] or \
-            [s for s in schedule if s["kernel"].startswith(r["kernel"])]
+        hits = _match(r["kernel"], schedule)
         extra = {"rule": hits[0]["rule"], "reason": hits[0]["reason"]} if len(hits) == 1 else {}
         out.append({**r, **extra})
     return out
+
+
+def _match(name: str, schedule: list) -> list:
+    """Report rows for a profiled kernel name: exact, or with the ``_packed`` suffix the schedule
+    stage gives a kernel whose weight it packs, or a profile name cut at 48 characters."""
+    exact = [s for s in schedule if name in (s["kernel"], s["kernel"] + "_packed")]
+    if exact:
+        return exact
+    prefix = [s for s in schedule if s["kernel"].startswith(name)]
+    if prefix or len(name) < 48:
+        return prefix
+    return [s for s in schedule if name.startswith(s["kernel"] + "_")
+            and "_packed".startswith(name[len(s["kernel"]):])]
 
 
 def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, rounds: int,
@@ -328,7 +340,23 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="libraries and outputs (default CORPUS/bench)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--name", default=None, help="file stem (default DATE-corpus[-quick])")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="re-render the markdown of an earlier results JSON (no runs)")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+        for row in data["rows"]:
+            fl, prof = row["engines"].get("fluidml", {}), row.get("fluidml_profile") or {}
+            if prof.get("ok") and fl.get("report") and os.path.exists(fl["report"]):
+                with open(fl["report"]) as f:
+                    fl["schedule"] = corpus.parse_schedule(f.read())
+                prof["rows"] = annotate(prof["rows"], fl["schedule"])
+        stem = os.path.splitext(os.path.basename(args.from_json))[0]
+        files = write_results(data["rows"], data["info"], data["options"],
+                              os.path.dirname(os.path.abspath(args.from_json)), stem)
+        print(f"wrote {', '.join(files)}", file=sys.stderr)
+        return 0
     if args.quick:
         args.models = args.models or ",".join(corpus.QUICK)
         args.rounds, args.repeat, args.budget = 1, 5, 5.0

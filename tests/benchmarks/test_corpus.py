@@ -211,6 +211,12 @@ def test_results_writer(tmp_path):
          {"kernel": "fused_", "calls": 1, "total_ms": 1.0, "share": 50.0}],
         corpus.parse_schedule(REPORT))
     assert rows[0]["rule"] == "conv2d" and "rule" not in rows[1]  # a prefix, but not unique
+    sched = [{"kernel": "fused_conv2d_add_add1_tir_clip_divide_multiply", "rule": "conv2d",
+              "reason": "r"}, {"kernel": "fused_conv2d11_add6", "rule": "conv2d", "reason": "r"}]
+    assert run_corpus._match("fused_conv2d_add_add1_tir_clip_divide_multiply_p", sched) == \
+        sched[:1]  # "_packed" cut at 48 characters
+    assert run_corpus._match("fused_conv2d11_add6_packed", sched) == sched[1:]
+    assert run_corpus._match("fused_conv2d11_add6_relu", sched) == []
     assert "machine load" in md and info["cpu"] in md
 
 
