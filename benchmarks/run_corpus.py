@@ -150,7 +150,11 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
     manifest_path = os.path.join(corpus_dir, f"{spec.name}.json")
     if not os.path.exists(manifest_path):
         log(f"[corpus] {spec.name}: not exported yet, exporting into {corpus_dir}")
-        corpus.export(spec, corpus_dir, log=log)
+        try:
+            corpus.export(spec, corpus_dir, log=log)
+        except ImportError as err:
+            raise SystemExit(f"{spec.name} is not exported in {corpus_dir} and exporting needs "
+                             f"the 'corpus' extra (pip install -e '.[corpus]'): {err}") from None
     manifest = corpus.read_manifest(corpus_dir, spec.name)
     onnx_path = os.path.join(corpus_dir, manifest["onnx"])
     inputs = os.path.join(corpus_dir, f"{spec.name}.inputs.npz")
