@@ -40,6 +40,12 @@ setup(
         # on a machine without the CUDA toolkit or a GPU; fluidml_tvm.cuda.find_nvcc finds it.
         "cuda": ["nvidia-cuda-nvcc==13.5.37", "nvidia-cuda-runtime==13.5.37",
                  "nvidia-nvvm==13.5.37", "nvidia-cuda-crt==13.5.37"],
+        # benchmarks/corpus.py and run_corpus.py only (never a core dependency): real
+        # architectures built from their reference code and exported to ONNX, and OpenVINO as a
+        # second reference engine. Pinned to the versions verified together (torch 2.14.1 is
+        # the CUDA build on x86_64 PyPI, ~5.5 GB; see benchmarks/README.md "Corpus").
+        "corpus": ["torch==2.14.1", "torchvision==0.29.1", "transformers==5.25.0",
+                   "openvino==2026.4.1", "onnxruntime>=1.17"],
     },
     entry_points={
         "console_scripts": ["fluidml-tvm=fluidml_tvm.cli:main"],

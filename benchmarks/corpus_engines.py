@@ -1,0 +1,183 @@
+"""One engine, one fresh process: the run worker of the corpus scripts (corpus.py, run_corpus.py).
+
+    python benchmarks/corpus_engines.py ARGS.json RESULT.json
+
+Engines: ``ort`` (ONNX Runtime, CPUExecutionProvider, ``intra_op_num_threads``), ``openvino``
+(CPU device, fp32 inference precision hint, ``INFERENCE_NUM_THREADS``, latency hint), and
+``fluidml``/``tvm`` (a library from ``fluidml-tvm compile``, loaded with ``fluidml_tvm.load`` and
+the TVM runtime alone, ``TVM_USE_RUNTIME_LIB=1``, ``TVM_NUM_THREADS``). Every engine is timed the
+same way: one warm-up call whose outputs are kept (numpy in, numpy out), then timed calls of the
+same kind until ``repeat`` samples or ``budget`` seconds (at least one; a warm-up that alone
+exceeds the budget is taken as the sample, for stock TVM's seconds-long runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def have_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _sample(run_once, first: float, repeat: int, budget: float) -> list:
+    if first > budget:
+        return [first]
+    times, start = [], time.perf_counter()
+    while len(times) < repeat:
+        t0 = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget:
+            break
+    return times
+
+
+def _ort(args, inputs):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(args["threads"])
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(args["model"], so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return (lambda: sess.run(None, inputs)), names, {"onnxruntime": ort.__version__}
+
+
+def _openvino(args, inputs):
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    config = {hints.inference_precision: ov.Type.f32,
+              props.inference_num_threads: int(args["threads"]),
+              hints.performance_mode: hints.PerformanceMode.LATENCY}
+    compiled = core.compile_model(args["model"], "CPU", config)
+    request = compiled.create_infer_request()
+    outs = compiled.outputs
+    names = [o.get_any_name() for o in outs]
+
+    def once():
+        res = request.infer(inputs)
+        return [res[o] for o in outs]
+
+    info = {"openvino": ov.__version__,
+            "ov_threads": int(compiled.get_property(props.inference_num_threads)),
+            "ov_precision": str(compiled.get_property(hints.inference_precision)),
+            "ov_streams": int(compiled.get_property(props.num_streams))}
+    return once, names, info
+
+
+def _tvm(args, inputs):
+    import fluidml_tvm
+
+    model = fluidml_tvm.load(args["lib"], num_threads=int(args["threads"]))
+
+    def once():
+        out = model.run(inputs)
+        return [out[n] for n in model.output_names]
+
+    return once, list(model.output_names), {"tvm_threads": model.num_threads}
+
+
+def run(args: dict) -> dict:
+    import numpy as np
+
+    with np.load(args["inputs"]) as data:
+        inputs = {k: data[k] for k in data.files}
+    engine = args["engine"]
+    t0 = time.perf_counter()
+    once, names, info = {"ort": _ort, "openvino": _openvino}.get(engine, _tvm)(args, inputs)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs = once()
+    first = time.perf_counter() - t0
+    times = _sample(once, first, int(args["repeat"]), float(args["budget"]))
+    np.savez(args["outputs"], **{f"out{i:03d}": np.asarray(o) for i, o in enumerate(outputs)})
+    t = np.array(times) * 1e3
+    return {"ok": True, "engine": engine, "threads": int(args["threads"]), "output_names": names,
+            "outputs": args["outputs"], "load_seconds": round(load_s, 3),
+            "first_ms": first * 1e3, "latencies_ms": t.tolist(), "median_ms": float(np.median(t)),
+            "min_ms": float(t.min()), "max_ms": float(t.max()), "samples": len(t), **info}
+
+
+def spawn(args: dict, workdir: str, tag: str, timeout: float = 1800) -> dict:
+    """Run ``args`` in a fresh process with the engine's thread settings; never raises."""
+    os.makedirs(workdir, exist_ok=True)
+    arg_path = os.path.join(workdir, f"{tag}.args.json")
+    out_path = os.path.join(workdir, f"{tag}.result.json")
+    if os.path.exists(out_path):
+        os.remove(out_path)
+    with open(arg_path, "w") as f:
+        json.dump(args, f)
+    threads = str(args.get("threads", 2))
+    env = dict(os.environ, TVM_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    if args["engine"] in ("fluidml", "tvm"):
+        env["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), arg_path, out_path],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "engine": args["engine"], "error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0 or not os.path.exists(out_path):
+        tail = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()][-3:]
+        return {"ok": False, "engine": args["engine"],
+                "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    with open(out_path) as f:
+        return json.load(f)
+
+
+# ---- per-kernel profile of a fluidml library (``fluidml-tvm run --profile``) ----------------
+def parse_profile(text: str) -> list:
+    """Rows of the table ``fluidml-tvm run --profile`` prints: ``kernel``, ``calls``,
+    ``total_ms``, ``share`` (percent of the profiled run); the summary lines keep their label
+    (``(N more kernels)``, ``(VM builtins: ...)``) as kernel name."""
+    rows = []
+    for line in text.splitlines():
+        if not line.rstrip().endswith("%") or line.startswith("kernel "):
+            continue
+        parts = line.rsplit(None, 4)
+        if len(parts) == 5 and not parts[0].startswith("("):
+            name, calls, total, _mean, share = parts
+        else:
+            name, calls, total, share = line.rsplit(None, 3)
+        rows.append({"kernel": name.strip(), "calls": int(calls), "total_ms": float(total),
+                     "share": float(share.rstrip("%"))})
+    return rows
+
+
+def profile(lib: str, inputs: str, threads: int, top: int = 10, number: int = 3,
+            timeout: float = 1800) -> dict:
+    """``python -m fluidml_tvm.cli run LIB --profile TOP`` in a subprocess; parsed rows."""
+    cmd = [sys.executable, "-m", "fluidml_tvm.cli", "run", lib, "--inputs", inputs,
+           "--num-threads", str(threads), "--profile", str(top), "--number", str(number),
+           "--outputs", lib + ".profile-outputs.npz"]
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = [x for x in proc.stderr.strip().splitlines() if x.strip()][-3:]
+        return {"ok": False, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    return {"ok": True, "number": number, "rows": parse_profile(proc.stdout)}
+
+
+def main(argv=None) -> int:
+    arg_path, out_path = (sys.argv[1:] if argv is None else argv)
+    with open(arg_path) as f:
+        args = json.load(f)
+    result = run(args)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
