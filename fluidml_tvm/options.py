@@ -55,6 +55,10 @@ class Options:
                         "slot (kill switch; 0 keeps the stock planner)")
     schedule: bool = _opt(True, "schedule stage: TensorIR schedules for every fused kernel "
                           "(kill switch)")
+    fold_batchnorm: bool = _opt(True, "an inference BatchNorm with constant statistics is folded "
+                                "into the weights of the conv2d before it (else a per-channel "
+                                "multiply-add that fuses with its neighbours): no kernel of its "
+                                "own")
     split_projection: bool = _opt(True, "a constant-weight projection read only through slices "
                                   "of its last axis (a fused QKV) becomes one projection per slice")
     residual_order: bool = _opt(True, "a residual sum of two projections is fused into the kernel "

@@ -4,7 +4,8 @@ It is TVM's fused CPU pipeline (``relax.backend.cpu_generic``) with FluidML's st
 slots, each behind its own kill switch::
 
     library dispatch
-    [split]      FluidML: one projection per slice of a fused constant-weight projection (QKV);
+    [split]      FluidML graph rewrites: inference BatchNorm folded into the conv before it;
+                 one projection per slice of a fused constant-weight projection (QKV);
                  residual sums fused into the kernel that lowers the planned memory (measured)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
     legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, [FluidMLFuseConvPool],
@@ -31,8 +32,8 @@ from .options import Options
 PHASES = ("dispatch", "split", "layout", "legalize", "schedule", "lower", "memory", "weights",
           "finalize")
 # Stages that leave decisions on the module (:mod:`fluidml_tvm.decisions`), in report order.
-DECISION_STAGES = ("split_projection", "residual_order", "layout", "layout_verify",
-                   "fuse_conv_pool", "schedule", "memory")
+DECISION_STAGES = ("fold_batchnorm", "split_projection", "residual_order", "layout",
+                   "layout_verify", "fuse_conv_pool", "schedule", "memory")
 # Stock TVM passes worth a dump of their own (--dump-ir).
 STOCK_DUMPS = ("LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR", "CallTIRRewrite",
                "StaticPlanBlockMemory", "VMShapeLower")
@@ -53,7 +54,12 @@ def _stage(name: str, passes: list) -> tvm.transform.Pass:
 
 
 def split_passes(target, options: Options) -> list:
+    """Graph rewrites before the layout stage: BatchNorm folding, the QKV split, residual order."""
     out = []
+    if options.fold_batchnorm:
+        from .passes.fold_batchnorm import FluidMLFoldBatchNorm
+
+        out.append(FluidMLFoldBatchNorm())
     if options.split_projection:
         from .passes.split_projection import FluidMLSplitProjection
 
