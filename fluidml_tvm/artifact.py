@@ -199,18 +199,3 @@ def _to_plain(obj):
     if hasattr(obj, "__iter__"):
         return [_to_plain(v) for v in obj]
     return str(obj)
-
-
-
-
-def _to_plain(obj):
-    """A target's ``export()`` (FFI maps, arrays, nested targets) as plain JSON values."""
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
-        return obj
-    if hasattr(obj, "items"):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    if hasattr(obj, "export"):  # a nested Target (the host)
-        return _to_plain(obj.export())
-    if hasattr(obj, "__iter__"):
-        return [_to_plain(v) for v in obj]
-    return str(obj)

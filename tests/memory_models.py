@@ -9,7 +9,10 @@ import itertools
 
 import numpy as np
 import onnx
+import tvm
 from onnx import TensorProto, helper, numpy_helper
+
+from fluidml_tvm.options import Options
 
 OPSET = 17
 
@@ -208,3 +211,17 @@ def split_topk(seed: int = 0) -> onnx.ModelProto:
     g.op("TopK", [y, g.const(np.array([4], "int64"), "k")], axis=1)
     g.nodes[-1].output[:] = ["y", "idx"]
     return g.model("split_topk", [("x", [4, 16])], ["y"])
+
+
+# What the planner tests compile with: a plain CPU target, the memory stage without the others.
+TARGET = tvm.target.Target({"kind": "llvm"})
+OPTS = Options(schedule=False, layout=False, verify=True)
+MODELS = {
+    "mlp": mlp,
+    "convnet": small_convnet,
+    "branchy": branchy,
+    "bert_like": bert_like,
+    "vgg_like": vgg_like,
+    "two_branches": two_branches,
+    "split_topk": split_topk,
+}

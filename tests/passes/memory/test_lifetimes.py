@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import tvm
-from memory_models import bert_like, branchy, mlp, small_convnet, split_topk, two_branches, vgg_like
+from memory_models import (
+    MODELS,
+    OPTS,
+    TARGET,
+    mlp,
+)
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory import FluidMLMemoryPlan
 from fluidml_tvm.passes.memory.lifetimes import (
     live_set_lower_bound,
@@ -18,18 +21,6 @@ from fluidml_tvm.passes.memory.lifetimes import (
 from fluidml_tvm.passes.memory.verify import verify_module
 from fluidml_tvm.pipeline import lower_to_memory_slot
 from fluidml_tvm.tools.memory_report import memory_report
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-OPTS = Options(schedule=False, layout=False, verify=True)
-MODELS = {
-    "mlp": mlp,
-    "convnet": small_convnet,
-    "branchy": branchy,
-    "bert_like": bert_like,
-    "vgg_like": vgg_like,
-    "two_branches": two_branches,
-    "split_topk": split_topk,
-}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -7,7 +7,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
-from memory_models import bert_like, branchy, mlp, small_convnet, split_topk, two_branches, vgg_like
+from memory_models import (
+    MODELS,
+    OPTS,
+    TARGET,
+)
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
@@ -15,18 +19,6 @@ from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory import FluidMLMemoryPlan
 from fluidml_tvm.pipeline import get_pipeline, lower_to_memory_slot
 from fluidml_tvm.tools.memory_report import memory_report
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-OPTS = Options(schedule=False, layout=False, verify=True)
-MODELS = {
-    "mlp": mlp,
-    "convnet": small_convnet,
-    "branchy": branchy,
-    "bert_like": bert_like,
-    "vgg_like": vgg_like,
-    "two_branches": two_branches,
-    "split_topk": split_topk,
-}
 
 
 def _input(model):

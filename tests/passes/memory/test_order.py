@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tvm
 from memory_cases import build_dag, kernel_calls
-from memory_models import two_branches
+from memory_models import OPTS, TARGET, two_branches
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory import FluidMLMemoryPlan
 from fluidml_tvm.passes.memory.lifetimes import (
     live_set_lower_bound,
@@ -15,9 +13,6 @@ from fluidml_tvm.passes.memory.lifetimes import (
 )
 from fluidml_tvm.passes.memory.verify import verify_module
 from fluidml_tvm.pipeline import lower_to_memory_slot
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-OPTS = Options(schedule=False, layout=False, verify=True)
 
 
 def test_dag_reorder_example():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memory_cases import build_dag, dag_st, kernel_calls
+from memory_models import OPTS, TARGET
 from tvm.relax.frontend.onnx import from_onnx
 
-from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory import FluidMLMemoryPlan
 from fluidml_tvm.passes.memory.lifetimes import (
     live_set_lower_bound,
@@ -16,9 +15,6 @@ from fluidml_tvm.passes.memory.lifetimes import (
 )
 from fluidml_tvm.passes.memory.verify import verify_module
 from fluidml_tvm.pipeline import lower_to_memory_slot
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-OPTS = Options(schedule=False, layout=False, verify=True)
 
 
 def test_output_split_lowers_runtime_peak_for_large_outputs():

@@ -3,8 +3,7 @@ slot, its kill switches and decisions."""
 
 from __future__ import annotations
 
-import tvm
-from memory_models import bert_like
+from memory_models import OPTS, TARGET, bert_like
 from tvm.relax.frontend.onnx import from_onnx
 
 from fluidml_tvm.decisions import from_module
@@ -12,9 +11,6 @@ from fluidml_tvm.options import Options
 from fluidml_tvm.passes.memory import FluidMLMemoryPlan
 from fluidml_tvm.passes.memory import memory_passes as memory_stage
 from fluidml_tvm.pipeline import lower_to_memory_slot, memory_passes
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-OPTS = Options(schedule=False, layout=False, verify=True)
 
 
 def test_memory_stage_is_the_planner():
