@@ -16,7 +16,8 @@ def test_phases_and_kill_switches():
     assert names == ["dispatch", "split", "layout", "legalize", "schedule", "lower", "memory",
                      "weights", "finalize"]
     off = dict(phases(target, Options(layout=False, memory=False, schedule=False,
-                                      split_projection=False, residual_order=False)))
+                                      split_projection=False, residual_order=False,
+                                      fold_batchnorm=False)))
     assert off["layout"] == [] and off["schedule"] == [] and off["split"] == []
     assert [p.info.name for p in off["memory"]] == ["StaticPlanBlockMemory"]
 

@@ -52,7 +52,7 @@ def test_decisions_are_records_on_the_module(tmp_path):
     assert found == p.decisions and found
     assert all(isinstance(d, decisions.Decision) and d.stage == "schedule" for d in found)
     for d in found:
-        assert set(d.data) == {"config", "measured", "seconds"}
+        assert set(d.data) == {"config", "measured", "seconds", "flops", "bytes"}
         assert d.data["measured"] == 0 and d.data["seconds"] == 0.0  # analytic
     mm = [d for d in found if d.choice == "matmul"]
     assert mm and all(d.data["config"]["nv"] >= 1 and "(analytic)" in d.reason for d in mm)
