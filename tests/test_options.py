@@ -1,11 +1,7 @@
 """Options (every switch in one table), the fluidml.* PassContext keys (config_keys.py)."""
 
 import pytest
-import tvm
-from onnx_models import mlp
 
-import fluidml_tvm
-from fluidml_tvm import config_keys
 from fluidml_tvm.errors import FluidMLError
 from fluidml_tvm.options import Options, help_text, resolve, table
 
@@ -22,32 +18,6 @@ def test_options_from_pass_config():
         Options.from_pass_config(["fluidml.layout"])
     with pytest.raises(FluidMLError, match="measured, learned or analytic"):
         Options.from_pass_config(["fluidml.cost=guess"])
-
-
-def test_passcontext_keys_registered_and_read():
-    if not config_keys.register():
-        pytest.skip("no C++ compiler: fluidml.* PassContext keys unavailable (Options still work)")
-    known = tvm.transform.PassContext.list_configs()
-    for key in ("fluidml", "fluidml.enable", "fluidml.layout", "fluidml.memory",
-                "fluidml.schedule", "fluidml.verify"):
-        assert key in known
-    with tvm.transform.PassContext(config={"fluidml.layout": False, "fluidml.enable": True}):
-        opts = Options.from_context()
-    assert opts.enable and not opts.layout
-    # Registering again is a no-op (a second C++ registration would abort the process).
-    assert config_keys.register()
-
-
-def test_passcontext_keys_drive_compile():
-    if not config_keys.register():
-        pytest.skip("no C++ compiler")
-    with tvm.transform.PassContext(config={"fluidml.enable": False}):
-        compiled = fluidml_tvm.compile(mlp(), "x86")
-    assert compiled.options.enable is False
-    # Explicit pass_config overrides the context.
-    with tvm.transform.PassContext(config={"fluidml.enable": False}):
-        compiled = fluidml_tvm.compile(mlp(), "x86", pass_config=["fluidml=1"])
-    assert compiled.options.enable is True
 
 
 def test_every_switch_has_help_and_is_described():

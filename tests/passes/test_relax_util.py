@@ -1,0 +1,25 @@
+"""Relax readers shared by the graph passes (passes/relax_util.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from fluidml_tvm.passes.relax_util import callee, is_call_tir, static_nbytes, use_counts
+
+
+def test_readers():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(x, x))
+            out = bb.emit_output(relax.op.multiply(y, relax.const(np.ones((2, 3), "f4"))))
+        bb.emit_func_output(out)
+    func = bb.get()["main"]
+    assert static_nbytes(x.ty) == 24
+    assert static_nbytes(relax.TensorType(None, "float32", ndim=2)) is None
+    counts = use_counts(func)
+    assert counts[x] == 2 and counts[y] == 1
+    call = func.body.blocks[0].bindings[0].value
+    assert callee(call) == "relax.add" and not is_call_tir(call)
