@@ -1,0 +1,517 @@
+"""ONNX's own backend conformance cases through FluidML (fluidml=1) and stock TVM (fluidml=0).
+
+    python benchmarks/run_conformance.py                      # every case, both pipelines
+    python benchmarks/run_conformance.py --filter nonmax      # cases whose name matches a regex
+    nice -n 19 python benchmarks/run_conformance.py --resume  # go on after an interrupted run
+
+Cases nobody here wrote: the 1,884 single-operator node cases the onnx package generates
+(``onnx.backend.test.case.node.collect_testcases``, written once as model.onnx + test_data_set_0
+under ``--data``), the ones it ships under ``onnx/backend/test/data/{pytorch-converted,
+pytorch-operator,simple}`` and its ``light`` CNNs (expected outputs shipped, inputs made as onnx's
+runner makes them). Each case is compiled with ``fluidml.cost=analytic`` (correctness is tested,
+not speed) through the public API (``fluidml_tvm.compile(...).load().run(...)``), in a worker
+process with a per-case timeout, so a crash or a hang costs one case, and classified:
+
+- ``pass``: outputs match at the case's tolerances (rtol 1e-3, atol 1e-7 unless its data.json
+  says otherwise), compared by onnx's own ``Runner.assert_similar_outputs`` (shape, dtype, values);
+- ``wrong``: it ran and an output differs (values, shape, dtype or count);
+- ``compile_error``: a one-line ``FluidMLError`` (unsupported operator, non-tensor input, TVM
+  refused the graph), phase compile or run;
+- ``error``: any other exception (a bug: what the CLI calls an internal error);
+- ``crash``: the worker process died (signal, abort); ``timeout``: no answer within ``--timeout``.
+
+Writes ``benchmarks/results/<date>-conformance.md`` and ``.json``: counts per pipeline, and every
+case FluidML breaks that stock TVM passes, with its resolution from :data:`RESOLVED`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PIPELINES = {"fluidml": ["fluidml=1", "fluidml.cost=analytic"], "stock": ["fluidml=0"]}
+STATUSES = ("pass", "wrong", "compile_error", "error", "crash", "timeout")
+SHIPPED_KINDS = ("pytorch-converted", "pytorch-operator", "simple")
+# Cases FluidML broke (where stock TVM passed) and what became of each: "fixed in <commit>: ..."
+# or the reason it is left. The report prints it beside any such case, and lists the fixed ones.
+RESOLVED: dict[str, str] = {}
+
+
+# ---- the cases ----------------------------------------------------------------------------------
+def _onnx_data_dir() -> str:
+    import onnx
+
+    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+
+
+def default_data_dir() -> str:
+    import onnx
+
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "fluidml-tvm", f"onnx-{onnx.__version__}-backend-cases")
+
+
+def _write_proto(path: str, value, type_proto, name: str) -> None:
+    """One input/output as cmd_tools' generate-data writes it (tensor, sequence or optional)."""
+    from onnx import TensorProto, numpy_helper
+
+    if type_proto.HasField("sequence_type"):
+        proto = numpy_helper.from_list(value, name)
+    elif type_proto.HasField("optional_type"):
+        proto = numpy_helper.from_optional(value, name)
+    elif isinstance(value, TensorProto):
+        proto = value
+    else:
+        proto = numpy_helper.from_array(value, name)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def _write_case(case_dir: str, model, data_sets, rtol: float, atol: float) -> None:
+    os.makedirs(case_dir, exist_ok=True)
+    with open(os.path.join(case_dir, "model.onnx"), "wb") as f:
+        f.write(model.SerializeToString())
+    for i, (inputs, outputs) in enumerate(data_sets):
+        d = os.path.join(case_dir, f"test_data_set_{i}")
+        os.makedirs(d, exist_ok=True)
+        for j, (v, vi) in enumerate(zip(inputs, model.graph.input)):
+            _write_proto(os.path.join(d, f"input_{j}.pb"), v, vi.type, vi.name)
+        for j, (v, vi) in enumerate(zip(outputs, model.graph.output)):
+            _write_proto(os.path.join(d, f"output_{j}.pb"), v, vi.type, vi.name)
+    with open(os.path.join(case_dir, "data.json"), "w") as f:
+        json.dump({"rtol": rtol, "atol": atol}, f)
+
+
+def generate(data_dir: str) -> None:
+    """Write the node cases and the light models' inputs/outputs under ``data_dir`` (once)."""
+    import shutil
+    import warnings
+
+    import numpy as np
+    import onnx
+    from onnx.backend.test.case import model as model_cases
+    from onnx.backend.test.case.node import collect_testcases
+
+    marker = os.path.join(data_dir, "COMPLETE")
+    if os.path.exists(marker):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in collect_testcases(None):
+            _write_case(os.path.join(data_dir, "node", c.name), c.model, c.data_sets, c.rtol,
+                        c.atol)
+    from onnx.backend.test.runner import Runner
+
+    light = os.path.join(_onnx_data_dir(), "light")
+    for c in model_cases.collect_testcases():
+        if c.kind != "real" or not c.url or "/light/" not in c.url:
+            continue
+        src = os.path.join(light, f"light_{c.model_name}.onnx")
+        if not os.path.exists(src):
+            continue
+        model = onnx.load(src)
+        inits = {t.name for t in model.graph.initializer}
+        real = [vi for vi in model.graph.input if vi.name not in inits]
+        inputs = [Runner.generate_dummy_data(vi, seed=0, name=c.model_name, random=False)
+                  for vi in real]  # what onnx's runner feeds these models
+        case_dir = os.path.join(data_dir, "light", c.name)
+        d = os.path.join(case_dir, "test_data_set_0")
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(src, os.path.join(case_dir, "model.onnx"))
+        for j, (v, vi) in enumerate(zip(inputs, real)):
+            _write_proto(os.path.join(d, f"input_{j}.pb"), np.asarray(v), vi.type, vi.name)
+        for j in range(len(model.graph.output)):
+            shutil.copy(os.path.join(light, f"light_{c.model_name}_output_{j}.pb"),
+                        os.path.join(d, f"output_{j}.pb"))
+        with open(os.path.join(case_dir, "data.json"), "w") as f:
+            json.dump({"rtol": c.rtol, "atol": c.atol}, f)
+    with open(marker, "w") as f:
+        f.write(onnx.__version__ + "\n")
+
+
+def collect(data_dir: str) -> list[dict]:
+    """Every case: ``{"name", "kind", "dir", "rtol", "atol"}``, node cases first."""
+    generate(data_dir)
+    roots = [("node", os.path.join(data_dir, "node"))]
+    roots += [(k, os.path.join(_onnx_data_dir(), k)) for k in SHIPPED_KINDS]
+    roots.append(("light", os.path.join(data_dir, "light")))
+    cases = []
+    for kind, root in roots:
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+            d = os.path.join(root, name)
+            if not os.path.exists(os.path.join(d, "model.onnx")):
+                continue
+            tol = {"rtol": 1e-3, "atol": 1e-7}
+            if os.path.exists(os.path.join(d, "data.json")):
+                with open(os.path.join(d, "data.json")) as f:
+                    tol.update({k: v for k, v in json.load(f).items() if k in tol})
+            cases.append({"name": name, "kind": kind, "dir": d, **tol})
+    return cases
+
+
+# ---- one case -----------------------------------------------------------------------------------
+def _load_data(case_dir: str, model) -> list:
+    """[(inputs, expected)] per test_data_set, read as onnx's runner reads them."""
+    from onnx.backend.test.runner import Runner
+
+    runner = Runner.__new__(Runner)  # _load_proto uses no instance state
+    sets = []
+    inits = {t.name for t in model.graph.initializer}
+    real = [vi for vi in model.graph.input if vi.name not in inits]
+    for d in sorted(glob.glob(os.path.join(case_dir, "test_data_set_*"))):
+        inputs, expected = [], []
+        n_in = len(glob.glob(os.path.join(d, "input_*.pb")))
+        for i in range(n_in):
+            runner._load_proto(os.path.join(d, f"input_{i}.pb"), inputs, real[i].type)
+        n_out = len(glob.glob(os.path.join(d, "output_*.pb")))
+        for i in range(n_out):
+            runner._load_proto(os.path.join(d, f"output_{i}.pb"), expected,
+                               model.graph.output[i].type)
+        sets.append(({vi.name: v for vi, v in zip(real, inputs)}, expected))
+    return sets
+
+
+def _dynamic_shapes(model, inputs: dict) -> dict | None:
+    """``input_shapes`` for the inputs the model leaves dynamic (what a user would have to give)."""
+    import numpy as np
+
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inputs and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            if not vi.type.tensor_type.HasField("shape") or any(
+                    not d.HasField("dim_value") for d in dims):
+                out[vi.name] = list(np.shape(inputs[vi.name]))
+    return out or None
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: {lines[-1] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_case(case: dict, pipeline: str) -> dict:
+    """Compile, load, run and compare one case in this process; never raises."""
+    import warnings
+
+    import onnx
+    from onnx.backend.test.runner import Runner
+
+    import fluidml_tvm
+    from fluidml_tvm.errors import FluidMLError
+
+    t0 = time.perf_counter()
+    phase, ops = "load", []
+    try:
+        model = onnx.load(os.path.join(case["dir"], "model.onnx"))
+        ops = sorted({n.op_type for n in model.graph.node})
+        data = _load_data(case["dir"], model)
+        phase = "compile"
+        compiled = fluidml_tvm.compile(model, target="x86",
+                                       input_shapes=_dynamic_shapes(model, data[0][0]),
+                                       pass_config=list(PIPELINES[pipeline]))
+        phase = "run"
+        loaded = compiled.load()
+        for inputs, expected in data:
+            got = list(loaded.run(inputs).values())
+            phase = "compare"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Runner.assert_similar_outputs(expected, got, rtol=case["rtol"],
+                                              atol=case["atol"])
+        status, detail = "pass", ""
+    except FluidMLError as err:
+        status, detail = "compile_error", _one_line(err)
+    except AssertionError as err:
+        status, detail = ("wrong", _first_lines(err)) if phase == "compare" \
+            else ("error", _one_line(err))
+    except Exception as err:  # noqa: BLE001 - a bug in fluidml-tvm or TVM: recorded, not raised
+        status, detail = "error", _one_line(err)
+    return {"status": status, "phase": phase, "detail": detail, "ops": ops,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _first_lines(err: BaseException, limit: int = 300) -> str:
+    text = " | ".join(ln.strip() for ln in str(err).strip().splitlines() if ln.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- worker processes ---------------------------------------------------------------------------
+def worker_main(pipeline: str) -> int:
+    """Read cases (JSON lines) on stdin, answer on the original stdout; fd 1 itself goes to
+    stderr, so what TVM prints cannot corrupt the answers."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        case = json.loads(line)
+        print(f"=== {case['name']} ({pipeline})", file=sys.stderr, flush=True)
+        answers.write(json.dumps(run_case(case, pipeline)) + "\n")
+    return 0
+
+
+class Worker:
+    """A worker process for one pipeline, restarted after a crash, a timeout or ``recycle`` cases
+    (TVM's process state grows with every compile)."""
+
+    def __init__(self, pipeline: str, log_path: str, env: dict, recycle: int = 150):
+        self.pipeline, self.log_path, self.env, self.recycle = pipeline, log_path, env, recycle
+        self.proc, self.done, self.buf = None, 0, b""
+
+    def _start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", self.pipeline],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=self.env,
+            start_new_session=True)
+        self.done, self.buf = 0, b""
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait()
+            self.log.close()
+        self.proc = None
+
+    def _readline(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b""
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def _log_tail(self, n: int = 3) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.log_path) - 4000))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()
+                     if ln.strip() and not ln.startswith("===")]
+        return " | ".join(lines[-n:])[-300:]
+
+    def run(self, case: dict, timeout: float) -> dict:
+        if self.proc is None or self.done >= self.recycle:
+            self.stop()
+            self._start()
+        t0 = time.perf_counter()
+        try:
+            self.proc.stdin.write((json.dumps(case) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self._readline(timeout)
+        self.done += 1
+        if line:
+            return json.loads(line)
+        seconds = round(time.perf_counter() - t0, 2)
+        if line is None:
+            self.stop()
+            return {"status": "timeout", "phase": "", "seconds": seconds,
+                    "detail": f"no answer in {timeout:.0f} s"}
+        code = self.proc.wait()
+        self.log.flush()
+        tail = self._log_tail()
+        self.stop()
+        return {"status": "crash", "phase": "", "seconds": seconds,
+                "detail": f"worker died (exit {code}): {tail}"}
+
+
+# ---- the run and its report ---------------------------------------------------------------------
+def git_describe(path: str = ROOT) -> str:
+    try:
+        return subprocess.run(["git", "-C", path, "describe", "--always", "--dirty=+dirty"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _broken(done: dict, name: str) -> bool:
+    f, s = done.get((name, "fluidml")), done.get((name, "stock"))
+    return bool(f and s and s["status"] == "pass" and f["status"] != "pass")
+
+
+def run_all(cases, pipelines, timeout, results_path, log=print, redo_broken=False) -> dict:
+    """Run every case on every pipeline (results appended to ``results_path`` as they come, and
+    cases already there skipped: an interrupted run resumes; ``redo_broken`` runs again the
+    cases FluidML broke where stock TVM passed, e.g. after a fix)."""
+    done = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            for line in f:
+                r = json.loads(line)
+                done[(r["name"], r["pipeline"])] = r
+    if redo_broken:
+        again = {n for n, _ in done if _broken(done, n)}
+        done = {k: v for k, v in done.items() if k[0] not in again}
+    env = dict(os.environ)
+    env.setdefault("TVM_NUM_THREADS", "2")
+    env.setdefault("FLUIDML_TVM_CACHE", tempfile.mkdtemp(prefix="fluidml-conformance-cache-"))
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    base = os.path.splitext(results_path)[0]
+    workers = {p: Worker(p, f"{base}.{p}.log", env) for p in pipelines}
+    commit = git_describe()
+    t0 = time.time()
+    try:
+        with open(results_path, "a") as out:
+            for i, case in enumerate(cases):
+                for p in pipelines:
+                    if (case["name"], p) in done:
+                        continue
+                    r = workers[p].run(case, timeout * (4 if case["kind"] == "light" else 1))
+                    r.update(name=case["name"], kind=case["kind"], pipeline=p, commit=commit)
+                    done[(case["name"], p)] = r
+                    out.write(json.dumps(r) + "\n")
+                    out.flush()
+                if (i + 1) % 25 == 0 or i + 1 == len(cases):
+                    log(f"[conformance] {i + 1}/{len(cases)} cases, {time.time() - t0:.0f} s: "
+                        + "; ".join(f"{p} " + ", ".join(
+                            f"{k} {v}" for k, v in sorted(Counter(
+                                r["status"] for (n, q), r in done.items() if q == p).items()))
+                            for p in pipelines))
+    finally:
+        for w in workers.values():
+            w.stop()
+    names = {c["name"] for c in cases}
+    return {k: v for k, v in done.items() if k[0] in names}
+
+
+def summarize(cases, results: dict, meta: dict) -> tuple[str, dict]:
+    """(markdown, JSON-able dict) of a run."""
+    pipelines = sorted({p for _, p in results}, key=list(PIPELINES).index)
+    counts = {p: Counter(r["status"] for (_, q), r in results.items() if q == p)
+              for p in pipelines}
+    by_kind = Counter(c["kind"] for c in cases)
+    broken, gained = [], []
+    if {"fluidml", "stock"} <= set(pipelines):
+        for c in cases:
+            f, s = results.get((c["name"], "fluidml")), results.get((c["name"], "stock"))
+            if f and s and s["status"] == "pass" and f["status"] != "pass":
+                broken.append((c, f))
+            elif f and s and f["status"] == "pass" and s["status"] != "pass":
+                gained.append((c, s))
+    commits = Counter(r.get("commit", "?") for r in results.values())
+    md = ["# ONNX backend conformance: FluidML (fluidml=1) vs stock TVM (fluidml=0)", "",
+          f"{meta['date']}; commit {meta['commit']} (results by commit: "
+          + ", ".join(f"{c} {n}" for c, n in commits.most_common())
+          + f"); onnx {meta['onnx']}, TVM {meta['tvm']}; "
+          f"host {meta['cpu']}, {meta['cores']} cores, TVM_NUM_THREADS={meta['threads']}; "
+          f"load average {meta['load_before']} before, {meta['load_after']} after "
+          "(a shared machine: times are not measurements).", "",
+          f"Options: fluidml `{' '.join(PIPELINES['fluidml'])}`, stock `"
+          f"{' '.join(PIPELINES['stock'])}`; per-case timeout {meta['timeout']} s "
+          "(x4 for the light CNNs). Cases: "
+          + ", ".join(f"{k} {v}" for k, v in by_kind.items()) + f" ({len(cases)} in all).", "",
+          "| pipeline | " + " | ".join(STATUSES) + " |", "|---|" + "---|" * len(STATUSES)]
+    for p in pipelines:
+        md.append(f"| {p} | " + " | ".join(str(counts[p].get(s, 0)) for s in STATUSES) + " |")
+    md += ["", f"## Cases FluidML breaks that stock TVM passes: {len(broken)}", ""]
+    if broken:
+        md += ["| case | fluidml | detail | resolution |", "|---|---|---|---|"]
+        for c, f in broken:
+            md.append(f"| {c['name']} | {f['status']} ({f['phase']}) | "
+                      f"{f['detail'].replace('|', '/')} | "
+                      f"{RESOLVED.get(c['name'], 'UNEXPLAINED')} |")
+    fixed = {n: v for n, v in RESOLVED.items() if v.startswith("fixed")}
+    if fixed:
+        md += ["", "## Fixed on the way (they pass above)", ""]
+        md += [f"- `{n}`: {v}" for n, v in sorted(fixed.items())]
+    md += ["", f"Cases FluidML passes that stock TVM does not: {len(gained)}"
+           + (" (" + ", ".join(f"{c['name']} [{s['status']}]" for c, s in gained[:20])
+              + (", ..." if len(gained) > 20 else "") + ")" if gained else "") + ".", ""]
+    data = {"meta": meta, "counts": {p: dict(c) for p, c in counts.items()},
+            "broken_by_fluidml": [{"name": c["name"], **f,
+                                   "resolution": RESOLVED.get(c["name"])} for c, f in broken],
+            "results": [dict(r) for r in results.values()]}
+    return "\n".join(md) + "\n", data
+
+
+def host_meta(timeout: float) -> dict:
+    import onnx
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       "")
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        tvm_version = version("apache-tvm")
+    except Exception:  # noqa: BLE001
+        tvm_version = "unknown"
+    return {"date": datetime.date.today().isoformat(), "commit": git_describe(),
+            "onnx": onnx.__version__, "tvm": tvm_version, "cpu": cpu, "cores": os.cpu_count(),
+            "threads": os.environ.get("TVM_NUM_THREADS", "2"), "timeout": timeout,
+            "load_before": f"{os.getloadavg()[0]:.2f}"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help="where the generated cases go (default: "
+                   "~/.cache/fluidml-tvm/onnx-VERSION-backend-cases)")
+    p.add_argument("--filter", default=None, help="only cases whose name matches this regex")
+    p.add_argument("--pipelines", default="fluidml,stock")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per case and pipeline")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--name", default=None, help="file stem (default: DATE-conformance)")
+    p.add_argument("--work", default=None, help="where results.jsonl and the worker logs go "
+                   "(default: ~/.cache/fluidml-tvm/conformance/STEM)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the results of an earlier run with the same stem")
+    p.add_argument("--redo-broken", action="store_true",
+                   help="with --resume: run again the cases FluidML broke and stock TVM passed")
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+    pipelines = [x for x in args.pipelines.split(",") if x]
+    cases = collect(args.data or default_data_dir())
+    if args.filter:
+        cases = [c for c in cases if re.search(args.filter, c["name"])]
+    stem = args.name or f"{datetime.date.today().isoformat()}-conformance"
+    os.makedirs(args.out, exist_ok=True)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    work = args.work or os.path.join(cache, "fluidml-tvm", "conformance", stem)
+    os.makedirs(work, exist_ok=True)
+    results_path = os.path.join(work, "results.jsonl")
+    if not args.resume and os.path.exists(results_path):
+        os.remove(results_path)
+    meta = host_meta(args.timeout)
+    results = run_all(cases, pipelines, args.timeout, results_path,
+                      log=lambda m: print(m, file=sys.stderr, flush=True),
+                      redo_broken=args.redo_broken)
+    meta["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    md, data = summarize(cases, results, meta)
+    for ext, text in (("md", md), ("json", json.dumps(data, indent=1))):
+        with open(os.path.join(args.out, f"{stem}.{ext}"), "w") as f:
+            f.write(text)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
