@@ -75,15 +75,38 @@ def extent(sch, loop) -> int | None:
     return as_int(sch.get(loop).extent)
 
 
+def undeclared_buffers(sch: s_tir.Schedule) -> set:
+    """Buffers that a root block's body reads or writes without declaring them in its
+    ``T.reads``/``T.writes`` (opaque blocks of legalized extern ops such as NonMaxSuppression's
+    searchsorted/all_class_nms, declared with empty regions). TVM's dependence analysis does not
+    see these accesses, so inlining a block that produces or consumes one of them drops a buffer
+    that is still used ("Buffer T_gather is used before its definition")."""
+    # TVM 0.27: buffers are buffer-typed Vars (params, root allocations), mapped to themselves
+    buffers = list(sch.mod["main"].params) + list(sch.get(sch.get_sblock("root")).alloc_buffers)
+    var_map = {b: b for b in buffers}
+    hidden = set()
+    for b in root_blocks(sch):
+        stmt = sch.get(b)
+        declared = {r.source for r in list(stmt.reads) + list(stmt.writes)}
+        reads, writes = s_tir.analysis.get_sblock_read_write_region(stmt, var_map)
+        hidden.update(r.source for r in list(reads) + list(writes) if r.source not in declared)
+    return hidden
+
+
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:
-    """Inline every injective non-output block into its consumers (or producers) where legal."""
+    """Inline every injective non-output block into its consumers (or producers) where legal;
+    never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)."""
+    hidden = undeclared_buffers(sch)
     changed = True
     while changed:
         changed = False
         blocks = root_blocks(sch)
         for b in blocks[:-1]:
-            name = sch.get(b).name_hint
+            stmt = sch.get(b)
+            name = stmt.name_hint
             if name in keep or is_reduction(sch, b):
+                continue
+            if any(r.source in hidden for r in list(stmt.reads) + list(stmt.writes)):
                 continue
             try:
                 sch.compute_inline(b)

@@ -3,16 +3,20 @@ injective/reduction/conv one and the matmul/depthwise one, ``whole=4, tail=False
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tvm
 from tvm import te
+from tvm.script import tirx as T
 
 from fluidml_tvm.schedules.common import (
     as_int,
+    inline_all,
     iter_values,
     loop_kinds,
     match_sum_of_products,
     root_blocks,
+    undeclared_buffers,
     vectorize_inner,
 )
 
@@ -57,3 +61,38 @@ def test_block_helpers():
     assert sop is not None and sop.name == "C", why
     assert [sop.extents[v] for v in sop.reduction_vars()] == [4]
     assert as_int(tvm.tirx.IntImm("int32", 3)) == 3 and as_int(3) == 3 and as_int("x") is None
+
+
+@T.prim_func(s_tir=True)
+def _gather_then_opaque(A: T.Buffer((8,), "float32"), out: T.Buffer((8,), "float32")):
+    G = T.sblock_alloc_buffer((8,))
+    for i in range(8):
+        with T.sblock("G"):
+            vi = T.axis.spatial(8, i)
+            T.reads(A[vi])
+            T.writes(G[vi])
+            G[vi] = A[7 - vi]
+    with T.sblock("opaque"):  # as legalized NonMaxSuppression's blocks: accesses undeclared
+        T.reads()
+        T.writes()
+        G[0] = T.float32(-1.0)
+        for i in range(8):
+            out[i] = G[i] * T.float32(2.0)
+
+
+def test_inline_all_keeps_a_buffer_an_opaque_block_writes():
+    """ONNX's NonMaxSuppression cases failed with "Buffer T_gather is used before its
+    definition": inline_all inlined the gather although an opaque block (empty T.reads/T.writes)
+    still wrote it. Such buffers are now left alone, and the kernel builds and computes."""
+    sch = tvm.s_tir.Schedule(_gather_then_opaque)
+    assert sorted(str(b) for b in undeclared_buffers(sch)) == ["G", "out"]
+    inline_all(sch)
+    assert [sch.get(b).name_hint for b in root_blocks(sch)] == ["G", "opaque"]
+    func = sch.mod["main"].with_attr("global_symbol", "main")
+    ex = tvm.compile(tvm.IRModule({"main": func}), tvm.target.Target({"kind": "llvm"}))
+    a = np.arange(8, dtype="float32")
+    out = tvm.runtime.tensor(np.zeros(8, "float32"))
+    ex(tvm.runtime.tensor(a), out)
+    expected = 2 * a[::-1]
+    expected[0] = -2.0
+    np.testing.assert_array_equal(out.numpy(), expected)
