@@ -93,6 +93,20 @@ def undeclared_buffers(sch: s_tir.Schedule) -> set:
     return hidden
 
 
+# Element types TVM lowers on CPUs through integer storage (BF16/FP8 legalization), element by
+# element: a vectorized store of them fails to lower ("dtype mismatch on BufferStore ... uint16
+# ... bfloat16x8", "if_then_else can only take scalar condition").
+EMULATED_DTYPES = ("bfloat16", "float8", "float6", "float4")
+
+
+def emulated_dtypes(func: tirx.PrimFunc) -> list[str]:
+    """The buffers' element types of ``func`` that TVM emulates (:data:`EMULATED_DTYPES`)."""
+    sch = s_tir.Schedule(func)
+    buffers = list(func.params) + list(sch.get(sch.get_sblock("root")).alloc_buffers)
+    found = {str(b.ty.dtype) for b in buffers if hasattr(b.ty, "dtype")}
+    return sorted(d for d in found if d.startswith(EMULATED_DTYPES))
+
+
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:
     """Inline every injective non-output block into its consumers (or producers) where legal;
     never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)."""
