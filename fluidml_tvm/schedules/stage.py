@@ -32,7 +32,7 @@ from ..decisions import Decision, attach
 from ..options import Options
 from . import fast_math
 from .choose import Choice, choose, progress
-from .common import emulated_dtypes
+from .common import no_vector_form
 from .constants import constant_args, pack_constants
 from .measure import can_measure
 from .rules import RULES, Context, Unrelated
@@ -95,11 +95,9 @@ class FluidMLSchedule:
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 self.decisions.append(_decision(name, "skipped", "already scheduled"))
                 continue
-            emulated = emulated_dtypes(func)
-            if emulated:  # left as stock TVM leaves it: TVM cannot lower these vectorized
-                self.decisions.append(_decision(
-                    name, "skipped", f"{', '.join(emulated)} buffers: TVM emulates them "
-                    "element by element through integer storage (no vector form)"))
+            why = no_vector_form(func)
+            if why:  # left as stock TVM leaves it: TVM cannot lower it vectorized
+                self.decisions.append(_decision(name, "skipped", why))
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
             new, dec, pack = schedule_kernel(func, ctx)
