@@ -27,7 +27,13 @@ def iter_values(sch: s_tir.Schedule, block) -> list:
 
 
 def root_blocks(sch: s_tir.Schedule) -> list:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
+    """The blocks under the root block; none for a PrimFunc without blocks (legalized MaxUnpool
+    is plain loops: asking it for "root" raised out of fuse_conv_pool's pool analysis)."""
+    try:
+        root = sch.get_sblock("root")
+    except s_tir.ScheduleError:
+        return []
+    return list(sch.get_child_blocks(root))
 
 
 def is_reduction(sch: s_tir.Schedule, block) -> bool:
@@ -81,7 +87,7 @@ def _buffers(func: tirx.PrimFunc) -> list:
     sch = s_tir.Schedule(func)
     try:
         root = sch.get(sch.get_sblock("root"))
-    except s_tir.ScheduleError:  # a PrimFunc without blocks
+    except s_tir.ScheduleError:  # a PrimFunc without blocks (see root_blocks)
         return out
     return out + list(root.alloc_buffers)
 

@@ -126,3 +126,17 @@ def test_scalar_only_intrinsics_are_exactly_those_tvm_cannot_vectorize(fn):
         assert "unknown intrinsic" in str(err), err
         built = False
     assert built != scalar_only
+
+
+def test_root_blocks_of_a_kernel_without_blocks_is_empty():
+    """Legalized MaxUnpool is plain loops without blocks: fluidml=1 failed on ONNX's
+    test_maxunpool_export_without_output_shape ("Cannot find a block with the name: root",
+    raised from fuse_conv_pool's pool analysis); there are no root blocks to analyze."""
+
+    @T.prim_func
+    def loops_only(a: T.handle):
+        A = T.match_buffer(a, (4,), "float32")
+        for i in range(4):
+            A[i] = T.float32(0)
+
+    assert root_blocks(tvm.s_tir.Schedule(loops_only)) == []
