@@ -2,6 +2,7 @@
 
 import pytest
 import tvm
+from needs import require
 from onnx_models import mlp
 
 import fluidml_tvm
@@ -25,8 +26,8 @@ def test_options_from_pass_config():
 
 
 def test_passcontext_keys_registered_and_read():
-    if not config_keys.register():
-        pytest.skip("no C++ compiler: fluidml.* PassContext keys unavailable (Options still work)")
+    require(None if config_keys.register() else "no C++ compiler for tvm_ffi.cpp.load_inline",
+            "a C++ compiler (fluidml.* PassContext keys; Options work without it)")
     known = tvm.transform.PassContext.list_configs()
     for key in ("fluidml", "fluidml.enable", "fluidml.layout", "fluidml.memory",
                 "fluidml.schedule", "fluidml.verify"):
@@ -39,8 +40,8 @@ def test_passcontext_keys_registered_and_read():
 
 
 def test_passcontext_keys_drive_compile():
-    if not config_keys.register():
-        pytest.skip("no C++ compiler")
+    require(None if config_keys.register() else "no C++ compiler for tvm_ffi.cpp.load_inline",
+            "a C++ compiler (fluidml.* PassContext keys)")
     with tvm.transform.PassContext(config={"fluidml.enable": False}):
         compiled = fluidml_tvm.compile(mlp(), "x86")
     assert compiled.options.enable is False
