@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from .. import cross
 from ..errors import FluidMLError
 from ..runtime import inputs as runtime_inputs
@@ -66,8 +64,7 @@ class RemoteModel:
     def _set_inputs(self, inputs, fill_mode: str = "random"):
         import tvm
 
-        arrays = [np.ascontiguousarray(a)
-                  for a in self.complete_inputs(inputs, fill_mode).values()]
+        arrays = list(self.complete_inputs(inputs, fill_mode).values())
         try:
             remote_arrays = [tvm.runtime.tensor(a, self.device) for a in arrays]
             self.vm.set_input("main", *remote_arrays, *self.weights)

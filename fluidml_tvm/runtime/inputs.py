@@ -70,7 +70,7 @@ def complete(specs: list, inputs=None, fill_mode: str = "random", say=notice) ->
         none = f"no {option('inputs')} given: {which}"
         say((none if not inputs else f"{which} not in {_where()}")
             + f": filled with {fill_mode} values ({fill_how})")
-    return {s["name"]: _checked(s, out[s["name"]], say) for s in specs}
+    return {s["name"]: np.asarray(_checked(s, out[s["name"]], say), order="C") for s in specs}
 
 
 def _checked(spec: dict, value, say) -> np.ndarray:

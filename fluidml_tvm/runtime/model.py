@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from ..errors import FluidMLError, notice
 from . import inputs as inputs_mod
 from .metadata import read_metadata
@@ -69,8 +67,7 @@ class Model:
         import tvm
 
         feeds = self.complete_inputs(inputs, fill_mode)
-        return [tvm.runtime.tensor(np.ascontiguousarray(a), self.device)
-                for a in feeds.values()] + self.weights
+        return [tvm.runtime.tensor(a, self.device) for a in feeds.values()] + self.weights
 
     # ---- execution ------------------------------------------------------------------------------
     def run(self, inputs=None, fill_mode: str = "random") -> dict:

@@ -90,3 +90,22 @@ def test_set_num_threads(monkeypatch):
     monkeypatch.setenv("TVM_NUM_THREADS", "5")
     assert set_num_threads(0) == 5  # an explicit environment wins over the default
     assert set_num_threads(1) == 1  # and an explicit count over the environment
+
+
+def test_scalar_inputs_stay_scalars():
+    """ONNX's 54 Clip cases (min/max as rank-0 inputs) failed at run time on both pipelines:
+    np.ascontiguousarray made each scalar a [1] array ("expect Tensor with ndim 0 but get 1")."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("hi", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    feeds = {"x": x, "lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}
+    for flag in ("fluidml=0", "fluidml=1"):
+        out = fluidml_tvm.compile(model, pass_config=[flag, "fluidml.cost=analytic"]).load()
+        np.testing.assert_array_equal(out.run(feeds)["y"], np.clip(x, -1, 1))
