@@ -21,7 +21,8 @@ process with a per-case timeout, so a crash or a hang costs one case, and classi
 - ``crash``: the worker process died (signal, abort); ``timeout``: no answer within ``--timeout``.
 
 Writes ``benchmarks/results/<date>-conformance.md`` and ``.json``: counts per pipeline, and every
-case FluidML breaks that stock TVM passes, with its resolution from :data:`RESOLVED`.
+case FluidML breaks that stock TVM passes, with its resolution (:data:`FIXES`, :data:`EXPLAINED`);
+with ``--baseline`` (an earlier run's results.jsonl) also the cases broken there and fixed since.
 """
 
 from __future__ import annotations
@@ -44,9 +45,24 @@ ROOT = os.path.dirname(HERE)
 PIPELINES = {"fluidml": ["fluidml=1", "fluidml.cost=analytic"], "stock": ["fluidml=0"]}
 STATUSES = ("pass", "wrong", "compile_error", "error", "crash", "timeout")
 SHIPPED_KINDS = ("pytorch-converted", "pytorch-operator", "simple")
-# Cases FluidML broke (where stock TVM passed) and what became of each: "fixed in <commit>: ..."
-# or the reason it is left. The report prints it beside any such case, and lists the fixed ones.
-RESOLVED: dict[str, str] = {}
+# What broke FluidML where stock TVM passed, recognized by the failure's message: (commit of the
+# fix, regex on the detail, what was wrong). Each fix has a test of its own besides these cases.
+FIXES = [
+    ("61c76b1", r"Buffer T_gather is used before its definition",
+     "schedules/common.inline_all inlined a buffer an opaque block (legalized "
+     "NonMaxSuppression) still wrote undeclared"),
+    ("0793856", r"uint16.*bfloat16x|if_then_else can only take scalar condition",
+     "vectorized stores of bf16/fp8 buffers, which TVM emulates element by element: such "
+     "kernels are left to TVM"),
+    ("5bcedc7", r"unknown intrinsic .*tirx\.(cosh|sinh)",
+     "cosh/sinh vectorized: TVM lowers them only as scalar libm calls; such kernels are left "
+     "to TVM"),
+    ("c12e432", r"Cannot find a block with the name: root",
+     "fuse_conv_pool's pool analysis asked a PrimFunc without blocks (legalized MaxUnpool, "
+     "Slice, Unsqueeze, ScatterElements) for its root block"),
+]
+# Cases FluidML still breaks, with the reason they are left: (regex on the case name, reason).
+EXPLAINED: list[tuple[str, str]] = []
 
 
 # ---- the cases ----------------------------------------------------------------------------------
@@ -94,8 +110,9 @@ def _write_case(case_dir: str, model, data_sets, rtol: float, atol: float) -> No
         json.dump({"rtol": rtol, "atol": atol}, f)
 
 
-def generate(data_dir: str) -> None:
-    """Write the node cases and the light models' inputs/outputs under ``data_dir`` (once)."""
+def generate(data_dir: str, only=None) -> None:
+    """Write the node cases and the light models' inputs/outputs under ``data_dir`` (once);
+    ``only``: just the cases of these names (no completion marker then)."""
     import shutil
     import warnings
 
@@ -107,16 +124,19 @@ def generate(data_dir: str) -> None:
     marker = os.path.join(data_dir, "COMPLETE")
     if os.path.exists(marker):
         return
+    wanted = (lambda name: name in only) if only is not None else (lambda name: True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for c in collect_testcases(None):
+            if not wanted(c.name):
+                continue
             _write_case(os.path.join(data_dir, "node", c.name), c.model, c.data_sets, c.rtol,
                         c.atol)
     from onnx.backend.test.runner import Runner
 
     light = os.path.join(_onnx_data_dir(), "light")
     for c in model_cases.collect_testcases():
-        if c.kind != "real" or not c.url or "/light/" not in c.url:
+        if c.kind != "real" or not c.url or "/light/" not in c.url or not wanted(c.name):
             continue
         src = os.path.join(light, f"light_{c.model_name}.onnx")
         if not os.path.exists(src):
@@ -137,13 +157,15 @@ def generate(data_dir: str) -> None:
                         os.path.join(d, f"output_{j}.pb"))
         with open(os.path.join(case_dir, "data.json"), "w") as f:
             json.dump({"rtol": c.rtol, "atol": c.atol}, f)
-    with open(marker, "w") as f:
-        f.write(onnx.__version__ + "\n")
+    if only is None:
+        with open(marker, "w") as f:
+            f.write(onnx.__version__ + "\n")
 
 
-def collect(data_dir: str) -> list[dict]:
-    """Every case: ``{"name", "kind", "dir", "rtol", "atol"}``, node cases first."""
-    generate(data_dir)
+def collect(data_dir: str, only=None) -> list[dict]:
+    """Every case (``only``: those of these names): ``{"name", "kind", "dir", "rtol", "atol"}``,
+    node cases first."""
+    generate(data_dir, only)
     roots = [("node", os.path.join(data_dir, "node"))]
     roots += [(k, os.path.join(_onnx_data_dir(), k)) for k in SHIPPED_KINDS]
     roots.append(("light", os.path.join(data_dir, "light")))
@@ -151,7 +173,8 @@ def collect(data_dir: str) -> list[dict]:
     for kind, root in roots:
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else ():
             d = os.path.join(root, name)
-            if not os.path.exists(os.path.join(d, "model.onnx")):
+            if not os.path.exists(os.path.join(d, "model.onnx")) or (
+                    only is not None and name not in only):
                 continue
             tol = {"rtol": 1e-3, "atol": 1e-7}
             if os.path.exists(os.path.join(d, "data.json")):
@@ -204,7 +227,8 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
 
 
 def run_case(case: dict, pipeline: str) -> dict:
-    """Compile, load, run and compare one case in this process; never raises."""
+    """Compile, load, run and compare one case in this process; never raises. ``case["freeze"]``
+    (optional): inputs fixed to their test value at compile time (``input_values``)."""
     import warnings
 
     import onnx
@@ -220,13 +244,15 @@ def run_case(case: dict, pipeline: str) -> dict:
         ops = sorted({n.op_type for n in model.graph.node})
         data = _load_data(case["dir"], model)
         phase = "compile"
+        frozen = {k: v for k, v in data[0][0].items() if k in case.get("freeze", ())}
         compiled = fluidml_tvm.compile(model, target="x86",
                                        input_shapes=_dynamic_shapes(model, data[0][0]),
-                                       pass_config=list(PIPELINES[pipeline]))
+                                       pass_config=list(PIPELINES[pipeline]),
+                                       input_values=frozen or None)
         phase = "run"
         loaded = compiled.load()
         for inputs, expected in data:
-            got = list(loaded.run(inputs).values())
+            got = list(loaded.run({k: v for k, v in inputs.items() if k not in frozen}).values())
             phase = "compare"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -347,11 +373,6 @@ def git_describe(path: str = ROOT) -> str:
         return "unknown"
 
 
-def _broken(done: dict, name: str) -> bool:
-    f, s = done.get((name, "fluidml")), done.get((name, "stock"))
-    return bool(f and s and s["status"] == "pass" and f["status"] != "pass")
-
-
 def run_all(cases, pipelines, timeout, results_path, log=print, redo_broken=False) -> dict:
     """Run every case on every pipeline (results appended to ``results_path`` as they come, and
     cases already there skipped: an interrupted run resumes; ``redo_broken`` runs again the
@@ -397,20 +418,52 @@ def run_all(cases, pipelines, timeout, results_path, log=print, redo_broken=Fals
     return {k: v for k, v in done.items() if k[0] in names}
 
 
-def summarize(cases, results: dict, meta: dict) -> tuple[str, dict]:
-    """(markdown, JSON-able dict) of a run."""
+def _resolution(name: str, detail: str) -> str:
+    for commit, pattern, what in FIXES:
+        if re.search(pattern, detail):
+            return f"fixed in {commit}: {what}"
+    for pattern, why in EXPLAINED:
+        if re.search(pattern, name):
+            return f"left: {why}"
+    return "UNEXPLAINED"
+
+
+def load_results(path: str) -> dict:
+    """``{(name, pipeline): result}`` of a results.jsonl."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            out[(r["name"], r["pipeline"])] = r
+    return out
+
+
+def _broken(results: dict, name: str) -> bool:
+    f, s = results.get((name, "fluidml")), results.get((name, "stock"))
+    return bool(f and s and s["status"] == "pass" and f["status"] != "pass")
+
+
+def _diverged(results: dict, name: str) -> bool:
+    """FluidML fails where stock TVM passes, or fails differently from it."""
+    f, s = results.get((name, "fluidml")), results.get((name, "stock"))
+    return bool(f and s and f["status"] != "pass" and f["status"] != s["status"])
+
+
+def summarize(cases, results: dict, meta: dict, baseline: dict | None = None):
+    """(markdown, JSON-able dict) of a run; ``baseline``: an earlier run's results, whose
+    broken cases that pass now are listed with their fix."""
     pipelines = sorted({p for _, p in results}, key=list(PIPELINES).index)
     counts = {p: Counter(r["status"] for (_, q), r in results.items() if q == p)
               for p in pipelines}
-    by_kind = Counter(c["kind"] for c in cases)
-    broken, gained = [], []
-    if {"fluidml", "stock"} <= set(pipelines):
-        for c in cases:
-            f, s = results.get((c["name"], "fluidml")), results.get((c["name"], "stock"))
-            if f and s and s["status"] == "pass" and f["status"] != "pass":
-                broken.append((c, f))
-            elif f and s and f["status"] == "pass" and s["status"] != "pass":
-                gained.append((c, s))
+    both = {"fluidml", "stock"} <= set(pipelines)
+    broken = [c for c in cases if both and _broken(results, c["name"])]
+    pairs = Counter()
+    examples: dict = {}
+    for c in cases:
+        f, s = results.get((c["name"], "fluidml")), results.get((c["name"], "stock"))
+        if both and f and s and f["status"] != s["status"]:
+            pairs[(f["status"], s["status"])] += 1
+            examples.setdefault((f["status"], s["status"]), []).append(c["name"])
     commits = Counter(r.get("commit", "?") for r in results.values())
     md = ["# ONNX backend conformance: FluidML (fluidml=1) vs stock TVM (fluidml=0)", "",
           f"{meta['date']}; commit {meta['commit']} (results by commit: "
@@ -422,28 +475,63 @@ def summarize(cases, results: dict, meta: dict) -> tuple[str, dict]:
           f"Options: fluidml `{' '.join(PIPELINES['fluidml'])}`, stock `"
           f"{' '.join(PIPELINES['stock'])}`; per-case timeout {meta['timeout']} s "
           "(x4 for the light CNNs). Cases: "
-          + ", ".join(f"{k} {v}" for k, v in by_kind.items()) + f" ({len(cases)} in all).", "",
+          + ", ".join(f"{k} {v}" for k, v in Counter(c["kind"] for c in cases).items())
+          + f" ({len(cases)} in all). Each case runs through the public API "
+          "(compile -> load -> run) and is compared by onnx's own Runner.assert_similar_outputs "
+          "at the case's tolerances (rtol 1e-3, atol 1e-7 unless its data.json says otherwise); "
+          "compile_error is a one-line FluidMLError, error any other exception.", "",
           "| pipeline | " + " | ".join(STATUSES) + " |", "|---|" + "---|" * len(STATUSES)]
     for p in pipelines:
         md.append(f"| {p} | " + " | ".join(str(counts[p].get(s, 0)) for s in STATUSES) + " |")
     md += ["", f"## Cases FluidML breaks that stock TVM passes: {len(broken)}", ""]
-    if broken:
+    rows = []
+    for c in broken:
+        f = results[(c["name"], "fluidml")]
+        rows.append({"name": c["name"], "status": f["status"], "phase": f["phase"],
+                     "detail": f["detail"], "resolution": _resolution(c["name"], f["detail"])})
+    if rows:
         md += ["| case | fluidml | detail | resolution |", "|---|---|---|---|"]
-        for c, f in broken:
-            md.append(f"| {c['name']} | {f['status']} ({f['phase']}) | "
-                      f"{f['detail'].replace('|', '/')} | "
-                      f"{RESOLVED.get(c['name'], 'UNEXPLAINED')} |")
-    fixed = {n: v for n, v in RESOLVED.items() if v.startswith("fixed")}
-    if fixed:
-        md += ["", "## Fixed on the way (they pass above)", ""]
-        md += [f"- `{n}`: {v}" for n, v in sorted(fixed.items())]
-    md += ["", f"Cases FluidML passes that stock TVM does not: {len(gained)}"
-           + (" (" + ", ".join(f"{c['name']} [{s['status']}]" for c, s in gained[:20])
-              + (", ..." if len(gained) > 20 else "") + ")" if gained else "") + ".", ""]
+        md += [f"| {r['name']} | {r['status']} ({r['phase']}) | {r['detail'].replace('|', '/')} "
+               f"| {r['resolution']} |" for r in rows]
+    fixed = []
+    if baseline:
+        was = sorted(n for n, p in baseline if p == "fluidml" and _diverged(baseline, n))
+        names = {c["name"] for c in cases}
+        for n in was:
+            if n in names and not _diverged(results, n):
+                b = baseline[(n, "fluidml")]
+                fixed.append({"name": n, "was": f"{b['status']} ({b['phase']})",
+                              "stock_then": baseline[(n, "stock")]["status"],
+                              "detail": b["detail"], "now": results[(n, "fluidml")]["status"],
+                              "stock_now": results[(n, "stock")]["status"],
+                              "resolution": _resolution(n, b["detail"])})
+        base_commit = Counter(r.get("commit", "?") for r in baseline.values()).most_common(1)
+        md += ["", f"## Fixed since the baseline run (commit {base_commit[0][0]}): {len(fixed)}",
+               "", "Cases where FluidML failed differently from stock TVM then (stock passing "
+               "or not) and now gives stock's status or passes.", "",
+               "| case | fluidml then | stock then | fluidml now | stock now | fix |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {r['name']} | {r['was']} | {r['stock_then']} | {r['now']} | {r['stock_now']} "
+               f"| {r['resolution']} |" for r in fixed]
+    if pairs:
+        md += ["", "## Where the two pipelines differ (fluidml status, stock status)", "",
+               "| fluidml | stock | cases | e.g. |", "|---|---|---|---|"]
+        for (fs, ss), n in pairs.most_common():
+            ex = examples[(fs, ss)]
+            md.append(f"| {fs} | {ss} | {n} | {', '.join(ex[:4])}"
+                      f"{', ...' if len(ex) > 4 else ''} |")
+    cases_json = {}
+    for c in cases:
+        entry = {"kind": c["kind"]}
+        for p in pipelines:
+            r = results.get((c["name"], p))
+            if r is not None:
+                entry.setdefault("ops", r.get("ops"))
+                entry[p] = {k: r[k] for k in ("status", "phase", "detail", "seconds", "commit")
+                            if k in r and (k != "detail" or r[k])}
+        cases_json[c["name"]] = entry
     data = {"meta": meta, "counts": {p: dict(c) for p, c in counts.items()},
-            "broken_by_fluidml": [{"name": c["name"], **f,
-                                   "resolution": RESOLVED.get(c["name"])} for c, f in broken],
-            "results": [dict(r) for r in results.values()]}
+            "broken_by_fluidml": rows, "fixed_since_baseline": fixed, "cases": cases_json}
     return "\n".join(md) + "\n", data
 
 
@@ -483,6 +571,8 @@ def main(argv=None) -> int:
                    "(default: ~/.cache/fluidml-tvm/conformance/STEM)")
     p.add_argument("--resume", action="store_true",
                    help="keep the results of an earlier run with the same stem")
+    p.add_argument("--baseline", default=None,
+                   help="an earlier run's results.jsonl: list its broken cases fixed since")
     p.add_argument("--redo-broken", action="store_true",
                    help="with --resume: run again the cases FluidML broke and stock TVM passed")
     args = p.parse_args(argv)
@@ -505,8 +595,14 @@ def main(argv=None) -> int:
                       log=lambda m: print(m, file=sys.stderr, flush=True),
                       redo_broken=args.redo_broken)
     meta["load_after"] = f"{os.getloadavg()[0]:.2f}"
-    md, data = summarize(cases, results, meta)
-    for ext, text in (("md", md), ("json", json.dumps(data, indent=1))):
+    baseline = load_results(args.baseline) if args.baseline else None
+    md, data = summarize(cases, results, meta, baseline)
+    cases_text = ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in data.pop("cases")
+                            .items())
+    head = json.dumps(data, indent=1)  # ends with "\n}"; one line per case after it
+    json_text = head[:-2] + ',\n "cases": {\n' + cases_text + "\n}}\n"
+    json.loads(json_text)
+    for ext, text in (("md", md), ("json", json_text)):
         with open(os.path.join(args.out, f"{stem}.{ext}"), "w") as f:
             f.write(text)
     print(md)
