@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import FluidMLError, is_cli, names, notice, option
 
 FILL_MODES = ("random", "zeros", "ones")
+_KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool", "c": "complex"}
 
 
 def fill(specs: list, fill_mode: str = "random", seed: int = 0) -> dict:
@@ -84,8 +85,8 @@ def _checked(spec: dict, value, say) -> np.ndarray:
     same_kind = a.dtype.kind == want.kind or (a.dtype.kind in "iu" and want.kind in "iu")
     if not same_kind or not np.can_cast(a.dtype, want, "same_kind"):
         raise FluidMLError(f"input {name} is {a.dtype}, the model takes {want}: convert it "
-                           f"first (e.g. .astype('{want}')); a cast from {a.dtype.kind!r} to "
-                           f"{want.kind!r} values is not done implicitly")
+                           f"first (e.g. .astype('{want}')); {_KINDS.get(a.dtype.kind, 'other')} "
+                           f"values are not cast to {_KINDS.get(want.kind, 'other')} implicitly")
     cast = a.astype(want)
     if want.kind in "iu" and not np.array_equal(cast.astype(a.dtype), a):
         raise FluidMLError(f"input {name}: some {a.dtype} values do not fit in {want}, the "

@@ -87,7 +87,7 @@ def test_a_cast_within_a_kind_is_done_with_a_notice(name, value, said):
 
 @pytest.mark.parametrize("name, value, words", [
     ("ids", np.array([0.0, 1.5, 2.0, 3.0]), ["input ids is float64, the model takes int64",
-                                             "not done implicitly"]),
+                                             "float values are not cast to integer implicitly"]),
     ("flag", np.array([1]), ["input flag is int64, the model takes bool"]),
     ("x", np.ones((2, 3), "int64"), ["input x is int64, the model takes float32"]),
 ])
