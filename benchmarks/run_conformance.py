@@ -266,7 +266,7 @@ def summarize(cases, results: dict, meta: dict, baseline: dict | None = None):
             examples.setdefault((f["status"], s["status"]), []).append(c["name"])
     commits = Counter(r.get("commit", "?") for r in results.values())
     md = ["# ONNX backend conformance: FluidML (fluidml=1) vs stock TVM (fluidml=0)", "",
-          f"{meta['date']}; commit {meta['commit']} (results by commit: "
+          f"{meta['date']}; report written at commit {meta['commit']} (results by commit: "
           + ", ".join(f"{c} {n}" for c, n in commits.most_common())
           + f"); onnx {meta['onnx']}, TVM {meta['tvm']}; "
           f"host {meta['cpu']}, {meta['cores']} cores, TVM_NUM_THREADS={meta['threads']}; "
@@ -306,7 +306,12 @@ def summarize(cases, results: dict, meta: dict, baseline: dict | None = None):
                               "stock_now": results[(n, "stock")]["status"],
                               "resolution": _resolution(n, b["detail"])})
         base_commit = Counter(r.get("commit", "?") for r in baseline.values()).most_common(1)
+        then = {p: Counter(r["status"] for (_, q), r in baseline.items() if q == p)
+                for p in pipelines}
         md += ["", f"## Fixed since the baseline run (commit {base_commit[0][0]}): {len(fixed)}",
+               "", "Its counts: " + "; ".join(
+                   f"{p} " + ", ".join(f"{k} {then[p].get(k, 0)}" for k in STATUSES)
+                   for p in pipelines) + ".",
                "", "Cases where FluidML failed differently from stock TVM then (stock passing "
                "or not) and now gives stock's status or passes.", "",
                "| case | fluidml then | stock then | fluidml now | stock now | fix |",
@@ -357,6 +362,13 @@ def host_meta(timeout: float) -> dict:
             "load_before": f"{os.getloadavg()[0]:.2f}"}
 
 
+def _lines(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -391,10 +403,21 @@ def main(argv=None) -> int:
     if not args.resume and os.path.exists(results_path):
         os.remove(results_path)
     meta = host_meta(args.timeout)
+    meta_path = os.path.join(work, "meta.json")  # the load around the runs, kept for --resume
+    stored = {}
+    if args.resume and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            stored = json.load(f)
+    done_before = _lines(results_path)
     results = run_all(cases, pipelines, args.timeout, results_path,
                       log=lambda m: print(m, file=sys.stderr, flush=True),
                       redo_broken=args.redo_broken)
-    meta["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    ran = _lines(results_path) > done_before
+    meta["load_before"] = stored.get("load_before", meta["load_before"])
+    meta["load_after"] = f"{os.getloadavg()[0]:.2f}" if ran or not stored \
+        else stored["load_after"]
+    with open(meta_path, "w") as f:
+        json.dump({k: meta[k] for k in ("load_before", "load_after")}, f)
     baseline = load_results(args.baseline) if args.baseline else None
     md, data = summarize(cases, results, meta, baseline)
     cases_text = ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in data.pop("cases")
