@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .errors import FluidMLError, names
+from .errors import FluidMLError, cli_api
 
 
 def _add_compile(sub):
@@ -225,15 +225,7 @@ def cmd_run(args) -> int:
 
         check_loadable(args.library)
         model = load(args.library, num_threads=args.num_threads)
-    inputs = model.random_inputs(args.fill_mode)
-    given = _load_inputs(args.inputs)
-    unknown = [k for k in given if k not in inputs]
-    if unknown:
-        raise FluidMLError(
-            f"{args.inputs} has input(s) {names(unknown)} that the model does not take; "
-            f"its inputs are {names(model.input_names)}"
-        )
-    inputs.update(given)
+    inputs = model.complete_inputs(_load_inputs(args.inputs), args.fill_mode)
     outputs = model.run(inputs)
     if args.outputs:
         tmp = args.outputs + ".tmp.npz"
@@ -314,7 +306,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with cli_api():  # messages name the flags (--input-shapes), not Python's keywords
+            return COMMANDS[args.command](args)
     except FluidMLError as err:
         print(f"fluidml-tvm: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -151,7 +151,7 @@ def run_under_qemu(lib_path: str, inputs: dict, repeat: int = 0, number: int = 1
         for i, spec in enumerate(meta["inputs"]):
             if spec["name"] not in inputs:
                 raise FluidMLError(f"missing input {spec['name']}")
-            arr = np.ascontiguousarray(np.asarray(inputs[spec["name"]], dtype=spec["dtype"]))
+            arr = np.asarray(inputs[spec["name"]], dtype=spec["dtype"], order="C")  # keeps 0-d
             if list(arr.shape) != list(spec["shape"]):
                 raise FluidMLError(f"input {spec['name']} has shape {list(arr.shape)}, the model "
                                    f"was compiled for {spec['shape']}")

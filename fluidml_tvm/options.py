@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 
-from .errors import FluidMLError
+from .errors import FluidMLError, option
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -141,7 +141,8 @@ class Options:
             for item in items:
                 if "=" not in item:
                     raise FluidMLError(
-                        f"--pass-config expects KEY=VALUE, got {item!r} (e.g. fluidml.layout=0)"
+                        f"{option('pass_config')} expects KEY=VALUE, got {item!r} "
+                        "(e.g. fluidml.layout=0)"
                     )
                 k, v = item.split("=", 1)
                 pairs.append((k.strip(), v.strip()))
@@ -267,7 +268,7 @@ def split_pass_config(items) -> tuple[list[str], dict[str, str]]:
             ours.append(item)
         else:
             if "=" not in item:
-                raise FluidMLError(f"--pass-config expects KEY=VALUE, got {item!r}")
+                raise FluidMLError(f"{option('pass_config')} expects KEY=VALUE, got {item!r}")
             theirs[key] = item.split("=", 1)[1].strip()
     return ours, theirs
 
@@ -317,18 +318,20 @@ def tvm_pass_config(items: dict) -> dict:
         elif typ in _BOOL_TYPES:
             low = value.strip().lower()
             if low not in _TRUE | _FALSE:
-                raise FluidMLError(f"--pass-config {key} expects 0 or 1 (bool), got {value!r}")
+                raise FluidMLError(f"{option('pass_config')} {key} expects 0 or 1 (bool), "
+                                   f"got {value!r}")
             out[key] = low in _TRUE
         elif typ in _INT_TYPES:
             try:
                 out[key] = int(value)
             except ValueError:
-                raise FluidMLError(f"--pass-config {key} expects an integer, got {value!r}") \
-                    from None
+                raise FluidMLError(f"{option('pass_config')} {key} expects an integer, "
+                                   f"got {value!r}") from None
         elif typ in _STR_TYPES:
             out[key] = value
         else:
-            raise FluidMLError(f"--pass-config {key} takes a {typ} object, which a KEY=VALUE "
-                               "flag cannot give: set it from Python (tvm.transform.PassContext"
-                               "(config={...}) around fluidml_tvm.compile)")
+            raise FluidMLError(f"{option('pass_config')} {key} takes a {typ} object, which a "
+                               "KEY=VALUE item cannot give: set it from Python "
+                               "(tvm.transform.PassContext(config={...}) around "
+                               "fluidml_tvm.compile)")
     return out

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .errors import FluidMLError
+from .errors import FluidMLError, option
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def resolve(spec) -> tuple[object, str | None]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as err:
-            raise FluidMLError(f"--target: invalid JSON ({err.msg} at char {err.pos})") from None
+            raise FluidMLError(f"{option('target')}: invalid JSON ({err.msg} at char "
+                               f"{err.pos})") from None
         return _make(obj, text)
     if "/" in text:  # a TVM tag
         return _make(text, text)

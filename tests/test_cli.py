@@ -166,3 +166,56 @@ def test_compile_report_explains_decisions(tmp_path, capsys):
     assert "## layout" in out and "## schedule" in out and "## memory" in out
     assert "matmul - " in out  # the rule that scheduled each matmul kernel, with its reason
     assert "live-set lower bound" in out
+
+
+def _ids_and_mask():
+    """y = float(ids) * float(mask); both inputs [batch, seq] by dim_param names."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["ids_f", "m"], ["y"])],
+        "g", [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+              for n in ("ids", "mask")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cli_and_python_api_treat_inputs_alike(tmp_path, capsys):
+    """Issue #15's parity: a shape fixed on one input fixes the same dim names on the other (a
+    notice in both); a missing input is filled with a notice in both; a float array for an int64
+    input is an error in both; each message in the words of the API called."""
+    import fluidml_tvm
+    from fluidml_tvm.errors import FluidMLError
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_ids_and_mask(), str(path))
+    lib = tmp_path / "m.so"
+    code, _, err = run_cli(["compile", path, "--input-shapes", "ids:[2,3]", "-o", lib, "-q",
+                            "--pass-config", "fluidml=0"], capsys)
+    assert code == 0, err
+    assert "notice: input mask [batch,seq]: shape [2,3] inferred from ids" in err, err
+    fluidml_tvm.compile(str(path), input_shapes={"ids": [2, 3]}, pass_config=["fluidml=0"])
+    assert "notice: input mask [batch,seq]: shape [2,3] inferred from ids" in \
+        capsys.readouterr().err
+
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    code, _, err = run_cli(["run", lib, "--inputs", tmp_path / "ids.npz", "--fill-mode", "ones",
+                            "--outputs", tmp_path / "out.npz"], capsys)
+    assert code == 0, err
+    assert "notice: input(s) mask not in --inputs: filled with ones values (--fill-mode ones)" \
+        in err, err
+    model = fluidml_tvm.load(str(lib))
+    got = model.run({"ids": ids}, fill_mode="ones")["y"]
+    assert "notice: input(s) mask not in the inputs: filled with ones values " \
+        "(fill_mode='ones')" in capsys.readouterr().err
+    np.testing.assert_array_equal(got, np.load(tmp_path / "out.npz")["y"])
+    np.testing.assert_array_equal(got, ids)
+
+    np.savez(tmp_path / "float.npz", ids=ids.astype(np.float64))
+    _expect_error(["run", lib, "--inputs", tmp_path / "float.npz"], capsys,
+                  "input ids is float64, the model takes int64")
+    with pytest.raises(FluidMLError, match="input ids is float64, the model takes int64"):
+        model.run({"ids": ids.astype(np.float64)})

@@ -3,7 +3,8 @@ Runtime computes (run under qemu-user with the aarch64 TVM runtime), and loading
 machine fails with one clear line.
 
 Needs ``scripts/install-aarch64-runtime.sh`` (cross gcc/g++, qemu-user, aarch64 TVM runtime and
-runner); without the cross toolchain the tests are skipped with the reason.
+runner); without them the tests are skipped with the reason here, and fail in CI
+(``tests/needs.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import pytest
 from cross_models import assert_close_to_ort, e_machine, tiny_conv, tiny_conv_inputs
+from needs import require
 
 import fluidml_tvm
 from fluidml_tvm import cli, cross
@@ -23,21 +25,25 @@ from fluidml_tvm.tools import zoo
 
 EM_AARCH64 = 183
 
-_missing = cross.cross_compiler_missing()
-needs_cross = pytest.mark.skipif(_missing is not None, reason=f"no aarch64 toolchain: {_missing}")
+
+
+def _needs_cross():
+    require(cross.cross_compiler_missing(), "the aarch64 cross compiler")
+
+
+@pytest.fixture
+def needs_cross():
+    _needs_cross()
 
 
 def _needs_qemu():
-    why = cross.qemu_missing()
-    if why:
-        pytest.skip(f"cannot run aarch64 code here: {why}")
+    require(cross.qemu_missing(), "qemu-user with the aarch64 TVM runtime")
 
 
 @pytest.fixture(scope="module")
 def bert_rasp4b(tmp_path_factory):
     """tiny BERT compiled by the CLI exactly as a user would: ``--target rasp4b -o x.so``."""
-    if _missing:
-        pytest.skip(f"no aarch64 toolchain: {_missing}")
+    _needs_cross()
     out = tmp_path_factory.mktemp("cross") / "bert_rasp4b.so"
     assert cli.main(["compile", "zoo:bert:tiny", "--target", "rasp4b", "-o", str(out), "-q"]) == 0
     return out
@@ -45,14 +51,13 @@ def bert_rasp4b(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def conv_rasp4b(tmp_path_factory):
-    if _missing:
-        pytest.skip(f"no aarch64 toolchain: {_missing}")
+    _needs_cross()
     out = tmp_path_factory.mktemp("cross") / "conv_rasp4b.so"
     fluidml_tvm.compile(tiny_conv(), target="rasp4b").export(str(out))
     return out
 
 
-@needs_cross
+@pytest.mark.usefixtures("needs_cross")
 def test_cli_writes_an_aarch64_shared_object(bert_rasp4b):
     assert e_machine(str(bert_rasp4b)) == EM_AARCH64
     assert cross.elf_machine(str(bert_rasp4b)) == "aarch64"
@@ -64,7 +69,7 @@ def test_cli_writes_an_aarch64_shared_object(bert_rasp4b):
         assert "aarch64" in described.stdout, described.stdout
 
 
-@needs_cross
+@pytest.mark.usefixtures("needs_cross")
 def test_bert_tiny_under_qemu_matches_onnxruntime(bert_rasp4b):
     _needs_qemu()
     model = zoo.build("bert", size="tiny", seed=0)
@@ -75,7 +80,7 @@ def test_bert_tiny_under_qemu_matches_onnxruntime(bert_rasp4b):
     assert len(times) == 2 and all(t > 0 for t in times)
 
 
-@needs_cross
+@pytest.mark.usefixtures("needs_cross")
 def test_tiny_conv_under_qemu_matches_onnxruntime(conv_rasp4b):
     _needs_qemu()
     feeds = tiny_conv_inputs()
@@ -83,7 +88,7 @@ def test_tiny_conv_under_qemu_matches_onnxruntime(conv_rasp4b):
     assert_close_to_ort(tiny_conv(), outputs, feeds)
 
 
-@needs_cross
+@pytest.mark.usefixtures("needs_cross")
 def test_loading_an_aarch64_library_here_fails_with_one_line(conv_rasp4b, capsys):
     t0 = time.monotonic()
     assert cli.main(["run", str(conv_rasp4b)]) == 2
@@ -107,7 +112,7 @@ def test_missing_cross_compiler_is_one_clear_error(tmp_path):
         compiled.export(str(tmp_path / "x.so"), cross_compiler="no-such-gcc-for-fluidml")
 
 
-@needs_cross
+@pytest.mark.usefixtures("needs_cross")
 def test_external_weights_under_qemu(tmp_path):
     """fluidml.weights=external: NAME.weights beside the library, read by the runner from disk."""
     _needs_qemu()
@@ -116,8 +121,7 @@ def test_external_weights_under_qemu(tmp_path):
     # schedule=0: externalizing weights does not depend on schedules; measuring them costs seconds
     fluidml_tvm.compile(model, target="rasp4b",
                         pass_config=["fluidml.weights=external", "fluidml.schedule=0"]).export(lib)
-    if not read_metadata(lib).get("weights"):
-        pytest.skip("this pipeline kept the weights inside the library")
+    assert read_metadata(lib).get("weights"), "fluidml.weights=external kept them inside"
     feeds = tiny_conv_inputs()
     assert read_metadata(lib)["weights"]["count"] >= 2
     outputs, _ = cross.run_under_qemu(lib, feeds, timeout=120)

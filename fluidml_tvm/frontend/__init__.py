@@ -53,7 +53,7 @@ def import_onnx(model, input_shapes: dict | None = None,
         input_values = parse_input_values(input_values)
     if input_values:
         proto, input_shapes = freeze_inputs(proto, input_values, input_shapes)
-        specs = input_specs(proto, input_shapes)
+        specs = input_specs(proto, input_shapes, quiet=True)  # the notices come once, below
         proto, note = fold_frozen(with_input_shapes(proto, specs), list(input_values))
         notes.append(note)
     check_supported(proto)

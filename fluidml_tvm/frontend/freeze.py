@@ -18,13 +18,20 @@ import re
 
 import numpy as np
 
-from ..errors import FluidMLError
+from ..errors import FluidMLError, option, option_item
 from ..errors import names as names_of
 from .inputs import graph_inputs
 
 log = logging.getLogger("fluidml_tvm")
 
-_FLAG = "--freeze-inputs"
+
+
+def _flag() -> str:
+    return option("input_values")  # --freeze-inputs on the command line
+
+
+def _item(name: str) -> str:
+    return option_item("input_values", name)
 _LIST_ITEM = re.compile(r"\s*([^\s\[\]]+?)\s*:\s*\[([^\]]*)\]\s*")
 _SCALAR_ITEM = re.compile(r"\s*(\S+):([^\s:\[\]]+)(?=\s|$)\s*")
 
@@ -40,12 +47,12 @@ def parse_input_values(text: str | None) -> dict:
         m = _LIST_ITEM.match(text, pos) or _SCALAR_ITEM.match(text, pos)
         if not m or m.end() == pos:
             raise FluidMLError(
-                f"malformed {_FLAG} {text!r} near {text[pos:pos + 20]!r}; expected NAME:VALUE or "
+                f"malformed {_flag()} {text!r} near {text[pos:pos + 20]!r}; expected NAME:VALUE or "
                 f"NAME:[V1,V2,...] separated by spaces, e.g. \"sr:16000 flag:1\""
             )
         name, raw = m.group(1), m.group(2).strip()
         if name in out:
-            raise FluidMLError(f"{_FLAG} gives {name!r} twice")
+            raise FluidMLError(f"{_flag()} gives {name!r} twice")
         items = [t.strip() for t in raw.split(",")] if m.re is _LIST_ITEM else [raw]
         if m.re is _LIST_ITEM and raw == "":
             items = []
@@ -54,7 +61,7 @@ def parse_input_values(text: str | None) -> dict:
         except ValueError:
             shown = f"[{raw}]" if m.re is _LIST_ITEM else raw
             raise FluidMLError(
-                f"{_FLAG} {name}: cannot parse {shown!r} as a number or a list of numbers"
+                f"{_item(name)}: cannot parse {shown!r} as a number or a list of numbers"
             ) from None
         out[name] = np.array(values if m.re is _LIST_ITEM else values[0])
         pos = m.end()
@@ -84,7 +91,7 @@ def freeze_inputs(proto, values: dict, input_shapes: dict | None = None):
     unknown = [n for n in values if n not in inputs]
     if unknown:
         raise FluidMLError(
-            f"{_FLAG} names {names_of(map(repr, unknown))}, which the model does not have; its "
+            f"{_flag()} names {names_of(map(repr, unknown))}, which the model does not have; its "
             f"inputs are: {names_of(inputs)}"
         )
     shapes = dict(input_shapes or {})
@@ -104,14 +111,14 @@ def _as_input_value(name: str, value, vi, given_shape) -> np.ndarray:
 
     tensor_type = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
-        raise FluidMLError(f"{_FLAG} {name}: the input is not a tensor")
+        raise FluidMLError(f"{_item(name)}: the input is not a tensor")
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
     try:
         array = np.asarray(value)
     except Exception:
         array = np.asarray(None)
     if array.dtype.kind not in "biuf":
-        raise FluidMLError(f"{_FLAG} {name}: {value!r} is not a number or a list of numbers")
+        raise FluidMLError(f"{_item(name)}: {value!r} is not a number or a list of numbers")
     array = _cast(name, array, dtype)
     if given_shape is not None:
         declared = list(given_shape)
@@ -128,7 +135,7 @@ def _as_input_value(name: str, value, vi, given_shape) -> np.ndarray:
         return array.reshape(declared)  # 5 for a [1] input, [1,2,3,4] for a [2,2] one
     want = "[" + ",".join("?" if d is None else str(d) for d in declared) + "]"
     raise FluidMLError(
-        f"{_FLAG} {name}: a value of shape {list(array.shape)} ({array.size} element(s)) does "
+        f"{_item(name)}: a value of shape {list(array.shape)} ({array.size} element(s)) does "
         f"not fit the input's shape {want}"
     )
 
@@ -137,15 +144,15 @@ def _cast(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     shown = array.tolist() if array.size <= 8 else f"{array.size} values"
     if dtype.kind == "b":
         if not np.all((array == 0) | (array == 1)):
-            raise FluidMLError(f"{_FLAG} {name}: {shown} is not a valid bool value (0/1)")
+            raise FluidMLError(f"{_item(name)}: {shown} is not a valid bool value (0/1)")
     elif dtype.kind in "iu":
         if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
-            raise FluidMLError(f"{_FLAG} {name}: {shown} is not a valid {dtype} value")
+            raise FluidMLError(f"{_item(name)}: {shown} is not a valid {dtype} value")
         info = np.iinfo(dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
-            raise FluidMLError(f"{_FLAG} {name}: {shown} is out of range for {dtype}")
+            raise FluidMLError(f"{_item(name)}: {shown} is out of range for {dtype}")
     elif dtype.kind not in "fc":
-        raise FluidMLError(f"{_FLAG} {name}: inputs of dtype {dtype} cannot be frozen")
+        raise FluidMLError(f"{_item(name)}: inputs of dtype {dtype} cannot be frozen")
     return array.astype(dtype)
 
 
@@ -161,7 +168,7 @@ def fold_frozen(proto, frozen_names) -> tuple:
     try:
         from onnxscript import optimizer
     except ImportError:
-        raise FluidMLError(f"{_FLAG} needs the onnxscript package: pip install onnxscript")
+        raise FluidMLError(f"{_flag()} needs the onnxscript package: pip install onnxscript")
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     before = _count(model.graph)

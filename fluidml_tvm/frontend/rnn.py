@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FluidMLError
+from ..errors import FluidMLError, option, values_example
 from .rnn_graph import Emitter, constant_values, describe, value_types
 
 _GATES = {"LSTM": 4, "GRU": 3}
@@ -112,11 +112,12 @@ def check(node, types: dict, consts: dict, opset: int) -> Rnn:
     if not dims or len(dims) != 3 or elem is None:
         shape_error = (f"the shape of X '{ins[0]}' is unknown; LSTM/GRU are expanded for a "
                        "static [seq_length, batch, input_size] (fix the inputs with "
-                       "--input-shapes)")
+                       f"{option('input_shapes')})")
     elif dims[0] is None or dims[1] is None:
         what = "sequence length" if dims[0] is None else "batch size"
         shape_error = (f"the {what} of X '{ins[0]}' is not static (shape {_fmt(dims)}); "
-                       "LSTM/GRU are unrolled over a static sequence: fix it with --input-shapes")
+                       "LSTM/GRU are unrolled over a static sequence: fix it with "
+                       f"{option('input_shapes')}")
     else:
         shape_error = None
         if ins[4]:
@@ -164,9 +165,9 @@ def _attribute_problems(kind: str, attrs: dict, ins: list, opset: int):
 
 def _sequence_lens_problems(name: str, lens, seq: int, batch: int) -> list:
     if lens is None:
-        full = ",".join([str(seq)] * batch)
+        full = [seq] * batch
         return [f"sequence_lens '{name}' is a run-time input (if every sequence has the full "
-                f"length {seq}, freeze it: --freeze-inputs \"{name}:[{full}]\")"]
+                f"length {seq}, freeze it: {values_example(name, full)})"]
     if np.any(np.asarray(lens) != seq):
         return [f"sequence_lens={np.asarray(lens).tolist()} (only sequences of the full "
                 f"length {seq})"]

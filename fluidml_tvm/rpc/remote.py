@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from .. import cross
 from ..errors import FluidMLError
+from ..runtime import inputs as runtime_inputs
 from ..runtime.metadata import read_metadata
 from ..runtime.weights import load_weights
 from .client import (
@@ -40,6 +39,7 @@ class RemoteModel:
         self.lib_name = lib_name
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = [o["name"] for o in metadata["outputs"]]
+        self._noticed: set[str] = set()
 
     def close(self):
         """Drop the remote VM, weights and device (the session stays open until it is closed)."""
@@ -48,35 +48,32 @@ class RemoteModel:
         self.device = None
 
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
+        return runtime_inputs.fill(self.metadata["inputs"], fill_mode, seed)
+
+    def complete_inputs(self, inputs=None, fill_mode: str = "random") -> dict:
+        """As :meth:`fluidml_tvm.runtime.Model.complete_inputs` (the same checks and notices)."""
         from ..runtime import Model
 
-        return Model.random_inputs(self, fill_mode, seed)
+        return Model.complete_inputs(self, inputs, fill_mode)
 
-    def _set_inputs(self, inputs):
+    def _say(self, message: str) -> None:
+        from ..runtime import Model
+
+        Model._say(self, message)
+
+    def _set_inputs(self, inputs, fill_mode: str = "random"):
         import tvm
 
-        if inputs is None:
-            inputs = self.random_inputs()
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise FluidMLError(f"missing input(s) {', '.join(missing)}; the model takes "
-                               f"{', '.join(self.input_names)}")
-        arrays = []
-        for spec in self.metadata["inputs"]:
-            a = np.ascontiguousarray(np.asarray(inputs[spec["name"]], dtype=spec["dtype"]))
-            if list(a.shape) != list(spec["shape"]):
-                raise FluidMLError(f"input {spec['name']} has shape {list(a.shape)}, the model "
-                                   f"was compiled for {spec['shape']}")
-            arrays.append(a)
+        arrays = list(self.complete_inputs(inputs, fill_mode).values())
         try:
             remote_arrays = [tvm.runtime.tensor(a, self.device) for a in arrays]
             self.vm.set_input("main", *remote_arrays, *self.weights)
         except Exception as err:  # noqa: BLE001 - every RPC failure becomes one line
             raise self.session.error(err, "sending the inputs") from None
 
-    def run(self, inputs=None) -> dict:
+    def run(self, inputs=None, fill_mode: str = "random") -> dict:
         """Run once on the board (``set_input`` + ``invoke_stateful`` + ``get_outputs``)."""
-        self._set_inputs(inputs)
+        self._set_inputs(inputs, fill_mode)
         try:
             self.vm.invoke_stateful("main")
             outs = _outputs(self.vm.module, "main")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
-from ..errors import FluidMLError, names
+from ..errors import FluidMLError, notice
+from . import inputs as inputs_mod
 from .metadata import read_metadata
 from .weights import load_weights
 
@@ -36,6 +35,7 @@ class Model:
         self.num_threads = num_threads
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = [o["name"] for o in metadata["outputs"]]
+        self._noticed: set[str] = set()
 
     @classmethod
     def from_executable(cls, executable, metadata, device=None, num_threads=None, weights=None):
@@ -50,64 +50,38 @@ class Model:
     # ---- inputs ---------------------------------------------------------------------------------
     def random_inputs(self, fill_mode: str = "random", seed: int = 0) -> dict:
         """Inputs of the right shapes/dtypes: ``random``, ``zeros`` or ``ones`` (tvmc's modes)."""
-        rng = np.random.default_rng(seed)
-        out = {}
-        for spec in self.metadata["inputs"]:
-            shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
-            if fill_mode == "zeros":
-                out[spec["name"]] = np.zeros(shape, dtype)
-            elif fill_mode == "ones":
-                out[spec["name"]] = np.ones(shape, dtype)
-            elif fill_mode == "random":
-                if dtype.kind in "iu":
-                    out[spec["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
-                elif dtype.kind == "b":
-                    out[spec["name"]] = rng.integers(0, 2, size=shape).astype(bool)
-                else:
-                    out[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-            else:
-                raise FluidMLError(f"--fill-mode must be random, zeros or ones, got {fill_mode!r}")
-        return out
+        return inputs_mod.fill(self.metadata["inputs"], fill_mode, seed)
 
-    def _arrays(self, inputs) -> list:
+    def complete_inputs(self, inputs=None, fill_mode: str = "random") -> dict:
+        """Every input, checked: missing ones filled in ``fill_mode`` and same-kind dtypes cast,
+        each with a notice on stderr (once per model); unknown names, wrong shapes and casts
+        across kinds are errors (:mod:`fluidml_tvm.runtime.inputs`)."""
+        return inputs_mod.complete(self.metadata["inputs"], inputs, fill_mode, self._say)
+
+    def _say(self, message: str) -> None:
+        if message not in self._noticed:
+            self._noticed.add(message)
+            notice(message)
+
+    def _arrays(self, inputs, fill_mode: str = "random") -> list:
         import tvm
 
-        if inputs is None:
-            inputs = self.random_inputs()
-        if not isinstance(inputs, dict):
-            inputs = dict(zip(self.input_names, inputs))
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise FluidMLError(
-                f"missing input(s) {names(missing)}; the model takes {names(self.input_names)}"
-            )
-        extra = [n for n in inputs if n not in self.input_names]
-        if extra:
-            raise FluidMLError(
-                f"unknown input(s) {names(extra)}; the model takes {names(self.input_names)}"
-            )
-        arrays = []
-        for spec in self.metadata["inputs"]:
-            a = np.asarray(inputs[spec["name"]])
-            if tuple(a.shape) != tuple(spec["shape"]):
-                raise FluidMLError(
-                    f"input {spec['name']} has shape {list(a.shape)}, the model was compiled for "
-                    f"{spec['shape']}"
-                )
-            if a.dtype != np.dtype(spec["dtype"]):
-                a = a.astype(spec["dtype"])
-            arrays.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
-        return arrays + self.weights
+        feeds = self.complete_inputs(inputs, fill_mode)
+        return [tvm.runtime.tensor(a, self.device) for a in feeds.values()] + self.weights
 
     # ---- execution ------------------------------------------------------------------------------
-    def run(self, inputs=None) -> dict:
-        result = self.vm["main"](*self._arrays(inputs))
+    def run(self, inputs=None, fill_mode: str = "random") -> dict:
+        """``{output name: array}`` for ``inputs`` (``{name: array}``, a list in input order, or
+        None): inputs left out are made in ``fill_mode``, with a notice."""
+        result = self.vm["main"](*self._arrays(inputs, fill_mode))
         outs = _flatten(result)
         return {name: o.numpy() for name, o in zip(self.output_names, outs)}
 
-    def time(self, inputs=None, repeat: int = 10, number: int = 1, warmup: int = 1) -> list:
-        """Seconds per run, ``repeat`` samples (each the mean of ``number`` runs)."""
-        args = self._arrays(inputs)
+    def time(self, inputs=None, repeat: int = 10, number: int = 1, warmup: int = 1,
+             fill_mode: str = "random") -> list:
+        """Seconds per run, ``repeat`` samples (each the mean of ``number`` runs); ``inputs`` as
+        for :meth:`run`."""
+        args = self._arrays(inputs, fill_mode)
         for _ in range(warmup):
             self.vm["main"](*args)
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)

@@ -51,7 +51,7 @@ def write_weights(path: str, weights: list, gathered=()) -> list:
     index, offset, drop = [], 0, []
     with open(path, "wb") as f:
         for name, arr in weights:
-            arr = np.ascontiguousarray(arr)
+            arr = np.asarray(arr, order="C")  # ascontiguousarray would make a scalar 1-d
             pad = (-offset) % ALIGN
             f.write(b"\0" * pad)
             offset += pad

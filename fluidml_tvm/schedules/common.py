@@ -27,7 +27,13 @@ def iter_values(sch: s_tir.Schedule, block) -> list:
 
 
 def root_blocks(sch: s_tir.Schedule) -> list:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
+    """The blocks under the root block; none for a PrimFunc without blocks (legalized MaxUnpool
+    is plain loops: asking it for "root" raised out of fuse_conv_pool's pool analysis)."""
+    try:
+        root = sch.get_sblock("root")
+    except s_tir.ScheduleError:
+        return []
+    return list(sch.get_child_blocks(root))
 
 
 def is_reduction(sch: s_tir.Schedule, block) -> bool:
@@ -75,15 +81,91 @@ def extent(sch, loop) -> int | None:
     return as_int(sch.get(loop).extent)
 
 
+def _buffers(func: tirx.PrimFunc) -> list:
+    """The parameters and the root block's allocations of ``func`` (buffer-typed Vars)."""
+    out = list(func.params)
+    sch = s_tir.Schedule(func)
+    try:
+        root = sch.get(sch.get_sblock("root"))
+    except s_tir.ScheduleError:  # a PrimFunc without blocks (see root_blocks)
+        return out
+    return out + list(root.alloc_buffers)
+
+
+def undeclared_buffers(sch: s_tir.Schedule) -> set:
+    """Buffers that a root block's body reads or writes without declaring them in its
+    ``T.reads``/``T.writes`` (opaque blocks of legalized extern ops such as NonMaxSuppression's
+    searchsorted/all_class_nms, declared with empty regions). TVM's dependence analysis does not
+    see these accesses, so inlining a block that produces or consumes one of them drops a buffer
+    that is still used ("Buffer T_gather is used before its definition")."""
+    # TVM 0.27: buffers are buffer-typed Vars (params, root allocations), mapped to themselves
+    var_map = {b: b for b in _buffers(sch.mod["main"])}
+    hidden = set()
+    for b in root_blocks(sch):
+        stmt = sch.get(b)
+        declared = {r.source for r in list(stmt.reads) + list(stmt.writes)}
+        reads, writes = s_tir.analysis.get_sblock_read_write_region(stmt, var_map)
+        hidden.update(r.source for r in list(reads) + list(writes) if r.source not in declared)
+    return hidden
+
+
+# Element types TVM lowers on CPUs through integer storage (BF16/FP8 legalization), element by
+# element: a vectorized store of them fails to lower ("dtype mismatch on BufferStore ... uint16
+# ... bfloat16x8", "if_then_else can only take scalar condition").
+EMULATED_DTYPES = ("bfloat16", "float8", "float6", "float4")
+# Intrinsics TVM 0.27's llvm backend lowers only for scalars ("unknown intrinsic tirx.cosh" in a
+# vectorized loop); checked for every unary math op of tirx (tests/schedules/test_common.py).
+SCALAR_ONLY_INTRINSICS = ("tirx.cosh", "tirx.sinh")
+
+
+def emulated_dtypes(func: tirx.PrimFunc) -> list[str]:
+    """The buffers' element types of ``func`` that TVM emulates (:data:`EMULATED_DTYPES`)."""
+    found = {str(b.ty.dtype) for b in _buffers(func) if hasattr(b.ty, "dtype")}
+    return sorted(d for d in found if d.startswith(EMULATED_DTYPES))
+
+
+def called_ops(func: tirx.PrimFunc) -> set[str]:
+    """Names of the ops ``func`` calls (``tirx.exp``, ...)."""
+    import tvm_ffi
+
+    found = set()
+
+    def record(call):
+        if isinstance(call.op, tvm.ir.Op):
+            found.add(call.op.name)
+        return call
+
+    tvm_ffi.structural_map(func, [(tvm.ir.Call, record)])
+    return found
+
+
+def no_vector_form(func: tirx.PrimFunc) -> str | None:
+    """Why TVM cannot lower ``func`` vectorized on a CPU (None when it can): buffers of an
+    emulated element type, or a call of a scalar-only intrinsic."""
+    emulated = emulated_dtypes(func)
+    if emulated:
+        return (f"{', '.join(emulated)} buffers: TVM emulates them element by element through "
+                "integer storage (no vector form)")
+    scalar = sorted(called_ops(func) & set(SCALAR_ONLY_INTRINSICS))
+    if scalar:
+        return f"calls {', '.join(scalar)}, which TVM lowers on CPUs only as a scalar libm call"
+    return None
+
+
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:
-    """Inline every injective non-output block into its consumers (or producers) where legal."""
+    """Inline every injective non-output block into its consumers (or producers) where legal;
+    never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)."""
+    hidden = undeclared_buffers(sch)
     changed = True
     while changed:
         changed = False
         blocks = root_blocks(sch)
         for b in blocks[:-1]:
-            name = sch.get(b).name_hint
+            stmt = sch.get(b)
+            name = stmt.name_hint
             if name in keep or is_reduction(sch, b):
+                continue
+            if any(r.source in hidden for r in list(stmt.reads) + list(stmt.writes)):
                 continue
             try:
                 sch.compute_inline(b)

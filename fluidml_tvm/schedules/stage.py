@@ -32,6 +32,7 @@ from ..decisions import Decision, attach
 from ..options import Options
 from . import fast_math, work
 from .choose import Choice, choose, progress
+from .common import no_vector_form
 from .constants import constant_args, pack_constants
 from .measure import can_measure
 from .rules import RULES, Context, Unrelated
@@ -93,6 +94,10 @@ class FluidMLSchedule:
             name = gv.name_hint
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 self.decisions.append(_decision(name, "skipped", "already scheduled"))
+                continue
+            why = no_vector_form(func)
+            if why:  # left as stock TVM leaves it: TVM cannot lower it vectorized
+                self.decisions.append(_decision(name, "skipped", why))
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
             new, dec, pack = schedule_kernel(func, ctx)

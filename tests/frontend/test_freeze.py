@@ -26,8 +26,8 @@ def test_parse_values_tvmc_like_syntax():
 
 
 @pytest.mark.parametrize("bad, words", [
-    ("sr", "malformed --freeze-inputs"),
-    ("sr:[1,2", "malformed --freeze-inputs"),
+    ("sr", "malformed input_values"),
+    ("sr:[1,2", "malformed input_values"),
     ("sr:abc", "cannot parse 'abc'"),
     ("v:[1,x]", r"cannot parse '\[1,x\]'"),
     ("sr:1 sr:2", "twice"),
@@ -36,6 +36,17 @@ def test_parse_values_rejects(bad, words):
     with pytest.raises(FluidMLError, match=words) as err:
         frontend.parse_input_values(bad)
     assert "\n" not in str(err.value)
+
+
+def test_errors_name_the_flag_on_the_command_line_and_the_keyword_in_python():
+    from fluidml_tvm.errors import cli_api
+
+    with pytest.raises(FluidMLError, match=r"^input_values\['sr'\]: cannot parse 'x'"):
+        frontend.parse_input_values("sr:x")
+    with cli_api(), pytest.raises(FluidMLError, match="^--freeze-inputs sr: cannot parse 'x'"):
+        frontend.parse_input_values("sr:x")
+    with cli_api(), pytest.raises(FluidMLError, match="^malformed --freeze-inputs"):
+        frontend.parse_input_values("sr")
 
 
 @pytest.mark.parametrize("rate, frame", [(16000, 4), (8000, 2)])

@@ -17,7 +17,7 @@ def test_parse_input_shapes_tvmc_syntax():
 
 
 @pytest.mark.parametrize("bad, words", [
-    ("x", "malformed --input-shapes"),
+    ("x", "malformed input_shapes"),
     ("x:[1,a]", "dims must be integers"),
     ("x:[1,2] trailing", "near 'trailing'"),
     ("x:[0,3]", "must be positive"),
@@ -28,11 +28,56 @@ def test_parse_input_shapes_rejects(bad, words):
         frontend.parse_input_shapes(bad)
 
 
-def test_dynamic_input_without_shape_names_input_and_flag():
+def test_dynamic_input_without_shape_names_input_and_the_callers_option():
+    """The Python API names the keyword argument and a dict, the CLI the flag and its syntax."""
+    from fluidml_tvm.errors import cli_api
+
     with pytest.raises(FluidMLError) as err:
         frontend.import_onnx(computed_reshape())
     msg = str(err.value)
-    assert "'x'" in msg and "--input-shapes" in msg and "x:[N,N,8]" in msg
+    assert "'x'" in msg and 'fix them with input_shapes={"x": [N, N, 8]}' in msg, msg
+    with cli_api(), pytest.raises(FluidMLError) as err:
+        frontend.import_onnx(computed_reshape())
+    assert 'fix them with --input-shapes "x:[N,N,8]"' in str(err.value), str(err.value)
+    with pytest.raises(FluidMLError, match=r"^input_shapes\['x'\]=\[1,2\] has rank 2"):
+        frontend.import_onnx(computed_reshape(), {"x": [1, 2]})
+    with cli_api(), pytest.raises(FluidMLError, match=r"^--input-shapes x=\[1,2\] has rank 2"):
+        frontend.import_onnx(computed_reshape(), {"x": [1, 2]})
+    with pytest.raises(FluidMLError, match=r"input_shapes\['x'\]: dims must be positive"):
+        frontend.import_onnx(computed_reshape(), {"x": [2, 0, 8]})
+
+
+def _two_inputs(dims_a, dims_b):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["ids_f", "m"], ["y"])],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, dims_a),
+              helper.make_tensor_value_info("mask", TensorProto.INT64, dims_b)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_dim_fixed_on_one_input_fixes_the_same_dim_name_on_another(capfd):
+    """input_ids:[1,128] also fixes attention_mask's [batch, seq] (the same dim_param names),
+    with a notice; a dim name that stays unknown is still an error."""
+    model = _two_inputs(["batch", "seq"], ["batch", "seq"])
+    specs = frontend.input_specs(model, {"ids": [1, 128]})
+    assert [s.shape for s in specs] == [(1, 128), (1, 128)]
+    err = capfd.readouterr().err
+    assert "notice: input mask [batch,seq]: shape [1,128] inferred from ids" in err, err
+    compiled = fluidml_tvm.compile(model, input_shapes={"ids": [2, 3]}, pass_config=["fluidml=0"])
+    ids, mask = np.arange(6).reshape(2, 3), np.ones((2, 3), np.int64)
+    np.testing.assert_array_equal(compiled.load().run({"ids": ids, "mask": mask})["y"], ids)
+    partly = _two_inputs(["batch", "seq"], ["batch", "other"])
+    with pytest.raises(FluidMLError, match=r"input 'mask' has dynamic dims \[batch,other\]; "
+                                           r"fix them with input_shapes=\{\"mask\": \[1, N\]\}"):
+        frontend.input_specs(partly, {"ids": [1, 128]})
+    with pytest.raises(FluidMLError, match=r"gives dim 'seq' two sizes: 128 \(ids\) and 64 "
+                                           r"\(mask\); the model declares them equal"):
+        frontend.input_specs(model, {"ids": [1, 128], "mask": [1, 64]})
 
 
 def test_input_shapes_must_name_real_inputs_and_match_rank():

@@ -3,6 +3,7 @@ becomes a small per-iteration buffer in the lowered kernel, planned memory, nume
 Runtime (hand-built conv-ReLU-pool models, tiny VGG-11/16) with the memory plan verified."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
@@ -16,7 +17,6 @@ from fluidml_tvm.pipeline import lower_to_memory_slot, phases
 from fluidml_tvm.schedules.rules import conv_pool
 from fluidml_tvm.tools import zoo
 
-ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
 OPTS = Options(layout=False, cost="analytic")
 

@@ -1,7 +1,7 @@
 """FluidMLResidualOrder: the rewrite, the measured decision, numerics against ONNX Runtime."""
 
 import numpy as np
-import pytest
+import onnxruntime as ort
 import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
@@ -12,7 +12,6 @@ from fluidml_tvm.passes.residual_order import FluidMLResidualOrder, swap_sums
 from fluidml_tvm.pipeline import get_pipeline
 from fluidml_tvm.tools import zoo
 
-ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm"})
 RNG = np.random.default_rng(0)
 WA, WF = (RNG.standard_normal((16, 16)).astype("float32") for _ in range(2))

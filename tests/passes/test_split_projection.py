@@ -1,6 +1,7 @@
 """FluidMLSplitProjection: structure before/after, refusals, numerics against ONNX Runtime."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
@@ -14,7 +15,6 @@ from fluidml_tvm.passes.split_projection import FluidMLSplitProjection
 from fluidml_tvm.pipeline import get_pipeline, lower_to_memory_slot
 from fluidml_tvm.tools import zoo
 
-ort = pytest.importorskip("onnxruntime")
 TARGET = tvm.target.Target({"kind": "llvm"})
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((16, 24)).astype("float32")

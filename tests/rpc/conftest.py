@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 from cross_models import tiny_conv
+from needs import require
 from rpc_helpers import (
     HOST,
     KEY,
@@ -115,9 +116,7 @@ def bert(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def aarch64_lib(tmp_path_factory):
-    missing = cross.cross_compiler_missing()
-    if missing:
-        pytest.skip(f"no aarch64 toolchain: {missing}")
+    require(cross.cross_compiler_missing(), "the aarch64 cross compiler")
     lib = str(tmp_path_factory.mktemp("rpc-a64") / "conv_rasp4b.so")
     fluidml_tvm.compile(tiny_conv(), target="rasp4b").export(lib)
     return lib

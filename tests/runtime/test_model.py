@@ -31,7 +31,7 @@ def _one_line(match, fn, *args):
     return str(info.value)
 
 
-def test_load_run_and_time(mlp_lib):
+def test_load_run_and_time(mlp_lib, capfd):
     lib, onnx_model = mlp_lib
     model = load(lib)
     assert isinstance(model, Model)
@@ -41,6 +41,7 @@ def test_load_run_and_time(mlp_lib):
     assert_matches_ort(onnx_model, model.run(feeds), feeds)
     assert_matches_ort(onnx_model, model.run([feeds["x"]]), feeds)  # positional inputs
     assert_matches_ort(onnx_model, model.run({"x": feeds["x"].astype("float64")}), feeds)
+    assert "notice: input x is float64, the model takes float32: cast" in capfd.readouterr().err
     times = model.time(feeds, repeat=3, number=2)
     assert len(times) == 3 and all(t > 0 for t in times)
     assert fluidml_tvm.load(lib).run(feeds)["y"].shape == (4, 16)  # the package's front door
@@ -59,16 +60,16 @@ def test_random_inputs_in_every_fill_mode():
     assert set(np.unique(rand["ids"])) <= {0, 1} and rand["flag"].dtype == bool
     again = model.random_inputs(seed=3)
     assert all(np.array_equal(rand[k], again[k]) for k in rand)
-    _one_line("--fill-mode must be random, zeros or ones, got 'nan'", model.random_inputs, "nan")
+    _one_line("fill_mode must be random, zeros or ones, got 'nan'", model.random_inputs, "nan")
 
 
-def test_input_errors_are_one_line():
+def test_input_errors_are_one_line(capfd):
     model = _unloaded()
     good = model.random_inputs()
     assert len(model._arrays(good)) == 3
-    msg = _one_line("missing input", model._arrays, {"x": good["x"]})
-    assert "ids" in msg and "flag" in msg
-    _one_line("unknown input", model._arrays, {**good, "extra": good["x"]})
+    assert len(model._arrays({"x": good["x"]})) == 3  # the others filled, with a notice
+    assert "input(s) ids, flag not in the inputs: filled" in capfd.readouterr().err
+    _one_line("which the model does not take", model._arrays, {**good, "extra": good["x"]})
     _one_line(r"input x has shape \[3, 2\], the model was compiled for \[2, 3\]",
               model._arrays, {**good, "x": good["x"].T})
 
@@ -89,3 +90,22 @@ def test_set_num_threads(monkeypatch):
     monkeypatch.setenv("TVM_NUM_THREADS", "5")
     assert set_num_threads(0) == 5  # an explicit environment wins over the default
     assert set_num_threads(1) == 1  # and an explicit count over the environment
+
+
+def test_scalar_inputs_stay_scalars():
+    """ONNX's 54 Clip cases (min/max as rank-0 inputs) failed at run time on both pipelines:
+    np.ascontiguousarray made each scalar a [1] array ("expect Tensor with ndim 0 but get 1")."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("hi", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    feeds = {"x": x, "lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}
+    for flag in ("fluidml=0", "fluidml=1"):
+        out = fluidml_tvm.compile(model, pass_config=[flag, "fluidml.cost=analytic"]).load()
+        np.testing.assert_array_equal(out.run(feeds)["y"], np.clip(x, -1, 1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import tvm
 
 from fluidml_tvm.schedules import host_target
@@ -33,10 +32,11 @@ def test_load_probe_sees_another_process():
     import sys
     import time
 
+    from needs import require
+
     from fluidml_tvm.schedules.measure import LoadProbe
 
-    if not os.path.exists("/proc/stat"):
-        pytest.skip("no /proc/stat")
+    require(None if os.path.exists("/proc/stat") else "no /proc/stat", "Linux's /proc/stat")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)

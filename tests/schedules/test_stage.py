@@ -79,6 +79,42 @@ def test_already_scheduled_kernel_is_skipped():
     tvm.ir.assert_structural_equal(out["done_kernel"], mod["done_kernel"])
 
 
+@pytest.mark.parametrize("op, dtype, reason", [
+    ("Add", "BFLOAT16", "bfloat16 buffers"),  # ONNX's bf16 attention cases
+    ("Cosh", "FLOAT", "calls tirx.cosh"),  # test_cosh
+])
+def test_kernel_tvm_cannot_vectorize_is_left_to_tvm(op, dtype, reason):
+    """Found by ONNX's conformance cases: with fluidml=1 only, the bf16 attention cases failed to
+    build ("dtype mismatch on BufferStore: ... uint16 ... bfloat16x8": TVM lowers bf16 through
+    integer storage, element by element) and so did Cosh/Sinh ("unknown intrinsic tirx.cosh":
+    lowered only as a scalar libm call). Such kernels are left as stock TVM leaves them, with
+    the reason, and the model gives stock TVM's outputs."""
+    import ml_dtypes
+    from onnx import TensorProto, helper
+
+    import fluidml_tvm
+
+    elem = getattr(TensorProto, dtype)
+    names = ["a", "b"][: 2 if op == "Add" else 1]
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["s"]), helper.make_node("Mul", ["s", "a"], ["y"])],
+        "g", [helper.make_tensor_value_info(n, elem, [4, 64]) for n in names],
+        [helper.make_tensor_value_info("y", elem, [4, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    p = FluidMLSchedule(TARGET, Options(cost="analytic"))
+    with TARGET:
+        p(fused(model))
+    assert p.decisions and all(d.choice == "skipped" and d.reason.startswith(reason)
+                               for d in p.decisions), [str(d) for d in p.decisions]
+    np_dtype = ml_dtypes.bfloat16 if dtype == "BFLOAT16" else np.float32
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal((4, 64)).astype(np_dtype) for n in names}
+    outs = [fluidml_tvm.compile(model, pass_config=[f"fluidml={on}", "fluidml.cost=analytic"])
+            .load().run(inputs)["y"] for on in (1, 0)]
+    assert outs[0].dtype == np_dtype
+    np.testing.assert_array_equal(outs[0].astype(np.float32), outs[1].astype(np.float32))
+
+
 def test_unmatched_kernel_is_reported_by_name():
     from tvm.script import tirx as T
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from onnx_models import mlp
 
 import fluidml_tvm
@@ -40,6 +39,11 @@ def test_tiny_zoo_suite(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert [r["model"] for r in result["rows"]] == [f"{m}:tiny" for m in zoo.MODELS]
+    info = result["info"]  # where and how it ran (issue #15: honest results)
+    assert info["commit"] and not info["commit"].startswith("unknown"), info["commit"]
+    assert info["cpu"] and info["llvm_cpu"] and isinstance(info["isa"], list)
+    assert len(info["load_before"]) == 3 and len(info["load_after"]) == 3
+    assert "first run" in info["memory_method"]
     for row in result["rows"]:
         for engine, m in row["engines"].items():
             assert m["samples"] >= 1 and m["median_ms"] > 0, (row["model"], engine)
@@ -48,10 +52,24 @@ def test_tiny_zoo_suite(tmp_path):
             if engine != "ort":
                 assert m["planned_bytes"] >= m["bound_bytes"] > 0
                 assert m["peak_activation_bytes"] > 0
+                assert m["peak_activation_bytes_second_run"] > 0
+                assert m["pass_config"][0] == ("fluidml=1" if engine == "fluidml" else "fluidml=0")
+                assert m["options"]["fluidml"] is (engine == "fluidml")
+            else:
+                assert m["options"]["intra_op_num_threads"] == result["info"]["threads"]
         assert set(row["ratios"]) == {"fluidml/ort", "fluidml/tvm", "tvm/ort"}
     table = (tmp_path / "tiny.md").read_text()
     assert "fluidml/ort" in table and "bert:tiny" in table
-    pytest.importorskip("matplotlib")
+    assert f"Commit {info['commit']}; ISA " in table and "- fluidml: pass-config `fluidml=1`" \
+        in table
+    from needs import require
+
+    try:
+        import matplotlib  # noqa: F401
+        missing = None
+    except ImportError as err:
+        missing = str(err)
+    require(missing, "matplotlib (pip install -e '.[plot]')")
     assert (tmp_path / "tiny-ratios.png").stat().st_size > 1000
     assert (tmp_path / "tiny-bert_tiny-memory.png").stat().st_size > 1000
 
@@ -82,3 +100,25 @@ def test_markdown_table():
                         "| 50.00 | 1.50e-06 |")
     assert lines[5] == "| bert:tiny | ort | 2.00 (2.00-2.00, 3) | - | - | - | - | 100.00 | - |"
     assert lines[-1] == "| bert:tiny | 0.5x | - | - | - | 0.50x |"
+
+
+def test_markdown_header_records_provenance():
+    """Commit, ISA, load before/after, the memory method and each engine's options."""
+    info = {"cpu": "CPU", "cores": 2, "threads": 2, "tvm": "0.27", "onnxruntime": "1.2",
+            "date": "D", "commit": "abc123+dirty", "isa": ["avx2", "fma"], "llvm_cpu": "znver4",
+            "load_before": [1.0, 2.0, 3.0], "load_after": [1.5, 2.0, 3.0],
+            "memory_method": "first run"}
+    eng = {"median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0, "samples": 1}
+    engines = {"fluidml": {**eng, "pass_config": ["fluidml=1", "fluidml.layout=0"],
+                           "options": {**fluidml_tvm.Options().to_dict(), "fluidml.layout": False}},
+               "tvm": {**eng, "pass_config": ["fluidml=0"], "options": {"fluidml": False}},
+               "ort": {**eng, "options": {"intra_op_num_threads": 2}}}
+    lines = bench.markdown_table([{"model": "m", "engines": engines, "ratios": {}}], info)
+    lines = lines.splitlines()
+    assert lines[1] == ("Commit abc123+dirty; ISA avx2 fma (LLVM cpu znver4); load average "
+                        "(1/5/15 min) 1.0/2.0/3.0 before, 1.5/2.0/3.0 after.")
+    assert lines[2] == "Memory: first run."
+    assert lines[3] == ("- fluidml: pass-config `fluidml=1 fluidml.layout=0`; options off the "
+                        "defaults: fluidml.layout=False")
+    assert lines[4] == "- tvm: pass-config `fluidml=0`"
+    assert lines[5] == "- ort: intra_op_num_threads=2"

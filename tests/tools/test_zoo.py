@@ -6,11 +6,10 @@ the tiny models is below 1e-5).
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from fluidml_tvm.tools import zoo
-
-ort = pytest.importorskip("onnxruntime")
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -175,7 +174,7 @@ def test_resolve_and_save(tmp_path):
 # --- stock TVM -------------------------------------------------------------------------------
 
 def _tvm_run(model, feeds, shape_dict):
-    tvm = pytest.importorskip("tvm")
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -203,7 +202,6 @@ def test_tiny_compiles_with_stock_tvm_and_matches_ort(tiny, name):
 @pytest.mark.parametrize("name", zoo.DYNAMIC_MODELS)
 def test_dynamic_imports_into_tvm_with_shapes(name):
     """TVM 0.27's importer folds the Shape->...->Reshape chains once input shapes are given."""
-    pytest.importorskip("tvm")
     from tvm.relax.frontend.onnx import from_onnx
 
     model = zoo.build(name, "tiny", dynamic=True)

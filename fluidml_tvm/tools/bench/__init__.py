@@ -15,11 +15,15 @@ Method (benchmarks/README.md says the same for readers):
   order rotated each round) so machine drift hits all of them; the median over all samples is
   reported with min and max. A run process stops sampling once it has spent ``budget`` seconds
   (stock TVM takes seconds per run), after at least one timed run;
-- peak activation memory is measured: TVM with ``memory_cfg="naive"`` (no pooling) and glibc's
-  ``mallinfo2`` (``uordblks + hblkhd``) sampled before and after every kernel call through
-  ``vm.set_instrument`` during a second run, minus the baseline before it (outputs included);
-  ONNX Runtime as the growth of the same counter over its first run (its arena keeps what the run
-  needed);
+- peak activation memory is measured over the same run for every engine, the first after loading
+  (the one that allocates what the model needs), as the growth of glibc's ``mallinfo2``
+  (``uordblks + hblkhd``) over the heap just before it (outputs included): TVM with
+  ``memory_cfg="naive"`` (no pooling), sampled before and after every kernel call through
+  ``vm.set_instrument``; ONNX Runtime at the end of the run (its arena keeps what the run needed).
+  TVM's second run is recorded beside it (``peak_activation_bytes_second_run``);
+- every results file records the commit of the checkout (``git describe``, ``+dirty``), the
+  pass-config and options of each engine, the host (CPU model, ISA, LLVM's CPU name), the
+  threads, and the load average before and after the suite;
 - whole-process peak RSS is ``VmHWM`` of the run process (load + runs);
 - planned activation memory comes from the IR after the planner, with the live-set lower bound.
 """

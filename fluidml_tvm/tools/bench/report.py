@@ -16,9 +16,39 @@ def _ratio(engines: dict, a: str, b: str, key: str) -> str:
     return f"{x / y:.2f}x" if x and y else "-"
 
 
+def _options(rows: list) -> list[str]:
+    """One line per engine: the pass-config it was compiled with and the FluidML options that
+    differ from the defaults (the JSON has them all), or ONNX Runtime's session options. The
+    first model's: every model of a suite runs with the same."""
+    from ...options import Options
+
+    defaults = Options().to_dict()
+    out = []
+    for e, m in (rows[0]["engines"].items() if rows else ()):
+        if m.get("pass_config") is not None:
+            opts = m.get("options") or {}
+            changed = ", ".join(f"{k}={v}" for k, v in opts.items()
+                                if opts.get("fluidml") and k != "fluidml"
+                                and defaults.get(k) != v)
+            out.append(f"- {e}: pass-config `{' '.join(m['pass_config'])}`"
+                       + (f"; options off the defaults: {changed}" if changed else ""))
+        elif m.get("options"):
+            out.append(f"- {e}: " + ", ".join(f"{k}={v}" for k, v in m["options"].items()))
+    return out
+
+
 def markdown_table(rows: list, info: dict) -> str:
+    loads = [f"{'/'.join(str(x) for x in info[k])} {k[5:]}" for k in ("load_before", "load_after")
+             if info.get(k)]
+    load = f"; load average (1/5/15 min) {', '.join(loads)}" if loads else ""
     lines = [f"Host: {info['cpu']}, {info['cores']} cores, {info['threads']} threads per engine; "
-             f"TVM {info['tvm']}, ONNX Runtime {info['onnxruntime']}; {info['date']}", "",
+             f"TVM {info['tvm']}, ONNX Runtime {info['onnxruntime']}; {info['date']}"]
+    if "commit" in info:
+        lines += [f"Commit {info['commit']}; ISA {' '.join(info.get('isa') or []) or '?'} "
+                  f"(LLVM cpu {info.get('llvm_cpu', '?')}){load}.",
+                  f"Memory: {info['memory_method']}."]
+    lines += _options(rows)
+    lines += ["",
              "| model | engine | median ms (min-max, n) | compile s | planned MB | bound MB | "
              "peak act. MB | peak RSS MB | max abs diff vs ORT |",
              "|---|---|---|---|---|---|---|---|---|"]

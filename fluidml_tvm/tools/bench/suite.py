@@ -103,9 +103,12 @@ def benchmark_model(spec: str, engines=ENGINES, threads: int = 2, repeat: int = 
                          workdir, tag, timeout)
             samples[e].extend(res["latencies"])
             eng = row["engines"][e]
-            for key in ("peak_activation_bytes", "peak_rss_bytes"):
+            for key in ("peak_activation_bytes", "peak_activation_bytes_second_run",
+                        "peak_rss_bytes"):
                 if res.get(key) is not None:
                     eng[key] = max(eng.get(key) or 0, res[key])
+            if res.get("options"):
+                eng["options"] = res["options"]
             eng["outputs_file"] = os.path.join(workdir, tag + ".npz")
         log(f"  {name}: round {r + 1}/{rounds}: " + ", ".join(
             f"{e} {np.median(samples[e]) * 1e3:.2f} ms" for e in engines))
@@ -138,28 +141,76 @@ def benchmark_model(spec: str, engines=ENGINES, threads: int = 2, repeat: int = 
     return row
 
 
-def host_info(threads: int) -> dict:
-    cpu = platform.processor() or ""
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    """(CPU model, the ISA extensions of :data:`_ISA_FLAGS` it has) from /proc/cpuinfo."""
+    cpu, flags = platform.processor() or "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not cpu:
+                    cpu = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
+    return cpu, [f for f in _ISA_FLAGS if f in flags]
+
+
+def commit_of_checkout() -> str:
+    """``git describe --always --dirty=+dirty`` of the checkout this package runs from."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    try:
+        proc = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty=+dirty"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (git not runnable)"
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown (not a git checkout)"
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (what else ran on the machine)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+MEMORY_METHOD = (
+    "peak activation memory: the growth of glibc's in-use heap (mallinfo2 uordblks + hblkhd) "
+    "over each engine's first run after loading, minus the heap just before it, for every "
+    "engine (the run that allocates what the model needs); TVM runs it with memory_cfg=naive "
+    "(each buffer freed at once) and samples the heap before and after every kernel call, ONNX "
+    "Runtime is read at the end of the run (its arena keeps the run's peak); outputs included")
+
+
+def host_info(threads: int) -> dict:
+    """Where and how a benchmark ran: host, CPU model and ISA, threads, versions, the commit of
+    this checkout, the load average, the memory method."""
     import onnxruntime
     import tvm
+    from tvm.target import codegen
 
-    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "threads": threads,
-            "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__,
+    from ... import __version__
+
+    cpu, isa = _cpuinfo()
+    return {"host": socket.gethostname(), "cpu": cpu, "isa": isa, "arch": platform.machine(),
+            "llvm_cpu": str(codegen.llvm_get_system_cpu()), "cores": os.cpu_count(),
+            "threads": threads, "tvm": tvm.__version__, "onnxruntime": onnxruntime.__version__,
+            "fluidml_tvm": __version__, "commit": commit_of_checkout(),
+            "load_before": load_average(), "memory_method": MEMORY_METHOD,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
 
 
 def run_suite(models, engines=ENGINES, threads=2, repeat=10, rounds=3, budget=20.0,
               outdir="benchmarks/results", stem=None, log=print, plot=True,
-              input_shapes=None) -> dict:
+              input_shapes=None, pass_config=None) -> dict:
     """Benchmark ``models``; write ``<stem>.json``, ``<stem>.md`` and plots into ``outdir``."""
     os.makedirs(outdir, exist_ok=True)
     info = host_info(threads)
@@ -169,7 +220,9 @@ def run_suite(models, engines=ENGINES, threads=2, repeat=10, rounds=3, budget=20
         for spec in models:
             log(f"[bench] {spec}")
             rows.append(benchmark_model(spec, engines, threads, repeat, rounds, budget,
-                                        workdir=work, log=log, input_shapes=input_shapes))
+                                        workdir=work, log=log, input_shapes=input_shapes,
+                                        pass_config=pass_config))
+    info["load_after"] = load_average()
     table = markdown_table(rows, info)
     written = plots(rows, outdir, stem) if plot else []
     for row in rows:  # timelines went to the plots; the JSON keeps their length
