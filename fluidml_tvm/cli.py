@@ -162,6 +162,10 @@ def _resolve_model(spec: str):
 
 
 def cmd_compile(args) -> int:
+    from .runtime.backend import compile_blocker
+
+    if compile_blocker():  # this process ran a model with the TVM runtime alone
+        raise FluidMLError(compile_blocker())
     from .compiler import compile as compile_model
     from .runtime import metadata_path
 
@@ -313,6 +317,10 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command in ("run", "rpc-server"):  # before anything imports TVM: no compiler mapped
+        from .runtime.backend import prefer_runtime_only
+
+        prefer_runtime_only()
     try:
         return COMMANDS[args.command](args)
     except FluidMLError as err:
