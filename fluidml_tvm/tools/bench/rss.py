@@ -1,22 +1,40 @@
 """Whole-process peak RSS of running a model the way a user does, per engine.
 
-fluidml and stock TVM: the process is ``fluidml-tvm run LIB --inputs IN.npz --repeat N
---num-threads T`` itself (the runtime alone, as a user's run loads it). ONNX Runtime: a process
-that imports numpy and onnxruntime, opens an ``InferenceSession`` with the same thread count and
-runs it ``N + 1`` times on the same inputs (:data:`ORT_SCRIPT`). The peak is the child's
-``ru_maxrss`` from ``wait4`` (its ``VmHWM`` when it exits), so nothing of the measuring process is
-counted.
+fluidml and stock TVM: the process runs ``fluidml-tvm run LIB --inputs IN.npz --repeat N
+--num-threads T`` (the CLI's ``main``, in a fresh interpreter: the runtime alone, as a user's run
+loads it). ONNX Runtime: a process that imports numpy and onnxruntime, opens an
+``InferenceSession`` with the same thread count and runs it ``N + 1`` times on the same inputs.
+Each reports its own ``VmHWM`` when done (:data:`REPORT`): the child's ``ru_maxrss`` from
+``wait4`` would not do, Linux carries the spawning process's RSS at ``exec`` into it.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
+import tempfile
 
-ORT_SCRIPT = """
+# Appended to each measured program: write this process's VmHWM (bytes) to the file named by
+# the environment variable FLUIDML_TVM_RSS_OUT.
+REPORT = """
+def _report_peak():
+    import os
+    with open("/proc/self/status") as f:
+        kb = [int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")][0]
+    with open(os.environ["FLUIDML_TVM_RSS_OUT"], "w") as f:
+        f.write(str(kb * 1024))
+"""
+
+FLUIDML_SCRIPT = REPORT + """
+import sys
+from fluidml_tvm.cli import main
+rc = main(sys.argv[1:])
+_report_peak()
+sys.exit(rc)
+"""
+
+ORT_SCRIPT = REPORT + """
 import sys
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +47,7 @@ with np.load(npz) as data:
     feeds = {k: data[k] for k in data.files}
 for _ in range(repeat + 1):
     sess.run(None, feeds)
+_report_peak()
 """
 
 
@@ -37,33 +56,31 @@ def run_command(engine: str, model: str, lib: str | None, inputs: str, threads: 
     """The command whose peak RSS is measured for ``engine`` (``fluidml``, ``tvm`` or ``ort``)."""
     if engine == "ort":
         return [sys.executable, "-c", ORT_SCRIPT, model, inputs, str(threads), str(repeat)]
-    return [sys.executable, "-m", "fluidml_tvm.cli", "run", lib, "--inputs", inputs,
+    return [sys.executable, "-c", FLUIDML_SCRIPT, "run", lib, "--inputs", inputs,
             "--repeat", str(repeat), "--num-threads", str(threads)]
 
 
 def peak_rss(cmd: list[str], env: dict | None = None, timeout: float = 3600.0) -> int:
-    """Peak RSS in bytes of ``cmd`` run to completion (``ru_maxrss`` of the child).
+    """Peak RSS in bytes (``VmHWM``) that ``cmd``, one of :func:`run_command`'s, reports.
 
     Raises ``RuntimeError`` (with the last lines of its stderr) when it fails or times out.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            os.kill(proc.pid, signal.SIGKILL)
-            os.wait4(proc.pid, 0)
-            raise RuntimeError(f"{' '.join(cmd[:4])} ... did not finish within {timeout:g} s")
-        time.sleep(0.05)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}): {tail}")
-    return int(usage.ru_maxrss) * 1024  # Linux reports kilobytes
+    fd, out = tempfile.mkstemp(prefix="fluidml-rss-")
+    os.close(fd)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout, env={**(env or os.environ),
+                                                    "FLUIDML_TVM_RSS_OUT": out})
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(f"{' '.join(cmd[:2])} ... failed (exit {proc.returncode}): {tail}")
+        with open(out) as f:
+            return int(f.read())
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{' '.join(cmd[:2])} ... did not finish within {timeout:g} s") \
+            from None
+    finally:
+        os.remove(out)
 
 
 def measure(engine: str, model: str, lib: str | None, inputs: str, threads: int, repeat: int,
