@@ -29,6 +29,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -286,6 +287,8 @@ class Server {
     }
     int fd = accept(listen_, nullptr, nullptr);
     if (fd < 0) return false;
+    timeval handshake{10, 0};  // a client that connects and says nothing must not stall us
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake, sizeof(handshake));
     try {
       if (RecvInt(fd) != kRPCMagic) throw SocketError("not an RPC client");
       int32_t n = RecvInt(fd);
@@ -304,6 +307,8 @@ class Server {
       while (words >> word) {
         if (word.rfind("-timeout=", 0) == 0) *timeout = std::atof(word.c_str() + 9);
       }
+      timeval none{0, 0};  // the session itself waits as long as the client needs
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
       std::string server_key = "server:" + opt_.key;
       SendInt(fd, kCodeSuccess);
       SendInt(fd, static_cast<int32_t>(server_key.size()));

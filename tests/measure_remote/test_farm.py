@@ -1,5 +1,5 @@
-"""Decisions measured on boards (:mod:`fluidml_tvm.measure_remote`), on loopback: a REAL tracker
-and two REAL board servers (``scripts/board_server`` with the aarch64 TVM runtime, under
+"""Decisions measured on boards (:mod:`fluidml_tvm.measure_remote.farm`), on loopback: a REAL
+tracker and two REAL board servers (``scripts/board_server`` with the aarch64 TVM runtime, under
 qemu-aarch64). Emulated timings mean nothing, so these check the mechanism: the candidates are
 timed on both boards, stored under the boards' identity and reused by a second compile without
 measuring; a board killed mid-compile loses no candidate and the compile ends with a notice; no
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 
 import numpy as np
@@ -22,10 +21,10 @@ from rpc_helpers import HOST, assert_gone, free_port_range, process_tree, runtim
 
 import fluidml_tvm
 from fluidml_tvm import cli, cross, measure_remote, rpc
-from fluidml_tvm.measure_remote import ATTEMPTS, BoardFarm, _Batch
-from fluidml_tvm.schedules.measure import Timing
+from fluidml_tvm.measure_remote import BoardFarm
 
 KEY = "fluidml-a64"
+FAST = ["fluidml.tune_trials=4"]  # fewer candidates per kernel: the mechanism is under test
 
 
 def model():
@@ -83,7 +82,7 @@ def first(farm, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("farm-cache"))
     with measure_remote.boards(farm["tracker"], KEY) as f:
         compiled = fluidml_tvm.compile(model(), target="rasp4b",
-                                       pass_config=[f"fluidml.cache_dir={cache}"])
+                                       pass_config=[*FAST, f"fluidml.cache_dir={cache}"])
     f.attach(compiled)
     return {"farm": f, "compiled": compiled, "cache": cache}
 
@@ -114,6 +113,7 @@ def test_a_second_compile_reuses_the_board_timings_without_measuring(farm, first
     lib = os.path.join(first["cache"], "mlp_again.so")
     code = cli.main(["compile", path, "--target", "rasp4b", "--rpc-tracker", farm["tracker"],
                      "--rpc-key", KEY, "--pass-config", f"fluidml.cache_dir={first['cache']}",
+                     "--pass-config", FAST[0],
                      "-o", lib, "--report", "-q"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -130,37 +130,57 @@ def test_board_measured_library_matches_ort_under_qemu(first, tmp_path):
     np.testing.assert_allclose(outputs["y"], ort_run(model(), feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def test_a_board_killed_mid_compile_loses_nothing(tracker, first, tmp_path):
-    """Two boards of their own; one is killed once it has timed a candidate."""
-    key = KEY + "-kill"
+def _compile_losing_a_board(tracker, first, tmp_path, how: str):
+    """Two boards of their own; one is killed (or frozen) when a second candidate is sent to it,
+    after it timed one: the candidate is in its hands. Returns the farm and the victim's
+    address."""
+    key = f"{KEY}-{how}"
     boards = start_boards(tracker, key)
     victim, victim_addr = boards[1]
-    try:
-        with measure_remote.boards(tracker, key) as f:
-            def kill_when_busy():
-                deadline = time.monotonic() + 120
-                while f.timings_by_board.get(victim_addr, 0) < 1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                rpc.kill_tree(victim.pid)
+    struck = []
 
-            killer = threading.Thread(target=kill_when_busy, daemon=True)
-            killer.start()
+    def strike(event, board, candidate):
+        if event != "dispatch" or board != victim_addr or struck:
+            return
+        if f.timings_by_board.get(victim_addr, 0) < 1:
+            return
+        struck.append(candidate)
+        if how == "killed":
+            rpc.kill_tree(victim.pid)
+        else:  # a board that hangs: every process of it stopped, its sockets left open
+            for p in process_tree(victim.pid):
+                p.suspend()
+
+    try:
+        with measure_remote.boards(tracker, key, wait=5, candidate_timeout=15,
+                                   listener=strike) as f:
             compiled = fluidml_tvm.compile(model(), target="rasp4b",
-                                           pass_config=[f"fluidml.cache_dir={tmp_path}"])
-            killer.join(5)
+                                           pass_config=[*FAST, f"fluidml.cache_dir={tmp_path}"])
     finally:
         stop_boards(boards)
-    assert victim.poll() is not None
-    lost = [n for n in f.notices if victim_addr in n]
-    assert lost, f.notices
+    assert struck, "the victim was never sent a second candidate"
     # nothing lost: every kernel timed as many candidates as with two healthy boards
     before = {k: d.data["measured"] for k, d in schedule_decisions(first["compiled"]).items()}
     after = {k: d.data["measured"] for k, d in schedule_decisions(compiled).items()}
     assert after == before
-    assert sum(f.timings_by_board.values()) >= sum(before.values())
     feeds = {"x": np.random.default_rng(1).standard_normal((64, 128)).astype("float32")}
     outputs, _ = cross.run_under_qemu(compiled.export(tmp_path / "m.so"), feeds)
     np.testing.assert_allclose(outputs["y"], ort_run(model(), feeds)[0], rtol=1e-4, atol=1e-4)
+    return f, victim_addr
+
+
+def test_a_board_killed_mid_compile_loses_nothing(tracker, first, tmp_path):
+    f, victim = _compile_losing_a_board(tracker, first, tmp_path, "killed")
+    assert any(victim in n and "was lost while timing candidates" in n
+               for n in f.notices), f.notices
+
+
+def test_a_board_that_hangs_mid_compile_loses_nothing(tracker, first, tmp_path):
+    t0 = time.monotonic()
+    f, victim = _compile_losing_a_board(tracker, first, tmp_path, "frozen")
+    assert any(f"board {victim} did not finish a candidate within 15 s" in n
+               for n in f.notices), f.notices
+    assert time.monotonic() - t0 < 240  # bounded: the stalled candidates were re-dispatched
 
 
 @pytest.mark.parametrize("where", ["no tracker", "no board with the key"])
@@ -191,18 +211,3 @@ def test_boards_measure_only_targets_of_their_machine(first):
 def test_both_flags_are_needed():
     with pytest.raises(fluidml_tvm.FluidMLError, match="--rpc-tracker HOST:PORT and --rpc-key"):
         BoardFarm("127.0.0.1:9190", "")
-
-
-def test_a_failing_candidate_is_retried_then_left_to_the_model():
-    """:class:`_Batch`: given back after a failure on a live board, dropped after
-    :data:`ATTEMPTS` of them; a lost board's candidate always goes back."""
-    results = [Timing(None), Timing(None)]
-    batch = _Batch([None, None], {0: 0, 1: 1}, [0, 1], results, 1, 1, time.monotonic() + 5)
-    assert batch.take() == 0 and batch.take() == 1
-    batch.give_back(0, lost=True)  # board lost: back in the queue, not counted
-    batch.done(1, Timing(1e-3))
-    for _ in range(ATTEMPTS):
-        assert batch.take() == 0
-        batch.give_back(0, lost=False)
-    assert batch.take() is None  # nothing left, nothing running
-    assert results[0].seconds is None and results[1].seconds == 1e-3
