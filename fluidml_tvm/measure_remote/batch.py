@@ -35,9 +35,14 @@ class Worker:
         if not self.alive():
             self.board = None
             env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")  # a client needs the runtime only
+            logs = os.environ.get("FLUIDML_TVM_FARM_LOGS")  # a directory: each worker's stderr
+            err = open(os.path.join(logs, f"worker-{time.time():.3f}.log"), "w") if logs \
+                else subprocess.DEVNULL
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fluidml_tvm.rpc.board_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+            if logs:
+                err.close()
         proc = self.proc
         timer = threading.Timer(timeout, self.kill) if timeout else None
         try:

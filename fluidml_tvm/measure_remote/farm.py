@@ -65,6 +65,7 @@ class BoardFarm:
         self.bad_boards: set = set()  # "host:port" of boards lost or stalled in this compile
         self._seen: set = set()  # boards registered at the last look
         self._workers: list[Worker] = []
+        self._closing = False
         self._lock = threading.Lock()
         self._tmp = None
         self._tokens = []
@@ -79,10 +80,12 @@ class BoardFarm:
     def __exit__(self, *exc):
         MEASURED_ON.reset(self._tokens.pop())
         REMOTE.reset(self._tokens.pop())
+        self._closing = True
         for w in self._workers:  # their sessions end with them: the boards are free again
             w.kill()
         self._workers = []
         shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closing = False
         if self.timings_by_board:
             where = ", ".join(f"{n} on {b}" for b, n in sorted(self.timings_by_board.items()))
             self.notice(f"candidates timed on the boards {self.identity} via tracker "
@@ -100,6 +103,8 @@ class BoardFarm:
                 timings=dict(self.timings_by_board)))
 
     def notice(self, text: str, quiet: bool = False) -> None:
+        if self._closing:  # a worker killed at the end of the compile is no news
+            return
         with self._lock:
             if text not in self.notices:
                 self.notices.append(text)
@@ -169,6 +174,8 @@ class BoardFarm:
             while (time.monotonic() < batch.deadline and not batch.finished()
                    and any(t.is_alive() for t in threads)):
                 time.sleep(0.02)
+            for t in threads:  # they end at once when all is timed; not one stuck on a board
+                t.join(0.5)
             if batch.finished() or time.monotonic() >= batch.deadline:
                 break
         with batch.lock:
