@@ -146,7 +146,11 @@ class BoardFarm:
             return False
         triple = str(target.attrs.get("mtriple", "") or "")
         arch = cross.normalize_machine(triple.split("-")[0]) if triple else cross.host_machine()
-        return self.machine is None or arch == self.machine
+        if self.machine is None or arch == self.machine:
+            return True
+        self.notice(f"the boards are {self.machine}, the target {arch}: its kernels are not "
+                    "measured on them")
+        return False
 
     def identity_for(self, target) -> str | None:
         """The cost database's key part for ``target`` (:data:`fluidml_tvm.costdb.MEASURED_ON`)."""
