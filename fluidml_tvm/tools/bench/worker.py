@@ -99,7 +99,7 @@ def _worker_run(args: dict) -> dict:
         first = time.perf_counter() - t0
         from ...runtime.model import _flatten
 
-        outputs = [o.numpy() for o in _flatten(out)]
+        outputs = [backend.to_numpy(o) for o in _flatten(out)]
         names = model.output_names
 
         def once():
