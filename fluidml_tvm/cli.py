@@ -54,6 +54,13 @@ def _add_compile(sub):
                    help="also compile with fluidml.layout=0, time both in interleaved rounds and "
                         "store the on/off ratio for --report (cached per layout plan)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    r = p.add_argument_group("measure on boards over TVM RPC (for --target rasp4b, ...: the "
+                             "candidate kernels are timed on every free board with the key)")
+    r.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                   help="RPC tracker the boards registered with (with --rpc-key)")
+    r.add_argument("--rpc-key", default=None, metavar="KEY", help="the boards' key (e.g. rasp4b)")
+    r.add_argument("--rpc-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a free board (default 30)")
 
 
 def _add_run(sub):
@@ -162,16 +169,27 @@ def _resolve_model(spec: str):
 
 
 def cmd_compile(args) -> int:
+    from .runtime.backend import compile_blocker
+
+    if compile_blocker():  # this process ran a model with the TVM runtime alone
+        raise FluidMLError(compile_blocker())
     from .compiler import compile as compile_model
+    from .measure_remote import for_cli
     from .runtime import metadata_path
 
     model, stem = _resolve_model(args.model)
     out = args.output or f"{stem}.so"
-    result = compile_model(
-        model, target=args.target, input_shapes=args.input_shapes, pass_config=args.pass_config,
-        print_ir_after=args.print_ir_after or None, dump_ir=args.dump_ir,
-        progress=not args.quiet, timing=args.timing, input_values=args.freeze_inputs,
-    )
+    with for_cli(args) as farm:  # --rpc-tracker/--rpc-key: candidates timed on the boards
+        result = compile_model(
+            model, target=args.target, input_shapes=args.input_shapes,
+            pass_config=args.pass_config, print_ir_after=args.print_ir_after or None,
+            dump_ir=args.dump_ir, progress=not args.quiet, timing=args.timing,
+            input_values=args.freeze_inputs,
+        )
+    if farm is not None:
+        farm.attach(result)
+        for text in farm.notices:
+            print(f"[fluidml-tvm] boards: {text}", file=sys.stderr)
     result.export(out, cross_compiler=args.cross_compiler)
     if args.measure_layout_gain:
         from .compiler import measure_layout_gain
@@ -305,6 +323,10 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command in ("run", "rpc-server"):  # before anything imports TVM: no compiler mapped
+        from .runtime.backend import prefer_runtime_only
+
+        prefer_runtime_only()
     try:
         with cli_api():  # messages name the flags (--input-shapes), not Python's keywords
             return COMMANDS[args.command](args)

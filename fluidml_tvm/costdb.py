@@ -16,6 +16,7 @@ faster: load only ever slows a kernel down), so repeated compiles converge on th
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import sqlite3
@@ -29,11 +30,21 @@ NOISY_LOAD = 0.15
 
 
 
+# Where a target's kernels are timed when it is not this host: ``MEASURED_ON.get()(target)`` is
+# the boards' identity ("board=KEY/MACHINE/CPU/threads=N") or None, set by
+# fluidml_tvm.measure_remote while a compile measures on boards. It takes the place of this
+# host's TVM_NUM_THREADS in the key.
+MEASURED_ON: contextvars.ContextVar = contextvars.ContextVar("fluidml_measured_on", default=None)
+
+
 def target_key(target, cpu_key: str | None = None) -> str:
     """The database's key of a target as measured now: the target, the CPU facts the schedules
-    see (``CPUInfo.key()``, schedule rules only) and ``TVM_NUM_THREADS``."""
-    threads = os.environ.get("TVM_NUM_THREADS", "default")
-    return f"{target}|{cpu_key}|threads={threads}" if cpu_key else f"{target}|threads={threads}"
+    see (``CPUInfo.key()``, schedule rules only) and ``TVM_NUM_THREADS`` - or the identity of
+    the boards that measure it (:data:`MEASURED_ON`)."""
+    board = MEASURED_ON.get()
+    where = (board(target) if board is not None else None) or \
+        f"threads={os.environ.get('TVM_NUM_THREADS', 'default')}"
+    return f"{target}|{cpu_key}|{where}" if cpu_key else f"{target}|{where}"
 
 
 _SCHEMA = """

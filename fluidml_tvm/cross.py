@@ -7,7 +7,9 @@ workstation it cannot be loaded (``dlopen`` reports a misleading "No such file o
 :func:`run_under_qemu` runs such a library on this machine with Debian's ``qemu-user`` and the
 aarch64 TVM runtime (``scripts/install-aarch64-runtime.sh`` installs both, plus a small C++ runner,
 under ``~/.cache/fluidml-tvm/aarch64``). That is how the tests check that cross-compiled code
-computes the same outputs as ONNX Runtime without a board.
+computes the same outputs as ONNX Runtime without a board. :func:`start_board_under_qemu` runs
+the same runtime as an RPC server (``scripts/board_server.cc``) registered at a tracker: an
+emulated board farm for the board-measured compile (:mod:`fluidml_tvm.measure_remote`).
 
 Examples
 --------
@@ -25,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 
 import numpy as np
 
@@ -103,6 +106,52 @@ def qemu_missing() -> str | None:
     if not os.access(os.path.join(runtime_home(), "bin", "vm_runner"), os.X_OK):
         return f"no aarch64 TVM runner under {runtime_home()} ({INSTALL_HINT})"
     return None
+
+
+def board_server_missing() -> str | None:
+    """Why :func:`start_board_under_qemu` cannot work here, or None."""
+    missing = qemu_missing()
+    if missing:
+        return missing
+    if not os.access(os.path.join(runtime_home(), "bin", "board_server"), os.X_OK):
+        return f"no aarch64 board_server under {runtime_home()} ({INSTALL_HINT})"
+    return None
+
+
+def start_board_under_qemu(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090,
+                           port_end: int = 9199, threads: int = 1, timeout: float = 60.0):
+    """Start ``scripts/board_server`` (an RPC server with the aarch64 TVM runtime alone) under
+    qemu-aarch64, registered at ``tracker`` under ``key``: an emulated board, to test what runs
+    on a farm of real ones. Returns ``(process, "host:port")`` once it listens; end it with
+    :func:`fluidml_tvm.rpc.kill_tree` on the process id (its sessions are child processes).
+    """
+    missing = board_server_missing()
+    if missing:
+        raise FluidMLError(f"cannot start an emulated board: {missing}")
+    log = tempfile.NamedTemporaryFile("w+", prefix="fluidml-board-", suffix=".log", delete=False)
+    cmd = ["qemu-aarch64", "-L", QEMU_SYSROOT, os.path.join(runtime_home(), "bin", "board_server"),
+           "--host", host, "--port", str(port), "--port-end", str(port_end), "--tracker", tracker,
+           "--key", key, "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log.name) as f:
+            text = f.read()
+        line = text.split("listening on ", 1)[1] if "listening on " in text else ""
+        if "\n" in line:  # the whole line is written
+            log.close()
+            os.remove(log.name)
+            return proc, line.split("\n")[0].split(",")[0].strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    log.close()
+    with open(log.name) as f:
+        last = (f.read().strip().splitlines() or ["no output"])[-1]
+    os.remove(log.name)
+    raise FluidMLError(f"the emulated board did not start within {timeout:g} s: {last}")
 
 
 def cross_compiler_missing(cc: str = "aarch64-linux-gnu-gcc") -> str | None:

@@ -15,7 +15,9 @@
 #      and the tvm-ffi C++ headers. The ~240 MB compiler library is not extracted.
 #   3. Builds scripts/vm_runner.cc with aarch64-linux-gnu-g++ into $HOME_DIR/bin/vm_runner: a
 #      ~100-line C++ program that loads an exported library with the TVM runtime and runs the
-#      Relax VM's "main" (no aarch64 Python, no numpy needed).
+#      Relax VM's "main" (no aarch64 Python, no numpy needed); and scripts/board_server.cc into
+#      $HOME_DIR/bin/board_server: a TVM RPC server on the runtime alone (the tests' emulated
+#      board farm; it serves on a real aarch64 board as well).
 #
 # fluidml_tvm.cross.run_under_qemu() then runs (the runner finds $HOME_DIR/lib by its rpath):
 #   qemu-aarch64 -L /usr/aarch64-linux-gnu $HOME_DIR/bin/vm_runner LIB.so --input ... --output-dir D
@@ -93,10 +95,24 @@ if [ ! -x "$RUNNER" ] || [ "$HERE/vm_runner.cc" -nt "$RUNNER" ] || [ "$STAMP" -n
     mv "$RUNNER.tmp" "$RUNNER"
 fi
 
+BOARD="$HOME_DIR/bin/board_server"
+if [ ! -x "$BOARD" ] || [ "$HERE/board_server.cc" -nt "$BOARD" ] || [ "$STAMP" -nt "$BOARD" ]; then
+    say "building $BOARD"
+    aarch64-linux-gnu-g++ -std=c++17 -O2 -o "$BOARD.tmp" "$HERE/board_server.cc" \
+        -I"$HOME_DIR/include" -L"$HOME_DIR/lib" \
+        -Wl,--no-as-needed -ltvm_runtime -ltvm_ffi -Wl,--as-needed -Wl,-rpath,'$ORIGIN/../lib'
+    mv "$BOARD.tmp" "$BOARD"
+fi
+
 # ---- check --------------------------------------------------------------------------------------------
 probe="$(qemu-aarch64 -L /usr/aarch64-linux-gnu "$RUNNER" 2>&1 || true)"
 case "$probe" in
     *"usage: vm_runner"*) ;;
     *) say "error: $RUNNER does not start under qemu-aarch64: $probe"; exit 1 ;;
 esac
-say "ready: $RUNNER (runtime apache-tvm $TVM_VERSION, apache-tvm-ffi $FFI_VERSION)"
+probe="$(qemu-aarch64 -L /usr/aarch64-linux-gnu "$BOARD" --bogus 2>&1 || true)"
+case "$probe" in
+    *"usage: board_server"*) ;;
+    *) say "error: $BOARD does not start under qemu-aarch64: $probe"; exit 1 ;;
+esac
+say "ready: $RUNNER and $BOARD (runtime apache-tvm $TVM_VERSION, apache-tvm-ffi $FFI_VERSION)"

@@ -26,13 +26,17 @@ Per-kernel timings need code on the board: ``fluidml-tvm rpc-server`` registers
 client-side Python callback cannot be passed over RPC ("Cannot pass type ffi.Function as an argument
 to the remote"). Against a stock ``tvm.exec.rpc_server`` only whole-model timings are available.
 
-==========  =======================================================================================
-module      what it holds
-==========  =======================================================================================
-``client``  :func:`connect`, :class:`Tracker` (bounded), :class:`Session`, :func:`parse_address`
-``remote``  :class:`RemoteModel`, :func:`load_remote`, :func:`benchmark_many`, :func:`load_for_cli`
-``server``  the board server: :func:`start_server`, :func:`stop_server`, :func:`serve_forever`
-==========  =======================================================================================
+================  ================================================================================
+module            what it holds
+================  ================================================================================
+``client``        :func:`connect`, :class:`Tracker` (bounded), :class:`Session`,
+                  :func:`parse_address`
+``remote``        :class:`RemoteModel`, :func:`load_remote`, :func:`benchmark_many`,
+                  :func:`load_for_cli`
+``server``        the board server: :func:`start_server`, :func:`stop_server`,
+                  :func:`serve_forever`, :func:`cpu_model`
+``board_worker``  a measuring process of :mod:`fluidml_tvm.measure_remote` (one board)
+================  ================================================================================
 
 Examples
 --------

@@ -218,8 +218,9 @@ class Session:
         gc.collect()  # remote objects caught in reference cycles would keep the board busy
 
     def board_info(self) -> dict:
-        """``{"machine": uname -m, "num_threads": TVM_NUM_THREADS}`` when the board's server is
-        ``fluidml-tvm rpc-server``; ``{}`` for a stock server."""
+        """``{"machine": uname -m, "cpu", "cores", "num_threads": TVM_NUM_THREADS, "server"}``
+        when the board's server is ``fluidml-tvm rpc-server`` or ``scripts/board_server``;
+        ``{}`` for a stock server."""
         try:
             func = self.remote.get_function(BOARD_INFO)
         except Exception:  # noqa: BLE001 - a stock server has no such function

@@ -127,7 +127,7 @@ def _outputs(vm_module, func_name: str, idx: tuple = ()) -> list:
 
 def load_remote(lib_path: str, session: Session) -> RemoteModel:
     """Upload ``lib_path`` (with its metadata read locally) and load it on the board."""
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     lib_path = os.fspath(lib_path)
     if not os.path.exists(lib_path):
@@ -155,7 +155,7 @@ def load_remote(lib_path: str, session: Session) -> RemoteModel:
     # A CUDA library (cuda, jetson-orin) runs on the board's GPU; the VM adds the CPU for shapes.
     device = session.remote.cuda(0) if meta.get("target_kind") == "cuda" else session.remote.cpu()
     try:
-        vm = relax.VirtualMachine(rlib, device)
+        vm = VirtualMachine(rlib, device)
     except Exception as err:  # noqa: BLE001
         raise session.error(err, f"starting the VM for {name}") from None
     try:  # external weights are copied to the board once, then passed with every run's inputs

@@ -25,8 +25,30 @@ def register_board_functions() -> None:
 
 
 def _board_info() -> str:
-    return json.dumps({"machine": platform.machine(),
-                       "num_threads": os.environ.get("TVM_NUM_THREADS")})
+    return json.dumps({"machine": platform.machine(), "cpu": cpu_model(),
+                       "cores": os.cpu_count(), "num_threads": os.environ.get("TVM_NUM_THREADS"),
+                       "server": "fluidml-tvm rpc-server"})
+
+
+def cpu_model() -> str:
+    """The CPU as ``/proc/cpuinfo`` names it: ``model name`` (x86), else the board's ``Model``
+    (Raspberry Pi), else the ARM implementer and part numbers; ``unknown`` without it. The
+    same rule as ``scripts/board_server.cc``: both key a board's timings by it."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                found.setdefault(name.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    if found.get("model name"):
+        return found["model name"]
+    if found.get("Model"):
+        return found["Model"]
+    if found.get("CPU part"):
+        return f"implementer {found.get('CPU implementer', '')} part {found['CPU part']}"
+    return "unknown"
 
 
 def _server_init():

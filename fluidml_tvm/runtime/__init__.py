@@ -1,12 +1,14 @@
 """Load and run a library written by ``fluidml_tvm.compile(...).export(path)``.
 
 Everything a board needs and nothing more: this package imports only numpy and the TVM runtime
-(with ``TVM_USE_RUNTIME_LIB=1``, ``libtvm_runtime.so`` alone), never the compiler.
+(``libtvm_runtime.so`` through ``tvm_ffi``, see :mod:`.backend`), never the compiler.
 
 ============  ====================================================================================
 module        what it holds
 ============  ====================================================================================
 ``model``     :class:`Model` (``run``, ``time``), :func:`load`, :func:`set_num_threads`
+``backend``   the runtime a model runs on: ``tvm_ffi`` + ``libtvm_runtime.so`` alone, or TVM's
+              classes when ``tvm`` is imported; why a process that loaded cannot compile
 ``metadata``  the ``NAME.json`` beside a library: :func:`metadata_path`, :func:`read_metadata`
 ``weights``   the external weights file ``NAME.weights``: written at export, mapped at load
 ``profile``   per-kernel timings (``fluidml-tvm run --profile``)

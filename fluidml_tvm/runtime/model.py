@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import FluidMLError, notice
+from . import backend
 from . import inputs as inputs_mod
 from .metadata import read_metadata
 from .weights import load_weights
@@ -64,10 +65,8 @@ class Model:
             notice(message)
 
     def _arrays(self, inputs, fill_mode: str = "random") -> list:
-        import tvm
-
         feeds = self.complete_inputs(inputs, fill_mode)
-        return [tvm.runtime.tensor(a, self.device) for a in feeds.values()] + self.weights
+        return [backend.tensor(a, self.device) for a in feeds.values()] + self.weights
 
     # ---- execution ------------------------------------------------------------------------------
     def run(self, inputs=None, fill_mode: str = "random") -> dict:
@@ -75,7 +74,7 @@ class Model:
         None): inputs left out are made in ``fill_mode``, with a notice."""
         result = self.vm["main"](*self._arrays(inputs, fill_mode))
         outs = _flatten(result)
-        return {name: o.numpy() for name, o in zip(self.output_names, outs)}
+        return {name: backend.to_numpy(o) for name, o in zip(self.output_names, outs)}
 
     def time(self, inputs=None, repeat: int = 10, number: int = 1, warmup: int = 1,
              fill_mode: str = "random") -> list:
@@ -89,7 +88,7 @@ class Model:
 
 
 def _flatten(result) -> list:
-    if hasattr(result, "numpy"):
+    if hasattr(result, "numpy") or hasattr(result, "__dlpack__"):
         return [result]
     out = []
     for item in result:
@@ -97,21 +96,28 @@ def _flatten(result) -> list:
     return out
 
 
-def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None) -> Model:
+def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None,
+         runtime_only: bool | None = None) -> Model:
     """Load ``path`` (a library from :meth:`CompiledModel.export`) with its metadata.
 
     ``memory_cfg="naive"`` makes the VM free each buffer at once instead of pooling it (used to
     measure peak activation memory); the default pools.
+
+    ``runtime_only`` (default: yes, unless ``FLUIDML_TVM_RUNTIME_ONLY=0``): in a process that has
+    not imported TVM, load with the TVM runtime library alone, through ``tvm_ffi``
+    (:mod:`.backend`): no compiler is mapped, and this process cannot compile afterwards. A
+    process that imported TVM already uses it as it is.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FluidMLError(f"library not found: {path}")
     meta = read_metadata(path)
     n = set_num_threads(num_threads)
-    import tvm  # with TVM_USE_RUNTIME_LIB=1 this is the runtime alone (what a board has)
-    from tvm.runtime.vm import VirtualMachine
+    cuda = meta.get("target_kind") == "cuda"
+    backend.ensure(runtime_only, python_api=cuda)  # CUDA: TVM's Python package, runtime alone
+    if cuda:
+        import tvm
 
-    if meta.get("target_kind") == "cuda":
         from ..cuda import load_runtime
 
         driver = load_runtime()  # TVM's CUDA runtime, before loading a module with GPU code
@@ -123,11 +129,12 @@ def load(path: str, device=None, num_threads: int | None = None, memory_cfg=None
                     "(or driver); run it on one, or over RPC with --rpc-tracker/--rpc-server"
                 )
     try:
-        lib = tvm.runtime.load_module(os.path.abspath(path))
+        lib = backend.load_module(os.path.abspath(path))
     except Exception as err:
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         reason = lines[-1] if lines else type(err).__name__
         raise FluidMLError(f"cannot load {path}: {reason}") from None
-    device = device or tvm.cpu()
+    device = device or backend.cpu()
     weights = load_weights(path, meta, device)
-    return Model(VirtualMachine(lib, device, memory_cfg=memory_cfg), device, meta, n, weights)
+    vm = backend.virtual_machine(lib, device, memory_cfg)
+    return Model(vm, device, meta, n, weights)

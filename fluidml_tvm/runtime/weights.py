@@ -73,8 +73,9 @@ def write_weights(path: str, weights: list, gathered=()) -> list:
 
 def map_weights(path: str, index: list, device) -> list:
     """The weights as TVM tensors sharing the file's pages (CPU), or copied to ``device``."""
-    import tvm
+    from . import backend
 
+    cpu = backend.cpu().dlpack_device_type()
     arrays = []
     size = os.path.getsize(path)
     for entry in index:
@@ -87,8 +88,8 @@ def map_weights(path: str, index: list, device) -> list:
         mapped = getattr(arr, "_mmap", None)
         if entry.get("access") == "gather" and mapped is not None and hasattr(mmap, "MADV_RANDOM"):
             mapped.madvise(mmap.MADV_RANDOM)  # no read-ahead: only the rows read are held
-        if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
-            arrays.append(tvm.runtime.from_dlpack(arr))
+        if device.dlpack_device_type() == cpu:
+            arrays.append(backend.from_dlpack(arr))
         else:
-            arrays.append(tvm.runtime.tensor(np.asarray(arr), device))
+            arrays.append(backend.tensor(np.asarray(arr), device))
     return arrays

@@ -16,6 +16,7 @@ caller can keep such a choice provisional (re-measured by a later compile, see
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from dataclasses import dataclass
@@ -29,8 +30,18 @@ from .target_info import cpu_info, host_target
 _RANK = {"generic": 0, "sse": 1, "neon": 1, "avx2": 2, "avx512": 3}
 
 
+# Kernels timed on other machines: a measurer (fluidml_tvm.measure_remote.BoardFarm: its
+# ``accepts(target)`` and ``measure(funcs, target, min_repeat_ms, repeat)``) set for the compile
+# that runs inside ``with farm:``. Targets it accepts are measured there, never on this host.
+REMOTE: contextvars.ContextVar = contextvars.ContextVar("fluidml_remote_measurer", default=None)
+
+
 def can_measure(target) -> bool:
-    """Whether kernels built for ``target`` run on this host."""
+    """Whether kernels built for ``target`` can be timed: on this host, or on the boards of an
+    active remote measurer (:data:`REMOTE`)."""
+    remote = REMOTE.get()
+    if remote is not None and remote.accepts(target):
+        return True
     t, h = cpu_info(target), cpu_info(host_target())
     if (t.isa == "neon") != (h.isa == "neon"):
         return False
@@ -125,7 +136,11 @@ def measure_funcs(
 ) -> list[Timing]:
     """:class:`Timing` of each PrimFunc, built in one LLVM module, timed round by round
     (interleaved). Each candidate keeps its best quiet round; while some candidate has none,
-    up to ``extra_rounds`` more rounds (default ``repeat``) are run."""
+    up to ``extra_rounds`` more rounds (default ``repeat``) are run. With an active remote
+    measurer that accepts ``target`` (:data:`REMOTE`), the boards time them instead."""
+    remote = REMOTE.get()
+    if remote is not None and remote.accepts(target):
+        return remote.measure(funcs, target, min_repeat_ms, repeat)
     try:
         mod = tvm.IRModule(
             {f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)}

@@ -5,6 +5,9 @@ refused in one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -41,6 +44,25 @@ def test_cli_run_via_tracker(tracker, board, bert, capsys):
     assert code == 0
     assert "Execution time summary (2 threads, 3 x 1 runs)" in text, text
     assert "Per-kernel times" in text and "fused_" in text, text
+    with np.load(out) as data:
+        assert_close_to_ort(bert["model"], {k: data[k] for k in data.files}, bert["feeds"])
+    wait_free(tracker)
+
+
+def test_cli_run_via_tracker_in_a_fresh_process(tracker, board, bert, tmp_path):
+    """What a user types: the process keeps to the TVM runtime (no compiler library mapped)."""
+    out = str(tmp_path / "outputs_fresh.npz")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    code = ("import sys; from fluidml_tvm.cli import main; rc = main(sys.argv[1:]); "
+            "maps = open('/proc/self/maps').read(); "
+            "print('COMPILER MAPPED' if 'libtvm_compiler.so' in maps else 'runtime alone'); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "run", bert["lib"], "--rpc-tracker",
+                           tracker, "--rpc-key", KEY, "--inputs", bert["npz"], "--outputs", out,
+                           "--rpc-session-timeout", "60"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "runtime alone" in proc.stdout
     with np.load(out) as data:
         assert_close_to_ort(bert["model"], {k: data[k] for k in data.files}, bert["feeds"])
     wait_free(tracker)

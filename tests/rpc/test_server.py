@@ -14,6 +14,7 @@ import pytest
 from rpc_helpers import HOST, assert_gone, process_tree
 
 from fluidml_tvm import cli, rpc
+from fluidml_tvm.rpc import server
 
 
 def test_rpc_server_command_refuses_a_tracker_without_key(capsys):
@@ -47,4 +48,25 @@ def test_board_functions_are_registered_once():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info == {"machine": platform.machine(), "num_threads": "3"}
+    assert info == {"machine": platform.machine(), "num_threads": "3", "cpu": server.cpu_model(),
+                    "cores": os.cpu_count(), "server": "fluidml-tvm rpc-server"}
+    assert info["cpu"] != "unknown"  # /proc/cpuinfo names this host's CPU
+
+
+def test_cpu_model_reads_what_boards_write(tmp_path, monkeypatch):
+    """x86 ``model name``, a Raspberry Pi's ``Model``, else ARM implementer/part numbers."""
+    import builtins
+
+    samples = {"model name\t: AMD EPYC 9R14\nflags\t: avx\n": "AMD EPYC 9R14",
+               "processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n\n"
+               "Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n": "Raspberry Pi 4 Model B Rev 1.4",
+               "CPU implementer\t: 0x41\nCPU part\t: 0xd08\n": "implementer 0x41 part 0xd08",
+               "": "unknown"}
+    real_open = builtins.open
+    for text, want in samples.items():
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        monkeypatch.setattr(builtins, "open", lambda f, *a, p=path, **k: real_open(
+            p if f == "/proc/cpuinfo" else f, *a, **k))
+        assert server.cpu_model() == want
+        monkeypatch.setattr(builtins, "open", real_open)

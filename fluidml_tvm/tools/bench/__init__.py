@@ -10,7 +10,8 @@ Method (benchmarks/README.md says the same for readers):
 - every engine runs in its own fresh process with the same thread count (``TVM_NUM_THREADS`` and
   ONNX Runtime's ``intra_op_num_threads``), on the same seeded inputs;
 - TVM engines are compiled once in a separate process (compile time), exported, then loaded by
-  the run process with the runtime alone (``TVM_USE_RUNTIME_LIB=1``), as on a board;
+  the run process with the runtime alone (``fluidml_tvm.load``: ``tvm_ffi`` and
+  ``libtvm_runtime.so``, no compiler), as ``fluidml-tvm run`` and a board do;
 - each run process warms up, then times runs; the rounds of all engines are interleaved (engine
   order rotated each round) so machine drift hits all of them; the median over all samples is
   reported with min and max. A run process stops sampling once it has spent ``budget`` seconds
@@ -24,11 +25,15 @@ Method (benchmarks/README.md says the same for readers):
 - every results file records the commit of the checkout (``git describe``, ``+dirty``), the
   pass-config and options of each engine, the host (CPU model, ISA, LLVM's CPU name), the
   threads, and the load average before and after the suite;
-- whole-process peak RSS is ``VmHWM`` of the run process (load + runs);
+- whole-process peak RSS comes from one more fresh process per engine and round that only
+  runs the model as a user does (:mod:`.rss`): ``fluidml-tvm run LIB --inputs ... --repeat N``
+  for the TVM engines, an ``InferenceSession`` run ``N + 1`` times for ONNX Runtime; its
+  ``ru_maxrss`` (``VmHWM``) from ``wait4``;
 - planned activation memory comes from the IR after the planner, with the live-set lower bound.
 """
 
 from .report import markdown_table, plots
+from .rss import peak_rss
 from .suite import ENGINES, benchmark_model, host_info, run_suite
 from .worker import heap_bytes, peak_rss_bytes, worker_main
 
@@ -38,6 +43,7 @@ __all__ = [
     "heap_bytes",
     "host_info",
     "markdown_table",
+    "peak_rss",
     "peak_rss_bytes",
     "plots",
     "run_suite",

@@ -1,7 +1,7 @@
 """The measuring process: one engine, one model, in a fresh process.
 
-``run`` loads a library with the TVM runtime alone (``TVM_USE_RUNTIME_LIB=1`` before the first
-``import tvm``) or an ONNX Runtime session, samples latencies within a time budget, and probes
+``run`` loads a library with the TVM runtime alone (``fluidml_tvm.load`` in a process that never
+imports the compiler) or an ONNX Runtime session, samples latencies within a time budget, and probes
 peak activation memory (glibc ``mallinfo2`` around every kernel call) and peak RSS; ``compile``
 compiles and exports a library and reports compile time and planned memory.
 """
@@ -79,10 +79,7 @@ def _worker_run(args: dict) -> dict:
                                             args["budget"])
     else:
         os.environ["TVM_NUM_THREADS"] = str(threads)
-        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-        import tvm
-
-        from ...runtime import load
+        from ...runtime import backend, load
 
         probe = load(args["lib"], num_threads=threads, memory_cfg="naive")
         arrays = probe._arrays(inputs)
@@ -110,7 +107,7 @@ def _worker_run(args: dict) -> dict:
         first = time.perf_counter() - t0
         from ...runtime.model import _flatten
 
-        outputs = [o.numpy() for o in _flatten(out)]
+        outputs = [backend.to_numpy(o) for o in _flatten(out)]
         names = model.output_names
 
         def once():
@@ -120,7 +117,7 @@ def _worker_run(args: dict) -> dict:
             result["latencies"] = [first]
         else:
             result["latencies"] = _sample_times(once, args["repeat"], args["budget"])
-        result["tvm_runtime_only"] = bool(getattr(tvm, "_RUNTIME_ONLY", False))
+        result["tvm_runtime_only"] = backend.compile_blocker() is not None
     np.savez(args["outputs"], **{f"out{i}": o for i, o in enumerate(outputs)})
     result["output_names"] = names
     result["peak_rss_bytes"] = peak_rss_bytes()
