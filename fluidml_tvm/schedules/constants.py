@@ -47,19 +47,36 @@ def constant_args(mod) -> dict[str, dict[int, bool]]:
     return out
 
 
+def pad_axis(arr: np.ndarray, axis: int, multiple: int) -> np.ndarray:
+    """``arr`` with zeros appended along ``axis`` up to a multiple of ``multiple``: the padded
+    output channels / columns of a kernel computed in whole tiles (:mod:`.rules.pad`)."""
+    extra = -arr.shape[axis] % multiple
+    if not extra:
+        return arr
+    width = [(0, 0)] * arr.ndim
+    width[axis] = (0, extra)
+    return np.pad(arr, width)
+
+
 def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
     """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``;
-    a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``."""
+    a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``. ``N`` /
+    ``F`` that ``nr`` does not divide are padded with zeros to whole panels."""
+    if roles and roles[0] == "groups":  # [F, ..] -> [G, F/G, ..] (.rules.grouped), then packed
+        groups, f_ax = roles[1], roles[2]
+        t = np.moveaxis(arr, f_ax, 0)
+        t = t.reshape(groups, t.shape[0] // groups, *t.shape[1:])
+        return pack_array(np.moveaxis(t, (0, 1), (f_ax, f_ax + 1)), roles[3:], nr)
     if roles and roles[0] == "conv":
         roles = roles[1:]
         f_ax = roles.index("f")
-        t = np.moveaxis(arr, f_ax, 0)
+        t = pad_axis(np.moveaxis(arr, f_ax, 0), 0, nr)
         t = t.reshape(t.shape[0] // nr, nr, *t.shape[1:])
         return np.ascontiguousarray(np.moveaxis(t, 1, -1))
     rest = [i for i, r in enumerate(roles) if r not in ("n", "k")]
     n_ax = roles.index("n")
     k_ax = roles.index("k")
-    t = np.transpose(arr, [*rest, n_ax, k_ax])
+    t = pad_axis(np.transpose(arr, [*rest, n_ax, k_ax]), len(rest), nr)
     lead = t.shape[: len(rest)]
     n, k = t.shape[-2:]
     t = t.reshape(*lead, n // nr, nr, k)

@@ -28,9 +28,11 @@ from tvm import s_tir, tirx
 
 from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
+from . import tiles
 from .base import Context, Rule
-from .conv2d_match import ConvMatch, analyze, loop_var_of, same_var
+from .conv2d_match import ConvMatch, analyze, analyze_any, loop_var_of, same_var
 from .injective import schedule_spatial_block
+from .pad import grow
 
 
 def loops_by_role(loops, roles, y_index: int | None = None):
@@ -85,6 +87,27 @@ def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, i
     return out[: max(1, budget)]
 
 
+def padded_candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple]:
+    """(mr, nv, rb, vl) tiles of any channel / column count (:func:`.tiles.padded_tiles`):
+    channels padded to whole ``nv x vl`` panels, columns to whole ``mr`` tiles, best first;
+    the reduction-blocked variant of the best tile second, as in :func:`candidates`."""
+    out = [(mr, nv, 0, vl) for mr, nv, vl in tiles.padded_tiles(m.x, m.f, cpu)]
+    if out and m.r0 % 32 == 0 and m.r0 > 32:
+        out.insert(1, out[0][:2] + (32,) + out[0][3:])
+    return out[: max(1, budget)]
+
+
+def tile_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple]:
+    """The dividing tiles (:func:`candidates`) or, where none divides or they are poor, the
+    padded ones (:func:`padded_candidates`)."""
+    lanes = cpu.lanes(32)
+    div = candidates(m, cpu, budget)
+    pad = padded_candidates(m, cpu, budget)
+    best_div = tiles.score(m.x, m.f, div[0][0], div[0][1], lanes, lanes) if div else None
+    best_pad = tiles.score(m.x, m.f, pad[0][0], pad[0][1], pad[0][3], lanes) if pad else None
+    return pad if tiles.prefer_padded(best_div, best_pad) else div
+
+
 def candidates_pointwise(m: ConvMatch, cpu: CPUInfo, budget: int = 2) -> list[tuple]:
     """(mr, nv, 0) tiles of a 1x1 stride-1 kernel (``m.rows``) whose ``mr`` divides rows x
     columns, for :func:`schedule_conv2d` with ``fuse_rows``: a 7x7 or 14x14 map gets tiles of 4
@@ -132,6 +155,23 @@ def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
     return dataclasses.replace(m, loop_roles=roles, x=m.rows * X, rows=0), yd
 
 
+def pad_conv(func, m: ConvMatch, nr: int, mr: int, pack_param: bool):
+    """``func`` with the channels padded to whole ``nr`` panels and the columns to whole ``mr``
+    tiles (:func:`.pad.grow`; a constant weight is padded with zeros when it is packed), and
+    what was padded, for the reason."""
+    pads, said = {}, []
+    fp, xp = -(-m.f // nr) * nr, -(-m.x // mr) * mr
+    if fp != m.f:
+        pads[m.f_axis] = fp
+        said.append(f"channels {m.f} padded to {fp}")
+    if xp != m.x:
+        pads[m.x_axis] = xp
+        said.append(f"columns {m.x} padded to {xp}")
+    caller = {m.w_param} if pack_param else set()
+    func, _ = grow(func, m.block, pads, caller)
+    return func, ", " + ", ".join(said)
+
+
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
     c = candidates(m, cpu, 1)
     return c[0] if c else None
@@ -143,19 +183,28 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed.
     ``fuse_rows`` (1x1 stride-1 kernels, ``ConvMatch.rows``): rows and columns are one axis, the
     tile's ``mr`` divides their product (:func:`candidates_pointwise`)."""
-    m, why = analyze(func)
+    m, why = analyze_any(func, {i for i, c in (const_args or {}).items() if c})
     if m is None:
         return None, why, None
+    func = m.func if m.func is not None else func  # a grouped conv: its channels split
     tile = tile or choose_tile(m, cpu)
     if tile is None:
         return None, f"no register tile divides channels {m.f} / columns {m.x}", None
     mr, nv = tile[:2]
     rb = tile[2] if len(tile) > 2 else 0
-    lanes = cpu.lanes(32)
+    lanes = tile[3] if len(tile) > 3 and tile[3] else cpu.lanes(32)  # lanes of one vector
     nr = nv * lanes
-    if m.f % nr:
-        return None, f"tile {nv} x {lanes} lanes does not divide channels {m.f}", None
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
+    padded, shape = "", f"F={m.f} X={m.x}"
+    if m.f % nr or (m.x % mr and not fuse_rows):  # whole tiles over zero-padded channels /
+        if fuse_rows:  # columns (pad.py); a rows x columns tile divides rows x columns
+            return None, "rows x columns tiles need whole channel panels", None
+        func, padded = pad_conv(func, m, nr, mr, pack_param)
+        groups, w_fdim = m.groups, m.w_fdim
+        m, why = analyze(func)
+        if m is None:
+            return None, f"padded kernel: {why}", None
+        m = dataclasses.replace(m, groups=groups, w_fdim=w_fdim)
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)
@@ -201,7 +250,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         lps = sch.get_loops(cr)
         sch.parallel(lps[0]) if lps else None
     fl, xl, _, reds, spatial_outer = loops_by_role(sch.get_loops(main), m.loop_roles)
-    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
+    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])  # (padded) channels: whole tiles
     x0, x1 = sch.split(xl, [m.x // mr, mr])
     r_ext = sch.get(reds[0]).extent
     if rb and as_int(r_ext) and as_int(r_ext) % rb == 0 and as_int(r_ext) > rb:
@@ -226,18 +275,24 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     sch.unroll(f1)
     sch.vectorize(f2)
     sch.reverse_compute_at(out, epi_at if epi_at is not None else par, preserve_unit_loops=True)
-    vectorize_inner(sch, out, lanes)
+    vectorize_inner(sch, out, cpu.lanes(32))
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
         if kinds is not None and all(k == "S" for k in kinds):
-            schedule_spatial_block(sch, b, lanes)
+            schedule_spatial_block(sch, b, cpu.lanes(32))
     sch.decompose_reduction(main, init_at)
-    reason = f"conv2d F={m.f} X={m.x} tile {mr}x{nr} (mr x channels)"
+    reason = f"conv2d {shape} tile {mr}x{nr} (mr x channels)"
+    reason += f" of {lanes}-lane vectors" if lanes != cpu.lanes(32) else ""
+    reason += padded
     reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
-    pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None
+    roles = ("conv",) + tuple(m.w_roles)
+    if m.groups > 1:  # the caller's weight [F, ..] is re-laid [G, F/G, ..] first
+        roles = ("groups", m.groups, m.w_fdim) + roles
+        reason = f"grouped ({m.groups} groups) " + reason
+    pack = {m.w_param: (roles, nr)} if pack_param else None
     return sch, reason, pack
 
 
@@ -250,13 +305,19 @@ class Conv2dRule(Rule):
     name = "conv2d"
 
     def analyze(self, func, ctx: Context):
-        return analyze(func)
+        return analyze_any(func, {i for i, c in ctx.const_args.items() if c})
 
     def candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
-        tiles = candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
-        if not tiles:
+        found = tile_candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
+        if not found:
             return []
-        cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+        lanes = ctx.cpu.lanes(32)
+        cands = []
+        for t in found:
+            c = {"mr": t[0], "nv": t[1], "rb": t[2]}
+            if len(t) > 3 and t[3] != lanes:
+                c["vl"] = t[3]  # half-width vectors (only where the padded tiles are taken)
+            cands.append(c)
         if ctx.options.rule_on("conv1x1"):
             # 1x1 stride-1: one more tile over rows x columns (14x14 and 28x28 maps, where the
             # column count caps the tile)
@@ -270,13 +331,17 @@ class Conv2dRule(Rule):
     def workload(self, m: ConvMatch, candidates: list[dict], ctx: Context) -> str:
         # the rows x columns tile has its own cache entry: switched off, the choice among the
         # rest stands
-        return f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
+        lanes = ctx.cpu.lanes(32)
+        padded = any(m.f % (c["nv"] * c.get("vl", lanes)) or m.x % c["mr"] or "vl" in c
+                     for c in candidates if "p" not in c)
+        return (f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
+                + (":pad" if padded else ""))
 
     def flops(self, m: ConvMatch) -> float:
         return m.flops
 
     def apply(self, func, m: ConvMatch, config: dict, ctx: Context):
-        tile = (config["mr"], config["nv"], config.get("rb", 0))
+        tile = (config["mr"], config["nv"], config.get("rb", 0), config.get("vl", 0))
         sch, why, pack = schedule_conv2d(func, ctx.cpu, ctx.const_args, tile,
                                          fuse_rows=bool(config.get("p")))
         return sch.mod["main"], why, pack

@@ -5,11 +5,13 @@ axis ``f`` (the output channel) that the data does not index; the role of every 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tvm import tirx
 
 from ..common import coefficient, extent, iter_values, match_sum_of_products, plain_indices
+from .grouped import ungroup
 
 
 @dataclass
@@ -26,6 +28,13 @@ class ConvMatch:
     # pointwise (1x1, stride 1) kernels: extent of the output-row loop right outside the column
     # loop, which the conv1x1 tiles fuse with it (tiles then divide rows x columns); 0 otherwise
     rows: int = 0
+    f_axis: int = -1  # index of the channel / column iteration variable among the block's
+    x_axis: int = -1
+    # a grouped convolution (.grouped): the kernel with its channels split, the group count and
+    # the output-channel dim of the original weight
+    func: object = None
+    groups: int = 1
+    w_fdim: int = 0
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
@@ -57,21 +66,31 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     if not red or any(v not in w_vars or v not in d_vars for v in red):
         return None, "reduction axes not in both operands"
     fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
+    if not fs:  # one output channel (a probability map): the unit axis is the channel axis
+        fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars]
     if len(fs) != 1:
         return None, "no single output-channel axis (depthwise/grouped or not a conv)"
     f = fs[0]
     xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
-    if not xs:
-        return None, "no spatial output axis"
-    x = xs[-1]  # the innermost spatial axis (output columns)
-    if len(red) < 2 and all(_is_plain_in(reads[d_i], v) for v in xs):
+    if len(red) < 2 and xs and all(_is_plain_in(reads[d_i], v) for v in xs):
         return None, "a matmul, not a convolution"
+    if not xs:  # a 1x1 map (squeeze-and-excitation): the unit column axis is the tile's
+        xs = [v for v in c_vars if v is not None and v in d_vars]
+        if not xs:
+            return None, "no spatial output axis"
+    x = xs[-1]  # the innermost spatial axis (output columns)
     vals = iter_values(sch, main)
     loops = sch.get_loops(main)
     lvars = [sch.get(lp).loop_var for lp in loops]
     roles = ["s"] * len(loops)
+    axes = {}  # "f" / "x" -> index of the iteration variable among the block's
+    for a, iv in enumerate(st.iter_vars):
+        if iv.var.same_as(f):
+            axes["f"] = a
+        elif iv.var.same_as(x):
+            axes["x"] = a
     for iv, val in zip(st.iter_vars, vals):
-        if ext[iv.var] == 1:
+        if ext[iv.var] == 1 and not (iv.var.same_as(f) or iv.var.same_as(x)):
             continue
         if not isinstance(val, tirx.Var):
             return None, "binding is not a loop variable"
@@ -86,7 +105,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
             roles[i] = "x"
     w_roles = []
     for v in plain(reads[w_i]):
-        if v is None or ext.get(v, 1) == 1:
+        if v is None or (ext.get(v, 1) == 1 and not v.same_as(f)):
             w_roles.append("1")
         else:
             w_roles.append("f" if v.same_as(f) else "r")
@@ -97,8 +116,23 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
     rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
     match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
-                      rows)
+                      rows, axes.get("f", -1), axes.get("x", -1))
     return match, "conv2d"
+
+
+def analyze_any(func: tirx.PrimFunc, const_params=()) -> tuple[ConvMatch | None, str]:
+    """:func:`analyze`, or for a grouped convolution the match of its kernel with the channels
+    split into (group, channel in the group) (:func:`.grouped.ungroup`; ``match.func``)."""
+    m, why = analyze(func)
+    if m is not None or not why.startswith("no single output-channel axis"):
+        return m, why
+    u, _ = ungroup(func, const_params)
+    if u is None:
+        return m, why
+    m, why2 = analyze(u.func)
+    if m is None:
+        return None, f"{why}; grouped: {why2}"
+    return dataclasses.replace(m, func=u.func, groups=u.groups, w_fdim=u.f_dim), "grouped conv2d"
 
 
 def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
