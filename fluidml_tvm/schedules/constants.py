@@ -62,6 +62,9 @@ def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
     """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``;
     a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``. ``N`` /
     ``F`` that ``nr`` does not divide are padded with zeros to whole panels."""
+    if roles and roles[0] == "convT":  # [C, F, kh, kw] -> per output phase (.rules.conv_transpose)
+        wph = phase_weight(arr, roles[1], roles[2], roles[3], roles[4])
+        return pack_array(wph, roles[5:], nr)
     if roles and roles[0] == "groups":  # [F, ..] -> [G, F/G, ..] (.rules.grouped), then packed
         groups, f_ax = roles[1], roles[2]
         t = np.moveaxis(arr, f_ax, 0)
@@ -81,6 +84,27 @@ def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
     n, k = t.shape[-2:]
     t = t.reshape(*lead, n // nr, nr, k)
     return np.ascontiguousarray(np.swapaxes(t, -1, -2))
+
+
+def phase_weight(b: np.ndarray, k: tuple, s: tuple, pad: tuple, groups: int = 1) -> np.ndarray:
+    """A transposed convolution's weight ``B[c, f, ky, kx]`` (``c`` = group x input channel of
+    the group) per output phase: ``Wph[py, px, g, f, c, ty, tx] = B[g * Cg + c, f, (py + pad) %
+    s + s * (T - 1 - ty), ..]``, taps past the kernel zero (:mod:`.rules.conv_transpose`)."""
+    (kh, kw), (sh, sw), (ph, pw) = k, s, pad
+    th, tw = -(-kh // sh), -(-kw // sw)
+    c, f = b.shape[:2]
+    cg = c // groups
+    out = np.zeros((sh, sw, groups, f, cg, th, tw), b.dtype)
+    for py in range(sh):
+        for px in range(sw):
+            for ty in range(th):
+                for tx in range(tw):
+                    ky = (py + ph) % sh + sh * (th - 1 - ty)
+                    kx = (px + pw) % sw + sw * (tw - 1 - tx)
+                    if ky < kh and kx < kw:
+                        tap = b[:, :, ky, kx].reshape(groups, cg, f)
+                        out[py, px, :, :, :, ty, tx] = tap.transpose(0, 2, 1)
+    return out
 
 
 def pack_constants(mod, packs):

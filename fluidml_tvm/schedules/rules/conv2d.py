@@ -178,12 +178,17 @@ def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
 
 
 def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None,
-                    fuse_rows: bool = False):
+                    fuse_rows: bool = False, match: ConvMatch | None = None):
     """Returns ``(schedule, reason, pack)``: schedule None when the rule does not apply; ``pack``
     ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed.
     ``fuse_rows`` (1x1 stride-1 kernels, ``ConvMatch.rows``): rows and columns are one axis, the
-    tile's ``mr`` divides their product (:func:`candidates_pointwise`)."""
-    m, why = analyze_any(func, {i for i, c in (const_args or {}).items() if c})
+    tile's ``mr`` divides their product (:func:`candidates_pointwise`). ``match``: the kernel's
+    match when the caller has it (loops of role ``"p"``, a transposed conv's output phases, run
+    inside the parallel loop and the epilogue follows them there)."""
+    if match is not None:
+        m, why = match, "given"
+    else:
+        m, why = analyze_any(func, {i for i, c in (const_args or {}).items() if c})
     if m is None:
         return None, why, None
     func = m.func if m.func is not None else func  # a grouped conv: its channels split
@@ -200,11 +205,12 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         if fuse_rows:  # columns (pad.py); a rows x columns tile divides rows x columns
             return None, "rows x columns tiles need whole channel panels", None
         func, padded = pad_conv(func, m, nr, mr, pack_param)
-        groups, w_fdim = m.groups, m.w_fdim
-        m, why = analyze(func)
+        old = m
+        m, why = analyze(func, window=True)
         if m is None:
             return None, f"padded kernel: {why}", None
-        m = dataclasses.replace(m, groups=groups, w_fdim=w_fdim)
+        roles = ["p" if o == "p" else r for o, r in zip(old.loop_roles, m.loop_roles)]
+        m = dataclasses.replace(m, groups=old.groups, w_fdim=old.w_fdim, loop_roles=roles)
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)
@@ -249,7 +255,10 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         sch.transform_layout(main, ("read", m.w_index), fmap)
         lps = sch.get_loops(cr)
         sch.parallel(lps[0]) if lps else None
-    fl, xl, _, reds, spatial_outer = loops_by_role(sch.get_loops(main), m.loop_roles)
+    loops = sch.get_loops(main)
+    phases = [lp for lp, r in zip(loops, m.loop_roles) if r == "p"]
+    fl, xl, _, reds, spatial_outer = loops_by_role(loops, m.loop_roles)
+    spatial_outer = [lp for lp in spatial_outer if not any(lp.same_as(p) for p in phases)]
     f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])  # (padded) channels: whole tiles
     x0, x1 = sch.split(xl, [m.x // mr, mr])
     r_ext = sch.get(reds[0]).extent
@@ -257,12 +266,12 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         # reduction blocking: a block of rb input channels of the weight panel stays in L1
         # while the whole output row is swept; partial sums wait in the row's accumulators
         r0, r1 = sch.split(reds[0], [as_int(r_ext) // rb, rb])
-        sch.reorder(f0, *spatial_outer, r0, x0, r1, *reds[1:], x1, f1, f2)
+        sch.reorder(f0, *spatial_outer, *phases, r0, x0, r1, *reds[1:], x1, f1, f2)
         init_at, epi_at = r0, None
     else:
         rb = 0
-        sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
-        init_at, epi_at = reds[0], x0
+        sch.reorder(f0, *spatial_outer, *phases, x0, *reds, x1, f1, f2)
+        init_at, epi_at = reds[0], (None if phases else x0)
     if fuse_rows and not rb:
         # the rows are inside the tile loop now: share the tiles between the threads too (a
         # layer with one channel panel would otherwise run on one thread)

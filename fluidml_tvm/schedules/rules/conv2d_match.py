@@ -37,7 +37,10 @@ class ConvMatch:
     w_fdim: int = 0
 
 
-def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
+def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None, str]:
+    """The conv2d match of ``func``, or ``(None, why not)``. ``window``: take a kernel whose
+    data is indexed plainly too (a 1x1 window: the phase kernel of a transposed conv with
+    ``k == s``) instead of leaving it to the matmul rule."""
     sop, why = match_sum_of_products(func)
     if sop is None:
         return None, why
@@ -72,7 +75,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
         return None, "no single output-channel axis (depthwise/grouped or not a conv)"
     f = fs[0]
     xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
-    if len(red) < 2 and xs and all(_is_plain_in(reads[d_i], v) for v in xs):
+    if len(red) < 2 and xs and not window and all(_is_plain_in(reads[d_i], v) for v in xs):
         return None, "a matmul, not a convolution"
     if not xs:  # a 1x1 map (squeeze-and-excitation): the unit column axis is the tile's
         xs = [v for v in c_vars if v is not None and v in d_vars]
