@@ -66,6 +66,8 @@ def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None
     if c_vars is None:
         return None, "output not indexed by plain variables"
     red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce and ext[v] > 1]
+    if not red:  # one input channel, a 1x1 window: the unit reduction axes are the reduction
+        red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce]
     if not red or any(v not in w_vars or v not in d_vars for v in red):
         return None, "reduction axes not in both operands"
     fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
@@ -93,7 +95,8 @@ def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None
         elif iv.var.same_as(x):
             axes["x"] = a
     for iv, val in zip(st.iter_vars, vals):
-        if ext[iv.var] == 1 and not (iv.var.same_as(f) or iv.var.same_as(x)):
+        if ext[iv.var] == 1 and not (iv.var.same_as(f) or iv.var.same_as(x)
+                                     or any(iv.var.same_as(r) for r in red)):
             continue
         if not isinstance(val, tirx.Var):
             return None, "binding is not a loop variable"
