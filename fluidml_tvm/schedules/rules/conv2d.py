@@ -30,39 +30,18 @@ from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
 from .base import Context, Rule
-from .conv2d_match import ConvMatch, analyze, analyze_any, loop_var_of, same_var
+from .conv2d_cols import cols_candidates, cols_score, schedule_conv2d_cols
+from .conv2d_match import (
+    ConvMatch,
+    analyze,
+    analyze_any,
+    loop_var_of,
+    loops_by_role,
+    pack_index_map,
+    same_var,
+)
 from .injective import schedule_spatial_block
 from .pad import grow
-
-
-def loops_by_role(loops, roles, y_index: int | None = None):
-    """A conv block's loops by role: ``(f, x, y, reductions, other spatial)``. ``y`` is the loop at
-    ``y_index`` (None when not asked for; that loop then counts as other spatial)."""
-    fl = xl = yl = None
-    reds, spatial = [], []
-    for i, (lp, role) in enumerate(zip(loops, roles)):
-        if role == "f":
-            fl = lp
-        elif role == "x":
-            xl = lp
-        elif role == "r":
-            reds.append(lp)
-        elif i == y_index:
-            yl = lp
-        else:
-            spatial.append(lp)
-    return fl, xl, yl, reds, spatial
-
-
-def pack_index_map(w_roles: list[str], nr: int):
-    """Weight dims -> ``[F/nr, other dims.., nr]``."""
-
-    def fmap(*idx):
-        f = next(i for i, r in zip(idx, w_roles) if r == "f")
-        rest = [i for i, r in zip(idx, w_roles) if r != "f"]
-        return [f // nr, *rest, f % nr]
-
-    return fmap
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -168,7 +147,7 @@ def pad_conv(func, m: ConvMatch, nr: int, mr: int, pack_param: bool):
         pads[m.x_axis] = xp
         said.append(f"columns {m.x} padded to {xp}")
     caller = {m.w_param} if pack_param else set()
-    func, _ = grow(func, m.block, pads, caller)
+    func, _, _ = grow(func, m.block, pads, caller)
     return func, ", " + ", ".join(said)
 
 
@@ -317,10 +296,17 @@ class Conv2dRule(Rule):
         return analyze_any(func, {i for i, c in ctx.const_args.items() if c})
 
     def candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
-        found = tile_candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
+        budget = min(ctx.options.tune_trials, 4)
+        found = tile_candidates(m, ctx.cpu, budget)
+        lanes = ctx.cpu.lanes(32)
+        cols = cols_candidates(m, ctx.cpu, budget)
+        best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
+                           or lanes, lanes) if found else None
+        if cols and tiles.prefer_padded(best, cols_score(m, ctx.cpu, cols[0])):
+            # one or two output channels: the vectors along the columns (conv2d_cols.py)
+            return [{"mr": nf, "nv": nv, "rb": 0, "cols": 1} for nf, nv in cols]
         if not found:
             return []
-        lanes = ctx.cpu.lanes(32)
         cands = []
         for t in found:
             c = {"mr": t[0], "nv": t[1], "rb": t[2]}
@@ -342,7 +328,7 @@ class Conv2dRule(Rule):
         # rest stands
         lanes = ctx.cpu.lanes(32)
         padded = any(m.f % (c["nv"] * c.get("vl", lanes)) or m.x % c["mr"] or "vl" in c
-                     for c in candidates if "p" not in c)
+                     or "cols" in c for c in candidates if "p" not in c)
         return (f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
                 + (":pad" if padded else ""))
 
@@ -350,6 +336,10 @@ class Conv2dRule(Rule):
         return m.flops
 
     def apply(self, func, m: ConvMatch, config: dict, ctx: Context):
+        if config.get("cols"):
+            sch, why, pack = schedule_conv2d_cols(func, m, ctx.cpu, ctx.const_args,
+                                                  (config["mr"], config["nv"]))
+            return sch.mod["main"], why, pack
         tile = (config["mr"], config["nv"], config.get("rb", 0), config.get("vl", 0))
         sch, why, pack = schedule_conv2d(func, ctx.cpu, ctx.const_args, tile,
                                          fuse_rows=bool(config.get("p")))

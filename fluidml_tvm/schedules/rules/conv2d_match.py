@@ -35,6 +35,7 @@ class ConvMatch:
     func: object = None
     groups: int = 1
     w_fdim: int = 0
+    x_stride: int = 0  # the columns' stride in the data index (1: a vector of them is contiguous)
 
 
 def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None, str]:
@@ -121,8 +122,10 @@ def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None
         flops *= ext[v]
     r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
     rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
+    x_dims = [r.min for r in reads[d_i].region if _uses(r.min, x)]
+    x_stride = coefficient(x_dims[0], x) if len(x_dims) == 1 else None
     match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
-                      rows, axes.get("f", -1), axes.get("x", -1))
+                      rows, axes.get("f", -1), axes.get("x", -1), x_stride=x_stride or 0)
     return match, "conv2d"
 
 
@@ -166,6 +169,36 @@ def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
     if yd is None or yd + 1 >= len(out) or not same_var(out[yd + 1], x):
         return 0
     return extent(sch, loops[xi - 1]) or 0
+
+
+def loops_by_role(loops, roles, y_index: int | None = None):
+    """A conv block's loops by role: ``(f, x, y, reductions, other spatial)``. ``y`` is the loop at
+    ``y_index`` (None when not asked for; that loop then counts as other spatial)."""
+    fl = xl = yl = None
+    reds, spatial = [], []
+    for i, (lp, role) in enumerate(zip(loops, roles)):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        elif i == y_index:
+            yl = lp
+        else:
+            spatial.append(lp)
+    return fl, xl, yl, reds, spatial
+
+
+def pack_index_map(w_roles: list[str], nr: int):
+    """Weight dims -> ``[F/nr, other dims.., nr]``."""
+
+    def fmap(*idx):
+        f = next(i for i, r in zip(idx, w_roles) if r == "f")
+        rest = [i for i, r in zip(idx, w_roles) if r != "f"]
+        return [f // nr, *rest, f % nr]
+
+    return fmap
 
 
 def _uses(expr, var) -> bool:

@@ -38,6 +38,7 @@ from tvm.ir import Range
 from ..common import as_int, coefficient, root_blocks
 from .base import Context, Rule, Unrelated
 from .conv2d import Conv2dRule, schedule_conv2d
+from .conv2d_cols import schedule_conv2d_cols
 from .conv2d_match import ConvMatch
 from .conv2d_match import analyze as conv_analyze
 from .grouped import _floordivs
@@ -145,7 +146,10 @@ def _phase_func(m: ConvTMatch, dtype: str, w_const: bool):
         ok = tirx.all(y >= 0, y < h, z >= 0, z < w)
         return tirx.if_then_else(ok, x[b, ci, y, z], tirx.const(0, dtype))
 
-    xp = te.compute((n, c, qh + eh + th - 1, qw + ew + tw - 1), xpad, name="convT_input")
+    if (th, tw, eh, ew) == (1, 1, 0, 0) and (qh, qw) == (h, w):
+        xp = x  # k == s, no padding: the phases read the input as it is
+    else:
+        xp = te.compute((n, c, qh + eh + th - 1, qw + ew + tw - 1), xpad, name="convT_input")
     if w_const:
         wb = te.placeholder((sh, sw, g, fg, cg, th, tw), dtype, name="w_phases")
         wph = wb
@@ -267,7 +271,10 @@ class ConvTransposeRule(Rule):
         tile = (config["mr"], config["nv"], config.get("rb", 0), config.get("vl", 0))
         const = ctx.is_const(m.w_param)
         consts = {m.w_param: True} if const else {}
-        sch, why, pack = schedule_conv2d(m.func, ctx.cpu, consts, tile, match=m.conv)
+        if config.get("cols"):  # one or two channels: vectors along the columns
+            sch, why, pack = schedule_conv2d_cols(m.func, m.conv, ctx.cpu, consts, tile[:2])
+        else:
+            sch, why, pack = schedule_conv2d(m.func, ctx.cpu, consts, tile, match=m.conv)
         if sch is None:
             raise ValueError(why)
         zeros = any(k % s for k, s in zip(m.k, m.s))

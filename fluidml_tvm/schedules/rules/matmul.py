@@ -33,6 +33,7 @@ from tvm import s_tir, tirx
 from ..common import as_int, vectorize_inner
 from ..target_info import CPUInfo
 from .base import Context, Rule
+from .injective import schedule_spatial_block
 from .matmul_match import MatmulMatch, analyze
 from .matmul_shape import picked_tiles, whole_tiles, whole_tiles_note
 from .tiles import up
@@ -152,7 +153,7 @@ def apply(
     lanes = cpu.lanes(32)
     nr = cfg.nv * lanes
     # several row axes merged, M / N padded to whole tiles (matmul_shape.py)
-    func, match, _ = whole_tiles(func, match, cfg.mr, nr, pack_param)
+    func, match, guarded = whole_tiles(func, match, cfg.mr, nr, pack_param)
     if match.n % nr or match.m % cfg.mr or match.m % cfg.mc or cfg.mc % cfg.mr:
         raise ValueError(f"tile {cfg.describe()} does not divide {match.shape_key()}")
     sch = s_tir.Schedule(func)
@@ -161,9 +162,14 @@ def apply(
     blocks = list(sch.get_child_blocks(root))
     names = [sch.get(b).name_hint for b in blocks]
     pos = names.index(match.block)
-    # prologues: inline into the matmul (injective producers such as a transpose)
+    # prologues: inline into the matmul (injective producers such as a transpose); a padded
+    # one (guarded: rows / columns past the end are zero) is a parallel loop nest of its own
+    own = []
     for b in blocks[:pos][::-1]:
-        sch.compute_inline(b)
+        if sch.get(b).name_hint in guarded:
+            own.append(b)
+        else:
+            sch.compute_inline(b)
     # epilogues: inline all but the last into their consumers, the last one is computed per tile
     epis = blocks[pos + 1 :]
     for b in epis[:-1]:
@@ -239,6 +245,8 @@ def apply(
             _transposing_copy(sch, packer, match.roles_b, nr, lanes)
         else:
             _parallel_copy(sch, packer, lanes)
+    for b in own:
+        schedule_spatial_block(sch, b, lanes)
     init = sch.decompose_reduction(main, kloop)
     vectorize_inner(sch, init, lanes, whole=4, tail=False)
     return sch

@@ -55,9 +55,10 @@ def picked_tiles(match: MatmulMatch, cpu) -> tuple[list[tuple[int, int]], bool]:
 
 
 def whole_tiles(func: tirx.PrimFunc, match: MatmulMatch, mr: int, nr: int, pack_param: bool):
-    """``(func, match, note)``: ``func`` with M / N padded to whole ``mr`` / ``nr`` tiles, the
-    match of the new kernel and what was padded (for the reason)."""
-    notes = []
+    """``(func, match, guarded)``: ``func`` with M / N padded to whole ``mr`` / ``nr`` tiles,
+    the match of the new kernel and the blocks whose value is now guarded (zero-padded copies
+    of activations, prologues: computed on their own, never inlined into the tile)."""
+    notes, guarded = [], set()
     mp, np_ = tiles.up(match.m, mr), tiles.up(match.n, nr)
     pads = {}
     if mp != match.m and match.m_axes:
@@ -68,10 +69,10 @@ def whole_tiles(func: tirx.PrimFunc, match: MatmulMatch, mr: int, nr: int, pack_
         notes.append(f"columns {match.n} padded to {np_}")
     if pads:
         caller = {match.b_param} if pack_param and match.b_param is not None else set()
-        func, _ = grow(func, match.block, pads, caller)
+        func, _, guarded = grow(func, match.block, pads, caller)
         match = dataclasses.replace(match, m=mp if mp != match.m and match.m_axes else match.m,
                                     n=np_)
-    return func, match, "".join(", " + n for n in notes)
+    return func, match, guarded
 
 
 def whole_tiles_note(match: MatmulMatch, mr: int, nr: int) -> str:

@@ -79,8 +79,11 @@ def grow(func: tirx.PrimFunc, block_name: str, pads: dict[int, int], caller_pads
     (its index among the block's iteration variables) to its padded extent. ``caller_pads``:
     the parameters (indices) the caller passes padded (constants); others are copied first.
 
-    Returns ``(PrimFunc, {param index: grown shape})``. Raises :class:`PadError` when a buffer
-    to grow is produced by anything but an injective block with plain indices."""
+    Returns ``(PrimFunc, {param index: grown shape}, guarded)``: ``guarded`` names the blocks
+    whose value is now guarded (the copies made here among them); a rule computes them as loop
+    nests of their own - inlined into a tile, the guard would be evaluated per FMA. Raises
+    :class:`PadError` when a buffer to grow is produced by anything but an injective block with
+    plain indices."""
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(block_name)
     ivs = list(sch.get(block).iter_vars)
@@ -126,7 +129,7 @@ def grow(func: tirx.PrimFunc, block_name: str, pads: dict[int, int], caller_pads
     for name, (_, pext, _) in producers.items():
         _plan_loops(sch, sch.get_sblock(name), pext, loop_ext)
         iv_ext[name] = pext
-    return _rewrite(func, new_bufs, loop_ext, iv_ext, producers), params
+    return _rewrite(func, new_bufs, loop_ext, iv_ext, producers), params, set(producers)
 
 
 def _producer_plan(sch, b, write, shape):

@@ -54,8 +54,10 @@ def padded_tiles(rows: int, cols: int, cpu: CPUInfo, nvs=(4, 3, 2, 1), mrs=ROWS,
                     continue
                 fits = mr * nv + nv + 1 <= regs
                 s = score(rows, cols, mr, nv, vl, lanes)
-                # ties: the narrower vectors (less padding, the same work)
-                ranked.append(((fits, round(s, 4), mr * nv, -vl), (mr, nv, vl)))
+                useful = rows * cols / (up(rows, mr) * up(cols, nv * vl))
+                # ties: less padding (no copy to pad), then the bigger tile, narrower vectors
+                ranked.append(((fits, round(s, 4), round(useful, 4), mr * nv, -vl),
+                               (mr, nv, vl)))
     ranked.sort(reverse=True)
     out = []
     for _, t in ranked:

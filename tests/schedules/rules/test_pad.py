@@ -30,7 +30,8 @@ def test_grown_conv_computes_the_same():
     """Channels 24 -> 32 (the weight passed padded with zeros by the caller), columns 13 -> 16:
     the padding stage grows and is guarded, the conv output grows, the epilogue is unchanged."""
     func = _conv()
-    new, params = grow(func, "conv2d_nchw", {1: 32, 3: 16}, caller_pads={1})
+    new, params, guarded = grow(func, "conv2d_nchw", {1: 32, 3: 16}, caller_pads={1})
+    assert guarded == {"pad_temp"}
     assert params == {1: (32, 8, 3, 3)}
     text = new.script()
     assert "T.sblock_alloc_buffer((T.int64(1), T.int64(32), T.int64(13), T.int64(16)))" in text
@@ -50,7 +51,8 @@ def test_parameter_the_caller_does_not_pad_is_copied():
     k = te.reduce_axis((0, 5), name="k")
     C = te.compute((7, 13), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
     func = te.create_prim_func([A, B, C])
-    new, params = grow(func, "C", {0: 8, 1: 16})
+    new, params, guarded = grow(func, "C", {0: 8, 1: 16})
+    assert guarded == {"A_global", "B_global"}
     assert params == {}
     assert [tuple(int(d) for d in p.ty.shape) for p in new.params] == [(7, 5), (5, 13), (7, 13)]
     args = [a.numpy() for a in random_args(func, tvm.cpu(), seed=4)]
