@@ -299,7 +299,9 @@ class Conv2dRule(Rule):
         budget = min(ctx.options.tune_trials, 4)
         found = tile_candidates(m, ctx.cpu, budget)
         lanes = ctx.cpu.lanes(32)
-        cols = cols_candidates(m, ctx.cpu, budget)
+        # shapes a channel tile divides keep their tiles (their history); the others may take
+        # the column vectors
+        cols = [] if candidates(m, ctx.cpu, 1) else cols_candidates(m, ctx.cpu, budget)
         best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
                            or lanes, lanes) if found else None
         if cols and tiles.prefer_padded(best, cols_score(m, ctx.cpu, cols[0])):

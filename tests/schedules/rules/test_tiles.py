@@ -43,6 +43,6 @@ def test_columns_of_one_row_take_full_vectors_and_13_rows_whole():
 
 def test_prefer_padded_only_when_clearly_better():
     assert tiles.prefer_padded(None, 0.5)
-    assert not tiles.prefer_padded(1.0, 1.2)
-    assert tiles.prefer_padded(1.0, 1.25)
+    assert not tiles.prefer_padded(1.0, 1.9)
+    assert tiles.prefer_padded(1.0, tiles.BETTER)
     assert not tiles.prefer_padded(1.0, None)
