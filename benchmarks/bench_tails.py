@@ -108,6 +108,26 @@ def se(C, R, H):
     return m, 4.0 * C * R
 
 
+def db_head(C=96, H=80, inner=24):
+    """A DBNet-style detector head (the OCR complaint): conv 3x3 C -> inner + ReLU, convT k2 s2
+    inner -> inner + ReLU, convT k2 s2 inner -> 1 + Sigmoid (BatchNorm folded into the bias)."""
+    rng = np.random.default_rng(0)
+    n = [h.make_node("Conv", ["x", "w1", "b1"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+         h.make_node("Relu", ["a"], ["a1"]),
+         h.make_node("ConvTranspose", ["a1", "w2", "b2"], ["b"], kernel_shape=[2, 2],
+                     strides=[2, 2]),
+         h.make_node("Relu", ["b"], ["b1"]),
+         h.make_node("ConvTranspose", ["b1", "w3", "b3"], ["c"], kernel_shape=[2, 2],
+                     strides=[2, 2]),
+         h.make_node("Sigmoid", ["c"], ["y"])]
+    m = _model(n, [_vi("x", (1, C, H, H))], [_vi("y", (1, 1, 4 * H, 4 * H))],
+               [_w(rng, "w1", (inner, C, 3, 3)), _w(rng, "b1", (inner,)),
+                _w(rng, "w2", (inner, inner, 2, 2)), _w(rng, "b2", (inner,)),
+                _w(rng, "w3", (inner, 1, 2, 2)), _w(rng, "b3", (1,))])
+    flops = 2.0 * (inner * C * 9 * H * H + inner * inner * 4 * H * H + inner * 4 * 4 * H * H)
+    return m, flops
+
+
 # name -> (where it comes from, kernel, its dividing twin or None)
 KERNELS = {
     "ocr-conv": ("OCR head: conv 3x3 96->24, 80x80", lambda: conv(96, 24, 80, 80),
@@ -117,6 +137,8 @@ KERNELS = {
     "ocr-convT1": ("OCR head: convT k2 s2 24->1, 160->320",
                    lambda: conv_t(24, 1, 160, 160, act="Sigmoid"),
                    lambda: conv_t(24, 16, 160, 160, act="Sigmoid")),
+    "ocr-head": ("OCR head, all three (DBNet-style, 96 ch at 80x80 -> 1 x 320x320)", db_head,
+                 lambda: db_head(inner=32)),
     "vgg-fc": ("VGG-11 classifier 1x4096 -> 1000", lambda: matmul(1, 1000, 4096),
                lambda: matmul(1, 1024, 4096)),
     "squeeze-cls": ("SqueezeNet 1.1 classifier conv 1x1 512->1000, 13x13",

@@ -1,9 +1,11 @@
-"""conv2d rule: direct convolution in any data layout (NCHW, NHWC), any stride, 1x1 and 3x3.
+"""conv2d rule: direct convolution in any data layout (NCHW, NHWC), any stride, any sizes.
 
 Matches the one reduction block ``C[.. f .. y .. x ..] += D[..] * W[.. f .. r ..]`` whose weight
 ``W`` is indexed by plain variables and owns one output axis ``f`` (the output channel) that the
-data does not index (depthwise/grouped convolutions, where the data is indexed by ``f`` too, are
-left to the generic reduction rule). The kernel is the matmul kernel seen through the window:
+data does not index - a grouped convolution once its channels are split into (group, channel in
+the group) (:mod:`.grouped`); depthwise ones go to :mod:`.depthwise`. One output channel and a
+1x1 map (squeeze-and-excitation) are matched too. The kernel is the matmul kernel seen through
+the window:
 
 * vector axis = output channels ``f`` (``nr = nv x lanes``); the weight is read packed
   ``[F/nr, .., nr]`` (a constant weight is packed at compile time by the caller);
@@ -12,6 +14,12 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
   broadcast, ``mr``/``nv`` unrolled, lanes vectorized;
 * ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
 * bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own;
+* any channel / column count (issue 13): where no tile divides them, or only a 1-row one, the
+  tiles come from :mod:`.tiles` and the kernel computes whole tiles over channels padded with
+  zero weights and padded columns (:mod:`.pad`; the reason says what was padded to what);
+  vectors may be half or a quarter of the target's (8 channels a group); few output channels
+  (one, two, a group's 8 at stride 1) take vectors along the columns instead
+  (:mod:`.conv2d_cols`);
 * 1x1 stride-1 kernels (``conv1x1``, ``fuse_rows``): rows and columns become one axis, so the
   tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
   off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
@@ -41,7 +49,7 @@ from .conv2d_match import (
     same_var,
 )
 from .injective import schedule_spatial_block
-from .pad import grow
+from .pad import grow, schedule_padded_copy
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -147,8 +155,8 @@ def pad_conv(func, m: ConvMatch, nr: int, mr: int, pack_param: bool):
         pads[m.x_axis] = xp
         said.append(f"columns {m.x} padded to {xp}")
     caller = {m.w_param} if pack_param else set()
-    func, _, _ = grow(func, m.block, pads, caller)
-    return func, ", " + ", ".join(said)
+    func, _, guarded = grow(func, m.block, pads, caller)
+    return func, ", " + ", ".join(said), guarded
 
 
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
@@ -179,11 +187,11 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     lanes = tile[3] if len(tile) > 3 and tile[3] else cpu.lanes(32)  # lanes of one vector
     nr = nv * lanes
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
-    padded, shape = "", f"F={m.f} X={m.x}"
+    padded, shape, guarded = "", f"F={m.f} X={m.x}", set()
     if m.f % nr or (m.x % mr and not fuse_rows):  # whole tiles over zero-padded channels /
         if fuse_rows:  # columns (pad.py); a rows x columns tile divides rows x columns
             return None, "rows x columns tiles need whole channel panels", None
-        func, padded = pad_conv(func, m, nr, mr, pack_param)
+        func, padded, guarded = pad_conv(func, m, nr, mr, pack_param)
         old = m
         m, why = analyze(func, window=True)
         if m is None:
@@ -266,7 +274,9 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     vectorize_inner(sch, out, cpu.lanes(32))
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
-        if kinds is not None and all(k == "S" for k in kinds):
+        if sch.get(b).name_hint in guarded:  # grown: zeros, then the copy (pad.py)
+            schedule_padded_copy(sch, b, cpu.lanes(32))
+        elif kinds is not None and all(k == "S" for k in kinds):
             schedule_spatial_block(sch, b, cpu.lanes(32))
     sch.decompose_reduction(main, init_at)
     reason = f"conv2d {shape} tile {mr}x{nr} (mr x channels)"
@@ -305,7 +315,7 @@ class Conv2dRule(Rule):
         best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
                            or lanes, lanes) if found else None
         if cols and tiles.prefer_padded(best, cols_score(m, ctx.cpu, cols[0])):
-            # one or two output channels: the vectors along the columns (conv2d_cols.py)
+            # few output channels: the vectors along the columns (conv2d_cols.py)
             return [{"mr": nf, "nv": nv, "rb": 0, "cols": 1} for nf, nv in cols]
         if not found:
             return []

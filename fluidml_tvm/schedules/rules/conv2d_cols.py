@@ -1,19 +1,20 @@
-"""The conv2d rule's kernel for one or two output channels: vectors along the columns.
+"""The conv2d rule's kernel for few output channels: vectors along the columns.
 
 With the vectors along the output channels (:func:`.conv2d.schedule_conv2d`), a convolution
 with one output channel - a detector's probability map, a segmentation head with a class or
-two, a depthwise transposed convolution's group - computes 4 to 16 lanes of which 1 is used.
-Here the vector axis is the output columns ``x`` instead (the data must be read with stride 1
-along them), and the register tile is ``nf`` output channels (each weight broadcast) x ``nv``
-vectors of columns:
+two, a depthwise transposed convolution's group - computes 4 to 16 lanes of which 1 is used,
+and a grouped convolution with 8 channels a group (RegNet) half-width vectors. Here the vector
+axis is the output columns ``x`` instead (the data must be read with stride 1 along them), and
+the register tile is ``nf`` output channels (each weight broadcast) x ``nv`` vectors of columns:
 
 ``fuse(channel panel, batch, rows)`` parallel | column tiles | reduction | ``nf`` channels,
 ``nv`` vectors (unrolled) | lanes (vectorized).
 
 Channels are padded to whole ``nf`` panels (the weight packed ``[F/nf, .., nf]`` like conv2d's,
 zeros appended), columns to whole tiles (:mod:`.pad`); the epilogue follows each tile (each
-``s`` output rows, for a transposed conv's phases). Picked over the channel vectors only where
-it scores :data:`.tiles.BETTER` times higher (:func:`cols_candidates`).
+``s`` output rows, for a transposed conv's phases). Considered only where no channel tile
+divides the channels, and taken where it scores :data:`.tiles.BETTER` times the channel tiles
+(:class:`.conv2d.Conv2dRule`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..target_info import CPUInfo
 from . import tiles
 from .conv2d_match import ConvMatch, analyze, loops_by_role, pack_index_map
 from .injective import schedule_spatial_block
-from .pad import grow
+from .pad import grow, schedule_padded_copy
 
 
 def cols_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
@@ -36,7 +37,7 @@ def cols_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, 
     lanes = cpu.lanes(32)
     if m.x_stride != 1 or m.x < lanes:
         return []
-    found = tiles.padded_tiles(m.f, m.x, cpu, nvs=(4, 3, 2, 1), mrs=(4, 3, 2, 1))
+    found = tiles.padded_tiles(m.f, m.x, cpu, nvs=(4, 3, 2, 1), mrs=(8, 6, 4, 3, 2, 1))
     return [(nf, nv) for nf, nv, vl in found if vl == lanes][: max(1, budget)]
 
 
@@ -54,7 +55,7 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
     fp, xp = tiles.up(m.f, nf), tiles.up(m.x, nv * lanes)
     shape, said = f"F={m.f} X={m.x}", []
-    pads = {}
+    pads, guarded = {}, set()
     if fp != m.f:
         pads[m.f_axis] = fp
         said.append(f"channels {m.f} padded to {fp}")
@@ -62,7 +63,7 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
         pads[m.x_axis] = xp
         said.append(f"columns {m.x} padded to {xp}")
     if pads:
-        func, _, _ = grow(func, m.block, pads, {m.w_param} if pack_param else set())
+        func, _, guarded = grow(func, m.block, pads, {m.w_param} if pack_param else set())
         old = m
         m, why = analyze(func, window=True)
         if m is None:
@@ -101,7 +102,9 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     vectorize_inner(sch, out, lanes)
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
-        if kinds is not None and all(k == "S" for k in kinds):
+        if sch.get(b).name_hint in guarded:  # grown: zeros, then the copy (pad.py)
+            schedule_padded_copy(sch, b, lanes)
+        elif kinds is not None and all(k == "S" for k in kinds):
             schedule_spatial_block(sch, b, lanes)
     sch.decompose_reduction(main, reds[0])
     reason = f"conv2d {shape} tile {nf} channels x {nv}x{lanes} columns (vectors along columns)"

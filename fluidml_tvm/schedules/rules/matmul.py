@@ -5,7 +5,9 @@ B[.. k .. j ..]`` with every index a plain iteration variable (any operand order
 forms attention and Gemm produce are covered), optionally preceded by injective prologues (inlined)
 and followed by injective epilogues (bias, GELU, residual add: inlined into one block computed per
 register tile). The analysis is :mod:`.matmul_match`; this module has the candidates, the kernel
-and :class:`MatmulRule`.
+and :class:`MatmulRule`. Any M / N / K (issue 13): M and N that no tile divides are padded to
+whole tiles, rows over several axes are looped like a batch, N = 1 and K = 1 are matched
+(:mod:`.matmul_shape`).
 
 The kernel (the design that matched ONNX Runtime's MLAS on this project's machines):
 
@@ -33,9 +35,9 @@ from tvm import s_tir, tirx
 from ..common import as_int, vectorize_inner
 from ..target_info import CPUInfo
 from .base import Context, Rule
-from .injective import schedule_spatial_block
 from .matmul_match import MatmulMatch, analyze
 from .matmul_shape import picked_tiles, whole_tiles, whole_tiles_note
+from .pad import schedule_padded_copy
 from .tiles import up
 
 ORDERS = ("rows", "cols", "kblock", "kouter")
@@ -245,8 +247,8 @@ def apply(
             _transposing_copy(sch, packer, match.roles_b, nr, lanes)
         else:
             _parallel_copy(sch, packer, lanes)
-    for b in own:
-        schedule_spatial_block(sch, b, lanes)
+    for b in own:  # zeros, then the copy: no condition per element (pad.split_padding)
+        schedule_padded_copy(sch, b, lanes)
     init = sch.decompose_reduction(main, kloop)
     vectorize_inner(sch, init, lanes, whole=4, tail=False)
     return sch

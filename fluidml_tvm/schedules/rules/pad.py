@@ -66,6 +66,47 @@ def _grown(sch, block, extents) -> dict:
     return out
 
 
+_IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
+
+
+def _is_pad(value) -> bool:
+    """``if_then_else(cond, x, 0)``: a padding stage's value."""
+    return (isinstance(value, tvm.ir.expr.Call) and value.op.same_as(_IF_THEN_ELSE)
+            and isinstance(value.args[2], (tirx.FloatImm, tirx.IntImm))
+            and value.args[2].value == 0)
+
+
+def split_padding(sch, block) -> list:
+    """A guarded stage as two loop nests without a condition per element - zeros over the whole
+    buffer, then the in-bound copy (``decompose_padding``) - or ``[block]`` where it is not of
+    that form. Each is then a plain loop nest to parallelize and vectorize."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return [block]
+    try:
+        fill = sch.decompose_padding(block, loops[0])
+    except Exception:  # noqa: BLE001 - not a padding pattern: one nest with the guard
+        return [block]
+    return [fill, block]
+
+
+def schedule_padded_copy(sch, block, lanes: int) -> None:
+    """The parts of a guarded stage (:func:`split_padding`), each a parallel loop nest whose
+    rows are vectorized whole (a row of 197 is one long vector LLVM splits into whole vectors
+    and a tail, instead of a bounds check per element)."""
+    from .injective import schedule_spatial_block
+
+    for part in split_padding(sch, block):
+        loops = sch.get_loops(part)
+        inner = as_int(sch.get(loops[-1]).extent) if loops else None
+        if not loops or inner is None or inner % lanes == 0 or inner > 16 * lanes:
+            schedule_spatial_block(sch, part, lanes)
+            continue
+        if len(loops) > 1:
+            sch.parallel(sch.fuse(*loops[:-1]))
+        sch.vectorize(loops[-1])
+
+
 def _dt(expr) -> str:
     return str(expr.ty)
 
@@ -188,8 +229,11 @@ def _rewrite(func, new_bufs, loop_ext, iv_ext, producers):
             cond = guard[0]
             for g in guard[1:]:
                 cond = tirx.And(cond, g)
+            value = body.value
+            if _is_pad(value):  # a padding stage already: one condition (decompose_padding's form)
+                cond, value = tirx.And(value.args[0], cond), value.args[1]
             zero = tirx.const(0, _dt(body.value))
-            body = tirx.BufferStore(body.buffer, tirx.if_then_else(cond, body.value, zero),
+            body = tirx.BufferStore(body.buffer, tirx.if_then_else(cond, value, zero),
                                     body.indices)
         return s_tir.SBlock(ivs, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers,
                             b.match_buffers, b.annotations)
