@@ -114,10 +114,10 @@ def db_head(C=96, H=80, inner=24):
     rng = np.random.default_rng(0)
     n = [h.make_node("Conv", ["x", "w1", "b1"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
          h.make_node("Relu", ["a"], ["a1"]),
-         h.make_node("ConvTranspose", ["a1", "w2", "b2"], ["b"], kernel_shape=[2, 2],
+         h.make_node("ConvTranspose", ["a1", "w2", "b2"], ["t"], kernel_shape=[2, 2],
                      strides=[2, 2]),
-         h.make_node("Relu", ["b"], ["b1"]),
-         h.make_node("ConvTranspose", ["b1", "w3", "b3"], ["c"], kernel_shape=[2, 2],
+         h.make_node("Relu", ["t"], ["t1"]),
+         h.make_node("ConvTranspose", ["t1", "w3", "b3"], ["c"], kernel_shape=[2, 2],
                      strides=[2, 2]),
          h.make_node("Sigmoid", ["c"], ["y"])]
     m = _model(n, [_vi("x", (1, C, H, H))], [_vi("y", (1, 1, 4 * H, 4 * H))],
