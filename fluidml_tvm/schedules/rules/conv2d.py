@@ -92,7 +92,8 @@ def tile_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple]:
     pad = padded_candidates(m, cpu, budget)
     best_div = tiles.score(m.x, m.f, div[0][0], div[0][1], lanes, lanes) if div else None
     best_pad = tiles.score(m.x, m.f, pad[0][0], pad[0][1], pad[0][3], lanes) if pad else None
-    return pad if tiles.prefer_padded(best_div, best_pad) else div
+    one_row = bool(div) and div[0][0] == 1 and m.x > 1
+    return pad if tiles.prefer_padded(best_div, best_pad, one_row) else div
 
 
 def candidates_pointwise(m: ConvMatch, cpu: CPUInfo, budget: int = 2) -> list[tuple]:

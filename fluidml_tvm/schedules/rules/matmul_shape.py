@@ -49,7 +49,8 @@ def picked_tiles(match: MatmulMatch, cpu) -> tuple[list[tuple[int, int]], bool]:
            if vl == lanes]
     best_div = tiles.score(match.m, match.n, *div[0], lanes, lanes) if div else None
     best_pad = tiles.score(match.m, match.n, *pad[0], lanes, lanes) if pad else None
-    if tiles.prefer_padded(best_div, best_pad):
+    one_row = bool(div) and div[0][0] == 1 and match.m > 1
+    if tiles.prefer_padded(best_div, best_pad, one_row):
         return pad, True
     return div, False
 

@@ -24,9 +24,10 @@ ROWS = (16, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # A padded tile replaces the dividing ones when it scores this much better: the dividing tiles
 # are the rules' measured history and are kept wherever they are not poor. At 1.25, padded tiles
 # took MobileNetV2's 320-channel 7x7 layers on AVX-512 (7x48 over 7x32), and at 1.5 ResNet-50's
-# 7x7 layers and every classifier GEMV on AVX2; at 2 only 1-row tiles are replaced (13 columns,
-# 197 tokens: 2.2-2.6x).
+# 7x7 layers and every classifier GEMV on AVX2. A dividing tile of one row over several (13
+# columns, 197 tokens: no other row count divides) is poor: there, BETTER_THAN_ONE_ROW.
 BETTER = 2.0
+BETTER_THAN_ONE_ROW = 1.25
 
 
 def up(n: int, m: int) -> int:
@@ -70,9 +71,12 @@ def padded_tiles(rows: int, cols: int, cpu: CPUInfo, nvs=(4, 3, 2, 1), mrs=ROWS,
     return out
 
 
-def prefer_padded(best_dividing: float | None, best_padded: float | None) -> bool:
+def prefer_padded(best_dividing: float | None, best_padded: float | None,
+                  one_row: bool = False) -> bool:
     """Whether the padded tiles replace the dividing ones: none divides, or the best padded
-    tile scores :data:`BETTER` times the best dividing one."""
+    tile scores :data:`BETTER` times the best dividing one (:data:`BETTER_THAN_ONE_ROW` times
+    where that is one row of several: ``one_row``)."""
     if best_padded is None:
         return False
-    return best_dividing is None or best_padded >= BETTER * best_dividing
+    better = BETTER_THAN_ONE_ROW if one_row else BETTER
+    return best_dividing is None or best_padded >= better * best_dividing

@@ -161,3 +161,32 @@ def test_measured_choice_matches_ort(tmp_path, case):
     the same as ORT too (every candidate is a valid kernel)."""
     (d,) = check(case(), tmp_path, "fluidml.cost=measured", "fluidml.tune_trials=3")
     assert d.choice in FAMILY
+
+
+def _host_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "x86-64"])  # 8 lanes / 16 registers; 4 lanes
+@pytest.mark.parametrize("case", [
+    lambda: om.conv(C=8, O=24, H=9, W=13),
+    lambda: om.conv(C=48, O=48, group=6, H=9, W=9),
+    lambda: om.conv_transpose(C=16, O=1, H=6, W=20, k=2, stride=2, act=None),
+    lambda: om.matmul(M=7, N=1000, K=64),
+])
+def test_other_vector_widths(tmp_path, mcpu, case):
+    """The rules work for any lane count: AVX2 (8 lanes) and SSE (4 lanes) targets."""
+    if mcpu == "haswell" and not _host_has("avx2"):
+        pytest.skip("this host cannot run AVX2 code")  # the x86-64 case still runs
+    model, feeds = case()
+    res = fluidml_tvm.compile(model, target={"kind": "llvm", "mcpu": mcpu}, pass_config=[
+        "fluidml.cost=analytic", "fluidml.layout=0", f"fluidml.cache_dir={tmp_path}"])
+    (out,) = res.load().run(feeds).values()
+    ref = run_ort(model, feeds)
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(ref).max()))
+    decs = [d for d in res.decisions["schedule"] if "conv" in d.subject or "matmul" in d.subject]
+    assert decs and all(d.choice in FAMILY for d in decs)

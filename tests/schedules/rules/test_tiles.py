@@ -46,3 +46,4 @@ def test_prefer_padded_only_when_clearly_better():
     assert not tiles.prefer_padded(1.0, 1.9)
     assert tiles.prefer_padded(1.0, tiles.BETTER)
     assert not tiles.prefer_padded(1.0, None)
+    assert tiles.prefer_padded(1.0, 1.3, one_row=True)  # a 1-row tile over 13 columns
