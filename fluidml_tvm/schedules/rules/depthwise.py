@@ -157,7 +157,8 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     padded = ""
     if nv and m.v_extent % (nv * lanes):  # whole tiles over padded columns / channels
         vp = up(m.v_extent, nv * lanes)
-        func, _, _ = grow(func, m.block, {m.v_axis: vp})
+        func, _, _ = grow(func, m.block, {m.v_axis: vp},
+                          even_last=m.stride == 2 and not m.f_is_vector)
         padded = f", vector axis {m.v_extent} padded to {vp}"
         m, why = analyze(func)
         if m is None:

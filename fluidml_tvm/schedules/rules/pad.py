@@ -115,10 +115,13 @@ def _param_index(func, buf) -> int | None:
     return next((i for i, p in enumerate(func.params) if p.same_as(buf)), None)
 
 
-def grow(func: tirx.PrimFunc, block_name: str, pads: dict[int, int], caller_pads=()):
+def grow(func: tirx.PrimFunc, block_name: str, pads: dict[int, int], caller_pads=(),
+         even_last=False):
     """``func`` with the iteration axes of block ``block_name`` padded: ``pads`` maps an axis
     (its index among the block's iteration variables) to its padded extent. ``caller_pads``:
     the parameters (indices) the caller passes padded (constants); others are copied first.
+    ``even_last``: grown intermediates get an even innermost extent (a stride-2 depthwise
+    kernel splits its padded input into even and odd columns).
 
     Returns ``(PrimFunc, {param index: grown shape}, guarded)``: ``guarded`` names the blocks
     whose value is now guarded (the copies made here among them); a rule computes them as loop
@@ -145,6 +148,10 @@ def grow(func: tirx.PrimFunc, block_name: str, pads: dict[int, int], caller_pads
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(block_name)
     grown = _grown(sch, block, ext)
+    if even_last:  # grown intermediates: an even innermost extent (an even/odd column split)
+        for buf, shape in grown.items():
+            if _param_index(func, buf) is None and shape[-1] % 2:
+                shape[-1] += 1
     new_bufs, params = {}, {}
     for buf, shape in grown.items():
         dt = _dt(buf.shape[0]) if buf.shape else "int64"
