@@ -47,23 +47,64 @@ def constant_args(mod) -> dict[str, dict[int, bool]]:
     return out
 
 
+def pad_axis(arr: np.ndarray, axis: int, multiple: int) -> np.ndarray:
+    """``arr`` with zeros appended along ``axis`` up to a multiple of ``multiple``: the padded
+    output channels / columns of a kernel computed in whole tiles (:mod:`.rules.pad`)."""
+    extra = -arr.shape[axis] % multiple
+    if not extra:
+        return arr
+    width = [(0, 0)] * arr.ndim
+    width[axis] = (0, extra)
+    return np.pad(arr, width)
+
+
 def pack_array(arr: np.ndarray, roles: tuple, nr: int) -> np.ndarray:
     """``arr`` in B's layout (dims with roles b/1/k/n) -> packed ``[rest.., N/nr, K, nr]``;
-    a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``."""
+    a conv weight (roles ``("conv", f/r/1 per dim)``) -> ``[F/nr, other dims.., nr]``. ``N`` /
+    ``F`` that ``nr`` does not divide are padded with zeros to whole panels."""
+    if roles and roles[0] == "convT":  # [C, F, kh, kw] -> per output phase (.rules.conv_transpose)
+        wph = phase_weight(arr, roles[1], roles[2], roles[3], roles[4])
+        return pack_array(wph, roles[5:], nr)
+    if roles and roles[0] == "groups":  # [F, ..] -> [G, F/G, ..] (.rules.grouped), then packed
+        groups, f_ax = roles[1], roles[2]
+        t = np.moveaxis(arr, f_ax, 0)
+        t = t.reshape(groups, t.shape[0] // groups, *t.shape[1:])
+        return pack_array(np.moveaxis(t, (0, 1), (f_ax, f_ax + 1)), roles[3:], nr)
     if roles and roles[0] == "conv":
         roles = roles[1:]
         f_ax = roles.index("f")
-        t = np.moveaxis(arr, f_ax, 0)
+        t = pad_axis(np.moveaxis(arr, f_ax, 0), 0, nr)
         t = t.reshape(t.shape[0] // nr, nr, *t.shape[1:])
         return np.ascontiguousarray(np.moveaxis(t, 1, -1))
     rest = [i for i, r in enumerate(roles) if r not in ("n", "k")]
     n_ax = roles.index("n")
     k_ax = roles.index("k")
-    t = np.transpose(arr, [*rest, n_ax, k_ax])
+    t = pad_axis(np.transpose(arr, [*rest, n_ax, k_ax]), len(rest), nr)
     lead = t.shape[: len(rest)]
     n, k = t.shape[-2:]
     t = t.reshape(*lead, n // nr, nr, k)
     return np.ascontiguousarray(np.swapaxes(t, -1, -2))
+
+
+def phase_weight(b: np.ndarray, k: tuple, s: tuple, pad: tuple, groups: int = 1) -> np.ndarray:
+    """A transposed convolution's weight ``B[c, f, ky, kx]`` (``c`` = group x input channel of
+    the group) per output phase: ``Wph[py, px, g, f, c, ty, tx] = B[g * Cg + c, f, (py + pad) %
+    s + s * (T - 1 - ty), ..]``, taps past the kernel zero (:mod:`.rules.conv_transpose`)."""
+    (kh, kw), (sh, sw), (ph, pw) = k, s, pad
+    th, tw = -(-kh // sh), -(-kw // sw)
+    c, f = b.shape[:2]
+    cg = c // groups
+    out = np.zeros((sh, sw, groups, f, cg, th, tw), b.dtype)
+    for py in range(sh):
+        for px in range(sw):
+            for ty in range(th):
+                for tx in range(tw):
+                    ky = (py + ph) % sh + sh * (th - 1 - ty)
+                    kx = (px + pw) % sw + sw * (tw - 1 - tx)
+                    if ky < kh and kx < kw:
+                        tap = b[:, :, ky, kx].reshape(groups, cg, f)
+                        out[py, px, :, :, :, ty, tx] = tap.transpose(0, 2, 1)
+    return out
 
 
 def pack_constants(mod, packs):

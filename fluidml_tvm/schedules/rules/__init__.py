@@ -8,19 +8,22 @@
    ``NCHW[b]c`` layout.
 3. ``conv_pool``    (:mod:`.conv_pool`) - a convolution fused with its max-pool
    (:mod:`fluidml_tvm.passes.fuse_conv_pool`).
-4. ``conv2d``       (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride).
-5. ``depthwise``    (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride;
+4. ``conv2d_transpose`` (:mod:`.conv_transpose`) - transposed convolutions, by output phase.
+5. ``conv2d``       (:mod:`.conv2d`) - direct convolutions (NCHW/NHWC, any stride, any channel
+   and column count, grouped ones with their channels split: :mod:`.grouped`, :mod:`.pad`).
+6. ``depthwise``    (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride;
    switched off by ``fluidml.schedule_off=depthwise``.
-6. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
-7. ``injective``    (:mod:`.injective`) - everything without a reduction.
+7. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
+8. ``injective``    (:mod:`.injective`) - everything without a reduction.
 
-The first five measure their candidates (:mod:`..choose`); the last two have one schedule each.
+The first six measure their candidates (:mod:`..choose`); the last two have one schedule each.
 """
 
 from .base import Context, Rule, Unrelated
 from .conv2d import Conv2dRule
 from .conv2d_nchwc import NCHWcRule
 from .conv_pool import ConvPoolRule
+from .conv_transpose import ConvTransposeRule
 from .depthwise import DepthwiseRule
 from .injective import InjectiveRule
 from .matmul import MatmulRule
@@ -30,6 +33,7 @@ RULES: tuple[Rule, ...] = (
     MatmulRule(),
     NCHWcRule(),
     ConvPoolRule(),
+    ConvTransposeRule(),
     Conv2dRule(),
     DepthwiseRule(),
     ReductionRule(),

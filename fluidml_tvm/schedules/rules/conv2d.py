@@ -1,9 +1,11 @@
-"""conv2d rule: direct convolution in any data layout (NCHW, NHWC), any stride, 1x1 and 3x3.
+"""conv2d rule: direct convolution in any data layout (NCHW, NHWC), any stride, any sizes.
 
 Matches the one reduction block ``C[.. f .. y .. x ..] += D[..] * W[.. f .. r ..]`` whose weight
 ``W`` is indexed by plain variables and owns one output axis ``f`` (the output channel) that the
-data does not index (depthwise/grouped convolutions, where the data is indexed by ``f`` too, are
-left to the generic reduction rule). The kernel is the matmul kernel seen through the window:
+data does not index - a grouped convolution once its channels are split into (group, channel in
+the group) (:mod:`.grouped`); depthwise ones go to :mod:`.depthwise`. One output channel and a
+1x1 map (squeeze-and-excitation) are matched too. The kernel is the matmul kernel seen through
+the window:
 
 * vector axis = output channels ``f`` (``nr = nv x lanes``); the weight is read packed
   ``[F/nr, .., nr]`` (a constant weight is packed at compile time by the caller);
@@ -12,6 +14,12 @@ left to the generic reduction rule). The kernel is the matmul kernel seen throug
   broadcast, ``mr``/``nv`` unrolled, lanes vectorized;
 * ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
 * bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own;
+* any channel / column count (issue 13): where no tile divides them, or only a 1-row one, the
+  tiles come from :mod:`.tiles` and the kernel computes whole tiles over channels padded with
+  zero weights and padded columns (:mod:`.pad`; the reason says what was padded to what);
+  vectors may be half or a quarter of the target's (8 channels a group); few output channels
+  (one, two, a group's 8 at stride 1) take vectors along the columns instead
+  (:mod:`.conv2d_cols`);
 * 1x1 stride-1 kernels (``conv1x1``, ``fuse_rows``): rows and columns become one axis, so the
   tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
   off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
@@ -28,39 +36,20 @@ from tvm import s_tir, tirx
 
 from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
+from . import tiles
 from .base import Context, Rule
-from .conv2d_match import ConvMatch, analyze, loop_var_of, same_var
+from .conv2d_cols import cols_candidates, cols_score, schedule_conv2d_cols
+from .conv2d_match import (
+    ConvMatch,
+    analyze,
+    analyze_any,
+    loop_var_of,
+    loops_by_role,
+    pack_index_map,
+    same_var,
+)
 from .injective import schedule_spatial_block
-
-
-def loops_by_role(loops, roles, y_index: int | None = None):
-    """A conv block's loops by role: ``(f, x, y, reductions, other spatial)``. ``y`` is the loop at
-    ``y_index`` (None when not asked for; that loop then counts as other spatial)."""
-    fl = xl = yl = None
-    reds, spatial = [], []
-    for i, (lp, role) in enumerate(zip(loops, roles)):
-        if role == "f":
-            fl = lp
-        elif role == "x":
-            xl = lp
-        elif role == "r":
-            reds.append(lp)
-        elif i == y_index:
-            yl = lp
-        else:
-            spatial.append(lp)
-    return fl, xl, yl, reds, spatial
-
-
-def pack_index_map(w_roles: list[str], nr: int):
-    """Weight dims -> ``[F/nr, other dims.., nr]``."""
-
-    def fmap(*idx):
-        f = next(i for i, r in zip(idx, w_roles) if r == "f")
-        rest = [i for i, r in zip(idx, w_roles) if r != "f"]
-        return [f // nr, *rest, f % nr]
-
-    return fmap
+from .pad import grow, schedule_padded_copy
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -83,6 +72,28 @@ def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, i
     blocked = [(mr, nv, 32) for mr, nv, _ in out[:2] if m.r0 % 32 == 0 and m.r0 > 32]
     out = out[:1] + blocked[:1] + out[1:2] + blocked[1:] + out[2:]
     return out[: max(1, budget)]
+
+
+def padded_candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple]:
+    """(mr, nv, rb, vl) tiles of any channel / column count (:func:`.tiles.padded_tiles`):
+    channels padded to whole ``nv x vl`` panels, columns to whole ``mr`` tiles, best first;
+    the reduction-blocked variant of the best tile second, as in :func:`candidates`."""
+    out = [(mr, nv, 0, vl) for mr, nv, vl in tiles.padded_tiles(m.x, m.f, cpu)]
+    if out and m.r0 % 32 == 0 and m.r0 > 32:
+        out.insert(1, out[0][:2] + (32,) + out[0][3:])
+    return out[: max(1, budget)]
+
+
+def tile_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple]:
+    """The dividing tiles (:func:`candidates`) or, where none divides or they are poor, the
+    padded ones (:func:`padded_candidates`)."""
+    lanes = cpu.lanes(32)
+    div = candidates(m, cpu, budget)
+    pad = padded_candidates(m, cpu, budget)
+    best_div = tiles.score(m.x, m.f, div[0][0], div[0][1], lanes, lanes) if div else None
+    best_pad = tiles.score(m.x, m.f, pad[0][0], pad[0][1], pad[0][3], lanes) if pad else None
+    one_row = bool(div) and div[0][0] == 1 and m.x > 1
+    return pad if tiles.prefer_padded(best_div, best_pad, one_row) else div
 
 
 def candidates_pointwise(m: ConvMatch, cpu: CPUInfo, budget: int = 2) -> list[tuple]:
@@ -132,30 +143,62 @@ def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
     return dataclasses.replace(m, loop_roles=roles, x=m.rows * X, rows=0), yd
 
 
+def pad_conv(func, m: ConvMatch, nr: int, mr: int, pack_param: bool):
+    """``func`` with the channels padded to whole ``nr`` panels and the columns to whole ``mr``
+    tiles (:func:`.pad.grow`; a constant weight is padded with zeros when it is packed), and
+    what was padded, for the reason."""
+    pads, said = {}, []
+    fp, xp = -(-m.f // nr) * nr, -(-m.x // mr) * mr
+    if fp != m.f:
+        pads[m.f_axis] = fp
+        said.append(f"channels {m.f} padded to {fp}")
+    if xp != m.x:
+        pads[m.x_axis] = xp
+        said.append(f"columns {m.x} padded to {xp}")
+    caller = {m.w_param} if pack_param else set()
+    func, _, guarded = grow(func, m.block, pads, caller)
+    return func, ", " + ", ".join(said), guarded
+
+
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
     c = candidates(m, cpu, 1)
     return c[0] if c else None
 
 
 def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=None,
-                    fuse_rows: bool = False):
+                    fuse_rows: bool = False, match: ConvMatch | None = None):
     """Returns ``(schedule, reason, pack)``: schedule None when the rule does not apply; ``pack``
     ``{weight param index: (("conv", roles..), nr)}`` when the weight parameter is packed.
     ``fuse_rows`` (1x1 stride-1 kernels, ``ConvMatch.rows``): rows and columns are one axis, the
-    tile's ``mr`` divides their product (:func:`candidates_pointwise`)."""
-    m, why = analyze(func)
+    tile's ``mr`` divides their product (:func:`candidates_pointwise`). ``match``: the kernel's
+    match when the caller has it (loops of role ``"p"``, a transposed conv's output phases, run
+    inside the parallel loop and the epilogue follows them there)."""
+    if match is not None:
+        m, why = match, "given"
+    else:
+        m, why = analyze_any(func, {i for i, c in (const_args or {}).items() if c})
     if m is None:
         return None, why, None
+    func = m.func if m.func is not None else func  # a grouped conv: its channels split
     tile = tile or choose_tile(m, cpu)
     if tile is None:
         return None, f"no register tile divides channels {m.f} / columns {m.x}", None
     mr, nv = tile[:2]
     rb = tile[2] if len(tile) > 2 else 0
-    lanes = cpu.lanes(32)
+    lanes = tile[3] if len(tile) > 3 and tile[3] else cpu.lanes(32)  # lanes of one vector
     nr = nv * lanes
-    if m.f % nr:
-        return None, f"tile {nv} x {lanes} lanes does not divide channels {m.f}", None
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
+    padded, shape, guarded = "", f"F={m.f} X={m.x}", set()
+    if m.f % nr or (m.x % mr and not fuse_rows):  # whole tiles over zero-padded channels /
+        if fuse_rows:  # columns (pad.py); a rows x columns tile divides rows x columns
+            return None, "rows x columns tiles need whole channel panels", None
+        func, padded, guarded = pad_conv(func, m, nr, mr, pack_param)
+        old = m
+        m, why = analyze(func, window=True)
+        if m is None:
+            return None, f"padded kernel: {why}", None
+        roles = ["p" if o == "p" else r for o, r in zip(old.loop_roles, m.loop_roles)]
+        m = dataclasses.replace(m, groups=old.groups, w_fdim=old.w_fdim, loop_roles=roles)
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)
@@ -200,20 +243,23 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         sch.transform_layout(main, ("read", m.w_index), fmap)
         lps = sch.get_loops(cr)
         sch.parallel(lps[0]) if lps else None
-    fl, xl, _, reds, spatial_outer = loops_by_role(sch.get_loops(main), m.loop_roles)
-    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])
+    loops = sch.get_loops(main)
+    phases = [lp for lp, r in zip(loops, m.loop_roles) if r == "p"]
+    fl, xl, _, reds, spatial_outer = loops_by_role(loops, m.loop_roles)
+    spatial_outer = [lp for lp in spatial_outer if not any(lp.same_as(p) for p in phases)]
+    f0, f1, f2 = sch.split(fl, [m.f // nr, nv, lanes])  # (padded) channels: whole tiles
     x0, x1 = sch.split(xl, [m.x // mr, mr])
     r_ext = sch.get(reds[0]).extent
     if rb and as_int(r_ext) and as_int(r_ext) % rb == 0 and as_int(r_ext) > rb:
         # reduction blocking: a block of rb input channels of the weight panel stays in L1
         # while the whole output row is swept; partial sums wait in the row's accumulators
         r0, r1 = sch.split(reds[0], [as_int(r_ext) // rb, rb])
-        sch.reorder(f0, *spatial_outer, r0, x0, r1, *reds[1:], x1, f1, f2)
+        sch.reorder(f0, *spatial_outer, *phases, r0, x0, r1, *reds[1:], x1, f1, f2)
         init_at, epi_at = r0, None
     else:
         rb = 0
-        sch.reorder(f0, *spatial_outer, x0, *reds, x1, f1, f2)
-        init_at, epi_at = reds[0], x0
+        sch.reorder(f0, *spatial_outer, *phases, x0, *reds, x1, f1, f2)
+        init_at, epi_at = reds[0], (None if phases else x0)
     if fuse_rows and not rb:
         # the rows are inside the tile loop now: share the tiles between the threads too (a
         # layer with one channel panel would otherwise run on one thread)
@@ -226,18 +272,26 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     sch.unroll(f1)
     sch.vectorize(f2)
     sch.reverse_compute_at(out, epi_at if epi_at is not None else par, preserve_unit_loops=True)
-    vectorize_inner(sch, out, lanes)
+    vectorize_inner(sch, out, cpu.lanes(32))
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
-        if kinds is not None and all(k == "S" for k in kinds):
-            schedule_spatial_block(sch, b, lanes)
+        if sch.get(b).name_hint in guarded:  # grown: zeros, then the copy (pad.py)
+            schedule_padded_copy(sch, b, cpu.lanes(32))
+        elif kinds is not None and all(k == "S" for k in kinds):
+            schedule_spatial_block(sch, b, cpu.lanes(32))
     sch.decompose_reduction(main, init_at)
-    reason = f"conv2d F={m.f} X={m.x} tile {mr}x{nr} (mr x channels)"
+    reason = f"conv2d {shape} tile {mr}x{nr} (mr x channels)"
+    reason += f" of {lanes}-lane vectors" if lanes != cpu.lanes(32) else ""
+    reason += padded
     reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
-    pack = {m.w_param: (("conv",) + tuple(m.w_roles), nr)} if pack_param else None
+    roles = ("conv",) + tuple(m.w_roles)
+    if m.groups > 1:  # the caller's weight [F, ..] is re-laid [G, F/G, ..] first
+        roles = ("groups", m.groups, m.w_fdim) + roles
+        reason = f"grouped ({m.groups} groups) " + reason
+    pack = {m.w_param: (roles, nr)} if pack_param else None
     return sch, reason, pack
 
 
@@ -250,13 +304,28 @@ class Conv2dRule(Rule):
     name = "conv2d"
 
     def analyze(self, func, ctx: Context):
-        return analyze(func)
+        return analyze_any(func, {i for i, c in ctx.const_args.items() if c})
 
     def candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
-        tiles = candidates(m, ctx.cpu, min(ctx.options.tune_trials, 4))
-        if not tiles:
+        budget = min(ctx.options.tune_trials, 4)
+        found = tile_candidates(m, ctx.cpu, budget)
+        lanes = ctx.cpu.lanes(32)
+        # shapes a channel tile divides keep their tiles (their history); the others may take
+        # the column vectors
+        cols = [] if candidates(m, ctx.cpu, 1) else cols_candidates(m, ctx.cpu, budget)
+        best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
+                           or lanes, lanes) if found else None
+        if cols and tiles.prefer_padded(best, cols_score(m, ctx.cpu, cols[0])):
+            # few output channels: the vectors along the columns (conv2d_cols.py)
+            return [{"mr": nf, "nv": nv, "rb": 0, "cols": 1} for nf, nv in cols]
+        if not found:
             return []
-        cands = [{"mr": mr, "nv": nv, "rb": rb} for mr, nv, rb in tiles]
+        cands = []
+        for t in found:
+            c = {"mr": t[0], "nv": t[1], "rb": t[2]}
+            if len(t) > 3 and t[3] != lanes:
+                c["vl"] = t[3]  # half-width vectors (only where the padded tiles are taken)
+            cands.append(c)
         if ctx.options.rule_on("conv1x1"):
             # 1x1 stride-1: one more tile over rows x columns (14x14 and 28x28 maps, where the
             # column count caps the tile)
@@ -270,13 +339,21 @@ class Conv2dRule(Rule):
     def workload(self, m: ConvMatch, candidates: list[dict], ctx: Context) -> str:
         # the rows x columns tile has its own cache entry: switched off, the choice among the
         # rest stands
-        return f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
+        lanes = ctx.cpu.lanes(32)
+        padded = any(m.f % (c["nv"] * c.get("vl", lanes)) or m.x % c["mr"] or "vl" in c
+                     or "cols" in c for c in candidates if "p" not in c)
+        return (f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
+                + (":pad" if padded else ""))
 
     def flops(self, m: ConvMatch) -> float:
         return m.flops
 
     def apply(self, func, m: ConvMatch, config: dict, ctx: Context):
-        tile = (config["mr"], config["nv"], config.get("rb", 0))
+        if config.get("cols"):
+            sch, why, pack = schedule_conv2d_cols(func, m, ctx.cpu, ctx.const_args,
+                                                  (config["mr"], config["nv"]))
+            return sch.mod["main"], why, pack
+        tile = (config["mr"], config["nv"], config.get("rb", 0), config.get("vl", 0))
         sch, why, pack = schedule_conv2d(func, ctx.cpu, ctx.const_args, tile,
                                          fuse_rows=bool(config.get("p")))
         return sch.mod["main"], why, pack

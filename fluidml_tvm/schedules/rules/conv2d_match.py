@@ -5,11 +5,13 @@ axis ``f`` (the output channel) that the data does not index; the role of every 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tvm import tirx
 
 from ..common import coefficient, extent, iter_values, match_sum_of_products, plain_indices
+from .grouped import ungroup
 
 
 @dataclass
@@ -26,9 +28,20 @@ class ConvMatch:
     # pointwise (1x1, stride 1) kernels: extent of the output-row loop right outside the column
     # loop, which the conv1x1 tiles fuse with it (tiles then divide rows x columns); 0 otherwise
     rows: int = 0
+    f_axis: int = -1  # index of the channel / column iteration variable among the block's
+    x_axis: int = -1
+    # a grouped convolution (.grouped): the kernel with its channels split, the group count and
+    # the output-channel dim of the original weight
+    func: object = None
+    groups: int = 1
+    w_fdim: int = 0
+    x_stride: int = 0  # the columns' stride in the data index (1: a vector of them is contiguous)
 
 
-def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
+def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None, str]:
+    """The conv2d match of ``func``, or ``(None, why not)``. ``window``: take a kernel whose
+    data is indexed plainly too (a 1x1 window: the phase kernel of a transposed conv with
+    ``k == s``) instead of leaving it to the matmul rule."""
     sop, why = match_sum_of_products(func)
     if sop is None:
         return None, why
@@ -54,24 +67,37 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
     if c_vars is None:
         return None, "output not indexed by plain variables"
     red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce and ext[v] > 1]
+    if not red:  # one input channel, a 1x1 window: the unit reduction axes are the reduction
+        red = [v for v in ext if kinds[v] == tirx.IterVar.CommReduce]
     if not red or any(v not in w_vars or v not in d_vars for v in red):
         return None, "reduction axes not in both operands"
     fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars and ext[v] > 1]
+    if not fs:  # one output channel (a probability map): the unit axis is the channel axis
+        fs = [v for v in c_vars if v is not None and v in w_vars and v not in d_vars]
     if len(fs) != 1:
         return None, "no single output-channel axis (depthwise/grouped or not a conv)"
     f = fs[0]
     xs = [v for v in c_vars if v is not None and v in d_vars and ext[v] > 1]
-    if not xs:
-        return None, "no spatial output axis"
-    x = xs[-1]  # the innermost spatial axis (output columns)
-    if len(red) < 2 and all(_is_plain_in(reads[d_i], v) for v in xs):
+    if len(red) < 2 and xs and not window and all(_is_plain_in(reads[d_i], v) for v in xs):
         return None, "a matmul, not a convolution"
+    if not xs:  # a 1x1 map (squeeze-and-excitation): the unit column axis is the tile's
+        xs = [v for v in c_vars if v is not None and v in d_vars]
+        if not xs:
+            return None, "no spatial output axis"
+    x = xs[-1]  # the innermost spatial axis (output columns)
     vals = iter_values(sch, main)
     loops = sch.get_loops(main)
     lvars = [sch.get(lp).loop_var for lp in loops]
     roles = ["s"] * len(loops)
+    axes = {}  # "f" / "x" -> index of the iteration variable among the block's
+    for a, iv in enumerate(st.iter_vars):
+        if iv.var.same_as(f):
+            axes["f"] = a
+        elif iv.var.same_as(x):
+            axes["x"] = a
     for iv, val in zip(st.iter_vars, vals):
-        if ext[iv.var] == 1:
+        if ext[iv.var] == 1 and not (iv.var.same_as(f) or iv.var.same_as(x)
+                                     or any(iv.var.same_as(r) for r in red)):
             continue
         if not isinstance(val, tirx.Var):
             return None, "binding is not a loop variable"
@@ -86,7 +112,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
             roles[i] = "x"
     w_roles = []
     for v in plain(reads[w_i]):
-        if v is None or ext.get(v, 1) == 1:
+        if v is None or (ext.get(v, 1) == 1 and not v.same_as(f)):
             w_roles.append("1")
         else:
             w_roles.append("f" if v.same_as(f) else "r")
@@ -96,9 +122,26 @@ def analyze(func: tirx.PrimFunc) -> tuple[ConvMatch | None, str]:
         flops *= ext[v]
     r0 = next((extent(sch, lp) for lp, r in zip(loops, roles) if r == "r"), 1) or 1
     rows = _pointwise_rows(sch, loops, roles, lvars, st, vals, reads[d_i], x, red)
+    x_dims = [r.min for r in reads[d_i].region if _uses(r.min, x)]
+    x_stride = coefficient(x_dims[0], x) if len(x_dims) == 1 else None
     match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
-                      rows)
+                      rows, axes.get("f", -1), axes.get("x", -1), x_stride=x_stride or 0)
     return match, "conv2d"
+
+
+def analyze_any(func: tirx.PrimFunc, const_params=()) -> tuple[ConvMatch | None, str]:
+    """:func:`analyze`, or for a grouped convolution the match of its kernel with the channels
+    split into (group, channel in the group) (:func:`.grouped.ungroup`; ``match.func``)."""
+    m, why = analyze(func)
+    if m is not None or not why.startswith("no single output-channel axis"):
+        return m, why
+    u, _ = ungroup(func, const_params)
+    if u is None:
+        return m, why
+    m, why2 = analyze(u.func)
+    if m is None:
+        return None, f"{why}; grouped: {why2}"
+    return dataclasses.replace(m, func=u.func, groups=u.groups, w_fdim=u.f_dim), "grouped conv2d"
 
 
 def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
@@ -126,6 +169,36 @@ def _pointwise_rows(sch, loops, roles, lvars, st, vals, data, x, red) -> int:
     if yd is None or yd + 1 >= len(out) or not same_var(out[yd + 1], x):
         return 0
     return extent(sch, loops[xi - 1]) or 0
+
+
+def loops_by_role(loops, roles, y_index: int | None = None):
+    """A conv block's loops by role: ``(f, x, y, reductions, other spatial)``. ``y`` is the loop at
+    ``y_index`` (None when not asked for; that loop then counts as other spatial)."""
+    fl = xl = yl = None
+    reds, spatial = [], []
+    for i, (lp, role) in enumerate(zip(loops, roles)):
+        if role == "f":
+            fl = lp
+        elif role == "x":
+            xl = lp
+        elif role == "r":
+            reds.append(lp)
+        elif i == y_index:
+            yl = lp
+        else:
+            spatial.append(lp)
+    return fl, xl, yl, reds, spatial
+
+
+def pack_index_map(w_roles: list[str], nr: int):
+    """Weight dims -> ``[F/nr, other dims.., nr]``."""
+
+    def fmap(*idx):
+        f = next(i for i, r in zip(idx, w_roles) if r == "f")
+        rest = [i for i, r in zip(idx, w_roles) if r != "f"]
+        return [f // nr, *rest, f % nr]
+
+    return fmap
 
 
 def _uses(expr, var) -> bool:

@@ -34,6 +34,8 @@ from ..common import (
 from ..target_info import CPUInfo
 from .base import Context, Rule
 from .injective import schedule_spatial_block
+from .pad import grow
+from .tiles import up
 
 
 @dataclass
@@ -44,6 +46,7 @@ class DepthwiseMatch:
     f_is_vector: bool  # NHWC form: the channel axis is innermost
     flops: float
     stride: int  # stride of the vector axis in the data index (1: contiguous loads)
+    v_axis: int = -1  # index of the vector axis among the block's iteration variables
 
 
 def _vars_in(expr) -> list:
@@ -116,7 +119,9 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     flops = 2.0
     for e in ext.values():
         flops *= e
-    return DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride), "depthwise"
+    v_axis = next(i for i, iv in enumerate(st.iter_vars) if iv.var.same_as(v))
+    return (DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride, v_axis),
+            "depthwise")
 
 
 def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
@@ -131,6 +136,8 @@ def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
                 out.append(nv)
     elif m.v_extent <= 4 * lanes:
         out.append(0)
+    else:  # a long row no vector divides (75, 150 columns): padded to whole tiles (pad.py)
+        out = sorted((4, 2, 1), key=lambda nv: (up(m.v_extent, nv * lanes), -nv))
     return out[: max(1, budget)]
 
 
@@ -147,8 +154,15 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         return None, f"vector axis {m.v_extent} neither divisible by nor short against the lanes"
     nv = cands[0] if nv is None else nv
     lanes = cpu.lanes(32)
-    if nv and m.v_extent % (nv * lanes):
-        return None, f"tile {nv} x {lanes} lanes does not divide the vector axis {m.v_extent}"
+    padded = ""
+    if nv and m.v_extent % (nv * lanes):  # whole tiles over padded columns / channels
+        vp = up(m.v_extent, nv * lanes)
+        func, _, _ = grow(func, m.block, {m.v_axis: vp},
+                          even_last=m.stride == 2 and not m.f_is_vector)
+        padded = f", vector axis {m.v_extent} padded to {vp}"
+        m, why = analyze(func)
+        if m is None:
+            return None, f"padded kernel: {why}"
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)
@@ -227,6 +241,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     layout = "channels innermost" if m.f_is_vector else "columns innermost"
     tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
+    reason += padded
     reason += ", padding per channel" if padded_here else ""
     reason += ", padded columns split even/odd" if split_pad else ""
     return sch, reason

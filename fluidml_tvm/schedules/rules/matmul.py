@@ -5,7 +5,9 @@ B[.. k .. j ..]`` with every index a plain iteration variable (any operand order
 forms attention and Gemm produce are covered), optionally preceded by injective prologues (inlined)
 and followed by injective epilogues (bias, GELU, residual add: inlined into one block computed per
 register tile). The analysis is :mod:`.matmul_match`; this module has the candidates, the kernel
-and :class:`MatmulRule`.
+and :class:`MatmulRule`. Any M / N / K (issue 13): M and N that no tile divides are padded to
+whole tiles, rows over several axes are looped like a batch, N = 1 and K = 1 are matched
+(:mod:`.matmul_shape`).
 
 The kernel (the design that matched ONNX Runtime's MLAS on this project's machines):
 
@@ -34,6 +36,9 @@ from ..common import as_int, vectorize_inner
 from ..target_info import CPUInfo
 from .base import Context, Rule
 from .matmul_match import MatmulMatch, analyze
+from .matmul_shape import picked_tiles, whole_tiles, whole_tiles_note
+from .pad import schedule_padded_copy
+from .tiles import up
 
 ORDERS = ("rows", "cols", "kblock", "kouter")
 # Below this much work a parallel launch costs more than it saves.
@@ -72,24 +77,12 @@ def candidates(
     """Register tiles that fit the target's vector registers and divide the shape, best guess
     first; at most ``budget`` of them. When B is not a constant but already has N innermost
     (attention's ``P @ V``), reading it in place (no run-time packing) is tried first."""
-    lanes = cpu.lanes(32)
-    regs = cpu.vector_registers
-    tiles = []
-    for nv in (6, 4, 3, 2, 1):
-        for mr in (16, 14, 12, 8, 6, 4, 3, 2, 1):
-            # accumulators + one broadcast of A + one B vector must fit (FMA can take B from L1)
-            if mr * nv + 2 > regs or match.n % (nv * lanes) or match.m % mr:
-                continue
-            # first the tiles whose accumulators, B vectors and A broadcast all stay in
-            # registers, then by FLOPs per loaded register (the tile's arithmetic intensity)
-            fits = mr * nv + nv + 1 <= regs
-            tiles.append((fits, mr * nv / (mr + nv), mr * nv, mr, nv))
-    tiles.sort(reverse=True)
-    picked = [(mr, nv) for _, _, _, mr, nv in tiles]
+    picked, _ = picked_tiles(match, cpu)
     out = []
     for mr, nv in picked[:3]:
-        mcs = [mc for mc in (128, 64, 32, 256) if match.m % mc == 0 and mc % mr == 0]
-        mc = mcs[0] if mcs else match.m
+        mp = up(match.m, mr)  # M, padded to whole tiles where mr does not divide it
+        mcs = [mc for mc in (128, 64, 32, 256) if mp % mc == 0 and mc % mr == 0]
+        mc = mcs[0] if mcs else mp
         out.append(MatmulConfig(mr, nv, mc, "rows"))
     if out:
         # the best tile in every loop order first, then the other tiles. Seen on the AVX2
@@ -102,13 +95,14 @@ def candidates(
         if match.k >= 1024:
             first.append(MatmulConfig(mr, nv, base.mc, "kblock", kc=kc))
         first.append(MatmulConfig(mr, nv, base.mc, "cols"))
+        mp = up(match.m, mr)
         for mc in (64, 32):
-            if mc != base.mc and match.m % mc == 0 and mc % mr == 0:
+            if mc != base.mc and mp % mc == 0 and mc % mr == 0:
                 first.append(MatmulConfig(mr, nv, mc, "rows"))
         later = [MatmulConfig(mr, nv, base.mc, "kblock", kc=kc)]
         if match.k >= 2048 and match.k % 512 == 0:
             later.append(MatmulConfig(mr, nv, base.mc, "kblock", kc=512))
-        if match.m % 256 == 0 and base.mc != 256:
+        if mp % 256 == 0 and base.mc != 256:
             later.append(MatmulConfig(mr, nv, 256, "rows"))
         later.append(MatmulConfig(mr, nv, base.mc, "kouter", kc=kc))
         out = [base] + first + out[1:2] + later + out[2:]
@@ -160,6 +154,8 @@ def apply(
     passes it packed (the parameter's layout changes); otherwise B is packed at run time."""
     lanes = cpu.lanes(32)
     nr = cfg.nv * lanes
+    # several row axes merged, M / N padded to whole tiles (matmul_shape.py)
+    func, match, guarded = whole_tiles(func, match, cfg.mr, nr, pack_param)
     if match.n % nr or match.m % cfg.mr or match.m % cfg.mc or cfg.mc % cfg.mr:
         raise ValueError(f"tile {cfg.describe()} does not divide {match.shape_key()}")
     sch = s_tir.Schedule(func)
@@ -168,9 +164,14 @@ def apply(
     blocks = list(sch.get_child_blocks(root))
     names = [sch.get(b).name_hint for b in blocks]
     pos = names.index(match.block)
-    # prologues: inline into the matmul (injective producers such as a transpose)
+    # prologues: inline into the matmul (injective producers such as a transpose); a padded
+    # one (guarded: rows / columns past the end are zero) is a parallel loop nest of its own
+    own = []
     for b in blocks[:pos][::-1]:
-        sch.compute_inline(b)
+        if sch.get(b).name_hint in guarded:
+            own.append(b)
+        else:
+            sch.compute_inline(b)
     # epilogues: inline all but the last into their consumers, the last one is computed per tile
     epis = blocks[pos + 1 :]
     for b in epis[:-1]:
@@ -246,6 +247,8 @@ def apply(
             _transposing_copy(sch, packer, match.roles_b, nr, lanes)
         else:
             _parallel_copy(sch, packer, lanes)
+    for b in own:  # zeros, then the copy: no condition per element (pad.split_padding)
+        schedule_padded_copy(sch, b, lanes)
     init = sch.decompose_reduction(main, kloop)
     vectorize_inner(sch, init, lanes, whole=4, tail=False)
     return sch
@@ -317,12 +320,13 @@ class MatmulRule(Rule):
         return [c.to_dict() for c in cands]
 
     def no_candidates(self, match, ctx: Context) -> str:
-        return "no tile divides the shape"
+        return "no tile fits the registers"
 
     def workload(self, match: MatmulMatch, candidates: list[dict], ctx: Context) -> str:
         # v2: the candidate set with K-blocked orders first at large K (older choices never saw
-        # them: measured again once)
-        return f"{match.shape_key()}:{'constB' if ctx.is_const(match.b_param) else 'B'}:v2"
+        # them: measured again once); ":pad": padded tiles (issue 13)
+        pad = ":pad" if picked_tiles(match, ctx.cpu)[1] else ""
+        return f"{match.shape_key()}:{'constB' if ctx.is_const(match.b_param) else 'B'}:v2{pad}"
 
     def flops(self, match: MatmulMatch) -> float:
         return match.flops()
@@ -337,7 +341,8 @@ class MatmulRule(Rule):
         pack = None
         if pack_b and cfg.pack:
             pack = {match.b_param: (tuple(match.roles_b), cfg.nv * ctx.cpu.lanes(32))}
-        return sch.mod["main"], f"{match.shape_key()} {cfg.describe()}", pack
+        note = whole_tiles_note(match, cfg.mr, cfg.nv * ctx.cpu.lanes(32))
+        return sch.mod["main"], f"{match.shape_key()} {cfg.describe()}{note}", pack
 
 
 __all__ = [

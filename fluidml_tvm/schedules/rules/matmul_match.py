@@ -4,7 +4,7 @@ forms attention and Gemm produce), and the role of every loop and of B's dims.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tvm import tirx
 
@@ -26,6 +26,8 @@ class MatmulMatch:
     k: int
     loop_roles: list[str]  # role of each loop of the block, in order: "b", "m", "n", "k", "1"
     dtype: str
+    m_axes: list = field(default_factory=list)  # iteration-variable indices of the M axes
+    n_axis: int = -1  # and of the N axis
 
     def shape_key(self) -> str:
         return f"b{self.batch}m{self.m}n{self.n}k{self.k}"
@@ -68,6 +70,8 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
     sets = [set(v for v in d if v != "const") for d in r_dims]
     c_set = set(v for v in c_dims if v != "const")
     red = [v for v, k in kinds.items() if k == tirx.IterVar.CommReduce and extents[v] > 1]
+    if not red:  # K = 1 (an outer product): the unit reduction axis is K
+        red = [v for v, k in kinds.items() if k == tirx.IterVar.CommReduce]
     if len(red) != 1:
         return None, f"{len(red)} non-trivial reduction axes"
     kv = red[0]
@@ -75,6 +79,9 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
         return None, "reduction axis not in both operands"
     # The N axis is C's innermost non-unit dim; B is the operand that has it.
     inner = [v for v in c_dims if v != "const" and extents[v] > 1]
+    last = c_dims[-1]
+    if last != "const" and extents[last] == 1 and (last in sets[0]) != (last in sets[1]):
+        inner.append(last)  # N = 1 ([M, K] @ [K, 1]): the unit column axis of B is N
     if not inner:
         return None, "output has no non-unit dim"
     nv_ = inner[-1]
@@ -84,12 +91,12 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
     a_i = 1 - b_i
     roles = {}
     for v, kind in kinds.items():
-        if extents[v] == 1:
-            roles[v] = "1"
-        elif v == kv:
+        if v == kv:
             roles[v] = "k"
         elif v == nv_:
             roles[v] = "n"
+        elif extents[v] == 1:
+            roles[v] = "1"
         elif kind != tirx.IterVar.DataPar or v not in c_set:
             return None, "unexpected iteration axis"
         elif v in sets[a_i] and v in sets[b_i]:
@@ -98,8 +105,6 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
             roles[v] = "m"
         else:
             return None, "a spatial axis only in B besides N"
-    if list(roles.values()).count("m") > 1:
-        return None, "several M axes"
     loops = sch.get_loops(main)
     loop_vars = [sch.get(lp).loop_var for lp in loops]
     realize_vals = iter_values(sch, main)
@@ -114,6 +119,17 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
             return None, "binding does not use the block's loops"
         var_by_loop[idx] = iv.var
     loop_roles = [roles[var_by_loop[i]] for i in range(len(loops))]
+    ivs = [iv.var for iv in stmt.iter_vars]
+    m_loops = [i for i, r in enumerate(loop_roles) if r == "m"]
+    if len(m_loops) > 1:
+        # rows over several axes ([1, H, W, C] @ [C, N], ConvNeXt's channels-last MLP): the
+        # outer ones are looped over like a batch (B does not index them), the tile runs
+        # over the innermost (every tile one rectangular region of A and C)
+        for i in m_loops[:-1]:
+            roles[var_by_loop[i]] = "b"
+            loop_roles[i] = "b"
+    m_axes = [i for i, v in enumerate(ivs) if roles[v] == "m"]
+    n_axis = next(i for i, v in enumerate(ivs) if roles[v] == "n")
     b_region = stmt.reads[b_i]
     roles_b = [("1" if d == "const" else roles[d]) for d in r_dims[b_i]]
     b_param = None
@@ -126,7 +142,7 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
         if r == "b":
             batch *= extents[v]
         elif r == "m":
-            m = extents[v]
+            m *= extents[v]
         elif r == "n":
             n = extents[v]
         elif r == "k":
@@ -144,6 +160,8 @@ def analyze(func: tirx.PrimFunc) -> tuple[MatmulMatch | None, str]:
             k=k,
             loop_roles=loop_roles,
             dtype=sop.dtype,
+            m_axes=m_axes,
+            n_axis=n_axis,
         ),
         "matmul",
     )

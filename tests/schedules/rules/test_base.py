@@ -14,7 +14,8 @@ from fluidml_tvm.schedules.rules import RULES, Context, Rule, Unrelated
 
 from ..models import TARGET, conv_model, fused, gemm_model
 
-ORDER = ["matmul", "conv2d_nchwc", "conv_pool", "conv2d", "depthwise", "reduction", "injective"]
+ORDER = ["matmul", "conv2d_nchwc", "conv_pool", "conv2d_transpose", "conv2d", "depthwise",
+         "reduction", "injective"]
 
 
 def _ctx(options=None, const_args=None, name="k"):
@@ -37,7 +38,7 @@ def _row_sum():
 def test_rules_in_the_stage_order():
     assert [r.name for r in RULES] == ORDER
     assert all(isinstance(r, Rule) for r in RULES)
-    assert [r.name for r in RULES if r.measures] == ORDER[:5]
+    assert [r.name for r in RULES if r.measures] == ORDER[:6]
     assert [r.name for r in RULES if r.generic] == ["reduction", "injective"]
     assert [r.name for r in RULES if r.optional] == ["depthwise"]  # fluidml.schedule_off
 
@@ -48,8 +49,10 @@ def test_each_rule_says_why_it_does_not_match(rule):
     match, why = rule.analyze(func, _ctx())
     assert match is None
     assert isinstance(why, str) and why
-    # the blocked-conv and conv+pool rules: "not my kind of kernel", left out of the reasons
-    assert isinstance(why, Unrelated) == (rule.name in ("conv2d_nchwc", "conv_pool"))
+    # the blocked-conv, conv+pool and transposed-conv rules: "not my kind of kernel", left out
+    # of the reasons
+    unrelated = ("conv2d_nchwc", "conv_pool", "conv2d_transpose")
+    assert isinstance(why, Unrelated) == (rule.name in unrelated)
 
 
 def _rule(name):

@@ -30,7 +30,7 @@ from ..models import schedule as run_schedule
         (dict(C=16, O=16, group=16), "depthwise"),  # depthwise, 14 columns: one vector
         (dict(C=16, O=16, group=16, H=16, W=16), "depthwise"),  # 16 columns: 2 x 8 lanes
         (dict(C=16, O=16, group=16, H=16, W=16, stride=2), "depthwise"),  # strided
-        (dict(C=16, O=32, group=8), "reduction"),  # grouped (2 channels a group): generic
+        (dict(C=16, O=32, group=8), "conv2d"),  # grouped (4 channels a group): split
     ],
 )
 def test_conv2d_matches_ort(tmp_path, kw, rule):
