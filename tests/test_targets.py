@@ -31,7 +31,7 @@ def test_json_dict_tag_and_target_objects():
 
 @pytest.mark.parametrize("spec, message", [
     ("pentium", "unknown target 'pentium'; use a preset (x86, rasp4b"),
-    ('{"kind": ', "--target: invalid JSON"),
+    ('{"kind": ', "target: invalid JSON"),
     ('{"kind": "nope"}', "invalid target"),
 ])
 def test_bad_targets_are_one_line_errors(spec, message):
