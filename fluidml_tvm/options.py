@@ -74,9 +74,10 @@ class Options:
                              "conv1x1); their kernels fall to the next rule. conv1x1 is off by "
                              "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
                              "it on")
-    fast_math: bool = _opt(True, "vectorizable exp/erf in the kernels FluidML schedules, nowhere "
-                           "else (exp: relative error <= 2e-7; erf: absolute error <= 3e-7; NaN, "
-                           "+-inf and overflow as IEEE); 0 keeps libm's scalar calls")
+    fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid in the kernels FluidML "
+                           "schedules, nowhere else (exp: relative error <= 2e-7; the others: "
+                           "absolute error <= 3e-7; NaN, +-inf and overflow as IEEE); 0 keeps "
+                           "libm's scalar calls")
     layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations in the layout stage "
                              "(applied only where measured faster)")
     layout_blocked: bool = _opt(False, "with layout_conv: blocked NCHW[b]c candidates (b = the "

@@ -1,16 +1,21 @@
-"""Vectorizable fp32 ``exp`` and ``erf`` in the kernels FluidML schedules, and nowhere else.
+"""Vectorizable fp32 ``exp``, ``erf``, ``tanh`` and ``sigmoid`` in the kernels FluidML schedules,
+and nowhere else.
 
-TVM 0.27 lowers ``tirx.erf``/``tirx.exp`` on llvm to a scalar libm call per lane, so a vectorized
-GELU epilogue or softmax runs lane by lane (a BERT FFN matmul with its GELU epilogue measured ~5x
-slower than the same matmul with a bias epilogue; BERT-base's softmax took 4 ms a call).
+TVM 0.27 lowers ``tirx.erf``/``tirx.exp`` on llvm to a scalar libm call per lane (``tanh`` and
+``sigmoid`` go through ``exp``), so a vectorized GELU epilogue, softmax or SiLU/Sigmoid gate runs
+lane by lane (a BERT FFN matmul with its GELU epilogue measured ~5x slower than the same matmul
+with a bias epilogue; BERT-base's softmax took 4 ms a call; a 24->1 conv_transpose with a Sigmoid
+1.66x ONNX Runtime's time, with ReLU 0.40x).
 :func:`apply` rewrites the fp32 ``exp``/``erf`` calls of one scheduled PrimFunc into plain
 arithmetic that LLVM vectorizes: ``exp`` by range reduction ``2^n * exp(f)`` (Cody-Waite ``ln 2``,
 degree-7 polynomial, ``2^n`` as two exponent-field products so the whole fp32 range is covered,
-denormals included), ``erf`` by TVM's ``topi.fast_erf`` rational approximation. Measured over
-the fp32 range (tests/schedules/test_fast_math.py): ``exp`` relative error <= 2e-7 for
-x >= -87.3 and absolute error <= 2e-45 below, ``erf`` absolute error <= 3e-7. NaN stays NaN,
-``exp(+inf) = inf``, ``exp(x > 88.7228) = inf``, ``exp(-inf) = 0``, ``erf(+-inf) = +-1``, as IEEE
-and ONNX Runtime have them.
+denormals included), ``erf`` and ``tanh`` by the rational approximations of TVM's
+``topi.fast_erf``/``fast_tanh``, ``sigmoid`` as ``1 / (1 + exp(-x))`` with that ``exp``. Measured
+over the fp32 range (tests/schedules/test_fast_math.py): ``exp`` relative error <= 2e-7 for
+x >= -87.3 and absolute error <= 2e-45 below, ``erf``, ``tanh`` and ``sigmoid`` absolute error
+<= 3e-7. NaN stays NaN, ``exp(+inf) = inf``, ``exp(x > 88.7228) = inf``, ``exp(-inf) = 0``,
+``erf``/``tanh(+-inf) = +-1``, ``sigmoid(+inf) = 1``, ``sigmoid(-inf) = 0``, as IEEE and ONNX
+Runtime have them.
 
 The schedule stage applies it to every kernel it schedules (and to the candidates it times),
 unless ``fluidml.fast_math=0``. Nothing is registered process-wide: a stock TVM compile in the
@@ -92,20 +97,56 @@ def fast_erf_ieee_expr(x):
     return tirx.Select(tirx.isnan(x), x, fast_erf_expr(x))
 
 
+# tanh(x) = x P(x^2) / Q(x^2) on [-7.905, 7.905] (beyond, +-1 in fp32): the rational fit of Eigen
+# and TVM's topi.fast_tanh.
+_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+           5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+           4.89352455891786e-03)
+_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+           4.89352518554385e-03)
+TANH_CLAMP = 7.90531110763549805
+
+
+def fast_tanh_expr(x0):
+    """tanh as a rational function of an fp32 PrimExpr; NaN kept."""
+    c, _ = _const_fn(x0)
+    x = tirx.max(tirx.min(x0, c(TANH_CLAMP)), c(-TANH_CLAMP))
+    x2 = x * x
+    p = c(_TANH_P[0])
+    for a in _TANH_P[1:]:
+        p = p * x2 + c(a)
+    q = c(_TANH_Q[0])
+    for b in _TANH_Q[1:]:
+        q = q * x2 + c(b)
+    y = tirx.Select(x0 >= c(TANH_CLAMP), c(1.0), x * p / q)  # fp32 tanh rounds to +-1 there
+    y = tirx.Select(x0 <= c(-TANH_CLAMP), c(-1.0), y)
+    return tirx.Select(tirx.isnan(x0), x0, y)
+
+
+def fast_sigmoid_expr(x):
+    """1 / (1 + exp(-x)) with :func:`fast_exp_expr`: 1 for large x, 0 for very negative x (the
+    exp overflows to inf), NaN kept."""
+    c, _ = _const_fn(x)
+    return c(1.0) / (c(1.0) + fast_exp_expr(c(0.0) - x))
+
+
 _EXP = tvm.ir.Op.get("tirx.exp")
 _ERF = tvm.ir.Op.get("tirx.erf")
+_TANH = tvm.ir.Op.get("tirx.tanh")
+_SIGMOID = tvm.ir.Op.get("tirx.sigmoid")
 
 
 def apply(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with its fp32 ``exp``/``erf`` calls replaced by the approximations."""
+    """``func`` with its fp32 ``exp``/``erf``/``tanh``/``sigmoid`` calls replaced by the
+    approximations."""
     import tvm_ffi
 
     def rewrite(call):
         if str(call.ty) == "float32" and len(call.args) == 1:
-            if call.op.same_as(_EXP):
-                return fast_exp_expr(call.args[0])
-            if call.op.same_as(_ERF):
-                return fast_erf_ieee_expr(call.args[0])
+            for op, fast in ((_EXP, fast_exp_expr), (_ERF, fast_erf_ieee_expr),
+                             (_TANH, fast_tanh_expr), (_SIGMOID, fast_sigmoid_expr)):
+                if call.op.same_as(op):
+                    return fast(call.args[0])
         return call
 
     return tvm_ffi.structural_map(func, [(tvm.ir.Call, rewrite)])
