@@ -29,6 +29,13 @@ from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_sh
 log = logging.getLogger("fluidml_tvm.layout")
 
 
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 def matmul_variant(a_shape, b_shape, out_shape, la, lb, lo, dtype="float32"):
     """The PrimFunc the rewrite emits for a matmul with layouts ``la``, ``lb``, ``lo``."""
     from .kernels import permuted_matmul
@@ -92,12 +99,17 @@ def schedule_and_time(funcs: list, target, options, timings: bool = False) -> li
     """
     import dataclasses
 
+    from ... import tuning
     from ...schedules import FluidMLSchedule
     from ...schedules.measure import measure_funcs
 
     # each variant gets the schedules' own choice among a few measured tiles (cached), so the
-    # default and the permuted variants are compared at their best, as the pipeline runs them
+    # default and the permuted variants are compared at their best, as the pipeline runs them;
+    # within a bounded tune budget the schedules' cached choice, else their analytic one (a
+    # variant then costs one build and its timing: the margin absorbs the difference)
     options = dataclasses.replace(options, tune_trials=min(options.tune_trials, 3))
+    if not tuning.for_options(options).unbounded:
+        options = dataclasses.replace(options, cost="learned")
     done = []
     for item in funcs:
         f, consts = item if isinstance(item, tuple) else (item, ())
@@ -153,6 +165,7 @@ class MeasuredCost(AnalyticCost):
         object.__setattr__(self, "measure", measure)
         object.__setattr__(self, "table", {})
         object.__setattr__(self, "loaded", set())  # variants known only from loaded runs
+        object.__setattr__(self, "unmeasured", set())  # nodes the tune budget did not reach
         object.__setattr__(self, "tkey", target_key(target))
 
     def __hash__(self):
@@ -160,11 +173,20 @@ class MeasuredCost(AnalyticCost):
 
     # -- variants the DP may ask for ----------------------------------------------------------
     def variants(self, g, cands) -> dict:
+        """``{key: make}`` of every variant the DP may ask for (all nodes)."""
+        out = {}
+        for _, group in self.variant_groups(g, cands):
+            out.update(group)
+        return out
+
+    def variant_groups(self, g, cands) -> list[tuple[int, dict]]:
+        """``[(node index, {key: make})]``: each node's variants, measured all or none."""
         from .cost import op_kind
 
-        out = {}
+        out = []
         for i, n in enumerate(g.nodes):
             kind = op_kind(g, i)
+            group = {}
             if kind == "matmul":
                 ts = [g.tensors[t] for t in n.inputs]
                 o = g.tensors[n.output]
@@ -173,7 +195,7 @@ class MeasuredCost(AnalyticCost):
                     for lb in cands[n.inputs[1]]:
                         for lo in cands[n.output]:
                             k = _mm_key(ts, o, la, lb, lo)
-                            out[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo, c=consts: (
+                            group[k] = lambda ts=ts, o=o, la=la, lb=lb, lo=lo, c=consts: (
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
             elif kind == "conv":
@@ -184,14 +206,16 @@ class MeasuredCost(AnalyticCost):
                     for lo in cands[n.output]:
                         if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (
                                 is_blocked(lo) and (lx == identity(4) or is_blocked(lx))):
-                            out[conv_key(g, i, lx, lo)] = (
+                            group[conv_key(g, i, lx, lo)] = (
                                 lambda i=i, lx=lx, lo=lo: (conv_variant(g, i, lx, lo), (1,)))
             elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
                         key, make = self._transpose(g, i, lx, lo)
                         if key is not None:
-                            out[key] = make
+                            group[key] = make
+            if group:
+                out.append((i, group))
         return out
 
     def _transpose(self, g, i, lx, lo):
@@ -219,40 +243,103 @@ class MeasuredCost(AnalyticCost):
         return _key("transpose", shape, q), lambda: transpose_variant(shape, q, dt)
 
     def prepare(self, g, cands) -> int:
-        """Measure (or read from the cache) every variant; returns how many were measured.
+        """Measure (or read from the cache) the variants; returns how many were measured.
+
+        Within the compile's tune budget (:mod:`fluidml_tvm.tuning`, at most
+        :data:`~fluidml_tvm.tuning.LAYOUT_SHARE` of it): each node's variants are measured
+        together, nodes with the largest modelled time first, while the budget affords the
+        next; a node left unmeasured keeps its analytic terms with the non-default variants
+        priced :attr:`margin` above (no layout change without a measurement behind it).
 
         A variant whose cached measurements were all taken on a loaded machine (a parallel
         kernel then waits for a descheduled thread: a 30 us transpose was once cached at 13 ms)
-        is measured again, up to ``REMEASURE_ATTEMPTS`` times, as the schedules' choices are;
-        its time is the best quiet measurement, else the best of all.
+        is used as it is; with ``fluidml.retune`` it is measured again, up to
+        ``REMEASURE_ATTEMPTS`` times in all. Its time is the best quiet measurement, else the
+        best of all.
         """
+        from ... import tuning
+
+        session = tuning.for_options(self.options)
+        todo_groups = []
+        for i, group in self.variant_groups(g, cands):
+            todo = {}
+            for k, make in group.items():
+                tries = self._cached(k, session)
+                if tries is not None and self.measure:
+                    todo[k] = (make, tries)
+            if todo:
+                todo_groups.append((i, todo))
+        if not todo_groups:
+            return 0
+        # memory-bound nodes first (FLOPs per byte moved, lowest first): where a layout decides
+        # how a kernel walks memory it can pay (a 3-channel first convolution writing NHWC,
+        # attention reading K transposed); compute-bound ones run at the same speed in any
+        # layout (VGG's 64-512 channel convolutions within 2%, less than the margin). Cheap
+        # nodes also take little of the budget each.
+        todo_groups.sort(key=lambda it: self._intensity(g, it[0]))
+        done = 0
+        with session.share(tuning.LAYOUT_SHARE):
+            for i, todo in todo_groups:
+                if not session.affords(session.estimate(len(todo), "layout")):
+                    session.skip("layout")
+                    self.unmeasured.add(i)
+                    continue
+                done += self._measure(todo, session)
+        if self.unmeasured:
+            log.info("layout: tune budget spent; %d nodes keep their analytic costs",
+                     len(self.unmeasured))
+        return done
+
+    def _intensity(self, g, i: int) -> float:
+        """Node ``i``'s FLOPs per byte moved in the analytic model (0: a data movement)."""
+        from .conv import conv_flops
+        from .cost import op_kind
+
+        n = g.nodes[i]
+        moved = g.tensors[n.output].nbytes + sum(g.tensors[t].nbytes for t in n.inputs)
+        kind = op_kind(g, i)
+        if kind == "conv":
+            flops = conv_flops(g, i)
+        elif kind == "matmul":
+            out = g.tensors[n.output]
+            k = g.tensors[n.inputs[0]].shape[-1]
+            flops = 2.0 * k * _numel(out.shape)
+        else:
+            flops = 0.0
+        return flops / max(1, moved)
+
+    def _cached(self, k: str, session) -> int | None:
+        """Fill ``table[k]`` from the cache; None when that settles it, else the number of
+        earlier measurements (0: never measured) of a variant to measure."""
         from ...costdb import NOISY_LOAD, REMEASURE_ATTEMPTS
 
-        todo, tries = {}, {}
-        for k, make in self.variants(g, cands).items():
-            if k in self.table and k not in self.loaded:
-                continue
-            hit = self.db.measured(self.tkey, "layout", k, with_load=True) \
-                if self.db is not None else {}
-            # rows from before the load was recorded (no "attempt") count as loaded
-            hit = {c: (sec, ld if '"attempt"' in c else 1.0) for c, (sec, ld) in hit.items()}
-            if hit:
-                quiet = [s for s, ld in hit.values() if ld <= NOISY_LOAD]
-                self.table[k] = min(quiet or [s for s, _ in hit.values()])
-                if quiet:
-                    self.loaded.discard(k)
-                    continue
-                self.loaded.add(k)
-                if len(hit) >= REMEASURE_ATTEMPTS or not self.measure:
-                    continue
-            if self.measure:
-                todo[k], tries[k] = make, len(hit)
-        if not todo:
+        if k in self.table and k not in self.loaded:
+            return None
+        hit = self.db.measured(self.tkey, "layout", k, with_load=True) \
+            if self.db is not None else {}
+        # rows from before the load was recorded (no "attempt") count as loaded
+        hit = {c: (sec, ld if '"attempt"' in c else 1.0) for c, (sec, ld) in hit.items()}
+        if not hit:
             return 0
+        quiet = [sec for sec, ld in hit.values() if ld <= NOISY_LOAD]
+        self.table[k] = min(quiet or [sec for sec, _ in hit.values()])
+        if quiet:
+            self.loaded.discard(k)
+            return None
+        self.loaded.add(k)
+        if session.retune and len(hit) < REMEASURE_ATTEMPTS:
+            return len(hit)
+        return None
+
+    def _measure(self, todo: dict, session) -> int:
+        """Time the variants ``{key: (make, tries)}`` of one node; record them."""
+        from ...costdb import NOISY_LOAD
+
         log.info("layout: measuring %d kernel variants", len(todo))
         keys = list(todo)
-        found = schedule_and_time([todo[k]() for k in keys], self.target, self.options,
-                                  timings=True)
+        with session.measuring("layout", kernels=len(keys), candidates=len(keys)):
+            found = schedule_and_time([todo[k][0]() for k in keys], self.target, self.options,
+                                      timings=True)
         for k, t in zip(keys, found):
             if t.seconds is None:
                 continue
@@ -264,7 +351,7 @@ class MeasuredCost(AnalyticCost):
                 self.table[k] = t.seconds if old is None else min(old, t.seconds)
                 self.loaded.add(k)
             if self.db is not None:
-                self.db.record(self.tkey, "layout", k, {"variant": k, "attempt": tries[k]},
+                self.db.record(self.tkey, "layout", k, {"variant": k, "attempt": todo[k][1]},
                                t.seconds, load=t.load)
         return len(keys)
 
@@ -274,19 +361,26 @@ class MeasuredCost(AnalyticCost):
         ts = [g.tensors[t] for t in n.inputs]
         o = g.tensors[n.output]
         t = self.table.get(_mm_key(ts, o, lays[0], lays[1], lout))
-        if t is None:
-            return super().matmul(g, i, lays, lout)
         plain = all(lay == identity(len(lay)) for lay in (*lays, lout))
+        if t is None:
+            return self._unmeasured(i, super().matmul(g, i, lays, lout), plain)
         return self.launch + (t if plain else t * (1 + self.margin))
 
     def conv(self, g, i, lin, lout):
         from .conv import conv_key
 
         t = self.table.get(conv_key(g, i, lin, lout))
-        if t is None:
-            return super().conv(g, i, lin, lout)
         plain = lin == identity(4) and lout == identity(4)
+        if t is None:
+            return self._unmeasured(i, super().conv(g, i, lin, lout), plain)
         return t if plain else t * (1 + self.margin)
+
+    def _unmeasured(self, i: int, analytic: float, plain: bool) -> float:
+        """A variant without a measurement: its analytic term, a non-default one of a node the
+        budget left unmeasured priced :attr:`margin` (and a launch) above it."""
+        if plain or i not in self.unmeasured:
+            return analytic
+        return analytic * (1 + self.margin) + self.launch
 
     def node(self, g, i, layouts):
         from .cost import op_kind
