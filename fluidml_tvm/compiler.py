@@ -284,13 +284,19 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
     # the check is a second build (its code generation as long as this one's; the kernels the
     # plan did not change are cached) plus 2 x 5 x 5 timed runs of the model
     estimate = max(0.0, result.compile_seconds - measured) + 2.0
-    if not session.affords(estimate):
-        line = (f"NOT CHECKED (fluidml.layout_verify): checking the plan costs a second build "
-                f"(~{estimate:.0f} s), beyond the tune budget left ({session.left():.0f} s of "
-                f"{session.budget:.0f} s); the plan is applied as modelled from measured kernels. "
-                "A larger --tune-budget, or 'fluidml-tvm tune', checks it once (cached per plan)")
+    again = session.retune or session.unbounded
+    earlier = not again and layout_verify.left_unchecked(result)
+    if earlier or not session.affords(estimate):
+        why = ("an earlier compile's tune budget left it unchecked" if earlier else
+               f"checking it costs a second build (~{estimate:.0f} s), beyond the tune budget "
+               f"left ({session.left():.0f} s of {session.budget:.0f} s)")
+        line = (f"NOT CHECKED (fluidml.layout_verify): {why}; the plan is applied as modelled "
+                "from measured kernels. --retune with a larger --tune-budget, or 'fluidml-tvm "
+                "tune', checks it once (cached per plan)")
         say(f"  layout plan {line}")
         session.skip("verify")
+        if not earlier:
+            layout_verify.left_unchecked(result, mark=True)
         result.decisions["layout_verify"] = [Decision(
             layout_verify.STAGE, "plan " + ", ".join(layout_verify.applied_ids(result)),
             "not checked", line, {"estimate_s": estimate, "left_s": session.left()})]

@@ -78,10 +78,10 @@ def entries(db, used) -> list[dict]:
 
 
 def _record(table: str, row: dict) -> dict:
-    rec = {"format": FORMAT, "version": VERSION, "table": table}
+    rec = {k: v for k, v in row.items() if k != "threads"}  # (a column nothing fills)
+    rec.update({"format": FORMAT, "version": VERSION, "table": table})
     rec.update(split_key(row["target"]))
     rec.update({"host_cpu": host_cpu(), "tvm": tvm_version()})
-    rec.update(row)
     rec["config"] = json.loads(row["config"])
     return rec
 

@@ -9,7 +9,9 @@ is the one-kernel form):
   kernel built alone carries) and the rule's own shape string; so the same kernel in another
   model, or imported from tuning records (:mod:`fluidml_tvm.records`), is looked up;
 * :func:`lookup`: a cached choice is taken as it is (nothing measured); one made on a loaded
-  machine (provisional) too, unless the session re-tunes (``--retune``);
+  machine (provisional) too, unless the session re-tunes (``--retune``); one an earlier
+  compile's budget left to the analytic model too, unless the session re-tunes or has no
+  budget limit;
 * :func:`measure_candidates`: the rule's candidates come best guess first (its analytic model);
   within a bounded budget only the first :data:`TIME_TOP` are timed, all of them in one module,
   :data:`ROUNDS` interleaved rounds (a third while one saw only loaded rounds), the fastest
@@ -17,7 +19,8 @@ is the one-kernel form):
   separate confirmation of close candidates: it rebuilt them, and building is ~60% of a
   measurement here - 2 cores, LLVM code generation - so on a loaded host, where few winners
   are clear after one round, it cost more than two rounds of everything.)
-* else the first candidate: the rule's analytic best guess.
+* else the first candidate: the rule's analytic best guess (:func:`left_to_model` when the
+  budget did not reach it: remembered, so a warm compile measures nothing).
 """
 
 from __future__ import annotations
@@ -84,10 +87,25 @@ def lookup(tkey: str, rule: str, wkey: str, db, session=None) -> Choice | None:
     prior = db.choice(tkey, rule, wkey)
     if prior is None:
         return None
+    if prior["analytic"]:  # an earlier compile's budget left it to the model
+        if session is not None and (session.retune or session.unbounded):
+            return None
+        return Choice(prior["config"], 0, 0.0, ", as an earlier compile's tune budget left it "
+                      "(--retune measures it)", source="budget")
     if prior["provisional"] and session is not None and session.retune:
         return None
     note = ", loaded machine" if prior["noisy"] else ""
     return Choice(prior["config"], 0, prior["seconds"], note, source="cached")
+
+
+def left_to_model(tkey: str, rule: str, wkey: str, candidates: list, db, session) -> Choice:
+    """The analytic choice of a workload the budget does not reach, remembered in the cache so
+    the next compile decides the same without measuring."""
+    if session is not None:
+        session.skip("schedule")
+    if db is not None:
+        db.choose(tkey, rule, wkey, candidates[0], 0.0, 0, analytic=True)
+    return Choice(candidates[0], source="budget")
 
 
 def worth(flops: float, candidates: list) -> bool:
@@ -180,8 +198,7 @@ def choose(kernel: str, func, rule: str, workload: str, candidates: list[dict], 
         return Choice(candidates[0])
     if session is not None and not session.affords(
             session.estimate(len(timed(candidates, session)))):
-        session.skip("schedule")
-        return Choice(candidates[0], source="budget")
+        return left_to_model(tkey, rule, wkey, candidates, db, session)
     got = measure_candidates(kernel, rule, tkey, wkey, candidates, build, flops, target, db,
                              session)
     return got or Choice(candidates[0])

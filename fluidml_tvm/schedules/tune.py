@@ -11,7 +11,9 @@ decides every measuring rule's config:
    modelled run time (:func:`modelled_seconds`: FLOPs at the target's peak or bytes at memory
    speed, whichever is slower, times the calls per run) and measured in that order while the
    session's budget affords the next one (:meth:`fluidml_tvm.tuning.TuneSession.estimate`);
-4. what is left takes the rule's analytic first candidate, marked ``budget`` in its decision.
+4. what is left takes the rule's analytic first candidate, marked ``budget`` in its decision
+   and remembered in the cache (a warm compile decides the same without measuring; a compile
+   with ``--retune`` or without a budget limit measures it).
 
 Progress (kernels done / total, budget left) goes through the session.
 """
@@ -26,7 +28,7 @@ from tvm import relax
 
 from ..costdb import target_key
 from . import fast_math
-from .choose import Choice, lookup, measure_candidates, timed, worth
+from .choose import Choice, left_to_model, lookup, measure_candidates, timed, worth
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
@@ -121,9 +123,8 @@ def tune(pending: list[Pending], session, measure_ok: bool) -> None:
         p = ps[0]
         n = len(timed(p.candidates, session))
         if not session.affords(session.estimate(n)):
-            session.skip("schedule", 1)
             log.info("%s: tune budget spent; the analytic choice", p.kernel)
-            _assign(ps, Choice(p.candidates[0], source="budget"))
+            _assign(ps, left_to_model(tkey, p.rule.name, p.workload, p.candidates, db, session))
             continue
         session.progress(done, total, f"measuring {p.kernel} ({n} candidates of {p.rule.name})")
         got = measure_candidates(p.kernel, p.rule.name, tkey, p.workload, p.candidates, p.build,

@@ -125,6 +125,10 @@ def schedule_and_time(funcs: list, target, options, timings: bool = False) -> li
     return found if timings else [t.seconds for t in found]
 
 
+# The cache's rule of nodes a tune budget left unmeasured (the next compile keeps them so; one
+# that re-tunes or has no budget limit measures them).
+SKIPPED = "layout_skipped"
+
 # Bumped when a schedule rule changes the kernels a key times, so older cached timings are not
 # reused: 2 = tiled transposes and the packed-order copy of K-innermost B (2026-11-26).
 KERNELS_VERSION = 2
@@ -247,9 +251,11 @@ class MeasuredCost(AnalyticCost):
 
         Within the compile's tune budget (:mod:`fluidml_tvm.tuning`, at most
         :data:`~fluidml_tvm.tuning.LAYOUT_SHARE` of it): each node's variants are measured
-        together, nodes with the largest modelled time first, while the budget affords the
-        next; a node left unmeasured keeps its analytic terms with the non-default variants
-        priced :attr:`margin` above (no layout change without a measurement behind it).
+        together, memory-bound nodes first, while the budget affords the next; a node left
+        unmeasured keeps its analytic terms with the non-default variants priced :attr:`margin`
+        above (no layout change without a measurement behind it), and is remembered so
+        (:data:`SKIPPED`): the next compile plans the same without measuring, one with
+        ``fluidml.retune`` or without a budget limit measures it.
 
         A variant whose cached measurements were all taken on a loaded machine (a parallel
         kernel then waits for a descheduled thread: a 30 us transpose was once cached at 13 ms)
@@ -261,12 +267,14 @@ class MeasuredCost(AnalyticCost):
 
         session = tuning.for_options(self.options)
         todo_groups = []
+        seen = set()  # a variant of several nodes (identical layers) is measured once
         for i, group in self.variant_groups(g, cands):
             todo = {}
             for k, make in group.items():
-                tries = self._cached(k, session)
+                tries = self._cached(k, session) if k not in seen else None
                 if tries is not None and self.measure:
                     todo[k] = (make, tries)
+                seen.add(k)
             if todo:
                 todo_groups.append((i, todo))
         if not todo_groups:
@@ -278,11 +286,19 @@ class MeasuredCost(AnalyticCost):
         # nodes also take little of the budget each.
         todo_groups.sort(key=lambda it: self._intensity(g, it[0]))
         done = 0
+        again = session.retune or session.unbounded
         with session.share(tuning.LAYOUT_SHARE):
             for i, todo in todo_groups:
+                node = min(todo)  # the node's id in the cache: its first variant
+                if (not again and self.db is not None
+                        and self.db.measured(self.tkey, SKIPPED, node)):
+                    self.unmeasured.add(i)  # an earlier compile's budget left it: still so
+                    continue
                 if not session.affords(session.estimate(len(todo), "layout")):
                     session.skip("layout")
                     self.unmeasured.add(i)
+                    if self.db is not None:
+                        self.db.record(self.tkey, SKIPPED, node, {"node": node}, 0.0)
                     continue
                 done += self._measure(todo, session)
         if self.unmeasured:
