@@ -12,12 +12,14 @@ cache with an XGBoost model trained on the cached ones (:mod:`.layout_learned`).
 What is measured: the bare matmul (no fused epilogue), with the best of up to 3 of the schedules'
 tiles (their own measured choice, cached) and constant operands passed as constants, so they are
 packed offline as in the real pipeline. A variant in a non-default layout must beat the default by
-:attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms.
+:attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms. Within a
+bounded tune budget the variants take the schedules' cached or analytic tile (:meth:`prepare`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import tvm
 from tvm import te
@@ -27,13 +29,6 @@ from .cost import AnalyticCost
 from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_shape
 
 log = logging.getLogger("fluidml_tvm.layout")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def matmul_variant(a_shape, b_shape, out_shape, la, lb, lo, dtype="float32"):
@@ -178,10 +173,7 @@ class MeasuredCost(AnalyticCost):
     # -- variants the DP may ask for ----------------------------------------------------------
     def variants(self, g, cands) -> dict:
         """``{key: make}`` of every variant the DP may ask for (all nodes)."""
-        out = {}
-        for _, group in self.variant_groups(g, cands):
-            out.update(group)
-        return out
+        return {k: v for _, group in self.variant_groups(g, cands) for k, v in group.items()}
 
     def variant_groups(self, g, cands) -> list[tuple[int, dict]]:
         """``[(node index, {key: make})]``: each node's variants, measured all or none."""
@@ -249,19 +241,14 @@ class MeasuredCost(AnalyticCost):
     def prepare(self, g, cands) -> int:
         """Measure (or read from the cache) the variants; returns how many were measured.
 
-        Within the compile's tune budget (:mod:`fluidml_tvm.tuning`, at most
-        :data:`~fluidml_tvm.tuning.LAYOUT_SHARE` of it): each node's variants are measured
-        together, memory-bound nodes first, while the budget affords the next; a node left
-        unmeasured keeps its analytic terms with the non-default variants priced :attr:`margin`
-        above (no layout change without a measurement behind it), and is remembered so
-        (:data:`SKIPPED`): the next compile plans the same without measuring, one with
-        ``fluidml.retune`` or without a budget limit measures it.
-
-        A variant whose cached measurements were all taken on a loaded machine (a parallel
-        kernel then waits for a descheduled thread: a 30 us transpose was once cached at 13 ms)
-        is used as it is; with ``fluidml.retune`` it is measured again, up to
-        ``REMEASURE_ATTEMPTS`` times in all. Its time is the best quiet measurement, else the
-        best of all.
+        Within the tune budget (:mod:`fluidml_tvm.tuning`, at most ``LAYOUT_SHARE`` of it) each
+        node's variants are measured together, memory-bound nodes first; a node the budget does
+        not reach keeps its analytic terms, non-default variants priced :attr:`margin` above,
+        and is remembered (:data:`SKIPPED`) for the next compile; one with ``fluidml.retune``
+        or no budget limit measures it. A variant cached only from a loaded machine (a 30 us
+        transpose was once cached at 13 ms) is used as it is, measured again on
+        ``fluidml.retune`` up to ``REMEASURE_ATTEMPTS`` times; its time is the best quiet
+        measurement, else the best of all.
         """
         from ... import tuning
 
@@ -279,11 +266,10 @@ class MeasuredCost(AnalyticCost):
                 todo_groups.append((i, todo))
         if not todo_groups:
             return 0
-        # memory-bound nodes first (FLOPs per byte moved, lowest first): where a layout decides
-        # how a kernel walks memory it can pay (a 3-channel first convolution writing NHWC,
-        # attention reading K transposed); compute-bound ones run at the same speed in any
-        # layout (VGG's 64-512 channel convolutions within 2%, less than the margin). Cheap
-        # nodes also take little of the budget each.
+        # memory-bound nodes first (lowest FLOPs per byte): where a layout decides how a kernel
+        # walks memory it can pay (a 3-channel first conv writing NHWC, attention reading K
+        # transposed); compute-bound ones run alike in any layout (VGG's 64-512 channel convs
+        # within 2%, under the margin). Cheap nodes also take little of the budget each.
         todo_groups.sort(key=lambda it: self._intensity(g, it[0]))
         done = 0
         again = session.retune or session.unbounded
@@ -311,17 +297,11 @@ class MeasuredCost(AnalyticCost):
         from .conv import conv_flops
         from .cost import op_kind
 
-        n = g.nodes[i]
+        n, kind = g.nodes[i], op_kind(g, i)
         moved = g.tensors[n.output].nbytes + sum(g.tensors[t].nbytes for t in n.inputs)
-        kind = op_kind(g, i)
-        if kind == "conv":
-            flops = conv_flops(g, i)
-        elif kind == "matmul":
-            out = g.tensors[n.output]
-            k = g.tensors[n.inputs[0]].shape[-1]
-            flops = 2.0 * k * _numel(out.shape)
-        else:
-            flops = 0.0
+        flops = conv_flops(g, i) if kind == "conv" else 0.0
+        if kind == "matmul":
+            flops = 2.0 * g.tensors[n.inputs[0]].shape[-1] * math.prod(g.tensors[n.output].shape)
         return flops / max(1, moved)
 
     def _cached(self, k: str, session) -> int | None:
