@@ -200,9 +200,10 @@ def compile(  # noqa: A001
                                            options, pass_config, say, input_values)
     result.compile_seconds = time.perf_counter() - t0
     result.tuning = session.snapshot()
-    sched = result.decisions.setdefault("schedule", [])
-    sched += [note("schedule", f"tuning records: {n}") for n in notes]
-    sched.append(note("schedule", session.summary(), **result.tuning))
+    if opts.enable:  # what the budget did, read by --report (stock TVM measures nothing)
+        sched = result.decisions.setdefault("schedule", [])
+        sched += [note("schedule", f"tuning records: {n}") for n in notes]
+        sched.append(note("schedule", session.summary(), **result.tuning))
     if save_tuning_records:
         save_records(save_tuning_records, session, opts, say)
     if timing:

@@ -39,6 +39,9 @@ LAYOUT_SHARE = 0.25
 # the 2-core host: 0.1-0.4 s, big convolutions more); a layout variant also chooses its own
 # schedule among a few candidates.
 FIRST_GUESS = {"schedule": 0.3, "layout": 1.0}
+# Seconds per parameter byte a timed candidate also costs: its random inputs (numpy's normal
+# generator and the copy to a tensor, 4-14 ns a byte measured on the loaded 2-core host).
+ARG_SECONDS_PER_BYTE = 8e-9
 
 _ACTIVE: list[TuneSession] = []
 
@@ -77,6 +80,8 @@ class TuneSession:
         # per kind (schedule, layout, verify): kernels measured, candidates timed, seconds
         self.stats: dict[str, list] = {}
         self.skipped: dict[str, int] = {}  # kind -> kernels left to the model by the budget
+        # kind -> [modelled seconds of the kernels measured, of all that were worth measuring]
+        self.coverage: dict[str, list] = {}
         self.used: set[tuple] = set()  # (table, target, rule, workload) read or written
         self._per_candidate: dict[str, list[float]] = {}
         self._line = False
@@ -106,12 +111,13 @@ class TuneSession:
     def affords(self, seconds: float) -> bool:
         return self.unbounded or self.available() >= seconds
 
-    def estimate(self, candidates: int, kind: str = "schedule") -> float:
-        """Predicted seconds to time ``candidates`` candidates of ``kind`` (the median per
-        candidate of the measurements so far)."""
+    def estimate(self, candidates: int, kind: str = "schedule", nbytes: int = 0) -> float:
+        """Predicted seconds to time ``candidates`` candidates of ``kind`` whose parameters
+        take ``nbytes``: per candidate, the median of the measurements so far (their share
+        that does not grow with the bytes), plus :data:`ARG_SECONDS_PER_BYTE` a byte."""
         seen = sorted(self._per_candidate.get(kind, ()))
         per = seen[len(seen) // 2] if seen else FIRST_GUESS.get(kind, 0.3)
-        return per * max(1, candidates)
+        return (per + nbytes * ARG_SECONDS_PER_BYTE) * max(1, candidates)
 
     @contextlib.contextmanager
     def share(self, fraction: float):
@@ -134,10 +140,10 @@ class TuneSession:
         return self.reserved.pop(what, 0.0)
 
     @contextlib.contextmanager
-    def measuring(self, kind: str, kernels: int = 1, candidates: int = 0):
+    def measuring(self, kind: str, kernels: int = 1, candidates: int = 0, nbytes: int = 0):
         """One measurement of ``kind`` (schedule, layout, verify) of ``kernels`` kernels and
-        ``candidates`` timed candidates; only the outermost block counts, and charges its wall
-        time to the budget."""
+        ``candidates`` timed candidates of ``nbytes`` parameter bytes; only the outermost block
+        counts, and charges its wall time to the budget."""
         t0 = time.perf_counter()
         outer = not self._open  # a nested block is part of the outer one's measurement
         self._open.append(t0)
@@ -153,7 +159,8 @@ class TuneSession:
                 row[2] += dt
                 self.spent += dt
                 if candidates:
-                    self._per_candidate.setdefault(kind, []).append(dt / candidates)
+                    per = dt / candidates - nbytes * ARG_SECONDS_PER_BYTE
+                    self._per_candidate.setdefault(kind, []).append(max(0.01, per))
 
     @property
     def nested(self) -> bool:
@@ -162,6 +169,18 @@ class TuneSession:
 
     def skip(self, kind: str, n: int = 1) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + n
+
+    def cover(self, kind: str, measured: float, total: float) -> None:
+        """Account a kernel's modelled run time: ``measured`` of its ``total`` was measured."""
+        row = self.coverage.setdefault(kind, [0.0, 0.0])
+        row[0] += measured
+        row[1] += total
+
+    def covered(self, kind: str) -> float | None:
+        """The share of the modelled run time of the kernels worth measuring that was measured
+        now (None: nothing was to measure)."""
+        m, t = self.coverage.get(kind, (0.0, 0.0))
+        return m / t if t > 0 else None
 
     def measured_candidates(self, kind: str | None = None) -> int:
         kinds = [kind] if kind else list(self.stats)
@@ -205,6 +224,10 @@ class TuneSession:
         text += ("; " + "; ".join(parts)) if parts else "; nothing measured"
         if skipped:
             text += f"; {skipped} kernels decided by the analytic model (budget)"
+        share = self.covered("schedule")
+        if share is not None and share < 1:
+            text += (f"; the schedules measured cover {share:.0%} of the modelled run time of "
+                     "the kernels left to measure")
         return text
 
     def snapshot(self) -> dict:
@@ -212,7 +235,9 @@ class TuneSession:
         return {"budget_s": self.budget, "spent_s": round(self.spent, 3),
                 "measuring": {k: {"kernels": v[0], "candidates": v[1], "seconds": round(v[2], 3)}
                               for k, v in self.stats.items()},
-                "left_to_model": dict(self.skipped)}
+                "left_to_model": dict(self.skipped),
+                "covered": {k: round(self.covered(k), 4) for k in self.coverage
+                            if self.covered(k) is not None}}
 
     @contextlib.contextmanager
     def activate(self):

@@ -86,3 +86,14 @@ def test_summary_and_snapshot_say_what_was_measured_and_left():
     assert snap["measuring"]["schedule"]["candidates"] == 4 and snap["left_to_model"] == {
         "schedule": 3}
     assert TuneSession(-1).summary().startswith("tune budget no limit")
+
+
+def test_the_estimate_grows_with_the_kernels_bytes():
+    """A timed candidate also costs its random inputs: VGG-11's classifier (411 MB of weight)
+    took 14 s for 3 candidates, almost all of it making inputs."""
+    s = TuneSession(20)
+    small, big = s.estimate(3), s.estimate(3, nbytes=411_000_000)
+    assert big > small + 3 * 411_000_000 * tuning.ARG_SECONDS_PER_BYTE * 0.99
+    with s.measuring("schedule", kernels=1, candidates=2, nbytes=100_000_000):
+        time.sleep(0.02)  # faster than its bytes predict: the learned base stays positive
+    assert s.estimate(1) >= 0.01

@@ -8,9 +8,13 @@ decides every measuring rule's config:
 2. a workload the cache knows (this model before, another model, imported tuning records) takes
    the cached choice: nothing measured;
 3. the rest that are worth measuring (:func:`.choose.worth`) are ranked by their share of the
-   modelled run time (:func:`modelled_seconds`: FLOPs at the target's peak or bytes at memory
-   speed, whichever is slower, times the calls per run) and measured in that order while the
-   session's budget affords the next one (:meth:`fluidml_tvm.tuning.TuneSession.estimate`);
+   modelled run time (:meth:`Pending.modelled_seconds`: FLOPs at the target's peak or bytes at
+   memory speed, whichever is slower, times the calls per run) per predicted second of
+   measuring (:meth:`fluidml_tvm.tuning.TuneSession.estimate`: a build and timing per
+   candidate, plus random inputs in proportion to the kernel's bytes), and measured in that
+   order while the budget affords the next one. (VGG-11's classifier, 411 MB of weight, has the
+   largest modelled share but took 14 s to measure, all but 0.1 s making its random inputs: it
+   came first and took the whole budget; ranked per second, its convolutions go first);
 4. what is left takes the rule's analytic first candidate, marked ``budget`` in its decision
    and remembered in the cache (a warm compile decides the same without measuring; a compile
    with ``--retune`` or without a budget limit measures it).
@@ -62,25 +66,29 @@ class Pending:
         built = self.rule.build(self.func, self.match, config, self.ctx)
         return fast_math.apply(built) if self.ctx.options.fast_math else built
 
+    def nbytes(self) -> int:
+        return param_bytes(self.func)
+
     def modelled_seconds(self) -> float:
-        return modelled_seconds(self.func, self.flops, self.ctx.cpu) * max(1, self.calls)
+        """The ranking model's time of the kernel in one run: FLOPs at the CPU's vector peak or
+        its parameters' bytes at streaming bandwidth, whichever is slower, times its calls."""
+        cpu = self.ctx.cpu
+        peak = cpu.lanes(32) * 4 * _CLOCK_HZ * max(1, cpu.num_cores or 1)
+        return max(self.flops / peak, self.nbytes() / _BANDWIDTH) * max(1, self.calls)
 
 
-def modelled_seconds(func, flops: float, cpu) -> float:
-    """The ranking model's time of one call: FLOPs at the CPU's vector peak or the parameters'
-    bytes at streaming bandwidth, whichever is slower."""
-    peak = cpu.lanes(32) * 4 * _CLOCK_HZ * max(1, cpu.num_cores or 1)
+def param_bytes(func) -> int:
+    """Bytes of a PrimFunc's parameters (static dims; 4 bytes an element)."""
     nbytes = 0
     for p in func.params:
-        ty = getattr(p, "ty", None)
-        shape = getattr(ty, "shape", None)
+        shape = getattr(getattr(p, "ty", None), "shape", None)
         if shape is None:
             continue
         n = 1
         for d in shape:
             n *= int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else 1
         nbytes += n * 4
-    return max(flops / peak, nbytes / _BANDWIDTH)
+    return nbytes
 
 
 def call_counts(mod) -> dict[str, int]:
@@ -117,19 +125,26 @@ def tune(pending: list[Pending], session, measure_ok: bool) -> None:
             todo.append(ps)
             continue
         _assign(ps, found or Choice(ps[0].candidates[0]))
-    todo.sort(key=lambda ps: -sum(p.modelled_seconds() for p in ps))
+    share = {id(ps): sum(p.modelled_seconds() for p in ps) for ps in todo}
+
+    def cost(ps):  # the predicted seconds of measuring a workload
+        return session.estimate(len(timed(ps[0].candidates, session)), nbytes=ps[0].nbytes())
+
+    todo.sort(key=lambda ps: -share[id(ps)] / cost(ps))
     total = len(todo)
     for done, ps in enumerate(todo):
         p = ps[0]
         n = len(timed(p.candidates, session))
-        if not session.affords(session.estimate(n)):
+        if not session.affords(cost(ps)):
             log.info("%s: tune budget spent; the analytic choice", p.kernel)
             _assign(ps, left_to_model(tkey, p.rule.name, p.workload, p.candidates, db, session))
+            session.cover("schedule", 0.0, share[id(ps)])
             continue
         session.progress(done, total, f"measuring {p.kernel} ({n} candidates of {p.rule.name})")
         got = measure_candidates(p.kernel, p.rule.name, tkey, p.workload, p.candidates, p.build,
-                                 p.flops, p.ctx.target, db, session)
+                                 p.flops, p.ctx.target, db, session, nbytes=p.nbytes())
         _assign(ps, got or Choice(p.candidates[0]))
+        session.cover("schedule", share[id(ps)], share[id(ps)])
     if total:
         session.progress(total, total, "done")
 

@@ -59,7 +59,7 @@ def _matmuls(dec):
 
 def test_budget_measures_the_biggest_kernels_first_and_leaves_the_rest(tmp_path, monkeypatch):
     set_load(monkeypatch, 0.0)
-    calls = _fake_measuring(monkeypatch, sleep=0.5)
+    calls = _fake_measuring(monkeypatch, sleep=0.6)
     model = chain(SIZES)
     _, dec = run_schedule(model, tmp_path, trials=2, tune_budget=1)
     mm = _matmuls(dec)
