@@ -53,8 +53,8 @@ def add_tune(sub) -> None:
                                    "--tuning-records FILE' then measures nothing it covers.")
     p.add_argument("model", help="path to an .onnx file, or zoo:NAME[:tiny|full] for a zoo model")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="the records file; an existing one is read first and rewritten with "
-                        "everything this model used")
+                   help="the records file; an existing one is read first, then this model's "
+                        "records are written into it (other models' records are kept)")
     p.add_argument("--target", default="x86", help="as for compile")
     p.add_argument("--input-shapes", default=None, metavar="SHAPES", help="as for compile")
     p.add_argument("--freeze-inputs", default=None, metavar="VALUES", help="as for compile")

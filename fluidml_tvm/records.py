@@ -87,12 +87,17 @@ def _record(table: str, row: dict) -> dict:
 
 
 def export(path: str, db, used) -> int:
-    """Write the records of ``used`` to ``path`` (JSON lines, replaced atomically); returns how
-    many were written."""
+    """Write the records of ``used`` to ``path`` (JSON lines, replaced atomically); the records
+    an existing file holds for other workloads are kept (one team file, many models). Returns
+    how many records this compile wrote."""
     recs = entries(db, used)
+    mine = {(r["target"], r["rule"], r["workload"]) for r in recs}
+    kept = []
+    if os.path.exists(path):
+        kept = [r for r in read(path) if (r["target"], r["rule"], r["workload"]) not in mine]
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for r in recs:
+        for r in kept + recs:
             f.write(json.dumps(r, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return len(recs)

@@ -128,3 +128,15 @@ def test_warm_compile_measures_nothing_and_a_tiny_budget_finishes(tmp_path):
     assert "decided by the analytic model (budget)" in cold.report()
     warm = fluidml_tvm.compile(model, options=Options(cache_dir=str(tmp_path / "c")))
     assert _measured(warm) == 0 and _schedule_configs(warm) == _schedule_configs(cold)
+
+
+def test_saving_to_a_team_file_keeps_the_other_models_records(tmp_path):
+    db = _db_with_entries(tmp_path / "a")
+    path = tmp_path / "team.jsonl"
+    records.export(str(path), db, {("choices", KEY, "matmul", "abc:m64")})  # model 1
+    db.choose(KEY, "matmul", "abc:m64", {"mr": 8}, 0.5e-4, 3)  # re-tuned since
+    records.export(str(path), db, {("choices", KEY, "conv2d", "def:f8"),  # model 2
+                                   ("choices", KEY, "matmul", "abc:m64")})
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted((r["rule"], json.dumps(r["config"])) for r in recs) == [
+        ("conv2d", '{"mr": 2}'), ("matmul", '{"mr": 8}')]
