@@ -57,7 +57,7 @@ def corpus_models(names: str) -> list[tuple[str, str | None]]:
         shapes = None
         if os.path.exists(meta):
             with open(meta) as f:
-                shapes = json.load(f).get("inputs")
+                shapes = json.load(f).get("input_shapes")  # "image:[1,3,224,224]"
         out.append((path, shapes))
     return out
 
