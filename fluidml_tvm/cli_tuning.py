@@ -15,7 +15,7 @@ def add_flags(p, tune: bool = False) -> None:
     g = p.add_argument_group("measuring (tvmc's tuning)")
     g.add_argument("--tune-budget", type=int, default=-1 if tune else None, metavar="SECONDS",
                    help="seconds of measuring for the whole model (fluidml.tune_budget; default "
-                        f"{'no limit' if tune else '20'}): kernels with the largest share of the "
+                        f"{'no limit' if tune else '15'}): kernels with the largest share of the "
                         "modelled run time first, the rest decided by the analytic model; "
                         "-1: no limit, 0: measure nothing")
     g.add_argument("--retune", action="store_true",

@@ -96,11 +96,11 @@ class Options:
                      "on the target, cached), learned (XGBoost on the cache) or analytic",
                      choices=("measured", "learned", "analytic"))
     tune_trials: int = _opt(8, "candidate schedules measured per kernel")
-    tune_budget: int = _opt(20, "seconds a compile may spend measuring (schedules, layout "
+    tune_budget: int = _opt(15, "seconds a compile may spend measuring (schedules, layout "
                             "variants, a new layout plan's check), kernels with the largest "
-                            "share of the modelled run time first; the rest are decided by the "
-                            "analytic model (the decisions say so). -1: no limit; 0: nothing "
-                            "measured (cached choices still used)")
+                            "share of the modelled run time per second of measuring first; the "
+                            "rest are decided by the analytic model (the decisions say so) and "
+                            "cached. -1: no limit; 0: nothing measured (cached choices used)")
     retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "
                         "from a loaded machine (provisional choices); 0: a cached choice is "
                         "used as it is, a warm compile measures nothing")

@@ -29,6 +29,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+import tvm
 import tvm_ffi
 
 from ..costdb import REMEASURE_ATTEMPTS, target_key
@@ -201,7 +202,7 @@ def choose(kernel: str, func, rule: str, workload: str, candidates: list[dict], 
         return found
     if not (measure and worth(flops, candidates)):
         return Choice(candidates[0])
-    nbytes = tune_bytes(func)
+    nbytes = param_bytes(func)
     if session is not None and not session.affords(
             session.estimate(len(timed(candidates, session)), nbytes=nbytes)):
         return left_to_model(tkey, rule, wkey, candidates, db, session)
@@ -210,10 +211,19 @@ def choose(kernel: str, func, rule: str, workload: str, candidates: list[dict], 
     return got or Choice(candidates[0])
 
 
-def tune_bytes(func) -> int:
-    from .tune import param_bytes  # (tune imports this module)
-
-    return param_bytes(func)
+def param_bytes(func) -> int:
+    """Bytes of a PrimFunc's parameters (static dims; 4 bytes an element): what its random
+    inputs cost when it is timed."""
+    nbytes = 0
+    for p in func.params:
+        shape = getattr(getattr(p, "ty", None), "shape", None)
+        if shape is None:
+            continue
+        n = 1
+        for d in shape:
+            n *= int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else 1
+        nbytes += n * 4
+    return nbytes
 
 
 def _dump(config: dict) -> str:

@@ -32,7 +32,15 @@ from tvm import relax
 
 from ..costdb import target_key
 from . import fast_math
-from .choose import Choice, left_to_model, lookup, measure_candidates, timed, worth
+from .choose import (
+    Choice,
+    left_to_model,
+    lookup,
+    measure_candidates,
+    param_bytes,
+    timed,
+    worth,
+)
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
@@ -75,20 +83,6 @@ class Pending:
         cpu = self.ctx.cpu
         peak = cpu.lanes(32) * 4 * _CLOCK_HZ * max(1, cpu.num_cores or 1)
         return max(self.flops / peak, self.nbytes() / _BANDWIDTH) * max(1, self.calls)
-
-
-def param_bytes(func) -> int:
-    """Bytes of a PrimFunc's parameters (static dims; 4 bytes an element)."""
-    nbytes = 0
-    for p in func.params:
-        shape = getattr(getattr(p, "ty", None), "shape", None)
-        if shape is None:
-            continue
-        n = 1
-        for d in shape:
-            n *= int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else 1
-        nbytes += n * 4
-    return nbytes
 
 
 def call_counts(mod) -> dict[str, int]:

@@ -280,13 +280,14 @@ class MeasuredCost(AnalyticCost):
                         and self.db.measured(self.tkey, SKIPPED, node)):
                     self.unmeasured.add(i)  # an earlier compile's budget left it: still so
                     continue
-                if not session.affords(session.estimate(len(todo), "layout")):
+                moved = sum(g.tensors[t].nbytes for t in (*g.nodes[i].inputs, g.nodes[i].output))
+                if not session.affords(session.estimate(len(todo), "layout", moved)):
                     session.skip("layout")
                     self.unmeasured.add(i)
                     if self.db is not None:
                         self.db.record(self.tkey, SKIPPED, node, {"node": node}, 0.0)
                     continue
-                done += self._measure(todo, session)
+                done += self._measure(todo, session, moved)
         if self.unmeasured:
             log.info("layout: tune budget spent; %d nodes keep their analytic costs",
                      len(self.unmeasured))
@@ -327,13 +328,13 @@ class MeasuredCost(AnalyticCost):
             return len(hit)
         return None
 
-    def _measure(self, todo: dict, session) -> int:
+    def _measure(self, todo: dict, session, nbytes: int = 0) -> int:
         """Time the variants ``{key: (make, tries)}`` of one node; record them."""
         from ...costdb import NOISY_LOAD
 
         log.info("layout: measuring %d kernel variants", len(todo))
         keys = list(todo)
-        with session.measuring("layout", kernels=len(keys), candidates=len(keys)):
+        with session.measuring("layout", kernels=len(keys), candidates=len(keys), nbytes=nbytes):
             found = schedule_and_time([todo[k][0]() for k in keys], self.target, self.options,
                                       timings=True)
         for k, t in zip(keys, found):
