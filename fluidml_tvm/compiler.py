@@ -292,7 +292,7 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
                f"checking it costs a second build (~{estimate:.0f} s), beyond the tune budget "
                f"left ({session.left():.0f} s of {session.budget:.0f} s)")
         line = (f"NOT CHECKED (fluidml.layout_verify): {why}; the plan is applied as modelled "
-                "from measured kernels. --retune with a larger --tune-budget, or 'fluidml-tvm "
+                "from its measured kernels. --retune with a larger --tune-budget, or 'fluidml-tvm "
                 "tune', checks it once (cached per plan)")
         say(f"  layout plan {line}")
         session.skip("verify")

@@ -218,12 +218,14 @@ class TuneSession:
         parts = []
         for kind, (kernels, cands, secs) in sorted(self.stats.items()):
             parts.append(f"{kind}: {kernels} kernels, {cands} candidates timed, {secs:.1f} s")
-        skipped = sum(self.skipped.values())
         budget = "no limit" if self.unbounded else f"{self.budget:.0f} s"
         text = f"tune budget {budget}, spent {self.spent:.1f} s"
         text += ("; " + "; ".join(parts)) if parts else "; nothing measured"
-        if skipped:
-            text += f"; {skipped} kernels decided by the analytic model (budget)"
+        left = {"schedule": "kernels decided by the analytic model",
+                "layout": "layout nodes kept in the default layouts",
+                "verify": "layout plan applied without its end-to-end check"}
+        for kind, n in sorted(self.skipped.items()):
+            text += f"; {n} {left.get(kind, kind)} (budget)"
         share = self.covered("schedule")
         if share is not None and share < 1:
             text += (f"; the schedules measured cover {share:.0%} of the modelled run time of "

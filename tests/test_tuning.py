@@ -82,9 +82,11 @@ def test_summary_and_snapshot_say_what_was_measured_and_left():
     text = s.summary()
     assert "tune budget 20 s" in text and "schedule: 1 kernels, 4 candidates timed" in text
     assert "3 kernels decided by the analytic model (budget)" in text
+    s.skip("layout", 2)
+    assert "2 layout nodes kept in the default layouts (budget)" in s.summary()
     snap = s.snapshot()
     assert snap["measuring"]["schedule"]["candidates"] == 4 and snap["left_to_model"] == {
-        "schedule": 3}
+        "schedule": 3, "layout": 2}
     assert TuneSession(-1).summary().startswith("tune budget no limit")
 
 

@@ -13,7 +13,8 @@ What is measured: the bare matmul (no fused epilogue), with the best of up to 3 
 tiles (their own measured choice, cached) and constant operands passed as constants, so they are
 packed offline as in the real pipeline. A variant in a non-default layout must beat the default by
 :attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms. Within a
-bounded tune budget the variants take the schedules' cached or analytic tile (:meth:`prepare`).
+bounded tune budget variants take the schedules' cached or analytic tile, and a node the budget
+does not reach keeps the default layouts (:meth:`prepare`).
 """
 
 from __future__ import annotations
@@ -243,12 +244,11 @@ class MeasuredCost(AnalyticCost):
 
         Within the tune budget (:mod:`fluidml_tvm.tuning`, at most ``LAYOUT_SHARE`` of it) each
         node's variants are measured together, memory-bound nodes first; a node the budget does
-        not reach keeps its analytic terms, non-default variants priced :attr:`margin` above,
-        and is remembered (:data:`SKIPPED`) for the next compile; one with ``fluidml.retune``
-        or no budget limit measures it. A variant cached only from a loaded machine (a 30 us
-        transpose was once cached at 13 ms) is used as it is, measured again on
-        ``fluidml.retune`` up to ``REMEASURE_ATTEMPTS`` times; its time is the best quiet
-        measurement, else the best of all.
+        not reach keeps the default layouts (:meth:`_unmeasured`) and is remembered
+        (:data:`SKIPPED`) for the next compile; one with ``fluidml.retune`` or no budget limit
+        measures it. A variant cached only from a loaded machine (a 30 us transpose was once
+        cached at 13 ms) is used as it is, measured again on ``fluidml.retune`` up to
+        ``REMEASURE_ATTEMPTS`` times; its time is the best quiet measurement, else the best.
         """
         from ... import tuning
 
@@ -373,11 +373,9 @@ class MeasuredCost(AnalyticCost):
         return t if plain else t * (1 + self.margin)
 
     def _unmeasured(self, i: int, analytic: float, plain: bool) -> float:
-        """A variant without a measurement: its analytic term, a non-default one of a node the
-        budget left unmeasured priced :attr:`margin` (and a launch) above it."""
-        if plain or i not in self.unmeasured:
-            return analytic
-        return analytic * (1 + self.margin) + self.launch
+        """A variant without a measurement: its analytic term; a non-default one of a node the
+        budget left unmeasured is never taken (10 s: no layout change without a measurement)."""
+        return analytic if plain or i not in self.unmeasured else analytic + 10.0
 
     def node(self, g, i, layouts):
         from .cost import op_kind
@@ -391,10 +389,11 @@ class MeasuredCost(AnalyticCost):
             lx = layouts.get(n.inputs[0]) or identity(len(x.shape))
             lo = layouts.get(n.output) or identity(len(o.shape))
             key, _ = self._transpose(g, i, lx, lo)
-            if key is None:
-                return 0.0
-            t = self.table.get(key)
-            return self.transpose(o.nbytes) if t is None else self.launch + t
+            plain = lx == identity(len(lx)) and lo == identity(len(lo))
+            t = self.table.get(key) if key is not None else 0.0
+            if t is None:
+                t = self.transpose(o.nbytes) - self.launch
+            return self._unmeasured(i, self.launch + t if key is not None else 0.0, plain)
         return super().node(g, i, layouts)
 
 
