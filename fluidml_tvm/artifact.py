@@ -38,6 +38,8 @@ class CompiledModel:
     weights: list | None = None  # [(name, numpy array)] when weights live outside the library
     gathered_weights: tuple = ()  # names of weights read only as gather tables (embeddings)
     decisions: dict = field(default_factory=dict)  # stage -> [Decision] (fluidml_tvm.decisions)
+    timing: dict = field(default_factory=dict)  # step -> seconds (--timing)
+    tuning: dict = field(default_factory=dict)  # the tune budget's account (TuneSession.snapshot)
     host_peak: dict | None = None  # {"gflops", "gbps"} measured here (fluidml_tvm.roofline)
 
     def kernels(self) -> dict:

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from . import cli_tuning
 from .errors import FluidMLError, cli_api
 
 
@@ -46,7 +47,10 @@ def _add_compile(sub):
                         "fluidml.memory); repeatable")
     p.add_argument("--dump-ir", default=None, metavar="DIR",
                    help="write the IR after each pipeline stage into DIR")
-    p.add_argument("--timing", action="store_true", help="print the slowest passes")
+    p.add_argument("--timing", action="store_true",
+                   help="print where the compile time went: import, each stage, measuring "
+                        "(kernels, candidates, seconds), code generation, export")
+    cli_tuning.add_flags(p)
     p.add_argument("--report", action="store_true",
                    help="print every decision of the optimizer (layouts with reasons, the rule "
                         "that scheduled each kernel, planned memory vs the live-set bound)")
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fluidml-tvm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_compile(sub)
+    cli_tuning.add_tune(sub)
     _add_run(sub)
     _add_rpc_server(sub)
     sub.add_parser("targets", help="list the target presets")
@@ -169,6 +174,8 @@ def _resolve_model(spec: str):
 
 
 def cmd_compile(args) -> int:
+    import time
+
     from .runtime.backend import compile_blocker
 
     if compile_blocker():  # this process ran a model with the TVM runtime alone
@@ -182,15 +189,17 @@ def cmd_compile(args) -> int:
     with for_cli(args) as farm:  # --rpc-tracker/--rpc-key: candidates timed on the boards
         result = compile_model(
             model, target=args.target, input_shapes=args.input_shapes,
-            pass_config=args.pass_config, print_ir_after=args.print_ir_after or None,
-            dump_ir=args.dump_ir, progress=not args.quiet, timing=args.timing,
-            input_values=args.freeze_inputs,
+            pass_config=cli_tuning.pass_config(args), print_ir_after=args.print_ir_after or None,
+            dump_ir=args.dump_ir, progress=not args.quiet, input_values=args.freeze_inputs,
+            tuning_records=args.tuning_records, save_tuning_records=args.save_tuning_records,
         )
     if farm is not None:
         farm.attach(result)
         for text in farm.notices:
             print(f"[fluidml-tvm] boards: {text}", file=sys.stderr)
+    t0 = time.perf_counter()
     result.export(out, cross_compiler=args.cross_compiler)
+    result.timing["export"] = time.perf_counter() - t0
     if args.measure_layout_gain:
         from .compiler import measure_layout_gain
         from .decisions import note
@@ -204,6 +213,8 @@ def cmd_compile(args) -> int:
             print(f"[fluidml-tvm] layout {gain}", file=sys.stderr)
     if args.report:
         print(result.report())
+    if args.timing:
+        cli_tuning.print_timing(result)
     planned = result.planned_memory or {}
     mem = ", ".join(f"{k}: {v / 2**20:.2f} MiB" for k, v in planned.items()) or "n/a"
     if not args.quiet:
@@ -313,7 +324,11 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "targets": cmd_targets,
+def cmd_tune(args) -> int:
+    return cli_tuning.cmd_tune(args, _resolve_model(args.model)[0])
+
+
+COMMANDS = {"compile": cmd_compile, "tune": cmd_tune, "run": cmd_run, "targets": cmd_targets,
             "rpc-server": cmd_rpc_server, "benchmark": cmd_benchmark}
 
 

@@ -2,20 +2,25 @@
 
 One compile is one run of the pipeline (:func:`build`); with ``fluidml.layout_verify`` a new
 layout plan is then checked end to end against the layouts-off build
-(:mod:`fluidml_tvm.layout_verify`) and the faster one returned.
+(:mod:`fluidml_tvm.layout_verify`) and the faster one returned. All measuring of a compile -
+schedules, layout variants, that check - shares one tune budget (``fluidml.tune_budget``,
+:class:`fluidml_tvm.tuning.TuneSession`); tuning records (:mod:`fluidml_tvm.records`) are read
+into the cache before and written from what the compile used after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 
-from . import frontend, layout_verify, targets
+from . import frontend, layout_verify, targets, tuning
 from .artifact import CompiledModel
+from .decisions import Decision, note
 from .errors import FluidMLError
 from .options import Options, resolve, tvm_pass_config
-from .pipeline import DECISION_STAGES, dump_names, phase_name
+from .pipeline import DECISION_STAGES, PHASES, dump_names, phase_name
 
 
 def _external_weights(opts: Options, target, cross) -> bool:
@@ -37,9 +42,11 @@ def build(
     progress: bool = False,
     timing: bool = False,
     input_values=None,
+    session: tuning.TuneSession | None = None,
 ) -> CompiledModel:
     """One run of the pipeline on an ONNX model (no layout verification); the arguments are
-    :func:`compile`'s."""
+    :func:`compile`'s. ``session``: the compile's tuning session (None: a new one from the
+    options, active during the build); the result's ``timing`` says where the time went."""
     import tvm
 
     from . import config_keys, instruments
@@ -55,6 +62,7 @@ def build(
     source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
     say(f"importing {source}")
     imported = frontend.import_onnx(model, input_shapes, input_values)
+    t_import = time.perf_counter() - t0
     say(f"  {imported.folding}; inputs: "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
     say(f"compiling for {tgt.kind.name} ({opts.describe()})")
@@ -62,7 +70,8 @@ def build(
     capture = instruments.CaptureAfter(["StaticPlanBlockMemory", phase_name("memory")])
     recorded = instruments.CaptureDecisions(DECISION_STAGES)
     times = instruments.PassTimes()
-    inst = [capture, recorded, times]
+    phases = instruments.PhaseTimes([phase_name(p) for p in PHASES])
+    inst = [capture, recorded, times, phases]
     if progress:
         inst.append(instruments.StageProgress())
     printer = None
@@ -80,10 +89,16 @@ def build(
         from .passes.external_weights import ExternalizeWeights
 
         externalize = ExternalizeWeights()
+    own = session is None
+    if own:
+        session = tuning.TuneSession(opts.tune_budget, opts.retune, tuning.stderr_if(progress))
     try:
-        with tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
+        with session.activate() if own else contextlib.nullcontext(), \
+                tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
             pipeline = get_pipeline(tgt, opts, before_finalize=[externalize] if externalize else ())
+            t_start = time.perf_counter()
             ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+            t_end = time.perf_counter()
     except FluidMLError:
         raise
     except (RuntimeError, ValueError, tvm.error.InternalError) as err:
@@ -110,8 +125,13 @@ def build(
         peak = host_peak(tgt, opts)  # measured once per host and thread count, then cached
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
-    if timing:
-        print("[fluidml-tvm] slowest passes:\n" + times.table(), file=sys.stderr)
+    steps = {"import": t_import}
+    steps.update({f"stage {n[len('fluidml.'):]}": t for n, t in phases.times.items()})
+    if phases.last_end is None:  # the stock pipeline: pipeline and code generation in one
+        steps["pipeline+codegen"] = t_end - t_start
+    else:
+        steps["codegen"] = t_end - phases.last_end
+    steps["memory report"] = time.perf_counter() - t_end
     result = CompiledModel(
         executable=ex, target=tgt, inputs=imported.inputs, outputs=imported.outputs,
         options=opts, source=str(source), cross_compiler=cross, planned_memory=planned,
@@ -121,6 +141,10 @@ def build(
         decisions=recorded.decisions, host_peak=peak,
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
+    result.timing = steps
+    result.tuning = session.snapshot()
+    if timing:
+        print(instruments.timing_table(steps, result.tuning, times.times), file=sys.stderr)
     return result
 
 
@@ -135,6 +159,8 @@ def compile(  # noqa: A001
     progress: bool = False,
     timing: bool = False,
     input_values=None,
+    tuning_records: str | None = None,
+    save_tuning_records: str | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model for ``target``.
 
@@ -149,23 +175,89 @@ def compile(  # noqa: A001
         ``{name: [dims]}`` or tvmc's string form ``"name:[1,3,224,224] other:[1,128]"``.
     options, pass_config
         :class:`Options`, and/or ``["fluidml.layout=0", ...]`` (tvmc ``--pass-config`` items;
-        non-``fluidml`` keys go to TVM's PassContext).
+        non-``fluidml`` keys go to TVM's PassContext). ``fluidml.tune_budget`` bounds the
+        seconds spent measuring.
     print_ir_after, dump_ir
         Pass names whose output IR is printed; a directory that receives the IR after each stage.
     progress, timing
-        Print stage progress / the per-pass timing table to stderr.
+        Print stage and tuning progress / where the compile time went to stderr.
     input_values
         Inputs fixed to a value at compile time, ``{"sr": 16000}`` or the ``--freeze-inputs``
         string ``"sr:16000 flag:1"``: they become constants, ``If`` nodes on them are folded, and
         the compiled model no longer takes them.
+    tuning_records, save_tuning_records
+        A tuning-records file (:mod:`fluidml_tvm.records`) read into the measurement cache first
+        when it exists; a file the records of every cache entry this compile used are written
+        to (the same path updates a team's file).
     """
     say = _say(progress)
-    result = build(model, target, input_shapes, options, pass_config, print_ir_after, dump_ir,
-                   progress, timing, input_values=input_values)
-    if _verify_layout_now(result):
-        result = _verify_layout(result, model, target, input_shapes, options, pass_config, say,
-                                input_values)
+    opts, _ = resolve(options, pass_config)
+    session = tuning.TuneSession(opts.tune_budget, opts.retune, tuning.stderr_if(progress))
+    notes = []
+    if tuning_records and os.path.exists(tuning_records):
+        notes = import_records(tuning_records, target, opts, say)
+    t0 = time.perf_counter()
+    with session.activate():
+        result = build(model, target, input_shapes, options, pass_config, print_ir_after,
+                       dump_ir, progress, False, input_values=input_values, session=session)
+        if _verify_layout_now(result):
+            result = _verify_within_budget(result, session, model, target, input_shapes,
+                                           options, pass_config, say, input_values)
+    result.compile_seconds = time.perf_counter() - t0
+    result.tuning = session.snapshot()
+    if opts.enable:  # what the budget did, read by --report (stock TVM measures nothing)
+        sched = result.decisions.setdefault("schedule", [])
+        sched += [note("schedule", f"tuning records: {n}") for n in notes]
+        sched.append(note("schedule", session.summary(), **result.tuning))
+    if save_tuning_records:
+        save_records(save_tuning_records, session, opts, say)
+    if timing:
+        from . import instruments
+
+        print(instruments.timing_table(result.timing, result.tuning, result.pass_times),
+              file=sys.stderr)
     return result
+
+
+def import_records(path: str, target, opts: Options, say) -> list[str]:
+    """Read tuning records into the cache (before the compile's session starts, so they count
+    as used only where the compile reads them). Returns the notices, also printed."""
+    from . import records
+    from .costdb import CostDB, target_key
+    from .schedules.target_info import cpu_info
+
+    if not opts.cache_dir:
+        raise FluidMLError("--tuning-records needs the measurement cache (fluidml.cache_dir)")
+    tgt, _ = targets.resolve(target)
+    keys = {target_key(tgt), target_key(tgt, cpu_info(tgt).key())}
+    db = CostDB(opts.cache_dir)
+    try:
+        taken, notices = records.load(path, db, keys)
+    finally:
+        db.close()
+    say(f"tuning records: {taken} entries read from {path}")
+    for n in notices:  # never silent, even with -q: these records were not used
+        print(f"[fluidml-tvm] tuning records: {n}", file=sys.stderr, flush=True)
+    return [f"{taken} entries read from {path}", *notices]
+
+
+def save_records(path: str, session, opts: Options, say) -> int:
+    """Write the records of every cache entry the session used to ``path``."""
+    from . import records
+    from .costdb import CostDB
+
+    if not opts.cache_dir:
+        raise FluidMLError("saving tuning records needs the measurement cache "
+                           "(fluidml.cache_dir)")
+    db = CostDB(opts.cache_dir)
+    try:
+        n = records.export(path, db, session.used)
+    except OSError as err:
+        raise FluidMLError(f"cannot write tuning records {path}: {err.strerror}") from None
+    finally:
+        db.close()
+    say(f"wrote {n} tuning records to {path}")
+    return n
 
 
 def _say(progress: bool):
@@ -190,30 +282,60 @@ def _layout_off(pass_config) -> list:
     return [*rest, "fluidml.layout=0"]
 
 
+def _verify_within_budget(result, session, model, target, input_shapes, options, pass_config,
+                          say, input_values):
+    """Check the new layout plan end to end when the tune budget affords it (a second build
+    without the plan, then both timed); else keep the plan and say it is not checked."""
+    measured = sum(v[2] for v in session.stats.values())
+    # the check is a second build (its code generation as long as this one's; the kernels the
+    # plan did not change are cached) plus 2 x 5 x 5 timed runs of the model
+    estimate = max(0.0, result.compile_seconds - measured) + 2.0
+    again = session.retune or session.unbounded
+    earlier = not again and layout_verify.left_unchecked(result)
+    if earlier or not session.affords(estimate):
+        why = ("an earlier compile's tune budget left it unchecked" if earlier else
+               f"checking it costs a second build (~{estimate:.0f} s), beyond the tune budget "
+               f"left ({session.left():.0f} s of {session.budget:.0f} s)")
+        line = (f"NOT CHECKED (fluidml.layout_verify): {why}; the plan is applied as modelled "
+                "from its measured kernels. --retune with a larger --tune-budget, or 'fluidml-tvm "
+                "tune', checks it once (cached per plan)")
+        say(f"  layout plan {line}")
+        session.skip("verify")
+        if not earlier:
+            layout_verify.left_unchecked(result, mark=True)
+        result.decisions["layout_verify"] = [Decision(
+            layout_verify.STAGE, "plan " + ", ".join(layout_verify.applied_ids(result)),
+            "not checked", line, {"estimate_s": estimate, "left_s": session.left()})]
+        return result
+    t0 = time.perf_counter()
+    with session.measuring("verify", kernels=1, candidates=2):
+        out = _verify_layout(result, model, target, input_shapes, options, pass_config, say,
+                             input_values, session)
+    out.timing["layout check"] = time.perf_counter() - t0
+    return out
+
+
 def _verify_layout(result, model, target, input_shapes, options, pass_config, say,
-                   input_values=None):
+                   input_values=None, session=None):
     """Compile with ``fluidml.layout=0``, time both in interleaved rounds, cache the ratio under
     the plan's id and return the faster compile (a plan no faster is not kept)."""
     say("verifying the layout plan end to end (fluidml.layout_verify): compiling with "
         "fluidml.layout=0 and timing both, once per new plan")
-    t0 = time.perf_counter()
     off = build(model, target, input_shapes, options, _layout_off(pass_config),
-                input_values=input_values)
+                input_values=input_values, session=session)
     res = layout_verify.measure(result, off, rounds=5, repeat=5,
                                 threads=result.options.num_threads or None)
     verdict = layout_verify.decision(res)
     line = layout_verify.describe(res)
-    seconds = result.compile_seconds + time.perf_counter() - t0
     if verdict.choice != "kept":
         say(f"  layout plan not kept: {line}")
         off.decisions["layout"] = result.decisions.get("layout", [])
         off.decisions["layout_verify"] = [verdict]
         off.options = result.options
-        off.compile_seconds = seconds
+        off.timing = result.timing
         return off
     say(f"  layout plan kept: {line}")
     result.decisions["layout_verify"] = [verdict]
-    result.compile_seconds = seconds
     return result
 
 

@@ -59,6 +59,67 @@ class PassTimes:
 
 
 @tvm.ir.instrument.pass_instrument
+class PhaseTimes:
+    """Wall time of each named phase (the pipeline's ``fluidml.*`` stages) and when the last
+    one ended: what follows inside ``tvm.compile`` is code generation."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+        self.times: dict[str, float] = {}
+        self.last_end: float | None = None
+        self._start: dict[str, float] = {}
+
+    def run_before_pass(self, mod, info):
+        if info.name in self.names:
+            self._start[info.name] = time.perf_counter()
+
+    def run_after_pass(self, mod, info):
+        if info.name in self._start:
+            self.last_end = time.perf_counter()
+            dt = self.last_end - self._start.pop(info.name)
+            self.times[info.name] = self.times.get(info.name, 0.0) + dt
+
+
+def timing_table(times: dict, tuning: dict | None = None, passes: dict | None = None,
+                 top: int = 8) -> str:
+    """``--timing``: where a compile's time went. ``times``: ``{"import": s, "stage NAME": s,
+    "codegen": s, "layout check": s, "export": s, ...}`` in order; ``tuning``: a
+    :meth:`fluidml_tvm.tuning.TuneSession.snapshot` (measuring per kind); ``passes``: per-pass
+    times (the slowest ``top`` are listed)."""
+    tuning = tuning or {}
+    stats = tuning.get("measuring", {})
+    skipped = tuning.get("left_to_model", {})
+    where = {"stage layout": "layout", "stage schedule": "schedule", "layout check": "verify"}
+    rows = ["[fluidml-tvm] where the compile time went:"]
+    for name, secs in times.items():
+        line = f"  {name:<16} {secs:8.2f} s"
+        kind = where.get(name)
+        if kind in stats:
+            m = stats[kind]
+            what = "variants" if kind == "layout" else "candidates"
+            line += (f"   measuring {m['seconds']:.2f} s: {m['kernels']} kernels, "
+                     f"{m['candidates']} {what} timed")
+        if skipped.get(kind):
+            line += f", {skipped[kind]} left to the analytic model (budget)"
+        rows.append(line)
+    rows.append(f"  {'total':<16} {sum(times.values()):8.2f} s")
+    if tuning:
+        budget = tuning["budget_s"]
+        line = (f"  tune budget {'no limit' if budget < 0 else f'{budget:.0f} s'}, "
+                f"measuring took {tuning['spent_s']:.1f} s")
+        covered = tuning.get("covered", {}).get("schedule")
+        if covered is not None:
+            line += (f"; measured schedules cover {covered:.0%} of the modelled run time of the "
+                     "kernels worth measuring")
+        rows.append(line)
+    if passes:
+        rows.append("  slowest passes (nested passes counted in their parents too):")
+        for n, t in sorted(passes.items(), key=lambda kv: -kv[1])[:top]:
+            rows.append(f"    {t:8.3f} s  {n}")
+    return "\n".join(rows)
+
+
+@tvm.ir.instrument.pass_instrument
 class CaptureAfter:
     """Keeps the module as it was right after the last pass named in ``names``."""
 

@@ -18,6 +18,9 @@ from .decisions import Decision
 from .passes.layout import gain
 
 STAGE = "layout_verify"
+# The cache's rule of plans a tune budget left unchecked: the next compile of the plan keeps
+# it so (a warm compile measures nothing); one that re-tunes or has no budget limit checks it.
+UNCHECKED = "layout_unchecked"
 
 
 def loadavg() -> str:
@@ -89,6 +92,26 @@ def measure(on, off, rounds: int = 7, repeat: int = 10, threads: int | None = No
             gain.record(db, gain.target_key(on.target), pid, res)
     res["ids"] = ids
     return res
+
+
+def left_unchecked(compiled, mark: bool = False) -> bool:
+    """Whether an earlier compile's budget left every plan of ``compiled`` unchecked; with
+    ``mark``, remember that this compile leaves them so."""
+    ids = applied_ids(compiled)
+    if not compiled.options.cache_dir or not ids:
+        return False
+    from .costdb import CostDB
+
+    db = CostDB(compiled.options.cache_dir)
+    tkey = gain.target_key(compiled.target)
+    try:
+        if mark:
+            for pid in ids:
+                db.record(tkey, UNCHECKED, pid, {"plan": pid}, 0.0)
+            return True
+        return all(db.measured(tkey, UNCHECKED, pid) for pid in ids)
+    finally:
+        db.close()
 
 
 def describe(res: dict) -> str:

@@ -101,6 +101,14 @@ class Options:
                      "on the target, cached), learned (XGBoost on the cache) or analytic",
                      choices=("measured", "learned", "analytic"))
     tune_trials: int = _opt(8, "candidate schedules measured per kernel")
+    tune_budget: int = _opt(15, "seconds a compile may spend measuring (schedules, layout "
+                            "variants, a new layout plan's check), kernels with the largest "
+                            "share of the modelled run time per second of measuring first; the "
+                            "rest are decided by the analytic model (the decisions say so) and "
+                            "cached. -1: no limit; 0: nothing measured (cached choices used)")
+    retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "
+                        "from a loaded machine (provisional choices); 0: a cached choice is "
+                        "used as it is, a warm compile measures nothing")
     cache_dir: str = _opt(help="the on-disk measurement database (sqlite; default "
                           "FLUIDML_TVM_CACHE or ~/.cache/fluidml-tvm)", factory=default_cache_dir,
                           shown="~/.cache/fluidml-tvm")
@@ -168,6 +176,9 @@ class Options:
                                    f"{choices[-1]}, got {getattr(self, f.name)!r}")
         if self.tune_trials < 1:
             raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
+        if self.tune_budget < -1:
+            raise FluidMLError(f"fluidml.tune_budget must be >= 0 seconds (or -1: no limit), "
+                               f"got {self.tune_budget}")
         if self.num_threads < 0:
             raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
 

@@ -127,3 +127,25 @@ def test_layout_verify_keeps_a_plan_measured_faster(tmp_path, monkeypatch):
     assert "NOT APPLIED" not in again.report()
     off = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.layout=0"])
     assert _kernels(first) == _kernels(again) != _kernels(off)  # the plan's kernels, kept
+
+
+def test_a_plan_the_budget_cannot_check_is_kept_unchecked_until_retune(tmp_path, monkeypatch):
+    """Checking a plan costs a second build: beyond the tune budget it is applied unchecked and
+    the decision says so; a warm compile keeps it so (measures nothing); --retune checks it."""
+    _analytic_plans(monkeypatch)
+    calls = []
+    _timed(monkeypatch, 0.9, calls)
+    model = zoo.build("bert", size="tiny", seed=0)
+    cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1"]
+    first = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.tune_budget=0"])
+    (d,) = first.decisions["layout_verify"]
+    assert calls == [] and d.choice == "not checked" and "beyond the tune budget" in d.reason
+    assert any(p.data["applied"] for p in layout_verify.plans(first))
+    warm = fluidml_tvm.compile(model, "x86", pass_config=cfg)  # the default budget
+    (d,) = warm.decisions["layout_verify"]
+    assert calls == [] and "an earlier compile's tune budget left it unchecked" in d.reason
+    assert "layout check" not in warm.timing
+    again = fluidml_tvm.compile(model, "x86", pass_config=[*cfg, "fluidml.retune=1"])
+    assert len(calls) == 1 and "layout check" in again.timing
+    assert "verified (fluidml.layout_verify): measured gain: latency on/off 0.900" in \
+        again.report()

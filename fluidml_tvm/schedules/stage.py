@@ -1,10 +1,14 @@
 """``FluidMLSchedule``: give every PrimFunc of a module a CPU schedule.
 
-Runs after LegalizeOps/FuseOps/FuseTIR. For each PrimFunc not yet marked ``tirx.is_scheduled``
-the rules of :data:`.rules.RULES` are tried in order (matmul, conv2d_nchwc, conv_pool, conv2d,
-depthwise, reduction, injective); the first that applies wins. For each rule, in one guarded
-step: ``analyze`` (does it apply, else why not), ``candidates``, the choice among them
-(:func:`.choose.choose`: cached, measured on this host, or the analytic first one) and ``apply``.
+Runs after LegalizeOps/FuseOps/FuseTIR, in three steps over all kernels of the module:
+
+1. :func:`plan_kernel`: for each PrimFunc not yet marked ``tirx.is_scheduled`` the rules of
+   :data:`.rules.RULES` are tried in order (matmul, conv2d_nchwc, conv_pool, conv2d, depthwise,
+   reduction, injective); the first whose ``analyze`` matches and that has ``candidates`` wins;
+2. :func:`.tune.tune`: every measuring rule's config, for all kernels at once: identical kernels
+   decided once, cached choices taken, the rest measured in the order of their share of the
+   modelled run time while the tune budget lasts (:mod:`fluidml_tvm.tuning`), then analytic;
+3. :func:`finish`: ``apply``; a rule that fails there leaves the kernel to the next rules.
 
 A rule that measures keeps its choice in the measurement database (:mod:`fluidml_tvm.costdb`)
 under (target, CPU, threads, kernel structural hash, shape), so a second compile measures
@@ -12,12 +16,13 @@ nothing. When a rule packs a constant parameter (matmul's B, a conv weight), the
 constants are packed here, at compile time (:mod:`.constants`).
 
 Every decision is a :class:`fluidml_tvm.decisions.Decision` (stage ``schedule``, subject the
-kernel, choice the rule, ``data`` = ``{"config", "measured", "seconds"}``), kept in
-:attr:`FluidMLSchedule.decisions` and left on the module (``fluidml.decisions.schedule``). The
-reason of a fallback rule (reduction, injective) also says why each better rule did not apply.
-A PrimFunc that no rule schedules is reported by name (``warnings.warn`` and the
-``fluidml_tvm.schedules`` logger), never silently left naive. Dynamic-shape kernels fall to the
-generic rules.
+kernel, choice the rule, ``data`` = ``{"config", "measured", "seconds"}`` and, for measuring
+rules, ``source``: measured, cached, analytic or budget, and ``rank``: the chosen candidate's
+place in the rule's order), kept in :attr:`FluidMLSchedule.decisions` and left on the module
+(``fluidml.decisions.schedule``). The reason of a fallback rule (reduction, injective) also says
+why each better rule did not apply. A PrimFunc that no rule schedules is reported by name
+(``warnings.warn`` and the ``fluidml_tvm.schedules`` logger), never silently left naive.
+Dynamic-shape kernels fall to the generic rules.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ import warnings
 import tvm
 from tvm import tirx
 
+from .. import tuning
 from ..decisions import Decision, attach
 from ..options import Options
 from . import fast_math, work
-from .choose import Choice, choose, progress
+from .choose import Choice, key
 from .common import no_vector_form
 from .constants import constant_args, pack_constants
 from .measure import can_measure
 from .rules import RULES, Context, Unrelated
 from .target_info import cpu_info
+from .tune import Pending, call_counts, tune
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
@@ -52,12 +59,13 @@ class FluidMLSchedule:
     target
         The llvm target (a ``Target`` or its dict/tag); ``None`` uses ``Target.current()``.
     options
-        :class:`fluidml_tvm.options.Options` (``tune_trials``, ``cost``, ``cache_dir``,
-        ``schedule_off``).
+        :class:`fluidml_tvm.options.Options` (``tune_trials``, ``tune_budget``, ``retune``,
+        ``cost``, ``cache_dir``, ``schedule_off``).
 
     Reads PrimFuncs and the Relax functions calling them (to know which arguments are
     constants); rewrites the PrimFuncs and, for packed weights, the constants passed at their
-    call sites. Non-llvm targets are left alone (GPU kernels need GPU schedules).
+    call sites. Non-llvm targets are left alone (GPU kernels need GPU schedules). Measures within
+    the active :class:`fluidml_tvm.tuning.TuneSession` (a compile's), else its own budget.
     """
 
     def __init__(self, target=None, options: Options | None = None):
@@ -77,6 +85,7 @@ class FluidMLSchedule:
         cpu = cpu_info(target)
         self.decisions = []
         consts = constant_args(mod)
+        calls = call_counts(mod)
         db = None
         # "measured": look up, else measure and record. "learned": no model is trained yet, so
         # earlier measurements are used where the cache has them, the analytic choice elsewhere.
@@ -86,8 +95,8 @@ class FluidMLSchedule:
 
             db = CostDB(self.options.cache_dir)
         measure_ok = self.options.cost == "measured" and can_measure(target)
-        packs: dict[str, tuple] = {}
-        updates = {}
+        session = tuning.for_options(self.options)
+        kernels = []  # (gv, func, ctx, Pending | None, reasons)
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc):
                 continue
@@ -100,20 +109,30 @@ class FluidMLSchedule:
                 self.decisions.append(_decision(name, "skipped", why))
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
-            new, dec, pack = schedule_kernel(func, ctx)
+            p, reasons = plan_kernel(func, ctx)
+            if p is not None:
+                p.calls = calls.get(name, 1)
+            kernels.append((gv, func, ctx, p, reasons))
+        tune([k[3] for k in kernels if k[3] is not None and k[3].rule.measures], session,
+             measure_ok)
+        packs: dict[str, tuple] = {}
+        updates = {}
+        for gv, func, ctx, p, reasons in kernels:
+            new, dec, pack = finish(func, ctx, p, reasons, session)
             dec.data.update(work.kernel_work(func))  # flops, bytes: the roofline view
             if new is not None and self.options.fast_math:
                 new = fast_math.apply(new)  # vectorizable exp/erf in FluidML's kernels only
             self.decisions.append(dec)
             if new is None:
-                msg = f"FluidMLSchedule: no rule schedules kernel {name!r} ({dec.reason}); naive"
+                msg = (f"FluidMLSchedule: no rule schedules kernel {gv.name_hint!r} "
+                       f"({dec.reason}); naive")
                 warnings.warn(msg, stacklevel=2)
                 log.warning(msg)
                 continue
             log.info("%s", dec)
             new = new.with_attr("tirx.is_scheduled", True)
             if pack is not None:  # the signature changes: a new GlobalVar, callers rewritten
-                packs[name] = (new, pack)
+                packs[gv.name_hint] = (new, pack)
             else:
                 updates[gv] = new
         for gv, func in updates.items():
@@ -122,59 +141,72 @@ class FluidMLSchedule:
             mod = pack_constants(mod, packs)
         if db is not None:
             db.close()
-        n = sum(1 for d in self.decisions if d.data["measured"])
-        if n:
-            progress(f"measured {n} kernels\n")
         # the per-kernel decisions travel with the module (read them with a pass instrument)
         return attach(mod, STAGE, self.decisions)
 
 
-def schedule_kernel(func: tirx.PrimFunc, ctx: Context):
-    """``(scheduled PrimFunc | None, Decision, pack | None)`` for one kernel: the first rule of
-    :data:`.rules.RULES` that applies. ``pack``: ``{param index: (roles, nr)}`` of constant
-    parameters the kernel now reads packed (:func:`.constants.pack_constants`)."""
-    reasons = []  # why each better rule did not apply
-    for rule in RULES:
+def plan_kernel(func: tirx.PrimFunc, ctx: Context, start: int = 0, reasons=None):
+    """``(Pending | None, reasons)``: the first rule of :data:`.rules.RULES` (from ``start``)
+    that matches ``func`` and has candidates, and why each better rule did not apply."""
+    reasons = list(reasons or [])
+    for index in range(start, len(RULES)):
+        rule = RULES[index]
         if rule.optional and not ctx.options.rule_on(rule.name):
             continue
         try:
-            out = _try_rule(rule, func, ctx)
+            match, why = rule.analyze(func, ctx)
+            if match is None:
+                if not isinstance(why, Unrelated):
+                    reasons.append(f"{rule.name}: {why}")
+                continue
+            cands = rule.candidates(match, ctx)
+            if not cands:
+                why = rule.no_candidates(match, ctx)
+                if not isinstance(why, Unrelated):
+                    reasons.append(f"{rule.name}: {why}")
+                continue
+            p = Pending(ctx.kernel, func, rule, index, match, cands, ctx, reasons)
+            if rule.measures:
+                p.flops = rule.flops(match)
+                p.workload = key(func, rule.workload(match, cands, ctx))
+            return p, reasons
         except Exception as err:  # noqa: BLE001 - a rule that fails leaves the kernel to the next
-            out = f"{type(err).__name__}: {str(err)[:200]}"
-        if isinstance(out, str):
-            if not isinstance(out, Unrelated):
-                reasons.append(f"{rule.name}: {out}")
-            continue
-        new, reason, pack, choice = out
-        if rule.generic and reasons:  # say why the better rules did not apply
-            reason += " | not " + "; not ".join(reasons)
-        config = rule.config_of(choice.config)
-        return new, _decision(ctx.kernel, rule.name, reason, config, choice), pack
-    return None, _decision(ctx.kernel, "none", "; ".join(reasons)), None
+            reasons.append(f"{rule.name}: {type(err).__name__}: {str(err)[:200]}")
+    return None, reasons
 
 
-def _try_rule(rule, func, ctx: Context):
-    """``(PrimFunc, reason, pack, Choice)`` when ``rule`` schedules ``func``, else the reason
-    it does not (a ``str``)."""
-    match, why = rule.analyze(func, ctx)
-    if match is None:
-        return why
-    cands = rule.candidates(match, ctx)
-    if not cands:
-        return rule.no_candidates(match, ctx)
-    if not rule.measures:
-        choice = Choice(cands[0])
-        new, reason, pack = rule.apply(func, match, choice.config, ctx)
-        return new, reason, pack, choice
-    flops = rule.flops(match)
-    def build(cfg):  # a candidate as it will run: with the fast exp/erf when they are on
-        built = rule.build(func, match, cfg, ctx)
-        return fast_math.apply(built) if ctx.options.fast_math else built
+def schedule_kernel(func: tirx.PrimFunc, ctx: Context, start: int = 0, reasons=None,
+                    session=None):
+    """``(scheduled PrimFunc | None, Decision, pack | None)`` for one kernel: the first rule of
+    :data:`.rules.RULES` that applies. ``pack``: ``{param index: (roles, nr)}`` of constant
+    parameters the kernel now reads packed (:func:`.constants.pack_constants`)."""
+    session = session or tuning.for_options(ctx.options)
+    p, reasons = plan_kernel(func, ctx, start, reasons)
+    if p is not None and p.rule.measures:
+        tune([p], session, ctx.measure_ok)
+    return finish(func, ctx, p, reasons, session)
 
-    choice = choose(ctx.kernel, func, rule.name, rule.workload(match, cands, ctx), cands, build,
-                    flops, ctx.target, ctx.cpu, ctx.db, ctx.measure_ok)
-    new, reason, pack = rule.apply(func, match, choice.config, ctx)
-    return new, f"{reason} {choice.how(flops)}", pack, choice
+
+def finish(func, ctx: Context, p: Pending | None, reasons, session):
+    """Apply the chosen config of ``p``; a rule whose apply fails leaves the kernel to the next
+    rules (:func:`schedule_kernel` from there)."""
+    if p is None:
+        return None, _decision(ctx.kernel, "none", "; ".join(reasons)), None
+    choice = p.choice if p.rule.measures and p.choice is not None else Choice(p.candidates[0])
+    try:
+        new, reason, pack = p.rule.apply(func, p.match, choice.config, ctx)
+    except Exception as err:  # noqa: BLE001 - a rule that fails leaves the kernel to the next
+        why = [*p.reasons, f"{p.rule.name}: {type(err).__name__}: {str(err)[:200]}"]
+        return schedule_kernel(func, ctx, p.rule_index + 1, why, session)
+    if p.rule.measures:
+        reason += f" {choice.how(p.flops)}"
+    if p.shared_with:
+        reason += f" [the same kernel as {p.shared_with}: decided once]"
+    if p.rule.generic and p.reasons:  # say why the better rules did not apply
+        reason += " | not " + "; not ".join(p.reasons)
+    config = p.rule.config_of(choice.config)
+    dec = _decision(ctx.kernel, p.rule.name, reason, config, choice if p.rule.measures else None)
+    return new, dec, pack
 
 
 def _decision(kernel: str, rule: str, reason: str, config: dict | None = None,
@@ -184,6 +216,9 @@ def _decision(kernel: str, rule: str, reason: str, config: dict | None = None,
     if measured:
         reason += f" [measured {measured} candidates]"
     data = {"config": config or {}, "measured": measured, "seconds": seconds}
+    if choice is not None:
+        data["source"] = choice.source
+        data["rank"] = choice.rank
     return Decision(STAGE, kernel, rule, reason, data)
 
 

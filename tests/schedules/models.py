@@ -126,9 +126,9 @@ def fused(model, target=TARGET):
         return tvm.transform.Sequential(seq)(mod)
 
 
-def schedule(model, tmp_path, trials=2, target=TARGET):
+def schedule(model, tmp_path, trials=2, target=TARGET, **options):
     mod = fused(model, target)
-    p = FluidMLSchedule(target, Options(tune_trials=trials, cache_dir=str(tmp_path)))
+    p = FluidMLSchedule(target, Options(tune_trials=trials, cache_dir=str(tmp_path), **options))
     with target:
         out = p(mod)
     return out, {d.subject: d for d in p.decisions}

@@ -33,9 +33,10 @@ def test_measured_kernel_variants_compute_the_right_thing():
     np.testing.assert_allclose(c.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_loaded_measurements_are_measured_again(tmp_path, monkeypatch):
-    """A variant cached only from a loaded machine is measured again (up to the attempts
-    limit); a quiet measurement settles it and replaces the loaded time."""
+def test_loaded_measurements_are_measured_again_on_retune(tmp_path, monkeypatch):
+    """A variant cached only from a loaded machine is used as it is (a warm compile measures
+    nothing); with fluidml.retune it is measured again (up to the attempts limit), and a quiet
+    measurement settles it and replaces the loaded time."""
     import tvm
 
     from fluidml_tvm.costdb import NOISY_LOAD, REMEASURE_ATTEMPTS, CostDB
@@ -63,6 +64,8 @@ def test_loaded_measurements_are_measured_again(tmp_path, monkeypatch):
     m = layout_measure.MeasuredCost(target, Options(), db)
     (key,) = m.variants(g, cands)
     db.record(m.tkey, "layout", key, {"variant": key}, 5e-3, load=NOISY_LOAD + 0.5)
+    assert m.prepare(g, cands) == 0 and calls == [] and m.table[key] == 5e-3
+    m = layout_measure.MeasuredCost(target, Options(retune=True), db)
     assert m.prepare(g, cands) == 1 and calls == [1]
     assert m.table[key] == 2e-6 and key not in m.loaded
     assert len(db.measured(m.tkey, "layout", key)) == 2
@@ -74,5 +77,5 @@ def test_loaded_measurements_are_measured_again(tmp_path, monkeypatch):
     for j in range(REMEASURE_ATTEMPTS):
         db2.record(m.tkey, "layout", key, {"variant": key, "attempt": j}, 1e-3 * (j + 1),
                    load=1.0)
-    m3 = layout_measure.MeasuredCost(target, Options(), db2)
+    m3 = layout_measure.MeasuredCost(target, Options(retune=True), db2)
     assert m3.prepare(g, cands) == 0 and m3.table[key] == 1e-3 and key in m3.loaded
