@@ -21,7 +21,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir import Range
 
-from ..common import as_int, match_sum_of_products, plain_indices
+from ..common import as_int, match_sum_of_products, plain_indices, root_blocks
 
 
 @dataclass
@@ -99,15 +99,64 @@ def _split(func, sop, w_i, f, fg, groups, const_params) -> Ungrouped:
     sch.transform_block_layout(block, split_at(fa, len(ivs)))
     sch.transform_layout(block, ("read", w_i), split_at(w_dim, len(st.reads[w_i].region)))
     sch.transform_layout(block, ("write", 0), split_at(c_dim, len(st.writes[0].region)))
-    return Ungrouped(_simplify_block(sch.mod["main"], sop.name), groups, w_dim)
+    conv_out = sch.get(block).writes[0].source  # the split buffer
+    names = {sop.name} | _split_consumers(sch, conv_out, c_dim, split_at)
+    return Ungrouped(_simplify_blocks(sch.mod["main"], names), groups, w_dim)
 
 
-def _simplify_block(func, name):
-    """The indices of block ``name`` simplified over its iteration domain (``(g * Fg + fg) //
+def _split_consumers(sch, conv_out, c_dim, split_at) -> set:
+    """The epilogue blocks after the convolution iterate (group, channel in the group) too, and
+    the intermediates between them are laid out [.., G, Fg, ..] like the conv output: a tile of
+    a group's (padded) channels then needs exactly that group's channels of the epilogue. With
+    one channel axis ``f``, a tile of channels ``g * Fg + [96, 144)`` of a group of 136 reached
+    into the next group's channels, which the epilogue computed from conv outputs not yet
+    written (ShuffleNet: wrong logits)."""
+    split = {conv_out: c_dim}  # buffers laid out split: the dim of the group axis
+    names = set()
+    blocks = root_blocks(sch)
+    start = next(i for i, b in enumerate(blocks) if any(
+        w.source.same_as(conv_out) for w in sch.get(b).writes)) + 1
+    for b in blocks[start:]:
+        st = sch.get(b)
+        ivs = list(st.iter_vars)
+        axis = None
+        for r in st.reads:
+            dim = split.get(r.source)
+            if dim is None:
+                continue
+            idx = r.region[dim].min  # after the split: v // Fg at the group dim
+            v = idx.a if isinstance(idx, tirx.FloorDiv) else None
+            axis = next((i for i, iv in enumerate(ivs) if v is not None and iv.var.same_as(v)),
+                        None)
+            if axis is not None:
+                break
+        if axis is None:
+            continue
+        var = ivs[axis].var
+        writes = [(i, w) for i, w in enumerate(st.writes)]
+        sch.transform_block_layout(b, split_at(axis, len(ivs)))
+        names.add(st.name_hint)
+        for i, w in writes:
+            if _is_param(sch, w.source):
+                continue  # the kernel's output keeps its layout: [.., g * Fg + fg, ..]
+            dim = next((d for d, r in enumerate(w.region) if r.min.same_as(var)), None)
+            if dim is None:
+                continue
+            sch.transform_layout(b, ("write", i), split_at(dim, len(w.region)))
+            split[sch.get(b).writes[i].source] = dim
+    return names
+
+
+def _is_param(sch, buf) -> bool:
+    return any(p.same_as(buf) for p in sch.mod["main"].params)
+
+
+def _simplify_blocks(func, names):
+    """The indices of the blocks ``names`` simplified over its iteration domain (``(g * Fg + fg) //
     Fg`` -> ``g``)."""
 
     def block(b):
-        if b.name_hint != name:
+        if b.name_hint not in names:
             return b
         ana = tvm.sym.Analyzer()
         for iv in b.iter_vars:
