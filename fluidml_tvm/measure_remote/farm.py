@@ -138,6 +138,29 @@ class BoardFarm:
             self.notice(f"the boards under {self.key!r} run a stock TVM RPC server, which does "
                         "not report its CPU: measurements are kept under the key alone")
         self.identity = f"board={self.key}/{self.machine or 'unknown'}/{cpu}/threads={threads}"
+        worker.board = answer.get("board")
+        self._connect(len(self._boards()))
+
+    def _connect(self, count: int) -> None:
+        """A worker with a session on each of ``count`` boards before the first batch: a short
+        batch is then shared by all boards at once (a board's first session - a process start,
+        seconds under qemu - would otherwise come after the batch was over, and one board would
+        time every candidate). A board not reached here is tried again by the first batch."""
+
+        def connect(worker):
+            with worker.busy:
+                try:
+                    answer = worker.call(self._request("info"), timeout=self.wait + 30)
+                except FluidMLError:
+                    return
+                worker.board = answer.get("board")
+
+        fresh = [w for w in self._idle_workers(count) if w.board is None]
+        threads = [threading.Thread(target=connect, args=(w,), daemon=True) for w in fresh]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.wait + 30)
 
     # ---- the measurer interface of fluidml_tvm.schedules.measure --------------------------------
     def accepts(self, target) -> bool:
