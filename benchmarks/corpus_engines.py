@@ -136,19 +136,26 @@ def spawn(args: dict, workdir: str, tag: str, timeout: float = 1800) -> dict:
 # ---- per-kernel profile of a fluidml library (``fluidml-tvm run --profile``) ----------------
 def parse_profile(text: str) -> list:
     """Rows of the table ``fluidml-tvm run --profile`` prints: ``kernel``, ``calls``,
-    ``total_ms``, ``share`` (percent of the profiled run); the summary lines keep their label
-    (``(N more kernels)``, ``(VM builtins: ...)``) as kernel name."""
+    ``total_ms``, ``share`` (percent of the profiled run) and, where the library carries its
+    kernels' work, ``gflops``, ``gbps`` and ``roof`` (the share of the host's roofline, None for
+    "-"); the summary lines keep their label (``(N more kernels)``, ``(VM builtins: ...)``) as
+    kernel name."""
     rows = []
     for line in text.splitlines():
-        if not line.rstrip().endswith("%") or line.startswith("kernel "):
+        if line.startswith(("kernel ", "roof:")) or "%" not in line:
             continue
-        parts = line.rsplit(None, 4)
-        if len(parts) == 5 and not parts[0].startswith("("):
-            name, calls, total, _mean, share = parts
-        else:
-            name, calls, total, share = line.rsplit(None, 3)
-        rows.append({"kernel": name.strip(), "calls": int(calls), "total_ms": float(total),
-                     "share": float(share.rstrip("%"))})
+        name, rest = line[:48].strip(), line[48:].split()
+        if not name or len(rest) < 3 or not rest[0].isdigit():
+            continue
+        row = {"kernel": name, "calls": int(rest[0]), "total_ms": float(rest[1])}
+        if name.startswith("("):  # calls, total, share
+            row["share"] = float(rest[2].rstrip("%"))
+        else:  # calls, total, mean, share [, GFLOP/s, GB/s, roof]
+            row["share"] = float(rest[3].rstrip("%"))
+            if len(rest) >= 7:
+                row["gflops"], row["gbps"] = float(rest[4]), float(rest[5])
+                row["roof"] = None if rest[6] == "-" else float(rest[6].rstrip("%")) / 100
+        rows.append(row)
     return rows
 
 

@@ -247,6 +247,14 @@ def _diff(m: dict) -> str:
     return f"{d['max_abs']:.1e}{rel}"
 
 
+def _rate(k: dict, key: str) -> str:
+    return f"{k[key]:.1f}" if k.get(key) is not None else "-"
+
+
+def _roof(k: dict) -> str:
+    return f"{k['roof']:.0%}" if k.get("roof") is not None else "-"
+
+
 def markdown(rows: list, info: dict, options: dict) -> str:
     v = info["versions"]
     la = [r.get("loadavg_before") for r in rows] + [r.get("loadavg_after") for r in rows]
@@ -292,14 +300,18 @@ def markdown(rows: list, info: dict, options: dict) -> str:
     prof = [r for r in rows if (r.get("fluidml_profile") or {}).get("ok")]
     if prof:
         lines += ["", "## Slowest fluidml kernels per model", "",
-                  "From `fluidml-tvm run --profile` (share of the profiled run), with each "
-                  "kernel's schedule rule and reason from `fluidml-tvm compile --report`.", ""]
+                  "From `fluidml-tvm run --profile` (share of the profiled run; GFLOP/s "
+                  "achieved and roof: the share of this host's roofline, its peaks measured at "
+                  "compile time), with each kernel's schedule rule and reason from "
+                  "`fluidml-tvm compile --report`.", ""]
         for r in prof:
             p = r["fluidml_profile"]
             lines += [f"### {r['model']}", "",
-                      "| kernel | calls | total ms | share | rule | reason (report) |",
-                      "|---|---|---|---|---|---|"]
+                      "| kernel | calls | total ms | share | GFLOP/s | roof | rule "
+                      "| reason (report) |",
+                      "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {k['kernel']} | {k['calls']} | {k['total_ms']:.3f} | {k['share']:.1f}% "
+                      f"| {_rate(k, 'gflops')} | {_roof(k)} "
                       f"| {k.get('rule', '')} | {k.get('reason', '').replace('|', '&#124;')} |"
                       for k in p["rows"]]
             lines.append("")

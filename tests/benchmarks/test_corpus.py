@@ -177,6 +177,33 @@ concatenate2                                          2     17.9509    8975.47  
     assert rows[3]["kernel"] == "(VM builtins: 6 kinds)" and rows[3]["share"] == 0.1
 
 
+def test_profile_parser_reads_the_roofline_columns():
+    """The table as ``fluidml-tvm run --profile`` prints it for a library that carries its
+    kernels' work: GFLOP/s, GB/s and the roofline share are read too (a row below 30% also gets
+    a warning line, which is not a row)."""
+    from fluidml_tvm.runtime.profile import format_kernel_table
+
+    rows = [{"name": "fused_conv2d_add_relu_packed", "calls": 2, "total_ms": 4.0,
+             "mean_us": 2000.0},
+            {"name": "fused_matmul_add_" + "x" * 60, "calls": 1, "total_ms": 1.0,
+             "mean_us": 1000.0},
+            {"name": "concatenate", "calls": 1, "total_ms": 0.5, "mean_us": 500.0},
+            {"name": "vm.builtin.alloc", "calls": 9, "total_ms": 0.1, "mean_us": 11.0}]
+    meta = {"kernels": {"fused_conv2d_add_relu": {"flops": 2e8, "bytes": 4e6, "rule": "conv2d"},
+                        "fused_matmul_add_" + "x" * 60: {"flops": 1e6, "bytes": 1e6,
+                                                         "rule": "reduction"}},
+            "host_peak": {"gflops": 200.0, "gbps": 20.0}}
+    text = format_kernel_table(rows, top=3, metadata=meta)
+    got = corpus_engines.parse_profile(text)
+    assert [r["kernel"] for r in got] == ["fused_conv2d_add_relu_packed",
+                                         ("fused_matmul_add_" + "x" * 60)[:48], "concatenate",
+                                         "(VM builtins: 1 kinds)"]
+    assert got[0]["gflops"] == pytest.approx(100.0) and got[0]["roof"] == pytest.approx(0.5)
+    assert got[1]["roof"] == pytest.approx(0.05)  # 1 ms for a 0.05 ms bound (the 1 MB)
+    assert "roof" not in got[2] and got[3]["calls"] == 9
+    assert abs(sum(r["share"] for r in got) - 100) < 0.5
+
+
 def test_results_writer(tmp_path):
     info = run_corpus.host_info(2)
     assert info["threads"] == 2 and info["cores"] >= 1 and "versions" in info
