@@ -2,8 +2,13 @@
 
 *Row form* (softmax, LayerNorm): every block starts with the same spatial "row" axes. The last
 block's rows are fused and parallelized, every other block is computed at that row loop
-(``compute_at``), injective blocks are vectorized and reduction loops split by the vector lanes and
-unrolled (a float reduction cannot be vectorized without reassociation).
+(``compute_at``), injective blocks are vectorized (a row no vector divides: whole vectors and a
+guarded last one, ``pragma_loop_partition_hint`` so LoopPartition peels it). A sum/max/min over
+the row is computed as ``v`` partial results (``rfactor``; ``v`` = the vector lanes or the
+largest count of 4 or more up to them that divides the row), one vector updated per step, then
+combined: reassociated as ONNX Runtime's MLAS does (whisper-tiny's 1500-wide softmax: 10x faster,
+BERT's 128-wide 3.9x, a 768-wide LayerNorm 7.6x; results within 1e-6). A row no such count
+divides (ViT's 197) keeps the scalar reduction, split by the lanes and unrolled.
 
 *Generic form* (anything else with a reduction block): each loop nest is parallelized over its
 leading spatial loops; nothing is left single-threaded where there is work to share.
@@ -20,6 +25,7 @@ from ..common import (
     extent,
     inline_all,
     is_reduction,
+    iter_values,
     loop_kinds,
     parallel_outer,
     root_blocks,
@@ -59,15 +65,16 @@ def analyze(func: tirx.PrimFunc) -> tuple[bool | None, str]:
     return True, "reduction"
 
 
-def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo):
-    """Returns ``(schedule, reason)``; schedule is None when the rule does not apply."""
+def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo, partials: bool = True):
+    """Returns ``(schedule, reason)``; schedule is None when the rule does not apply.
+    ``partials``: row reductions as vector partial results (``fluidml.vector_reductions``)."""
     ok, why = analyze(func)
     if ok is None:
         return None, why
     sch = s_tir.Schedule(func)
     lanes = cpu.lanes(32)
     try:
-        out = _row_form(s_tir.Schedule(func), lanes)
+        out = _row_form(s_tir.Schedule(func), lanes, partials)
         if out is not None:
             return out
     except Exception as err:  # noqa: BLE001 - fall through to the generic form
@@ -133,7 +140,7 @@ def _vectorize_under_reduction(sch, block, kinds, lanes) -> bool:
     return True
 
 
-def _row_form(sch: s_tir.Schedule, lanes: int):
+def _row_form(sch: s_tir.Schedule, lanes: int, partials: bool = True):
     inline_all(sch)
     blocks = root_blocks(sch)
     if len(blocks) < 2:
@@ -149,6 +156,11 @@ def _row_form(sch: s_tir.Schedule, lanes: int):
     for b in blocks[:-1]:
         if [extent(sch, lp) for lp in sch.get_loops(b)[:rows]] != ext0:
             return None
+    partial = {}  # name of an rfactor block -> its count of partial results
+    for b in blocks[:-1]:  # before compute_at: rfactor wants the block first under its loops
+        if partials and is_reduction(sch, b):
+            sch = _rfactor(sch, b, lanes, partial)
+    blocks = root_blocks(sch)
     last = blocks[-1]
     loops = sch.get_loops(last)
     row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
@@ -158,17 +170,110 @@ def _row_form(sch: s_tir.Schedule, lanes: int):
     if total >= MIN_PARALLEL_ELEMS:
         sch.parallel(row)
     if len(sch.get_loops(last)) > 1:  # never vectorize the row loop the other nests go under
-        vectorize_inner(sch, last, lanes)
+        _vectorize_row(sch, last, lanes)
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, row, preserve_unit_loops=True)
+    combined = {n[: -len("_rf")] for n in partial}
     for b in blocks[:-1]:
         if len(sch.get_loops(b)) <= 1:
             continue
-        if is_reduction(sch, b):
+        name = sch.get(b).name_hint
+        if name in partial:
+            _vectorize_partials(sch, b)
+        elif name in combined:  # the partial results combined: one short unrolled loop
+            lp = _loop_of(sch, b, reduce=True)
+            if lp is not None:
+                sch.unroll(lp)
+        elif is_reduction(sch, b):
             _unroll_reduction(sch, b, lanes)
         else:
-            vectorize_inner(sch, b, lanes)
-    return sch, f"reduction (row form: {len(blocks)} nests under {rows} fused row axes)"
+            _vectorize_row(sch, b, lanes)
+    how = f", {len(partial)} reduction(s) as {sorted(set(partial.values()))} partial results" \
+        if partial else ""
+    return sch, f"reduction (row form: {len(blocks)} nests under {rows} fused row axes{how})"
+
+
+def partial_count(ext: int, lanes: int) -> int | None:
+    """Partial results for a reduction over ``ext`` elements: the lanes, else the largest count
+    from lanes - 1 down to lanes / 2 that divides ``ext`` (1500: 15), else a power of two of 4 or
+    more that does; None when none divides (a prime row: 197)."""
+    if ext % lanes == 0:
+        return lanes
+    for d in range(lanes - 1, lanes // 2 - 1, -1):
+        if ext % d == 0:
+            return d
+    d = lanes // 4
+    while d >= 4:
+        if ext % d == 0:
+            return d
+        d //= 2
+    return None
+
+
+def _rfactor(sch, block, lanes, partial):
+    """``sch`` with the reduction ``block`` over its innermost loop as partial results (an
+    rfactor block recorded in ``partial``), or ``sch`` unchanged where that does not apply."""
+    loops = sch.get_loops(block)
+    kinds = loop_kinds(sch, block)
+    if not loops or kinds is None or kinds[-1] != "R" or kinds.count("R") != 1:
+        return sch
+    ext = extent(sch, loops[-1])
+    v = partial_count(ext, lanes) if ext is not None and ext >= 2 * lanes else None
+    if v is None:
+        return sch
+    trial = sch.copy()  # a primitive that fails part-way leaves the original as it was
+    try:
+        ndim = len(trial.get(block).writes[0].region)
+        _, ki = trial.split(trial.get_loops(block)[-1], [None, v])
+        rf = trial.rfactor(ki, factor_axis=ndim)
+    except Exception as err:  # noqa: BLE001 - not a reduction rfactor takes (no known combiner)
+        log.debug("rfactor of %s: %s", sch.get(block).name_hint, err)
+        return sch
+    partial[trial.get(rf).name_hint] = v
+    return trial
+
+
+def _loop_of(sch, block, reduce: bool):
+    """The loop bound to ``block``'s reduction axis (``reduce``) or to its last spatial axis
+    that is not a row axis."""
+    loops = sch.get_loops(block)
+    lvars = [sch.get(lp).loop_var for lp in loops]
+    found = None
+    for iv, val in zip(sch.get(block).iter_vars, iter_values(sch, block)):
+        if (iv.iter_type == tirx.IterVar.CommReduce) != reduce or not isinstance(val, tirx.Var):
+            continue
+        i = next((i for i, x in enumerate(lvars) if x.same_as(val)), None)
+        if i is not None and i > 0:
+            found = loops[i]
+    return found
+
+
+def _vectorize_partials(sch, block) -> None:
+    """An rfactor block under the row loop: the reduction loop outside, the partial results
+    one vector inside; their initial values a vector store before the loop."""
+    ko = _loop_of(sch, block, reduce=True)
+    ki = sch.get_loops(block)[-1] if ko is None else None
+    # compute_at orders the loops as the block's axes (the partial index first): reorder
+    spatial = [lp for lp in sch.get_loops(block)[1:]
+               if not sch.get(lp).same_as(sch.get(ko)) and (extent(sch, lp) or 1) > 1]
+    ki = spatial[-1] if spatial else ki
+    sch.reorder(ko, ki)
+    sch.vectorize(ki)
+    init = sch.decompose_reduction(block, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _vectorize_row(sch, block, lanes) -> None:
+    """The innermost loop as whole vectors; a row the lanes do not divide gets a guarded last
+    vector that LoopPartition peels off (``pragma_loop_partition_hint``), not scalar code."""
+    loops = sch.get_loops(block)
+    ext = extent(sch, loops[-1]) if loops else None
+    if ext is None or ext <= 2 * lanes or ext % lanes == 0:
+        vectorize_inner(sch, block, lanes)
+        return
+    outer, inner = sch.split(loops[-1], [None, lanes])
+    sch.annotate(outer, "pragma_loop_partition_hint", 1)
+    sch.vectorize(inner)
 
 
 class ReductionRule(Rule):
@@ -183,5 +288,5 @@ class ReductionRule(Rule):
         return analyze(func)
 
     def apply(self, func, match, config: dict, ctx: Context):
-        sch, why = schedule_reduction(func, ctx.cpu)
+        sch, why = schedule_reduction(func, ctx.cpu, ctx.options.vector_reductions)
         return sch.mod["main"], why, None

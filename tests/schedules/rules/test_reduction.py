@@ -5,6 +5,7 @@ unscheduled kernel computes; a kernel without a reduction is not its kind."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
 from tvm import te, topi
 
@@ -32,6 +33,42 @@ def test_softmax_row_form():
     assert why.startswith("reduction (row form:"), why
     assert "T.parallel" in sch.mod.script()
     _same_as_unscheduled(func, sch)
+
+
+@pytest.mark.parametrize("E, parts", [(1500, 15), (128, None), (197, 0), (40, 10)])
+def test_row_reductions_as_vector_partial_results(E, parts):
+    """A row's max and sum as ``v`` partial results, one vector a step (rfactor): v = the lanes
+    where they divide the row, else the largest count down to half of them (1500: 15), none for
+    a prime row (197: the scalar reduction stays); the results are the unscheduled kernel's."""
+    cpu = cpu_info(TARGET)
+    lanes = cpu.lanes(32)
+    parts = lanes if parts is None else parts
+    A = te.placeholder((6, E), name="A")
+    B = te.compute((6, E), lambda i, j: A[i, j] * 0.5, name="B")  # an input that is not a param
+    func = te.create_prim_func([A, topi.nn.softmax(B, axis=-1)])
+    sch, why = reduction.schedule_reduction(func, cpu)
+    assert why.startswith("reduction (row form:"), why
+    want = reduction.partial_count(E, lanes) if E >= 2 * lanes else None
+    if lanes == 16 and E >= 2 * lanes:
+        assert want == (parts or None)
+    if want:
+        assert f"2 reduction(s) as [{want}] partial results" in why
+        text = sch.mod.script()
+        assert "_rf_update" in text and text.count("T.vectorized") >= 3, text
+    else:
+        assert "partial results" not in why
+    _same_as_unscheduled(func, sch)
+
+
+def test_partial_count():
+    assert reduction.partial_count(1536, 16) == 16
+    assert reduction.partial_count(1500, 16) == 15
+    assert reduction.partial_count(1000, 16) == 10
+    assert reduction.partial_count(197, 16) is None
+    assert reduction.partial_count(100, 8) == 5  # from lanes - 1 down to half of them
+    assert reduction.partial_count(196, 8) == 7
+    assert reduction.partial_count(52, 16) == 13
+    assert reduction.partial_count(194, 16) is None  # 2 x 97
 
 
 def test_column_sum_generic_form():

@@ -1,0 +1,168 @@
+"""A/B of one fluidml option on corpus models: the same code, ``--pass-config KEY=A`` vs
+``KEY=B``, interleaved.
+
+    python benchmarks/bench_option_ab.py fluidml.vector_reductions 0 1 \
+        --models whisper_tiny_encoder,vit_b_16,distilbert,t5_small_encoder
+
+For each model, both variants are compiled with one fresh cost database (the first compile
+measures; the second takes the same cached choices, so the option is the only difference), then
+timed in ``--rounds`` rounds, each a fresh process per variant (``corpus_engines.py``, numpy in
+and out, as ``run_corpus.py`` times), the order alternating between rounds; ONNX Runtime is
+timed in every round too and both variants' outputs are compared with it. Writes
+``results/DATE-ab-KEY.{md,json}``: median ms per variant, B/A (median of the per-round ratios),
+each variant vs ORT, load before/after each model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import corpus  # noqa: E402
+import corpus_engines  # noqa: E402
+import run_corpus  # noqa: E402
+
+
+def bench_model(spec, args, key, values, work) -> dict:
+    name = spec.name
+    onnx_path = os.path.join(args.corpus, f"{name}.onnx")
+    with open(os.path.join(args.corpus, f"{name}.json")) as f:
+        manifest = json.load(f)
+    inputs = os.path.join(args.corpus, f"{name}.inputs.npz")
+    row = {"model": name, "loadavg_before": list(os.getloadavg()), "variants": {}}
+    libs = {}
+    for v in values:
+        lib = os.path.join(work, f"{name}-{v}.so")
+        res = run_corpus._compile("fluidml", manifest, onnx_path, lib, args.threads,
+                                  [f"{key}={v}", *args.pass_config], args.compile_timeout)
+        res.pop("schedule", None)
+        row["variants"][v] = {"compile": res, "ms": [], "vs_ort": None}
+        print(f"[ab] {name}: {key}={v} compiled in {res.get('compile_seconds')} s"
+              + ("" if res["ok"] else f" FAILED {res.get('error')}"), file=sys.stderr, flush=True)
+        if res["ok"]:
+            libs[v] = lib
+    ort_ms, outputs = [], {}
+    for r in range(args.rounds):
+        order = list(values) if r % 2 == 0 else list(reversed(values))
+        for v in order + ["ort"]:
+            if v != "ort" and v not in libs:
+                continue
+            a = {"engine": "fluidml" if v != "ort" else "ort", "model": onnx_path,
+                 "lib": libs.get(v), "inputs": inputs, "threads": args.threads,
+                 "repeat": args.repeat, "budget": args.budget,
+                 "outputs": os.path.join(work, f"{name}-{v}.out.npz")}
+            res = corpus_engines.spawn(a, work, f"{name}-{v}-r{r}")
+            if not res.get("ok"):
+                row.setdefault("errors", []).append(f"{v}: {res.get('error')}")
+                continue
+            (ort_ms if v == "ort" else row["variants"][v]["ms"]).append(res["median_ms"])
+            outputs[v] = res["outputs"]
+        done = [f"{v} {row['variants'][v]['ms'][-1]:.2f} ms" for v in values
+                if row["variants"][v]["ms"]] + ([f"ort {ort_ms[-1]:.2f} ms"] if ort_ms else [])
+        print(f"[ab] {name}: round {r + 1}/{args.rounds}: " + ", ".join(done), file=sys.stderr,
+              flush=True)
+    ref = corpus._load_npz_list(outputs["ort"]) if "ort" in outputs else None
+    for v in values:
+        var = row["variants"][v]
+        if ref is not None and v in outputs:
+            var["vs_ort"] = corpus._diff_lists(corpus._load_npz_list(outputs[v]), ref)
+        if var["ms"]:
+            var["median_ms"] = statistics.median(var["ms"])
+    a, b = (row["variants"][v]["ms"] for v in values)
+    if a and b and len(a) == len(b):
+        row["b_over_a"] = statistics.median(y / x for x, y in zip(a, b))
+    row["ort_ms"] = statistics.median(ort_ms) if ort_ms else None
+    row["loadavg_after"] = list(os.getloadavg())
+    return row
+
+
+def markdown(rows, info, key, values, opts) -> str:
+    va, vb = values
+    lines = [f"# A/B: `{key}={va}` vs `{key}={vb}` (fluidml, corpus models)", "",
+             f"- commit `{info['commit']}`; {info['date']}",
+             f"- host `{info['host']}`: {info['cpu']} ({info['cores']} cores; ISA "
+             f"{', '.join(info['isa'])}), {info['threads']} threads per engine",
+             f"- other options: `{' '.join(opts['pass_config']) or '(defaults)'}`; rounds "
+             f"{opts['rounds']} (order alternating), repeat {opts['repeat']}, budget "
+             f"{opts['budget']} s per process; one fresh cost database per run "
+             "(the second compile of a model takes the first one's measured choices)",
+             "- method: `benchmarks/bench_option_ab.py` (each variant and ONNX Runtime in a fresh "
+             "process per round, numpy in and out)", "",
+             f"| model | load before/after | {key}={va} ms | {key}={vb} ms | B/A | A/ORT | B/ORT "
+             "| ORT ms | A diff vs ORT | B diff vs ORT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        A, B = r["variants"][va], r["variants"][vb]
+        ort = r.get("ort_ms")
+
+        def ms(x):
+            return f"{x['median_ms']:.2f}" if x.get("median_ms") else "FAILED"
+
+        def rel(x, ort=ort):
+            return f"{x['median_ms'] / ort:.2f}x" if x.get("median_ms") and ort else "-"
+
+        def diff(x):
+            d = x.get("vs_ort") or {}
+            return f"{d['max_abs']:.1e} (rel {d['rel']:.1e})" if d.get("max_abs") is not None \
+                else "-"
+
+        ba = f"**{r['b_over_a']:.3f}**" if r.get("b_over_a") else "-"
+        lb, la = r["loadavg_before"][0], r["loadavg_after"][0]
+        lines.append(f"| {r['model']} | {lb:.2f}/{la:.2f} | {ms(A)} | {ms(B)} | {ba} | {rel(A)} "
+                     f"| {rel(B)} | {ort:.2f} | {diff(A)} | {diff(B)} |" if ort else
+                     f"| {r['model']} | {lb:.2f}/{la:.2f} | {ms(A)} | {ms(B)} | {ba} | - | - | - "
+                     f"| {diff(A)} | {diff(B)} |")
+    gm = run_corpus.geomean(r.get("b_over_a") for r in rows)
+    if gm:
+        lines += ["", f"Geometric mean of B/A: **{gm:.3f}**."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("key", help="a fluidml.* option")
+    p.add_argument("a", help="value A (the baseline)")
+    p.add_argument("b", help="value B")
+    p.add_argument("--models", required=True, help="comma-separated corpus names")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--budget", type=float, default=5.0)
+    p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--compile-timeout", type=float, default=1800.0)
+    p.add_argument("--corpus", default=corpus.DEFAULT_OUT)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--name", default=None)
+    args = p.parse_args(argv)
+    values = [args.a, args.b]
+    specs = corpus.select(args.models)
+    info = run_corpus.host_info(args.threads)
+    opts = {"pass_config": args.pass_config, "rounds": args.rounds, "repeat": args.repeat,
+            "budget": args.budget}
+    stem = args.name or (f"{datetime.date.today().isoformat()}-ab-"
+                         f"{args.key.replace('fluidml.', '').replace('.', '-')}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fluidml-ab-") as work:
+        os.environ["FLUIDML_TVM_CACHE"] = os.path.join(work, "cache")  # fresh, for both
+        for s in specs:
+            rows.append(bench_model(s, args, args.key, values, work))
+            os.makedirs(args.out, exist_ok=True)  # after every model: nothing lost
+            with open(os.path.join(args.out, stem + ".json"), "w") as f:
+                json.dump({"info": info, "key": args.key, "values": values, "options": opts,
+                           "rows": rows}, f, indent=2)
+            with open(os.path.join(args.out, stem + ".md"), "w") as f:
+                f.write(markdown(rows, info, args.key, values, opts))
+    print(markdown(rows, info, args.key, values, opts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
