@@ -6,6 +6,7 @@ a tiny budget finishes and says what it left to the analytic model."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -117,8 +118,19 @@ def test_records_round_trip_gives_the_same_choices_without_measuring(tmp_path):
     assert any(n.startswith("tuning records:") and "entries read" in n for n in notes)
 
 
-def test_warm_compile_measures_nothing_and_a_tiny_budget_finishes(tmp_path):
+def test_warm_compile_measures_nothing_and_a_tiny_budget_finishes(tmp_path, monkeypatch):
     model, _ = zoo.resolve("zoo:gpt-neox:tiny")
+    # each schedule measurement made to take 0.4 s longer: on a quiet fast host a 1 s budget
+    # could otherwise cover every kernel of this tiny model, and nothing would be left to it
+    from fluidml_tvm.schedules import choose
+
+    real = choose.measure_funcs
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(choose, "measure_funcs", slow)
     opts = Options(cache_dir=str(tmp_path / "c"), tune_budget=1)
     cold = fluidml_tvm.compile(model, options=opts)
     budget = [d for d in cold.decisions["schedule"] if d.data.get("source") == "budget"]
