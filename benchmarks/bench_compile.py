@@ -133,15 +133,36 @@ def bench_model(model, shapes, work, args) -> dict:
     return row
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                              capture_output=True, text=True).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _load_note(rows, threads) -> str:
+    """Quiet or loaded, from the 1-min load average before each step: a compile itself keeps
+    up to ``threads`` cores busy, so a load up to threads + 0.5 is this benchmark's own."""
+    loads = [r[k]["load_before"] for r in rows for k in ("stock", "cold", "warm", "records",
+                                                          "unbounded") if k in r]
+    if not loads:
+        return ""
+    if max(loads) <= threads + 0.5:
+        return (f"**Quiet machine**: 1-min load {min(loads):.2f}-{max(loads):.2f} before the "
+                "steps, the benchmark's own compiles.")
+    return (f"**Loaded machine** (1-min load up to {max(loads):.2f}; per step in the JSON): the "
+            "seconds compare variants run back to back, they are not headline numbers.")
+
+
 def markdown(rows, args, started) -> str:
     date = time.strftime("%Y-%m-%d")
     out = [f"# Compile time: stock TVM vs fluidml cold / warm / with records ({date})",
            "",
            f"Host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
            f"TVM_NUM_THREADS={args.threads}, tune budget "
-           f"{'default' if args.budget is None else args.budget} s. **Loaded machine** (other "
-           "engineers' jobs; load average per step in the JSON): the seconds compare variants "
-           "run back to back, they are not headline numbers. Wall time of a fresh "
+           f"{'the default (15)' if args.budget is None else args.budget} s; commit "
+           f"`{_commit()}`. {_load_note(rows, args.threads)} Wall time of a fresh "
            "`fluidml-tvm compile` process each (`benchmarks/bench_compile.py`).",
            "",
            "| model | stock s | cold s (x stock) | warm s (x) | records s (x) | unbounded s (x) "
