@@ -28,7 +28,7 @@ def test_pack_array_matches_index_map():
 
 def test_pack_array_of_a_conv_weight():
     """A conv weight (roles f/r per dim) -> [F/nr, other dims.., nr]."""
-    from fluidml_tvm.schedules.rules.conv2d import pack_index_map
+    from fluidml_tvm.schedules.rules.conv2d_match import pack_index_map
 
     w = np.random.default_rng(1).standard_normal((32, 3, 3, 3)).astype("f4")  # OIHW
     p = pack_array(w, ("conv", "f", "r", "r", "r"), 16)

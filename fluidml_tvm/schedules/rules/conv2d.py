@@ -45,7 +45,7 @@ from .conv2d_match import (
     analyze_any,
     loop_var_of,
     loops_by_role,
-    pack_index_map,
+    pack_weight,
     same_var,
 )
 from .injective import schedule_spatial_block
@@ -235,14 +235,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     else:
         sch.transform_layout(acc_block, ("write", 0), lambda *idx: [idx[i] for i in order])
     # weight packing
-    fmap = pack_index_map(m.w_roles, nr)
-    if pack_param:
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-    else:
-        cr = sch.cache_read(main, m.w_index, "global")
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-        lps = sch.get_loops(cr)
-        sch.parallel(lps[0]) if lps else None
+    pack_weight(sch, main, m, nr, pack_param)
     loops = sch.get_loops(main)
     phases = [lp for lp, r in zip(loops, m.loop_roles) if r == "p"]
     fl, xl, _, reds, spatial_outer = loops_by_role(loops, m.loop_roles)

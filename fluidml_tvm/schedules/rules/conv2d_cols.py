@@ -26,7 +26,7 @@ from tvm import s_tir
 from ..common import loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
-from .conv2d_match import ConvMatch, analyze, loops_by_role, pack_index_map
+from .conv2d_match import ConvMatch, analyze, loops_by_role, pack_weight
 from .injective import schedule_spatial_block
 from .pad import grow, schedule_padded_copy
 
@@ -78,14 +78,7 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     for b in epis[:-1]:
         sch.compute_inline(b)
     out = epis[-1] if epis else sch.cache_write(main, 0, "global")
-    fmap = pack_index_map(m.w_roles, nf)
-    if pack_param:
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-    else:
-        cr = sch.cache_read(main, m.w_index, "global")
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-        lps = sch.get_loops(cr)
-        sch.parallel(lps[0]) if lps else None
+    pack_weight(sch, main, m, nf, pack_param)
     loops = sch.get_loops(main)
     phases = [lp for lp, r in zip(loops, m.loop_roles) if r == "p"]
     fl, xl, _, reds, spatial = loops_by_role(loops, m.loop_roles)

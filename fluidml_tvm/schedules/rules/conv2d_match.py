@@ -201,6 +201,20 @@ def pack_index_map(w_roles: list[str], nr: int):
     return fmap
 
 
+def pack_weight(sch, block, m, nr: int, at_compile_time: bool) -> None:
+    """``block`` reads its weight as ``[F/nr, other dims.., nr]`` (:func:`pack_index_map`): the
+    caller's constant re-laid once at compile time, else a parallel copy at run time."""
+    fmap = pack_index_map(m.w_roles, nr)
+    if at_compile_time:
+        sch.transform_layout(block, ("read", m.w_index), fmap)
+        return
+    cr = sch.cache_read(block, m.w_index, "global")
+    sch.transform_layout(block, ("read", m.w_index), fmap)
+    lps = sch.get_loops(cr)
+    if lps:
+        sch.parallel(lps[0])
+
+
 def _uses(expr, var) -> bool:
     return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 

@@ -28,7 +28,7 @@ from ..common import as_int, extent, iter_values, loop_kinds, root_blocks, vecto
 from ..target_info import CPUInfo
 from . import conv2d
 from .base import Context, Rule, Unrelated
-from .conv2d_match import loop_var_of, same_var
+from .conv2d_match import loop_var_of, pack_index_map, pack_weight, same_var
 from .conv_pool_match import MIN_ROW_BLOCKS, ConvPoolMatch, analyze, analyze_pool
 from .injective import schedule_spatial_block
 
@@ -87,14 +87,7 @@ def schedule_conv_pool(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=
     f_dim = next(i for i, r in enumerate(wr.region) if same_var(r.min, fvar))
     order = [i for i in range(n_dims) if i != f_dim] + [f_dim]
     sch.transform_layout(main, ("write", 0), lambda *idx: [idx[i] for i in order])
-    fmap = conv2d.pack_index_map(m.w_roles, nr)
-    if pack_param:
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-    else:
-        cr = sch.cache_read(main, m.w_index, "global")
-        sch.transform_layout(main, ("read", m.w_index), fmap)
-        lps = sch.get_loops(cr)
-        sch.parallel(lps[0]) if lps else None
+    pack_weight(sch, main, m, nr, pack_param)
     # which spatial loop is the pooled row axis
     st = sch.get(main)
     yvar = st.writes[0].region[order.index(cm.y_dim)].min
@@ -203,7 +196,7 @@ def _tile_inner_conv(sch, block, m1, cpu, const_args, y_dim, stride, halo) -> No
         return out
 
     sch.transform_layout(block, ("write", 0), lay, assume_injective_transform=True)
-    fmap = conv2d.pack_index_map(m1.w_roles, nr)
+    fmap = pack_index_map(m1.w_roles, nr)
     if const_args and const_args.get(m1.w_param, False):
         sch.transform_layout(block, ("read", m1.w_index), fmap)
     else:
