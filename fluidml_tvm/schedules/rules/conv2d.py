@@ -39,17 +39,18 @@ from ..target_info import CPUInfo
 from . import tiles
 from .base import Context, Rule
 from .conv2d_cols import cols_candidates, cols_score, schedule_conv2d_cols
-from .conv2d_match import (
+from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_conv_pool
     ConvMatch,
-    analyze,
+    analyze,  # noqa: F401
     analyze_any,
     loop_var_of,
     loops_by_role,
     pack_weight,
+    pad_to_tiles,
     same_var,
 )
 from .injective import schedule_spatial_block
-from .pad import grow, schedule_padded_copy
+from .pad import schedule_padded_copy
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -143,23 +144,6 @@ def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
     return dataclasses.replace(m, loop_roles=roles, x=m.rows * X, rows=0), yd
 
 
-def pad_conv(func, m: ConvMatch, nr: int, mr: int, pack_param: bool):
-    """``func`` with the channels padded to whole ``nr`` panels and the columns to whole ``mr``
-    tiles (:func:`.pad.grow`; a constant weight is padded with zeros when it is packed), and
-    what was padded, for the reason."""
-    pads, said = {}, []
-    fp, xp = -(-m.f // nr) * nr, -(-m.x // mr) * mr
-    if fp != m.f:
-        pads[m.f_axis] = fp
-        said.append(f"channels {m.f} padded to {fp}")
-    if xp != m.x:
-        pads[m.x_axis] = xp
-        said.append(f"columns {m.x} padded to {xp}")
-    caller = {m.w_param} if pack_param else set()
-    func, _, guarded = grow(func, m.block, pads, caller)
-    return func, ", " + ", ".join(said), guarded
-
-
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
     c = candidates(m, cpu, 1)
     return c[0] if c else None
@@ -192,13 +176,10 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     if m.f % nr or (m.x % mr and not fuse_rows):  # whole tiles over zero-padded channels /
         if fuse_rows:  # columns (pad.py); a rows x columns tile divides rows x columns
             return None, "rows x columns tiles need whole channel panels", None
-        func, padded, guarded = pad_conv(func, m, nr, mr, pack_param)
-        old = m
-        m, why = analyze(func, window=True)
-        if m is None:
-            return None, f"padded kernel: {why}", None
-        roles = ["p" if o == "p" else r for o, r in zip(old.loop_roles, m.loop_roles)]
-        m = dataclasses.replace(m, groups=old.groups, w_fdim=old.w_fdim, loop_roles=roles)
+        func, m, said, guarded = pad_to_tiles(func, m, nr, mr, pack_param)
+        if func is None:
+            return None, said, None
+        padded = ", " + ", ".join(said)
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)

@@ -19,16 +19,14 @@ divides the channels, and taken where it scores :data:`.tiles.BETTER` times the 
 
 from __future__ import annotations
 
-import dataclasses
-
 from tvm import s_tir
 
 from ..common import loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
-from .conv2d_match import ConvMatch, analyze, loops_by_role, pack_weight
+from .conv2d_match import ConvMatch, loops_by_role, pack_weight, pad_to_tiles
 from .injective import schedule_spatial_block
-from .pad import grow, schedule_padded_copy
+from .pad import schedule_padded_copy
 
 
 def cols_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
@@ -53,23 +51,10 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     nf, nv = tile
     lanes = cpu.lanes(32)
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
-    fp, xp = tiles.up(m.f, nf), tiles.up(m.x, nv * lanes)
-    shape, said = f"F={m.f} X={m.x}", []
-    pads, guarded = {}, set()
-    if fp != m.f:
-        pads[m.f_axis] = fp
-        said.append(f"channels {m.f} padded to {fp}")
-    if xp != m.x:
-        pads[m.x_axis] = xp
-        said.append(f"columns {m.x} padded to {xp}")
-    if pads:
-        func, _, guarded = grow(func, m.block, pads, {m.w_param} if pack_param else set())
-        old = m
-        m, why = analyze(func, window=True)
-        if m is None:
-            return None, f"padded kernel: {why}", None
-        roles = ["p" if o == "p" else r for o, r in zip(old.loop_roles, m.loop_roles)]
-        m = dataclasses.replace(m, groups=old.groups, w_fdim=old.w_fdim, loop_roles=roles)
+    shape = f"F={m.f} X={m.x}"
+    func, m, said, guarded = pad_to_tiles(func, m, nf, nv * lanes, pack_param)
+    if func is None:
+        return None, said, None
     sch = s_tir.Schedule(func)
     main = sch.get_sblock(m.block)
     blocks = root_blocks(sch)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from tvm import tirx
 
 from ..common import coefficient, extent, iter_values, match_sum_of_products, plain_indices
+from . import tiles
 from .grouped import ungroup
+from .pad import grow
 
 
 @dataclass
@@ -199,6 +201,31 @@ def pack_index_map(w_roles: list[str], nr: int):
         return [f // nr, *rest, f % nr]
 
     return fmap
+
+
+def pad_to_tiles(func, m: ConvMatch, nf: int, mx: int, pack_param: bool):
+    """``(func, match, said, guarded)``: ``func`` with the channels padded to whole ``nf`` panels
+    and the columns to whole ``mx`` tiles (:func:`.pad.grow`; a constant weight is padded with
+    zeros when it is packed), its match (the loop roles and groups of ``m`` kept), what was padded
+    (for the reason) and the guarded blocks; ``(None, None, why, None)`` when the padded kernel
+    does not match."""
+    pads, said = {}, []
+    fp, xp = tiles.up(m.f, nf), tiles.up(m.x, mx)
+    if fp != m.f:
+        pads[m.f_axis] = fp
+        said.append(f"channels {m.f} padded to {fp}")
+    if xp != m.x:
+        pads[m.x_axis] = xp
+        said.append(f"columns {m.x} padded to {xp}")
+    if not pads:
+        return func, m, [], set()
+    func, _, guarded = grow(func, m.block, pads, {m.w_param} if pack_param else set())
+    new, why = analyze(func, window=True)
+    if new is None:
+        return None, None, f"padded kernel: {why}", None
+    roles = ["p" if o == "p" else r for o, r in zip(m.loop_roles, new.loop_roles)]
+    new = dataclasses.replace(new, groups=m.groups, w_fdim=m.w_fdim, loop_roles=roles)
+    return func, new, said, guarded
 
 
 def pack_weight(sch, block, m, nr: int, at_compile_time: bool) -> None:
