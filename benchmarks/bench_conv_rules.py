@@ -23,32 +23,14 @@ os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before TVM's runtime starts its 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
+from rounds import pick, timed_round  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from fluidml_tvm import pipeline  # noqa: E402
 from fluidml_tvm.options import Options  # noqa: E402
 from fluidml_tvm.schedules import host_target  # noqa: E402
-from fluidml_tvm.schedules.measure import QUIET_LOAD, LoadProbe  # noqa: E402
 from fluidml_tvm.tools import zoo  # noqa: E402
-
-
-def timed_round(fn, seconds):
-    fn()
-    n, t0 = 0, time.perf_counter()
-    with LoadProbe() as probe:
-        while True:
-            fn()
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= seconds:
-                break
-    return el / n, probe.load
-
-
-def pick(rounds):
-    quiet = [t for t, ld in rounds if ld <= QUIET_LOAD]
-    return min(quiet or [t for t, _ in rounds]), len(quiet), max(ld for _, ld in rounds)
 
 
 def main(argv=None):

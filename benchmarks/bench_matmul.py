@@ -32,14 +32,14 @@ import tvm  # noqa: E402
 from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
+from rounds import pick, timed_round  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
-from fluidml_tvm import pipeline  # noqa: E402
+from fluidml_tvm import decisions, pipeline  # noqa: E402
 from fluidml_tvm.instruments import CaptureAfter  # noqa: E402
 from fluidml_tvm.options import Options  # noqa: E402
 from fluidml_tvm.schedules import host_target  # noqa: E402
-from fluidml_tvm.schedules.measure import QUIET_LOAD, LoadProbe  # noqa: E402
 
 SHAPES = [(128, 768, 768), (128, 3072, 768), (128, 768, 3072), (1024, 1024, 1024)]  # M, N, K
 
@@ -56,31 +56,10 @@ def matmul_model(M, N, K, seed=0):
     return m
 
 
-def best_of(fn, min_seconds):
-    """(seconds per call over a round of at least ``min_seconds``, others' load meanwhile)."""
-    fn()
-    n, t0 = 0, time.perf_counter()
-    with LoadProbe() as probe:
-        while True:
-            fn()
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= min_seconds:
-                break
-    return el / n, probe.load
-
-
-def pick(rounds):
-    """Best quiet round (else best round), quiet rounds, the highest load of any round."""
-    quiet = [t for t, ld in rounds if ld <= QUIET_LOAD]
-    return min(quiet or [t for t, _ in rounds]), len(quiet), max(ld for _, ld in rounds)
-
-
 def matmul_decision(mod) -> str:
-    """The schedule chosen for the MatMul kernel, from the schedule pass's report."""
-    report = str(mod.attrs["fluidml.schedule_report"]) if mod is not None and mod.attrs else ""
-    lines = [ln for ln in report.splitlines() if ": matmul - " in ln]
-    return lines[0].split(": matmul - ", 1)[1] if lines else "?"
+    """The schedule chosen for the MatMul kernel, from the schedule stage's decisions."""
+    found = [d for d in decisions.from_module(mod, "schedule") or [] if d.choice == "matmul"]
+    return found[0].reason if found else "?"
 
 
 def main(argv=None):
@@ -123,8 +102,8 @@ def main(argv=None):
         run_ort = functools.partial(sess.run, None, {"a": a})
         t_tvm, t_ort = [], []
         for _ in range(args.rounds):
-            t_tvm.append(best_of(run_tvm, args.seconds))
-            t_ort.append(best_of(run_ort, args.seconds))
+            t_tvm.append(timed_round(run_tvm, args.seconds))
+            t_ort.append(timed_round(run_ort, args.seconds))
         flops = 2.0 * M * N * K
         (bt, qt, lt), (bo, qo, lo) = pick(t_tvm), pick(t_ort)
         g_tvm, g_ort = flops / bt / 1e9, flops / bo / 1e9

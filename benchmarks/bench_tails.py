@@ -35,10 +35,10 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
+from rounds import pick, timed_round  # noqa: E402
 
 import fluidml_tvm  # noqa: E402
 from fluidml_tvm.schedules import stage  # noqa: E402
-from fluidml_tvm.schedules.measure import QUIET_LOAD, LoadProbe  # noqa: E402
 
 FAMILY = ("conv", "matmul", "dense")
 
@@ -190,24 +190,6 @@ def feeds_of(model):
     rng = np.random.default_rng(1)
     return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim])
             .astype(np.float32) for i in model.graph.input}
-
-
-def timed_round(fn, seconds):
-    fn()
-    n, t0 = 0, time.perf_counter()
-    with LoadProbe() as probe:
-        while True:
-            fn()
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= seconds:
-                break
-    return el / n, probe.load
-
-
-def pick(rounds):
-    quiet = [t for t, ld in rounds if ld <= QUIET_LOAD]
-    return min(quiet or [t for t, _ in rounds]), len(quiet), max(ld for _, ld in rounds)
 
 
 def main(argv=None):
