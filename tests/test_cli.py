@@ -8,22 +8,13 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_cli, save_mlp
 from onnx_models import computed_reshape, mlp, ort_run, with_unsupported_ops
-
-from fluidml_tvm import cli
-
-
-def run_cli(args, capsys):
-    code = cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
-    onnx.save(mlp(), str(path))
-    return path
+    return save_mlp(tmp_path_factory)
 
 
 def test_compile_then_run_matches_ort(mlp_file, tmp_path, capsys):

@@ -4,24 +4,13 @@ records and no library, compile reads them (a notice for records of another thre
 
 import json
 
-import onnx
 import pytest
-from onnx_models import mlp
-
-from fluidml_tvm import cli
-
-
-def run_cli(args, capsys):
-    code = cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_helpers import run_cli, save_mlp
 
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
-    onnx.save(mlp(), str(path))
-    return path
+    return save_mlp(tmp_path_factory)
 
 
 def test_tune_writes_records_that_compile_reads_and_timing(mlp_file, tmp_path, capsys,
