@@ -252,11 +252,13 @@ def _vectorize_partials(sch, block) -> None:
     """An rfactor block under the row loop: the reduction loop outside, the partial results
     one vector inside; their initial values a vector store before the loop."""
     ko = _loop_of(sch, block, reduce=True)
-    ki = sch.get_loops(block)[-1] if ko is None else None
     # compute_at orders the loops as the block's axes (the partial index first): reorder
-    spatial = [lp for lp in sch.get_loops(block)[1:]
-               if not sch.get(lp).same_as(sch.get(ko)) and (extent(sch, lp) or 1) > 1]
-    ki = spatial[-1] if spatial else ki
+    spatial = [] if ko is None else [
+        lp for lp in sch.get_loops(block)[1:]
+        if not sch.get(lp).same_as(sch.get(ko)) and (extent(sch, lp) or 1) > 1]
+    if not spatial:  # the row form fails; the caller takes the generic form
+        raise ValueError(f"{sch.get(block).name_hint}: no reduction / partial-result loop")
+    ki = spatial[-1]
     sch.reorder(ko, ki)
     sch.vectorize(ki)
     init = sch.decompose_reduction(block, ko)
