@@ -59,7 +59,8 @@ class CompiledModel:
 
         if not self.host_peak:
             return ("host peak not measured (a cross-compiled library, fluidml.cost other than "
-                    "measured, or fluidml=0): fluidml-tvm run --profile shows kernel times")
+                    "measured, fluidml=0, or a tune budget spent before it: the next compile "
+                    "measures it): fluidml-tvm run --profile shows kernel times")
         peak = self.host_peak
         lines = [f"host peak: {peak['gflops']:.1f} GFLOP/s fp32, {peak['gbps']:.1f} GB/s"]
         warn, untimed = [], 0

@@ -13,11 +13,12 @@ from .errors import FluidMLError
 def add_flags(p, tune: bool = False) -> None:
     """The measuring flags of ``compile`` (``tune=False``) and ``tune``."""
     g = p.add_argument_group("measuring (tvmc's tuning)")
-    g.add_argument("--tune-budget", type=int, default=-1 if tune else None, metavar="SECONDS",
+    g.add_argument("--tune-budget", default="-1" if tune else None, metavar="SECONDS",
                    help="seconds of measuring for the whole model (fluidml.tune_budget; default "
-                        f"{'no limit' if tune else '15'}): kernels with the largest share of the "
-                        "modelled run time first, the rest decided by the analytic model; "
-                        "-1: no limit, 0: measure nothing")
+                        f"{'no limit' if tune else 'auto: 4 s plus 20 s a GB of weights, at most 30 s'}"
+                        "): kernels with the largest share of the modelled run time first, the "
+                        "rest decided by the analytic model; auto, -1: no limit, 0: measure "
+                        "nothing")
     g.add_argument("--retune", action="store_true",
                    help="measure again (within the budget) what the cache holds only from a "
                         "loaded machine (fluidml.retune=1)")
@@ -35,10 +36,15 @@ def pass_config(args) -> list:
     """``--pass-config`` items with the measuring flags appended (they win)."""
     out = list(args.pass_config)
     if args.tune_budget is not None:
-        if args.tune_budget < -1:
-            raise FluidMLError(f"--tune-budget takes seconds >= 0 (or -1: no limit), got "
+        value = str(args.tune_budget).strip().lower()
+        try:
+            ok = value == "auto" or int(value) >= -1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise FluidMLError(f"--tune-budget takes seconds >= 0, auto or -1 (no limit), got "
                                f"{args.tune_budget}")
-        out.append(f"fluidml.tune_budget={args.tune_budget}")
+        out.append(f"fluidml.tune_budget={value}")
     if args.retune:
         out.append("fluidml.retune=1")
     return out

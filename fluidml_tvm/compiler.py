@@ -62,6 +62,8 @@ def build(
     source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
     say(f"importing {source}")
     imported = frontend.import_onnx(model, input_shapes, input_values)
+    if session is not None:
+        session.size_to(imported.weight_bytes())  # an auto budget grows with the weights
     t_import = time.perf_counter() - t0
     say(f"  {imported.folding}; inputs: "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
@@ -92,6 +94,12 @@ def build(
     own = session is None
     if own:
         session = tuning.TuneSession(opts.tune_budget, opts.retune, tuning.stderr_if(progress))
+        session.size_to(imported.weight_bytes())
+    measure_peak = opts.enable and opts.schedule and tgt.kind.name == "llvm" and cross is None
+    if measure_peak:
+        from .schedules import peaks
+
+        peaks.reserve(tgt, opts, session)
     try:
         with session.activate() if own else contextlib.nullcontext(), \
                 tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
@@ -119,10 +127,8 @@ def build(
         bound = lifetimes.live_set_lower_bound(capture.mod)
         timeline = lifetimes.memory_timeline(capture.mod, "main")
     peak = None
-    if opts.enable and opts.schedule and tgt.kind.name == "llvm" and cross is None:
-        from .schedules.peaks import host_peak
-
-        peak = host_peak(tgt, opts)  # measured once per host and thread count, then cached
+    if measure_peak:
+        peak = peaks.host_peak(tgt, opts, session)  # once per host and threads, then cached
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
     steps = {"import": t_import}

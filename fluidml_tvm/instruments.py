@@ -105,8 +105,9 @@ def timing_table(times: dict, tuning: dict | None = None, passes: dict | None = 
     rows.append(f"  {'total':<16} {sum(times.values()):8.2f} s")
     if tuning:
         budget = tuning["budget_s"]
-        line = (f"  tune budget {'no limit' if budget < 0 else f'{budget:.0f} s'}, "
-                f"measuring took {tuning['spent_s']:.1f} s")
+        shown = "no limit" if budget < 0 else f"{budget:.0f} s"
+        shown += " (auto)" if tuning.get("auto") and budget >= 0 else ""
+        line = f"  tune budget {shown}, measuring took {tuning['spent_s']:.1f} s"
         covered = tuning.get("covered", {}).get("schedule")
         if covered is not None:
             line += (f"; measured schedules cover {covered:.0%} of the modelled run time of the "

@@ -105,11 +105,13 @@ class Options:
                      "on the target, cached), learned (XGBoost on the cache) or analytic",
                      choices=("measured", "learned", "analytic"))
     tune_trials: int = _opt(8, "candidate schedules measured per kernel")
-    tune_budget: int = _opt(15, "seconds a compile may spend measuring (schedules, layout "
-                            "variants, a new layout plan's check), kernels with the largest "
-                            "share of the modelled run time per second of measuring first; the "
-                            "rest are decided by the analytic model (the decisions say so) and "
-                            "cached. -1: no limit; 0: nothing measured (cached choices used)")
+    tune_budget: int = _opt(-2, "seconds a compile may spend measuring (schedules, layout "
+                            "variants, a new layout plan's check, the host's peaks), kernels with "
+                            "the largest share of the modelled run time per second of measuring "
+                            "first; the rest are decided by the analytic model (the decisions say "
+                            "so) and cached. auto (-2): 4 s plus 20 s a GB of weights, at most "
+                            "30 s; -1: no limit; 0: nothing measured (cached choices used)",
+                            shown="auto")
     retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "
                         "from a loaded machine (provisional choices); 0: a cached choice is "
                         "used as it is, a warm compile measures nothing")
@@ -180,9 +182,9 @@ class Options:
                                    f"{choices[-1]}, got {getattr(self, f.name)!r}")
         if self.tune_trials < 1:
             raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
-        if self.tune_budget < -1:
-            raise FluidMLError(f"fluidml.tune_budget must be >= 0 seconds (or -1: no limit), "
-                               f"got {self.tune_budget}")
+        if self.tune_budget < -2:
+            raise FluidMLError(f"fluidml.tune_budget must be >= 0 seconds (or auto, or -1: no "
+                               f"limit), got {self.tune_budget}")
         if self.num_threads < 0:
             raise FluidMLError(f"fluidml.num_threads must be >= 0, got {self.num_threads}")
 
@@ -268,6 +270,8 @@ def _coerce(key: str, f: dataclasses.Field, value):
             return False
         raise FluidMLError(f"{key} expects 0 or 1, got {value!r}")
     if typ is int:
+        if f.name == "tune_budget" and str(value).strip().lower() == "auto":
+            return -2
         try:
             return int(value)
         except (TypeError, ValueError):

@@ -8,6 +8,13 @@ layout plan (:mod:`fluidml_tvm.layout_verify`). What the budget does not reach i
 analytic model (the rules' best guess first), and the decisions say so. ``-1`` is no limit,
 ``0`` measures nothing (cached choices are still used).
 
+The default, ``auto`` (:data:`AUTO`), sizes the budget to the model: :data:`AUTO_BASE` seconds
+plus :data:`AUTO_PER_GB` a GB of weights, at most :data:`AUTO_MAX` (:meth:`TuneSession.size_to`).
+The reason is issue 14's bar, a cold compile within 3x of stock TVM's: stock TVM compiles a small
+model in 3-8 s on the 2-core host (a 15 s budget made squeezenet's and whisper-tiny's cold compiles
+5-6x stock), and its compile time grows with the weights it folds and exports (VGG-11, BERT-base:
+24-27 s), as does what measuring a big model's kernels costs and gains.
+
 One :class:`TuneSession` is active per compile (:func:`current`, entered with
 :meth:`TuneSession.activate` by :func:`fluidml_tvm.compile`); a stage run from a user's own TVM
 flow without one makes its own from its options. Spending:
@@ -32,6 +39,12 @@ import sys
 import time
 
 UNBOUNDED = -1
+# fluidml.tune_budget=auto (the default): AUTO_BASE s plus AUTO_PER_GB s a GB of weights, at most
+# AUTO_MAX s (see the module docstring).
+AUTO = -2
+AUTO_BASE = 4.0
+AUTO_PER_GB = 20.0
+AUTO_MAX = 30.0
 # The share of a bounded budget the layout stage may spend measuring layout variants: schedules
 # decide most of the run time (stock TVM's kernels are naive loops), layouts a few percent.
 LAYOUT_SHARE = 0.25
@@ -41,7 +54,7 @@ LAYOUT_SHARE = 0.25
 FIRST_GUESS = {"schedule": 0.3, "layout": 1.0}
 # Seconds per parameter byte a timed candidate also costs: its random inputs (numpy's normal
 # generator and the copy to a tensor, 4-14 ns a byte measured on the loaded 2-core host).
-ARG_SECONDS_PER_BYTE = 8e-9
+ARG_SECONDS_PER_BYTE = 2e-9
 
 _ACTIVE: list[TuneSession] = []
 
@@ -62,7 +75,8 @@ class TuneSession:
     Parameters
     ----------
     budget
-        Seconds of measuring; ``< 0`` (:data:`UNBOUNDED`) no limit, ``0`` nothing measured.
+        Seconds of measuring; :data:`UNBOUNDED` no limit, ``0`` nothing measured, :data:`AUTO`
+        sized to the model (:data:`AUTO_BASE` until :meth:`size_to` is told its weights).
     retune
         Measure again (within the budget) what the cache holds only from a loaded machine.
     progress
@@ -70,7 +84,8 @@ class TuneSession:
     """
 
     def __init__(self, budget: float = UNBOUNDED, retune: bool = False, progress=None):
-        self.budget = float(budget)
+        self.auto = budget == AUTO
+        self.budget = AUTO_BASE if self.auto else float(budget)
         self.retune = retune
         self.stream = progress
         self.spent = 0.0
@@ -87,6 +102,16 @@ class TuneSession:
         self._line = False
 
     # -- the budget ------------------------------------------------------------------------------
+    def size_to(self, weight_bytes: int) -> None:
+        """An ``auto`` budget for a model with ``weight_bytes`` of weights (a set budget stays)."""
+        if self.auto:
+            self.budget = min(AUTO_MAX, AUTO_BASE + AUTO_PER_GB * weight_bytes / 1e9)
+
+    def describe_budget(self) -> str:
+        if self.unbounded:
+            return "no limit"
+        return f"{self.budget:.0f} s" + (" (auto)" if self.auto else "")
+
     @property
     def unbounded(self) -> bool:
         return self.budget < 0
@@ -197,7 +222,7 @@ class TuneSession:
         if self.stream is None or self.nested:
             return
         left = "no budget limit" if self.unbounded else \
-            f"{self.left():.0f} s of the {self.budget:.0f} s budget left"
+            f"{self.left():.0f} s of the {self.describe_budget()} budget left"
         line = f"[fluidml-tvm]   tuning {done}/{total} kernels, {left}"
         line += f": {text}" if text else ""
         if _isatty(self.stream):
@@ -218,8 +243,7 @@ class TuneSession:
         parts = []
         for kind, (kernels, cands, secs) in sorted(self.stats.items()):
             parts.append(f"{kind}: {kernels} kernels, {cands} candidates timed, {secs:.1f} s")
-        budget = "no limit" if self.unbounded else f"{self.budget:.0f} s"
-        text = f"tune budget {budget}, spent {self.spent:.1f} s"
+        text = f"tune budget {self.describe_budget()}, spent {self.spent:.1f} s"
         text += ("; " + "; ".join(parts)) if parts else "; nothing measured"
         left = {"schedule": "kernels decided by the analytic model",
                 "layout": "layout nodes kept in the default layouts",
@@ -234,7 +258,7 @@ class TuneSession:
 
     def snapshot(self) -> dict:
         """The session's numbers as plain data (a compiled model keeps them)."""
-        return {"budget_s": self.budget, "spent_s": round(self.spent, 3),
+        return {"budget_s": self.budget, "auto": self.auto, "spent_s": round(self.spent, 3),
                 "measuring": {k: {"kernels": v[0], "candidates": v[1], "seconds": round(v[2], 3)}
                               for k, v in self.stats.items()},
                 "left_to_model": dict(self.skipped),

@@ -99,3 +99,18 @@ def test_the_estimate_grows_with_the_kernels_bytes():
     with s.measuring("schedule", kernels=1, candidates=2, nbytes=100_000_000):
         time.sleep(0.02)  # faster than its bytes predict: the learned base stays positive
     assert s.estimate(1) >= 0.01
+
+
+def test_auto_budget_grows_with_the_weights_and_a_set_budget_stays():
+    auto = TuneSession(tuning.AUTO)
+    assert auto.auto and auto.budget == tuning.AUTO_BASE and not auto.unbounded
+    auto.size_to(100 * 2**20)  # a ResNet-50's weights
+    assert auto.budget == pytest.approx(tuning.AUTO_BASE + tuning.AUTO_PER_GB * 0.10486, abs=0.01)
+    auto.size_to(10 * 2**30)
+    assert auto.budget == tuning.AUTO_MAX
+    assert "(auto)" in auto.summary() and auto.snapshot()["auto"] is True
+    fixed = TuneSession(15)
+    fixed.size_to(2**30)
+    assert fixed.budget == 15 and not fixed.auto
+    assert Options().tune_budget == tuning.AUTO
+    assert Options.from_pass_config(["fluidml.tune_budget=auto"]).tune_budget == tuning.AUTO

@@ -40,6 +40,26 @@ class ImportedModel:
     folding: str
     onnx_model: object
 
+    def weight_bytes(self) -> int:
+        """Bytes of the model's initializers (its weights)."""
+        return weight_bytes(self.onnx_model)
+
+
+def weight_bytes(proto) -> int:
+    """Bytes of an ONNX model's initializers (data type sizes from ONNX's own table)."""
+    from onnx import helper
+
+    total = 0
+    for t in proto.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        try:
+            total += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, TypeError, ValueError):  # an undefined or string tensor
+            continue
+    return total
+
 
 def import_onnx(model, input_shapes: dict | None = None,
                 input_values: dict | None = None) -> ImportedModel:
@@ -84,6 +104,6 @@ __all__ = [
     "ImportedModel", "TensorSpec", "captured_output", "check_supported", "expand_rnns",
     "failing_node", "fold_frozen", "fold_shapes", "freeze_inputs", "graph_inputs",
     "import_onnx", "input_specs", "load_model", "model_opset", "needs_folding", "output_names",
-    "parse_input_shapes", "parse_input_values", "to_relax", "unsupported_ops",
+    "parse_input_shapes", "parse_input_values", "to_relax", "unsupported_ops", "weight_bytes",
     "with_input_shapes",
 ]

@@ -3,10 +3,13 @@ work is :func:`.work.kernel_work`).
 
 ``host_peak`` measures,
 once per (target, CPU, threads) and cached in the measurement database, the fp32 throughput of a
-1024x512x512 matmul with a constant weight under FluidML's matmul rule (what this project's
-kernels reach on big matmuls: the practical compute peak) and the bandwidth of a large parallel,
-vectorized elementwise kernel (the practical memory peak). A measurement on a loaded machine is
-provisional and measured again by the next compile. :mod:`fluidml_tvm.roofline` compares.
+1024x512x512 matmul with a constant weight under FluidML's matmul rule, its analytic first choice
+(what this project's kernels reach on big matmuls: the practical compute peak) and the bandwidth
+of a large parallel, vectorized elementwise kernel (the practical memory peak). A measurement on
+a loaded machine is provisional and measured again by the next compile. It is measuring like any
+other and comes out of the compile's tune budget (:data:`SECONDS` of it); a compile whose budget
+is spent leaves it to the next one (the roofline view then says the peak is not measured).
+:mod:`fluidml_tvm.roofline` compares.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ log = logging.getLogger("fluidml_tvm.schedules")
 
 _PEAK_RULE = "host_peak"
 _PEAK_VERSION = "v1"
+# What measuring the peaks takes (2-core host: ~0.2 s building, ~0.4 s timing, ~0.1 s inputs).
+SECONDS = 1.0
 
 
 def _matmul_module(m: int, n: int, k: int) -> tvm.IRModule:
@@ -44,10 +49,32 @@ def _copy(n: int) -> tirx.PrimFunc:
     return te.create_prim_func([a, b])
 
 
-def host_peak(target, options) -> dict | None:
+def reserve(target, options, session) -> None:
+    """Keep :data:`SECONDS` of the ``session``'s budget for the peaks when this host's are not
+    cached yet (the first compile measures them, so its roofline view has them)."""
+    from .. import costdb
+    from .measure import can_measure
+    from .target_info import cpu_info
+
+    if session is None or options.cost != "measured" or not options.cache_dir \
+            or not can_measure(target):
+        return
+    db = costdb.CostDB(options.cache_dir)
+    try:
+        if db.best(costdb.target_key(target, cpu_info(target).key()), _PEAK_RULE,
+                   _PEAK_VERSION) is None:
+            session.reserve("peak", SECONDS)
+    finally:
+        db.close()
+
+
+def host_peak(target, options, session=None) -> dict | None:
     """This host's measured fp32 peaks ``{"gflops", "gbps"}`` for ``target`` (None when the
-    target cannot be timed here or measuring is off). Cached: measured once per target, CPU
-    and thread count."""
+    target cannot be timed here, measuring is off, or the tune ``session``'s budget does not
+    afford it). Cached: measured once per target, CPU and thread count."""
+    import contextlib
+    import dataclasses
+
     from .. import costdb
     from .measure import can_measure, measure_funcs
     from .stage import FluidMLSchedule
@@ -61,15 +88,21 @@ def host_peak(target, options) -> dict | None:
         known = db.best(tkey, _PEAK_RULE, _PEAK_VERSION)
         if known is not None:
             return dict(known[0])
+        if session is not None:
+            session.release("peak")
+        if session is not None and not session.affords(SECONDS):
+            log.info("host peak not measured: the tune budget is spent")
+            return None
         m, n, k, size = 1024, 512, 512, 1 << 24
-        mod = _matmul_module(m, n, k)
-        mod["copy"] = _copy(size)
-        with target:
-            mod = FluidMLSchedule(target, options)(mod)
-        funcs = {gv.name_hint: f for gv, f in mod.functions_items()
-                 if isinstance(f, tirx.PrimFunc)}
-        mm = next(f for name, f in funcs.items() if name.startswith("matmul"))
-        t_mm, t_copy = measure_funcs([mm, funcs["copy"]], target, repeat=3)
+        with session.measuring("peak") if session is not None else contextlib.nullcontext():
+            mod = _matmul_module(m, n, k)
+            mod["copy"] = _copy(size)
+            with target:  # the rule's analytic choice: no nested measuring
+                mod = FluidMLSchedule(target, dataclasses.replace(options, cost="analytic"))(mod)
+            funcs = {gv.name_hint: f for gv, f in mod.functions_items()
+                     if isinstance(f, tirx.PrimFunc)}
+            mm = next(f for name, f in funcs.items() if name.startswith("matmul"))
+            t_mm, t_copy = measure_funcs([mm, funcs["copy"]], target, min_repeat_ms=20, repeat=2)
         if not t_mm.seconds or not t_copy.seconds:
             return None
         peak = {"gflops": round(2.0 * m * n * k / t_mm.seconds / 1e9, 1),
