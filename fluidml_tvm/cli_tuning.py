@@ -13,12 +13,12 @@ from .errors import FluidMLError
 def add_flags(p, tune: bool = False) -> None:
     """The measuring flags of ``compile`` (``tune=False``) and ``tune``."""
     g = p.add_argument_group("measuring (tvmc's tuning)")
+    default = "no limit" if tune else "auto: 4 s plus 20 s a GB of weights, at most 30 s"
     g.add_argument("--tune-budget", default="-1" if tune else None, metavar="SECONDS",
-                   help="seconds of measuring for the whole model (fluidml.tune_budget; default "
-                        f"{'no limit' if tune else 'auto: 4 s plus 20 s a GB of weights, at most 30 s'}"
-                        "): kernels with the largest share of the modelled run time first, the "
-                        "rest decided by the analytic model; auto, -1: no limit, 0: measure "
-                        "nothing")
+                   help=f"seconds of measuring for the whole model (fluidml.tune_budget; default "
+                        f"{default}): kernels with the largest share of the modelled run time "
+                        "first, the rest decided by the analytic model; auto, -1: no limit, "
+                        "0: measure nothing")
     g.add_argument("--retune", action="store_true",
                    help="measure again (within the budget) what the cache holds only from a "
                         "loaded machine (fluidml.retune=1)")

@@ -34,7 +34,8 @@ def test_tune_writes_records_that_compile_reads_and_timing(mlp_file, tmp_path, c
                             tmp_path / "used.jsonl"], capsys)
     assert code == 0, err
     assert "records ignored: measured for threads 64" in err
-    for step in ("import", "stage schedule", "codegen", "export", "total", "tune budget 4 s (auto)"):
+    for step in ("import", "stage schedule", "codegen", "export", "total",
+                 "tune budget 4 s (auto)"):
         assert step in err, step
     assert (tmp_path / "used.jsonl").exists()
     for bad in ("-5", "fast"):

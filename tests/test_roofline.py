@@ -46,7 +46,8 @@ def test_profile_table_shows_rates_and_warns_by_name():
 def test_compile_records_work_and_peak_and_report_names_slow_kernels(tmp_path, monkeypatch):
     """A depthwise convolution switched to the generic fallback, against an (injected) peak it
     cannot reach: --report and run --profile both name it; the metadata carries the data."""
-    monkeypatch.setattr(peaks, "host_peak", lambda target, options, session=None: {"gflops": 1e5, "gbps": 1e5})
+    monkeypatch.setattr(peaks, "host_peak",
+                        lambda target, options, session=None: {"gflops": 1e5, "gbps": 1e5})
     model = zoo.build("mobilenet", size="tiny", seed=0)
     out = tmp_path / "m.so"
     compiled = fluidml_tvm.compile(model, pass_config=["fluidml.schedule_off=depthwise,conv1x1",
@@ -66,7 +67,8 @@ def test_compile_records_work_and_peak_and_report_names_slow_kernels(tmp_path, m
 
 
 def test_profile_cli_warns(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(peaks, "host_peak", lambda target, options, session=None: {"gflops": 1e5, "gbps": 1e5})
+    monkeypatch.setattr(peaks, "host_peak",
+                        lambda target, options, session=None: {"gflops": 1e5, "gbps": 1e5})
     model = zoo.build("mobilenet", size="tiny", seed=0)
     out = tmp_path / "m.so"
     fluidml_tvm.compile(model, pass_config=["fluidml.schedule_off=depthwise,conv1x1",
