@@ -155,22 +155,32 @@ def _load_note(rows, threads) -> str:
             "seconds compare variants run back to back, they are not headline numbers.")
 
 
+def _budget(row) -> str:
+    """The cold compile's tune budget, from its --timing table ("tune budget 5 s (auto), ...")."""
+    for line in row.get("cold", {}).get("timing", []):
+        if "tune budget" in line:
+            return line.split("tune budget", 1)[1].split(",")[0].strip()
+    return "-"
+
+
 def markdown(rows, args, started) -> str:
     date = time.strftime("%Y-%m-%d")
+    budget = ("the default (auto: each model's in the budget column)" if args.budget is None
+              else f"{args.budget} s")
     out = [f"# Compile time: stock TVM vs fluidml cold / warm / with records ({date})",
            "",
            f"Host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
            f"TVM_NUM_THREADS={args.threads}, tune budget "
-           f"{'the default (15)' if args.budget is None else args.budget} s; commit "
+           f"{budget}; commit "
            f"`{_commit()}`. {_load_note(rows, args.threads)} Wall time of a fresh "
            "`fluidml-tvm compile` process each (`benchmarks/bench_compile.py`).",
            "",
-           "| model | stock s | cold s (x stock) | warm s (x) | records s (x) | unbounded s (x) "
-           "| latency budgeted / unbounded (p25-p75) | load |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| model | stock s | budget s | cold s (x stock) | warm s (x) | records s (x) "
+           "| unbounded s (x) | latency budgeted / unbounded (p25-p75) | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | error: {r['error'][:80]} |||||||")
+            out.append(f"| {r['model']} | error: {r['error'][:80]} ||||||||")
             continue
         def cell(k, r=r):
             return f"{r[k]['wall_s']:.1f} ({r['ratios'][k]:.2f}x)" if k in r else "-"
@@ -179,7 +189,8 @@ def markdown(rows, args, started) -> str:
         lat = f"{lat['ratio']:.3f} ({lat['q25']:.3f}-{lat['q75']:.3f})" if lat else "-"
         loads = [r[k]["load_before"] for k in ("stock", "cold", "warm", "records") if k in r]
         out.append(f"| {os.path.basename(r['model'])} | {r['stock']['wall_s']:.1f} | "
-                   f"{cell('cold')} | {cell('warm')} | {cell('records')} | {cell('unbounded')} "
+                   f"{_budget(r)} | {cell('cold')} | {cell('warm')} | {cell('records')} | "
+                   f"{cell('unbounded')} "
                    f"| {lat} | {min(loads):.1f}-{max(loads):.1f} |")
     out += ["", f"Total benchmark time {time.time() - started:.0f} s.", ""]
     return "\n".join(out)

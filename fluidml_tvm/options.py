@@ -109,7 +109,7 @@ class Options:
                             "variants, a new layout plan's check, the host's peaks), kernels with "
                             "the largest share of the modelled run time per second of measuring "
                             "first; the rest are decided by the analytic model (the decisions say "
-                            "so) and cached. auto (-2): 4 s plus 20 s a GB of weights, at most "
+                            "so) and cached. auto (-2): 5 s plus 20 s a GB of weights, at most "
                             "30 s; -1: no limit; 0: nothing measured (cached choices used)",
                             shown="auto")
     retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "

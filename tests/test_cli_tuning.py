@@ -35,7 +35,7 @@ def test_tune_writes_records_that_compile_reads_and_timing(mlp_file, tmp_path, c
     assert code == 0, err
     assert "records ignored: measured for threads 64" in err
     for step in ("import", "stage schedule", "codegen", "export", "total",
-                 "tune budget 4 s (auto)"):
+                 "tune budget 5 s (auto)"):
         assert step in err, step
     assert (tmp_path / "used.jsonl").exists()
     for bad in ("-5", "fast"):
@@ -43,7 +43,7 @@ def test_tune_writes_records_that_compile_reads_and_timing(mlp_file, tmp_path, c
         assert code == 2 and "--tune-budget" in err and "Traceback" not in err
     code, _, err = run_cli(["compile", mlp_file, "-o", tmp_path / "a.so", "-q", "--timing",
                             "--tune-budget", "auto"], capsys)
-    assert code == 0 and "tune budget 4 s (auto)" in err, err
+    assert code == 0 and "tune budget 5 s (auto)" in err, err
     rec.write_text("garbage\n")
     code, _, err = run_cli(["compile", mlp_file, "-o", tmp_path / "m.so", "-q",
                             "--tuning-records", rec], capsys)
