@@ -82,7 +82,8 @@ class Options:
                                    "partial results a step (rfactor; reassociated as ONNX "
                                    "Runtime's MLAS does: whisper-tiny's 1500-wide softmax 10x "
                                    "faster); 0: one scalar accumulator, in order")
-    layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations in the layout stage "
+    layout_conv: bool = _opt(True, "NHWC candidates for conv2d activations (groups 1 and "
+                             "depthwise) in the layout stage "
                              "(applied only where measured faster)")
     layout_blocked: bool = _opt(False, "with layout_conv: blocked NCHW[b]c candidates (b = the "
                                 "target's vector lanes). Off: on VGG-11 it took the first conv out "

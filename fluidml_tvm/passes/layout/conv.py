@@ -7,6 +7,11 @@ NHWC, the two chosen independently (:func:`permuted_conv2d`, one te compute whos
 and reduction index the physical layouts), so the first convolution of a network turns the NCHW
 graph input into NHWC and the last one turns it back, with no transpose kernel. The weight stays
 the model's constant: the conv2d schedule rule packs it offline for whichever output layout.
+A depthwise conv2d (groups = channels, :func:`is_depthwise`) is the ``conv`` kind too, so a
+MobileNet's chains of 1x1 and depthwise convs can run NHWC end to end; its layout kernel
+(:func:`permuted_depthwise`) reads the weight stored ``[KH, KW, C]`` and the depthwise schedule
+rule vectorizes it over the channels (in NCHW it has only a row of 7-14 columns to vectorize on
+the small feature maps). It has no blocked variant.
 Pools (``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``) are the ``pool`` kind: they run
 on NCHW or NHWC (input and output alike) through their ``layout`` attribute.
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from .kernels import blocked_conv2d, permuted_conv2d
+from .kernels import blocked_conv2d, permuted_conv2d, permuted_depthwise
 from .layouts import (  # noqa: F401
     CONV_LAYOUTS,
     POOL_OPS,
@@ -101,15 +106,44 @@ def pool_attrs(call) -> dict | None:
 
 
 def is_conv(g, i) -> bool:
+    """A conv2d the stage can rewrite: NCHW/OIHW, a constant weight, and groups 1 or depthwise
+    (:func:`is_depthwise`)."""
     n = g.nodes[i]
     c = n.attrs.get("conv")
     if n.op != "relax.nn.conv2d" or c is None or len(n.inputs) != 2:
         return False
     x, w = (g.tensors[t] for t in n.inputs)
     out = g.tensors[n.output]
-    return (c["layouts"] == ("NCHW", "OIHW", "NCHW") and c["groups"] == 1
-            and w.kind == "const" and c["out_dtype"] in (None, out.dtype)
-            and all(t.shape is not None and len(t.shape) == 4 for t in (x, w, out)))
+    return (c["layouts"] == ("NCHW", "OIHW", "NCHW") and w.kind == "const"
+            and c["out_dtype"] in (None, out.dtype)
+            and all(t.shape is not None and len(t.shape) == 4 for t in (x, w, out))
+            and (c["groups"] == 1 or _depthwise(c, x.shape, w.shape)))
+
+
+def _depthwise(c: dict, x_shape, w_shape) -> bool:
+    return (c["groups"] > 1 and c["groups"] == x_shape[1] == w_shape[0]
+            and w_shape[1] == 1)
+
+
+def is_depthwise(g, i) -> bool:
+    """A depthwise conv2d (MobileNet's: groups = input channels = output channels): in NHWC its
+    kernel is vectorized over the channels, where in NCHW it has only a row of columns to
+    vectorize (7 or 14 of 16 lanes on a small feature map). It has no blocked variant."""
+    n = g.nodes[i]
+    x, w = (g.tensors[t] for t in n.inputs)
+    return _depthwise(n.attrs["conv"], x.shape, w.shape)
+
+
+def depthwise_weight(w):
+    """A depthwise weight (numpy ``[C, 1, KH, KW]``) stored ``[KH, KW, C]``."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c, kh, kw).transpose(1, 2, 0))
+
+
+def depthwise_weight_shape(w_shape) -> tuple:
+    """A depthwise weight ``[C, 1, KH, KW]`` as the layout variants read it: ``[KH, KW, C]``
+    (one vector of channels per window tap)."""
+    return (w_shape[2], w_shape[3], w_shape[0])
 
 
 def is_pool(g, i) -> bool:
@@ -134,6 +168,12 @@ def conv_variant(g, i, lin, lout):
     x, w = (g.tensors[t] for t in n.inputs)
     out = g.tensors[n.output]
     c = n.attrs["conv"]
+    if is_depthwise(g, i):
+        d = te.placeholder(tuple(x.shape[k] for k in lin), x.dtype, "data")
+        k = te.placeholder(depthwise_weight_shape(w.shape), w.dtype, "weight")
+        o = permuted_depthwise(d, k, lin, lout, out.shape, c["strides"], c["padding"],
+                               c["dilation"], out.dtype)
+        return te.create_prim_func([d, k, o])
     if is_blocked(lout):
         d = te.placeholder(blocked_shape(x.shape, lin), x.dtype, "data")
         k = te.placeholder(blocked_weight_shape(w.shape, lin, lout[4]), w.dtype, "weight")

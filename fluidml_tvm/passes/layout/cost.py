@@ -189,6 +189,11 @@ class AnalyticCost:
         lin = [layouts.get(t) or identity(len(g.tensors[t].shape or ())) for t in n.inputs]
         if kind not in ("conv", "pool", "elemwise") and any(map(is_blocked, (lout, *lin))):
             kind = "opaque"  # only these kinds run on NCHW[b]c
+        if kind == "conv" and any(map(is_blocked, (lout, *lin))):
+            from .conv import is_depthwise
+
+            if is_depthwise(g, i):
+                kind = "opaque"  # no blocked depthwise kernel: NCHW, converted around it
         if kind == "elemwise" and is_blocked(lout):
             cost = self.kernel(g, i)
             for t, lay in zip(n.inputs, lin):

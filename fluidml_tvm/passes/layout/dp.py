@@ -64,9 +64,12 @@ def candidates(g: OpGraph, matmul_transposes: bool = True,
             cand[n.output].add(inverse(ax))  # output aliases its default-layout input
             cand[n.inputs[0]].add(tuple(ax))  # input aliases its default-layout output
         elif kind == "conv" and conv_layouts:
+            from .conv import is_depthwise
+
             for t in (n.inputs[0], n.output):
                 cand[t].add(NHWC)
-                if conv_block and g.tensors[t].shape[1] % conv_block == 0:
+                if conv_block and g.tensors[t].shape[1] % conv_block == 0 \
+                        and not is_depthwise(g, i):
                     cand[t].add(blocked(conv_block))
         elif kind == "matmul" and matmul_transposes:
             for t in (*n.inputs, n.output):

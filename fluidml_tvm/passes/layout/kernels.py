@@ -95,3 +95,33 @@ def permuted_conv2d(data, weight, lin, lout, out_shape, strides, padding, dilati
 
     shape = tuple(out_shape[d] for d in lout)
     return te.compute(shape, fcompute, name="conv2d_layout", tag="conv2d_layout")
+
+
+def permuted_depthwise(data, weight, lin, lout, out_shape, strides, padding, dilation, dtype):
+    """te compute of a depthwise NCHW convolution (groups = channels) whose input is held in
+    ``lin`` and whose output is written in ``lout`` (NCHW/NHWC); ``weight`` is ``[KH, KW, C]``
+    (:func:`.conv.depthwise_weight_shape`). One reduction over the window: the schedules'
+    depthwise rule vectorizes the innermost output axis (channels in NHWC)."""
+    pos = [list(lin).index(d) for d in range(4)]
+    top, left, bottom, right = padding
+    before, after = [0] * 4, [0] * 4
+    before[pos[2]], after[pos[2]] = top, bottom
+    before[pos[3]], after[pos[3]] = left, right
+    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
+    kh, kw = int(weight.shape[0]), int(weight.shape[1])
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    sh, sw = strides
+    dh, dw = dilation
+
+    def fcompute(*pidx):
+        lg = [None] * 4
+        for p, d in enumerate(lout):
+            lg[d] = pidx[p]
+        nn, ff, yy, xx = lg
+        logical = [nn, ff, yy * sh + ry * dh, xx * sw + rx * dw]
+        x = padded[tuple(logical[d] for d in lin)]
+        return te.sum(x.astype(dtype) * weight[ry, rx, ff].astype(dtype), axis=[ry, rx])
+
+    shape = tuple(out_shape[d] for d in lout)
+    return te.compute(shape, fcompute, name="depthwise_layout", tag="depthwise_layout")

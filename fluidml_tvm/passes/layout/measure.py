@@ -196,13 +196,14 @@ class MeasuredCost(AnalyticCost):
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
             elif kind == "conv":
-                from .conv import conv_key, conv_variant
+                from .conv import conv_key, conv_variant, is_depthwise
                 from .layouts import CONV_LAYOUTS
 
+                dw = is_depthwise(g, i)
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
-                        if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (
-                                is_blocked(lo) and (lx == identity(4) or is_blocked(lx))):
+                        if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (not dw and (
+                                is_blocked(lo) and (lx == identity(4) or is_blocked(lx)))):
                             group[conv_key(g, i, lx, lo)] = (
                                 lambda i=i, lx=lx, lo=lo: (conv_variant(g, i, lx, lo), (1,)))
             elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .conv import block_activation
+from .conv import block_activation, depthwise_weight, is_depthwise
 from .cost import axis_inputs, axis_ok, op_kind, pool_ok
 from .kernels import permuted_matmul
 from .layouts import compose, default_of, identity, inverse, is_blocked, moves_data, phys_shape
@@ -180,7 +180,8 @@ class _Rewriter(relax.PyExprMutator):
         n = self.g.nodes[i]
         xname, x = self.arg(value.args[0])
         lin = self.lay(xname)
-        if is_blocked(lout):
+        dw = is_depthwise(self.g, i)
+        if is_blocked(lout) and not dw:
             return self.blocked_conv(i, value, xname, x, lin, lout), lout
         if lin not in CONV_LAYOUTS:
             x, lin = self.logical(xname, x), identity(4)
@@ -190,6 +191,17 @@ class _Rewriter(relax.PyExprMutator):
                               value.ty_args), lo
         c = n.attrs["conv"]
         out = self.g.tensors[n.output]
+        if dw:  # the weight stored as [KH, KW, C] (a new constant)
+            from .kernels import permuted_depthwise
+
+            w = value.args[1]
+            if not isinstance(w, tvm.ir.GenericConst):
+                raise ValueError(f"conv2d {n.output}: weight is not a constant")
+            arr = w.value.numpy()
+            w = relax.const(depthwise_weight(arr), str(arr.dtype))
+            fn = lambda d, k: permuted_depthwise(  # noqa: E731
+                d, k, lin, lo, out.shape, c["strides"], c["padding"], c["dilation"], out.dtype)
+            return self.builder_.call_te(fn, x, w, primfunc_name_hint="depthwise_layout"), lo
         fn = lambda d, w: permuted_conv2d(  # noqa: E731
             d, w, lin, lo, out.shape, c["strides"], c["padding"], c["dilation"], out.dtype)
         call = self.builder_.call_te(fn, x, self.visit_expr(value.args[1]),

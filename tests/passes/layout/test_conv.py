@@ -122,6 +122,92 @@ def test_vgg_nhwc_with_fluidml_schedules_matches_onnxruntime():
     assert float(np.max(np.abs(out - ref))) <= 1e-4
 
 
+def _depthwise_block():
+    """An inverted-residual block as torch exports it (MNASNet, EfficientNet without the SE):
+    1x1 conv, ReLU, 3x3 depthwise (stride 2), ReLU, 1x1 conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((48, 16, 1, 1)).astype("float32") * 0.3
+    wd = rng.standard_normal((48, 1, 3, 3)).astype("float32") * 0.3
+    bd = rng.standard_normal((48,)).astype("float32")
+    w2 = rng.standard_normal((24, 48, 1, 1)).astype("float32") * 0.3
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "wd", "bd"], ["c2"], group=48, strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 7, 7])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (wd, "wd"), (bd, "bd"),
+                                                    (w2, "w2"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_depthwise_runs_nhwc_with_fluidml_schedules_matches_onnxruntime():
+    """Depthwise convs are conv nodes of the stage: the block runs NHWC from its first conv to
+    its last (the depthwise one kernel, weight stored [KH, KW, C], no transpose), the depthwise
+    schedule rule vectorizes it over the channels, and the numbers are ORT's."""
+    from fluidml_tvm.passes.layout.conv import is_conv, is_depthwise
+
+    model = _depthwise_block()
+    xv = np.random.default_rng(8).standard_normal((1, 16, 14, 14)).astype("float32")
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": xv})[0]
+    tgt, _ = targets.resolve("x86")
+    mod = frontend.import_onnx(model, None).mod
+    g, _ = build_graph(mod["main"])
+    dws = [i for i in range(len(g.nodes)) if is_conv(g, i) and is_depthwise(g, i)]
+    assert len(dws) == 1
+    out = g.nodes[dws[0]].output
+    assert NHWC in candidates(g)[out]
+    p = FluidMLLayout(tgt, model=NHWCFavoured(conversion_penalty=10.0),
+                      explicit_transforms=False)
+    with tgt:
+        hi = p(mod)
+    assert p.plans["main"].layouts.get(out) == NHWC
+    names = [gv.name_hint for gv, _ in hi.functions_items()]
+    assert sum(n.startswith("depthwise_layout") for n in names) == 1
+    assert not any(n.startswith(("transpose", "permute_dims")) for n in names)
+    opts = Options(layout=False, cost="analytic", verify=True)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(hi, target=tgt, relax_pipeline=get_pipeline(tgt, opts))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv))
+    got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
+    assert float(np.max(np.abs(got - ref))) <= 1e-4
+
+
+def test_depthwise_layout_kernel_gets_the_depthwise_rule_over_channels():
+    from fluidml_tvm.passes.layout.kernels import permuted_depthwise
+    from fluidml_tvm.schedules.rules import depthwise
+    from fluidml_tvm.schedules.target_info import cpu_info
+
+    d = tvm.te.placeholder((1, 14, 14, 72), "float32", "data")
+    w = tvm.te.placeholder((3, 3, 72), "float32", "weight")
+    o = permuted_depthwise(d, w, NHWC, NHWC, (1, 72, 7, 7), (2, 2), (1, 1, 1, 1), (1, 1),
+                           "float32")
+    func = tvm.te.create_prim_func([d, w, o])
+    m, why = depthwise.analyze(func)
+    assert m is not None and m.f_is_vector and m.v_extent == 72, why
+    sch, reason = depthwise.schedule_depthwise(func, cpu_info(AVX512))
+    assert sch is not None and "channels innermost" in reason
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((1, 14, 14, 72)).astype("float32")
+    wv = rng.standard_normal((3, 3, 72)).astype("float32")
+    lib = tvm.compile(sch.mod, target="llvm")
+    out = tvm.runtime.tensor(np.zeros((1, 7, 7, 72), "float32"))
+    lib["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wv), out)
+    xp = np.pad(xv, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.zeros((1, 7, 7, 72), "float32")
+    for ky in range(3):
+        for kx in range(3):
+            ref += xp[:, ky:ky + 13:2, kx:kx + 13:2, :] * wv[ky, kx]
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
 # ---- blocked NCHW[b]c ------------------------------------------------------------------------
 AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # 16 lanes: NCHW16c
 BLOCKED = Options(layout_blocked=True)  # off by default (see Options)
