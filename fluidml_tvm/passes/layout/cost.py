@@ -13,7 +13,8 @@ which need an explicit transpose around it - exactly what :mod:`.layout_rewrite`
 ``elemwise`` elementwise/broadcast ops: absorb a layout shared by the output and every
              same-shape input; other inputs are transposed to it.
 ``axis``     ops parametrized by axes (``strided_slice``, ``concat``, ``softmax``,
-             ``log_softmax``, ``layer_norm``): absorb any layout shared by the output and every
+             ``log_softmax``, ``layer_norm``, ``mean`` keeping dims: a squeeze-excitation's
+             global pool): absorb any layout shared by the output and every
              same-rank input, their axes remapped to physical ones (layer_norm only where its
              axes keep their order, so gamma/beta are read as they are); a softmax/layer_norm
              whose reduced axis stops being the innermost pays a strided-read penalty.
@@ -89,6 +90,14 @@ def axis_ok(g: OpGraph, i: int, lout) -> bool:
     pos = inverse(lout)
     phys = [pos[a] for a in n.attrs["axis_list"]]
     return phys == sorted(phys)
+
+
+def mean_converts(g: OpGraph, i: int, lin, lout) -> bool:
+    """Whether mean node ``i``, computed on its input held in ``lin`` (its axes remapped; the
+    result held in ``lin`` too), needs its result moved to be held in ``lout``: not for a global
+    pool's ``[N, C, 1, 1]``, the same bytes in NCHW and NHWC."""
+    out = g.tensors[g.nodes[i].output]
+    return lin != lout and moves_data(compose(inverse(lin), lout), phys_shape(out.shape, lin))
 
 
 def axis_inputs(g: OpGraph, i: int) -> list[int]:
@@ -224,7 +233,8 @@ class AnalyticCost:
                     if lay != lout:
                         cost += self.convert(tt.nbytes, lay)
                     continue
-                if lay != identity(len(tt.shape)):
+                if lay != identity(len(tt.shape)) and moves_data(
+                        inverse(lay), phys_shape(tt.shape, lay)):  # else a view: free
                     cost += self.convert(tt.nbytes, lay)
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
                 if moves_data(lout, full):
@@ -248,6 +258,10 @@ class AnalyticCost:
                 cost += self.convert(out.nbytes)
             return cost
         if kind == "pool" and pool_ok(lin[0], lout):
+            return cost
+        if kind == "axis" and n.op == "relax.mean":  # reduces in its input's layout
+            if mean_converts(g, i, lin[0], lout):
+                cost += self.convert(out.nbytes, lout)
             return cost
         if kind == "axis" and axis_ok(g, i, lout):
             shared = axis_inputs(g, i)

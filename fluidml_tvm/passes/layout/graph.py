@@ -98,7 +98,7 @@ def _is_tensor(ty) -> bool:
 
 
 AXIS_OPS = ("relax.strided_slice", "relax.concat", "relax.nn.softmax", "relax.nn.log_softmax",
-            "relax.nn.layer_norm")
+            "relax.nn.layer_norm", "relax.mean")
 
 
 def _axis_attrs(op: str, call, out_shape) -> tuple | None:
@@ -115,6 +115,10 @@ def _axis_attrs(op: str, call, out_shape) -> tuple | None:
             axes = [int(f.value) for f in axes_arg.fields]
         elif op == "relax.nn.layer_norm":
             axes = [int(a) for a in call.attrs.axes]
+        elif op == "relax.mean":  # a global pool (squeeze-excitation): rank kept, axes given
+            if not bool(call.attrs.keepdims) or call.attrs.axis is None:
+                return None
+            axes = [int(a) for a in call.attrs.axis]
         else:
             axes = [int(call.attrs.axis)]
     except (AttributeError, TypeError, ValueError):

@@ -123,6 +123,8 @@ class _Rewriter(relax.PyExprMutator):
             new = self.matmul(i, value)
         elif kind == "elemwise":
             new = self.elemwise(i, value, lout)
+        elif kind == "axis" and self.g.nodes[i].op == "relax.mean":
+            new, produced = self.mean(i, value)
         elif kind == "axis" and axis_ok(self.g, i, lout):
             new = self.axis_op(i, value, lout)
         elif kind == "conv":
@@ -255,6 +257,18 @@ class _Rewriter(relax.PyExprMutator):
         return f(x, [int(v) for v in a.pool_size], [int(v) for v in a.strides],
                  [int(v) for v in a.padding], [int(v) for v in a.dilation], bool(a.ceil_mode),
                  bool(a.count_include_pad), layout=name, out_layout=name)
+
+    def mean(self, i, value):
+        """A mean keeping dims computed on its input as held (axes remapped); returns the call
+        and the layout it writes (the input's: a global pool's result is then a view)."""
+        n = self.g.nodes[i]
+        xname, x = self.arg(value.args[0])
+        lin = self.lay(xname)
+        if is_blocked(lin):
+            x, lin = self.logical(xname, x), identity(4)
+        pos = inverse(lin)
+        axes = sorted(pos[a] for a in n.attrs["axis_list"])
+        return relax.op.mean(x, axis=axes, keepdims=True), lin
 
     def axis_op(self, i, value, lout):
         """slice/concat/softmax/layer_norm run on the tensors held in ``lout``, axes remapped."""

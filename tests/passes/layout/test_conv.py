@@ -123,14 +123,16 @@ def test_vgg_nhwc_with_fluidml_schedules_matches_onnxruntime():
 
 
 def _depthwise_block():
-    """An inverted-residual block as torch exports it (MNASNet, EfficientNet without the SE):
-    1x1 conv, ReLU, 3x3 depthwise (stride 2), ReLU, 1x1 conv."""
+    """An inverted-residual block as torch exports it (MobileNetV3, EfficientNet): 1x1 conv,
+    ReLU, 3x3 depthwise (stride 2), ReLU, squeeze-excitation, 1x1 conv."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
     w1 = rng.standard_normal((48, 16, 1, 1)).astype("float32") * 0.3
     wd = rng.standard_normal((48, 1, 3, 3)).astype("float32") * 0.3
     bd = rng.standard_normal((48,)).astype("float32")
+    ws1 = rng.standard_normal((8, 48, 1, 1)).astype("float32") * 0.3
+    ws2 = rng.standard_normal((48, 8, 1, 1)).astype("float32") * 0.3
     w2 = rng.standard_normal((24, 48, 1, 1)).astype("float32") * 0.3
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"]),
@@ -138,20 +140,28 @@ def _depthwise_block():
         helper.make_node("Conv", ["r1", "wd", "bd"], ["c2"], group=48, strides=[2, 2],
                          pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("Conv", ["r2", "w2"], ["y"]),
+        # squeeze-excitation: global pool, two 1x1 convs, sigmoid, channel multiply
+        helper.make_node("ReduceMean", ["r2"], ["m"], axes=[2, 3], keepdims=1),
+        helper.make_node("Conv", ["m", "ws1"], ["s1"]),
+        helper.make_node("Relu", ["s1"], ["s2"]),
+        helper.make_node("Conv", ["s2", "ws2"], ["s3"]),
+        helper.make_node("Sigmoid", ["s3"], ["s4"]),
+        helper.make_node("Mul", ["r2", "s4"], ["e"]),
+        helper.make_node("Conv", ["e", "w2"], ["y"]),
     ]
     graph = helper.make_graph(
         nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 7, 7])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (wd, "wd"), (bd, "bd"),
-                                                    (w2, "w2"))])
+                                                    (ws1, "ws1"), (ws2, "ws2"), (w2, "w2"))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_depthwise_runs_nhwc_with_fluidml_schedules_matches_onnxruntime():
-    """Depthwise convs are conv nodes of the stage: the block runs NHWC from its first conv to
-    its last (the depthwise one kernel, weight stored [KH, KW, C], no transpose), the depthwise
-    schedule rule vectorizes it over the channels, and the numbers are ORT's."""
+    """Depthwise convs are conv nodes of the stage and the SE's global pool (mean keeping dims)
+    an axis op: the block runs NHWC from its first conv to its last (the depthwise one kernel,
+    weight stored [KH, KW, C], no transpose), the depthwise schedule rule vectorizes it over the
+    channels, and the numbers are ORT's."""
     from fluidml_tvm.passes.layout.conv import is_conv, is_depthwise
 
     model = _depthwise_block()
@@ -168,7 +178,10 @@ def test_depthwise_runs_nhwc_with_fluidml_schedules_matches_onnxruntime():
                       explicit_transforms=False)
     with tgt:
         hi = p(mod)
-    assert p.plans["main"].layouts.get(out) == NHWC
+    layouts = p.plans["main"].layouts
+    assert layouts.get(out) == NHWC
+    means = [n for n in g.nodes if n.op == "relax.mean"]  # its [1, C, 1, 1]: NCHW = NHWC
+    assert len(means) == 1 and layouts.get(means[0].inputs[0]) == NHWC
     names = [gv.name_hint for gv, _ in hi.functions_items()]
     assert sum(n.startswith("depthwise_layout") for n in names) == 1
     assert not any(n.startswith(("transpose", "permute_dims")) for n in names)
