@@ -115,10 +115,12 @@ def _axis_attrs(op: str, call, out_shape) -> tuple | None:
             axes = [int(f.value) for f in axes_arg.fields]
         elif op == "relax.nn.layer_norm":
             axes = [int(a) for a in call.attrs.axes]
-        elif op == "relax.mean":  # a global pool (squeeze-excitation): rank kept, axes given
-            if not bool(call.attrs.keepdims) or call.attrs.axis is None:
+        elif op == "relax.mean":  # a global pool (squeeze-excitation) of a 4-d activation
+            if not bool(call.attrs.keepdims) or call.attrs.axis is None or rank != 4:
                 return None
             axes = [int(a) for a in call.attrs.axis]
+            if sorted(a % rank for a in axes) != [2, 3]:
+                return None  # a transformer's norm reduces its last axis: left as it is
         else:
             axes = [int(call.attrs.axis)]
     except (AttributeError, TypeError, ValueError):
