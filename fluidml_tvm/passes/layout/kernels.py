@@ -68,19 +68,20 @@ def blocked_conv2d(data, weight, lin, b, out_shape, strides, padding, dilation, 
     return te.compute(shape, fcompute, name="conv2d_nchwc", tag="conv2d_nchwc")
 
 
-def permuted_conv2d(data, weight, lin, lout, out_shape, strides, padding, dilation, dtype):
-    """te compute of an NCHW/OIHW convolution whose input is held in layout ``lin`` and whose
-    output is written in ``lout`` (``data`` is the physical te tensor, ``weight`` OIHW)."""
+def _padded(data, lin, padding):
+    """``data`` (a 4-d activation held in ``lin``) zero-padded on its H and W dims."""
     pos = [list(lin).index(d) for d in range(4)]  # logical dim -> physical position
     top, left, bottom, right = padding
     before, after = [0] * 4, [0] * 4
     before[pos[2]], after[pos[2]] = top, bottom
     before[pos[3]], after[pos[3]] = left, right
-    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
-    _, cin, kh, kw = (int(d) for d in weight.shape)
-    rc = te.reduce_axis((0, cin), name="rc")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
+    return topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
+
+
+def _windowed(out_shape, lout, lin, padded, strides, dilation, body, name):
+    """te compute of a convolution written in ``lout``: ``body(read, f, ry, rx)`` sums the
+    window taps, ``read(c, ry, rx)`` reading input channel ``c`` of the padded input held in
+    ``lin`` at output position (y, x)."""
     sh, sw = strides
     dh, dw = dilation
 
@@ -89,12 +90,31 @@ def permuted_conv2d(data, weight, lin, lout, out_shape, strides, padding, dilati
         for p, d in enumerate(lout):
             lg[d] = pidx[p]
         nn, ff, yy, xx = lg
-        logical = [nn, rc, yy * sh + ry * dh, xx * sw + rx * dw]
-        x = padded[tuple(logical[d] for d in lin)]
-        return te.sum(x.astype(dtype) * weight[ff, rc, ry, rx].astype(dtype), axis=[rc, ry, rx])
+
+        def read(c, ry, rx):
+            logical = [nn, c, yy * sh + ry * dh, xx * sw + rx * dw]
+            return padded[tuple(logical[d] for d in lin)]
+
+        return body(read, ff)
 
     shape = tuple(out_shape[d] for d in lout)
-    return te.compute(shape, fcompute, name="conv2d_layout", tag="conv2d_layout")
+    return te.compute(shape, fcompute, name=name, tag=name)
+
+
+def permuted_conv2d(data, weight, lin, lout, out_shape, strides, padding, dilation, dtype):
+    """te compute of an NCHW/OIHW convolution whose input is held in layout ``lin`` and whose
+    output is written in ``lout`` (``data`` is the physical te tensor, ``weight`` OIHW)."""
+    _, cin, kh, kw = (int(d) for d in weight.shape)
+    rc = te.reduce_axis((0, cin), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def body(read, ff):
+        return te.sum(read(rc, ry, rx).astype(dtype) * weight[ff, rc, ry, rx].astype(dtype),
+                      axis=[rc, ry, rx])
+
+    return _windowed(out_shape, lout, lin, _padded(data, lin, padding), strides, dilation, body,
+                     "conv2d_layout")
 
 
 def permuted_depthwise(data, weight, lin, lout, out_shape, strides, padding, dilation, dtype):
@@ -102,26 +122,12 @@ def permuted_depthwise(data, weight, lin, lout, out_shape, strides, padding, dil
     ``lin`` and whose output is written in ``lout`` (NCHW/NHWC); ``weight`` is ``[KH, KW, C]``
     (:func:`.conv.depthwise_weight_shape`). One reduction over the window: the schedules'
     depthwise rule vectorizes the innermost output axis (channels in NHWC)."""
-    pos = [list(lin).index(d) for d in range(4)]
-    top, left, bottom, right = padding
-    before, after = [0] * 4, [0] * 4
-    before[pos[2]], after[pos[2]] = top, bottom
-    before[pos[3]], after[pos[3]] = left, right
-    padded = topi.nn.pad(data, before, after, name="pad_temp") if any(before + after) else data
-    kh, kw = int(weight.shape[0]), int(weight.shape[1])
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-    sh, sw = strides
-    dh, dw = dilation
+    ry = te.reduce_axis((0, int(weight.shape[0])), name="ry")
+    rx = te.reduce_axis((0, int(weight.shape[1])), name="rx")
 
-    def fcompute(*pidx):
-        lg = [None] * 4
-        for p, d in enumerate(lout):
-            lg[d] = pidx[p]
-        nn, ff, yy, xx = lg
-        logical = [nn, ff, yy * sh + ry * dh, xx * sw + rx * dw]
-        x = padded[tuple(logical[d] for d in lin)]
-        return te.sum(x.astype(dtype) * weight[ry, rx, ff].astype(dtype), axis=[ry, rx])
+    def body(read, ff):
+        return te.sum(read(ff, ry, rx).astype(dtype) * weight[ry, rx, ff].astype(dtype),
+                      axis=[ry, rx])
 
-    shape = tuple(out_shape[d] for d in lout)
-    return te.compute(shape, fcompute, name="depthwise_layout", tag="depthwise_layout")
+    return _windowed(out_shape, lout, lin, _padded(data, lin, padding), strides, dilation, body,
+                     "depthwise_layout")
