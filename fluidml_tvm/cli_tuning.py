@@ -8,12 +8,14 @@ from __future__ import annotations
 import sys
 
 from .errors import FluidMLError
+from .tuning import AUTO_BASE, AUTO_MAX, AUTO_PER_GB
 
 
 def add_flags(p, tune: bool = False) -> None:
     """The measuring flags of ``compile`` (``tune=False``) and ``tune``."""
     g = p.add_argument_group("measuring (tvmc's tuning)")
-    default = "no limit" if tune else "auto: 5 s plus 20 s a GB of weights, at most 30 s"
+    default = "no limit" if tune else (f"auto: {AUTO_BASE:g} s plus {AUTO_PER_GB:g} s a GB of "
+                                       f"weights, at most {AUTO_MAX:g} s")
     g.add_argument("--tune-budget", default="-1" if tune else None, metavar="SECONDS",
                    help=f"seconds of measuring for the whole model (fluidml.tune_budget; default "
                         f"{default}): kernels with the largest share of the modelled run time "

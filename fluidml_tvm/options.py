@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import FluidMLError, option
+from .tuning import AUTO, AUTO_BASE, AUTO_MAX, AUTO_PER_GB
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -106,12 +107,13 @@ class Options:
                      "on the target, cached), learned (XGBoost on the cache) or analytic",
                      choices=("measured", "learned", "analytic"))
     tune_trials: int = _opt(8, "candidate schedules measured per kernel")
-    tune_budget: int = _opt(-2, "seconds a compile may spend measuring (schedules, layout "
+    tune_budget: int = _opt(AUTO, "seconds a compile may spend measuring (schedules, layout "
                             "variants, a new layout plan's check, the host's peaks), kernels with "
                             "the largest share of the modelled run time per second of measuring "
                             "first; the rest are decided by the analytic model (the decisions say "
-                            "so) and cached. auto (-2): 5 s plus 20 s a GB of weights, at most "
-                            "30 s; -1: no limit; 0: nothing measured (cached choices used)",
+                            f"so) and cached. auto ({AUTO}): {AUTO_BASE:g} s plus {AUTO_PER_GB:g} "
+                            f"s a GB of weights, at most {AUTO_MAX:g} s; -1: no limit; 0: nothing "
+                            "measured (cached choices used)",
                             shown="auto")
     retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "
                         "from a loaded machine (provisional choices); 0: a cached choice is "
@@ -183,7 +185,7 @@ class Options:
                                    f"{choices[-1]}, got {getattr(self, f.name)!r}")
         if self.tune_trials < 1:
             raise FluidMLError(f"fluidml.tune_trials must be >= 1, got {self.tune_trials}")
-        if self.tune_budget < -2:
+        if self.tune_budget < AUTO:
             raise FluidMLError(f"fluidml.tune_budget must be >= 0 seconds (or auto, or -1: no "
                                f"limit), got {self.tune_budget}")
         if self.num_threads < 0:
@@ -272,7 +274,7 @@ def _coerce(key: str, f: dataclasses.Field, value):
         raise FluidMLError(f"{key} expects 0 or 1, got {value!r}")
     if typ is int:
         if f.name == "tune_budget" and str(value).strip().lower() == "auto":
-            return -2
+            return AUTO
         try:
             return int(value)
         except (TypeError, ValueError):
