@@ -62,8 +62,10 @@ def build(
     source = model if isinstance(model, (str, os.PathLike)) else "<onnx.ModelProto>"
     say(f"importing {source}")
     imported = frontend.import_onnx(model, input_shapes, input_values)
-    if session is not None:
-        session.size_to(imported.weight_bytes())  # an auto budget grows with the weights
+    own = session is None
+    if own:
+        session = tuning.TuneSession(opts.tune_budget, opts.retune, tuning.stderr_if(progress))
+    session.size_to(imported.weight_bytes())  # an auto budget grows with the weights
     t_import = time.perf_counter() - t0
     say(f"  {imported.folding}; inputs: "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
@@ -91,10 +93,6 @@ def build(
         from .passes.external_weights import ExternalizeWeights
 
         externalize = ExternalizeWeights()
-    own = session is None
-    if own:
-        session = tuning.TuneSession(opts.tune_budget, opts.retune, tuning.stderr_if(progress))
-        session.size_to(imported.weight_bytes())
     measure_peak = opts.enable and opts.schedule and tgt.kind.name == "llvm" and cross is None
     if measure_peak:
         from .schedules import peaks
