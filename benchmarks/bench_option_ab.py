@@ -11,6 +11,13 @@ and out, as ``run_corpus.py`` times), the order alternating between rounds; ONNX
 timed in every round too and both variants' outputs are compared with it. Writes
 ``results/DATE-ab-KEY.{md,json}``: median ms per variant, B/A (median of the per-round ratios),
 each variant vs ORT, load before/after each model.
+
+Before/after a code change: ``KEY`` ``src`` and two source trees (git worktrees of the two
+commits) as the values. Each variant is compiled by its own tree (``PYTHONPATH``) with its own
+fresh cost database (the same kernel keys would otherwise hand B the choices A measured); the
+libraries are timed as above.
+
+    python benchmarks/bench_option_ab.py src /work/before /work/after --models resnet18
 """
 
 from __future__ import annotations
@@ -30,6 +37,20 @@ import corpus  # noqa: E402
 import corpus_engines  # noqa: E402
 import run_corpus  # noqa: E402
 
+SRC = "src"  # the key of a before/after A/B of two source trees
+
+
+def tree_commit(path: str) -> str:
+    """``path``'s git commit (short), ``+changes`` when its tree differs from it."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "?"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip()
+                   else "")
+
 
 def bench_model(spec, args, key, values, work) -> dict:
     name = spec.name
@@ -39,10 +60,16 @@ def bench_model(spec, args, key, values, work) -> dict:
     inputs = os.path.join(args.corpus, f"{name}.inputs.npz")
     row = {"model": name, "loadavg_before": list(os.getloadavg()), "variants": {}}
     libs = {}
-    for v in values:
-        lib = os.path.join(work, f"{name}-{v}.so")
-        res = run_corpus._compile("fluidml", manifest, onnx_path, lib, args.threads,
-                                  [f"{key}={v}", *args.pass_config], args.compile_timeout)
+    for i, v in enumerate(values):
+        lib = os.path.join(work, f"{name}-{i}.so")
+        if key == SRC:  # v: a source tree; its own fresh cache
+            cfg, env = list(args.pass_config), {
+                "PYTHONPATH": os.path.abspath(v),
+                "FLUIDML_TVM_CACHE": os.path.join(work, f"cache-{name}-{i}")}
+        else:
+            cfg, env = [f"{key}={v}", *args.pass_config], None
+        res = run_corpus._compile("fluidml", manifest, onnx_path, lib, args.threads, cfg,
+                                  args.compile_timeout, env)
         res.pop("schedule", None)
         row["variants"][v] = {"compile": res, "ms": [], "vs_ort": None}
         print(f"[ab] {name}: {key}={v} compiled in {res.get('compile_seconds')} s"
@@ -50,6 +77,9 @@ def bench_model(spec, args, key, values, work) -> dict:
         if res["ok"]:
             libs[v] = lib
     ort_ms, outputs = [], {}
+
+    def tag(v):  # file names: a variant's index (a value may be a path)
+        return "ort" if v == "ort" else str(values.index(v))
     for r in range(args.rounds):
         order = list(values) if r % 2 == 0 else list(reversed(values))
         for v in order + ["ort"]:
@@ -58,8 +88,8 @@ def bench_model(spec, args, key, values, work) -> dict:
             a = {"engine": "fluidml" if v != "ort" else "ort", "model": onnx_path,
                  "lib": libs.get(v), "inputs": inputs, "threads": args.threads,
                  "repeat": args.repeat, "budget": args.budget,
-                 "outputs": os.path.join(work, f"{name}-{v}.out.npz")}
-            res = corpus_engines.spawn(a, work, f"{name}-{v}-r{r}")
+                 "outputs": os.path.join(work, f"{name}-{tag(v)}.out.npz")}
+            res = corpus_engines.spawn(a, work, f"{name}-{tag(v)}-r{r}")
             if not res.get("ok"):
                 row.setdefault("errors", []).append(f"{v}: {res.get('error')}")
                 continue
@@ -87,13 +117,17 @@ def bench_model(spec, args, key, values, work) -> dict:
 def markdown(rows, info, key, values, opts) -> str:
     va, vb = values
     lines = [f"# A/B: `{key}={va}` vs `{key}={vb}` (fluidml, corpus models)", "",
-             f"- commit `{info['commit']}`; {info['date']}",
+             (f"- commit `{info['commit']}`; {info['date']}" if key != SRC else
+              f"- A = tree `{va}` at `{tree_commit(va)}`, B = tree `{vb}` at "
+              f"`{tree_commit(vb)}` (each compiled by its own tree with its own fresh cost "
+              f"database); {info['date']}"),
              f"- host `{info['host']}`: {info['cpu']} ({info['cores']} cores; ISA "
              f"{', '.join(info['isa'])}), {info['threads']} threads per engine",
              f"- other options: `{' '.join(opts['pass_config']) or '(defaults)'}`; rounds "
              f"{opts['rounds']} (order alternating), repeat {opts['repeat']}, budget "
-             f"{opts['budget']} s per process; one fresh cost database per run "
-             "(the second compile of a model takes the first one's measured choices)",
+             f"{opts['budget']} s per process; " + (
+                 "one fresh cost database per run (the second compile of a model takes the "
+                 "first one's measured choices)" if key != SRC else "the default tune budget"),
              "- method: `benchmarks/bench_option_ab.py` (each variant and ONNX Runtime in a fresh "
              "process per round, numpy in and out)", "",
              f"| model | load before/after | {key}={va} ms | {key}={vb} ms | B/A | A/ORT | B/ORT "

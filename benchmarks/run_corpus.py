@@ -90,7 +90,7 @@ def geomean(values) -> float | None:
 
 # ---- one model ----------------------------------------------------------------------------------
 def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int,
-             pass_config: list, timeout: float) -> dict:
+             pass_config: list, timeout: float, env: dict | None = None) -> dict:
     cfg = ["fluidml=1" if engine == "fluidml" else "fluidml=0"]
     cfg += list(pass_config) if engine == "fluidml" else []
     cmd = [sys.executable, "-m", "fluidml_tvm.cli", "compile", onnx_path, "-o", lib, "-q",
@@ -98,7 +98,7 @@ def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int
                                                          else [])
     for kv in cfg:
         cmd += ["--pass-config", kv]
-    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), **(env or {}))
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -11,7 +11,8 @@ the window:
   ``[F/nr, .., nr]`` (a constant weight is packed at compile time by the caller);
 * register tile = ``mr`` output columns ``x`` x ``nr`` channels, accumulated in a tile whose
   channels are innermost (the accumulator buffer is re-laid ``[.., y, x, f]``), the data value
-  broadcast, ``mr``/``nv`` unrolled, lanes vectorized;
+  broadcast, ``mr``/``nv`` unrolled, lanes vectorized; a kernel with a window takes at most two
+  thirds of the vector registers as accumulators (:func:`max_accumulators`);
 * ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
 * bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own;
 * any channel / column count (issue 13): where no tile divides them, or only a 1-row one, the
@@ -53,11 +54,25 @@ from .injective import schedule_spatial_block
 from .pad import schedule_padded_copy
 
 
+def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
+    """The most accumulator registers a tile of this kernel should take: two thirds of the
+    vector registers where the kernel has a window (kh x kw > 1), all of them for a 1x1 kernel.
+
+    Measured (``benchmarks/results/2026-12-06-conv-tiles*.md``): in a windowed kernel, tiles of
+    28 accumulators (14x2, 7x4 on AVX-512's 32 registers) ran 2-3x slower than 14-21 (7x2,
+    4x4, 7x3) on every 3x3 and 5x5 shape; on AVX2's 16, 12-14 accumulators (6x2, 7x2) ran
+    1.2-3x slower than 8-10. A 1x1 kernel's 14x2 tile is its fastest on AVX-512."""
+    windowed = sum(r == "r" for r in m.w_roles) > 1
+    return cpu.vector_registers * 2 // 3 if windowed else cpu.vector_registers
+
+
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
     """(mr, nv, rb) register tiles dividing the column and channel extents, best guess first:
-    those whose accumulators, weight vectors and the broadcast fit the registers, by FLOPs per
-    load; ``rb`` > 0 blocks the outermost reduction loop (input channels) by ``rb``."""
+    those whose accumulators, weight vectors and the broadcast fit the registers (at most
+    :func:`max_accumulators` accumulators), by FLOPs per load; ``rb`` > 0 blocks the outermost
+    reduction loop (input channels) by ``rb``."""
     lanes = cpu.lanes(32)
+    cap = max_accumulators(m, cpu)
     tiles = []
     for nv in (4, 3, 2, 1):
         if m.f % (nv * lanes):
@@ -65,7 +80,7 @@ def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, i
         for mr in (14, 12, 8, 7, 6, 5, 4, 3, 2, 1):
             if mr * nv + 2 > cpu.vector_registers or m.x % mr:
                 continue
-            fits = mr * nv + nv + 1 <= cpu.vector_registers
+            fits = mr * nv + nv + 1 <= cpu.vector_registers and mr * nv <= cap
             tiles.append(((fits, mr * nv / (mr + nv), mr * nv), (mr, nv)))
     tiles.sort(reverse=True)
     out = [t + (0,) for _, t in tiles]
@@ -79,7 +94,8 @@ def padded_candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple
     """(mr, nv, rb, vl) tiles of any channel / column count (:func:`.tiles.padded_tiles`):
     channels padded to whole ``nv x vl`` panels, columns to whole ``mr`` tiles, best first;
     the reduction-blocked variant of the best tile second, as in :func:`candidates`."""
-    out = [(mr, nv, 0, vl) for mr, nv, vl in tiles.padded_tiles(m.x, m.f, cpu)]
+    out = [(mr, nv, 0, vl) for mr, nv, vl in tiles.padded_tiles(
+        m.x, m.f, cpu, max_acc=max_accumulators(m, cpu))]
     if out and m.r0 % 32 == 0 and m.r0 > 32:
         out.insert(1, out[0][:2] + (32,) + out[0][3:])
     return out[: max(1, budget)]

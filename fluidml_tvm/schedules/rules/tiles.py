@@ -43,11 +43,14 @@ def score(rows: int, cols: int, mr: int, nv: int, vl: int, lanes: int) -> float:
 
 
 def padded_tiles(rows: int, cols: int, cpu: CPUInfo, nvs=(4, 3, 2, 1), mrs=ROWS,
-                 max_regs: int | None = None) -> list[tuple[int, int, int]]:
+                 max_regs: int | None = None,
+                 max_acc: int | None = None) -> list[tuple[int, int, int]]:
     """``(mr, nv, vl)`` tiles of a ``rows x cols`` output (``cols`` on the vectors), any
-    extents, best score first. ``max_regs``: a tighter register budget than the target's."""
+    extents, best score first. ``max_regs``: a tighter register budget than the target's;
+    ``max_acc``: tiles of more accumulators rank after those that fit."""
     lanes = cpu.lanes(32)
     regs = min(cpu.vector_registers, max_regs or cpu.vector_registers)
+    max_acc = max_acc or regs
     vls = [v for v in (lanes, lanes // 2, lanes // 4) if v >= 4 or v == lanes]
     ranked = []
     for vl in vls:
@@ -57,7 +60,7 @@ def padded_tiles(rows: int, cols: int, cpu: CPUInfo, nvs=(4, 3, 2, 1), mrs=ROWS,
             for mr in mrs:
                 if mr > rows or mr * nv + 2 > regs:
                     continue
-                fits = mr * nv + nv + 1 <= regs
+                fits = mr * nv + nv + 1 <= regs and mr * nv <= max_acc
                 s = score(rows, cols, mr, nv, vl, lanes)
                 useful = rows * cols / (up(rows, mr) * up(cols, nv * vl))
                 # ties: less padding (no copy to pad), then the bigger tile, narrower vectors

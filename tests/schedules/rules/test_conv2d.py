@@ -92,3 +92,34 @@ def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
             *a
         )
     np.testing.assert_allclose(new_args[-1].numpy(), args[-1].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _te_conv(c, f, x, k):
+    from tvm import te, topi
+
+    data = te.placeholder((1, c, x, x), "float32", "data")
+    w = te.placeholder((f, c, k, k), "float32", "weight")
+    return te.create_prim_func([data, w, topi.nn.conv2d_nchw(data, w, 1, k // 2, 1)])
+
+
+@pytest.mark.parametrize("mcpu,regs", [("skylake-avx512", 32), ("haswell", 16)])
+def test_windowed_conv_tiles_leave_registers_for_the_window(mcpu, regs):
+    """A 3x3 kernel's first tile takes at most two thirds of the vector registers as
+    accumulators (ResNet's 256-channel 14x14 layer: 14x2 = 28 accumulators ran 2.1x slower
+    than 7x2 on AVX-512, benchmarks/results/2026-12-06-conv-tiles.md); a 1x1 kernel of the same
+    shape may still take them all."""
+    from fluidml_tvm.schedules.rules import conv2d
+
+    cpu = cpu_info(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    assert cpu.vector_registers == regs
+    for k, cap in ((3, regs * 2 // 3), (1, regs)):
+        m, why = conv2d.analyze(_te_conv(256, 256, 14, k))
+        assert m is not None, why
+        assert conv2d.max_accumulators(m, cpu) == cap
+        first = conv2d.candidates(m, cpu, 4)[0]
+        assert first[0] * first[1] <= cap
+    m3, _ = conv2d.analyze(_te_conv(256, 256, 14, 3))
+    m1, _ = conv2d.analyze(_te_conv(256, 256, 14, 1))
+    if regs == 32:  # 7x2 for the window, 14x2 for the 1x1
+        assert conv2d.candidates(m3, cpu, 1)[0][:2] == (7, 2)
+        assert conv2d.candidates(m1, cpu, 1)[0][:2] == (14, 2)
