@@ -112,10 +112,10 @@ def main(argv=None):
                     help="an llvm target this host can run, as JSON (default: the host's), "
                          "e.g. '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}' (AVX2)")
     args = ap.parse_args(argv)
+    import tvm
+
     from fluidml_tvm.options import Options
     from fluidml_tvm.schedules.target_info import cpu_info, host_target
-
-    import tvm
 
     target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
     cpu = cpu_info(target)
