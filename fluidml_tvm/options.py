@@ -33,9 +33,13 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get(
-        "FLUIDML_TVM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fluidml-tvm")
-    )
+    """``FLUIDML_TVM_CACHE``, else ``$XDG_CACHE_HOME/fluidml-tvm`` (the XDG base directory
+    convention, where the cross toolchains and CUDA stubs also go), else
+    ``~/.cache/fluidml-tvm``."""
+    if os.environ.get("FLUIDML_TVM_CACHE"):
+        return os.environ["FLUIDML_TVM_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fluidml-tvm")
 
 
 def _opt(default=None, help: str = "", factory=None, choices=(), shown=None):  # noqa: A002
@@ -119,7 +123,8 @@ class Options:
                         "from a loaded machine (provisional choices); 0: a cached choice is "
                         "used as it is, a warm compile measures nothing")
     cache_dir: str = _opt(help="the on-disk measurement database (sqlite; default "
-                          "FLUIDML_TVM_CACHE or ~/.cache/fluidml-tvm)", factory=default_cache_dir,
+                          "FLUIDML_TVM_CACHE, else $XDG_CACHE_HOME/fluidml-tvm, else "
+                          "~/.cache/fluidml-tvm)", factory=default_cache_dir,
                           shown="~/.cache/fluidml-tvm")
     num_threads: int = _opt(0, "threads the TVM runtime uses when fluidml-tvm runs or measures a "
                             "model (0: all cores)")

@@ -48,3 +48,20 @@ def test_resolve_splits_fluidml_and_tvm_keys():
     assert not opts.layout and not opts.memory and theirs == {"relax.x": "3"}
     opts, theirs = resolve(None, {"fluidml.verify": 1})
     assert opts.verify and theirs == {}
+
+
+def test_cache_dir_follows_fluidml_tvm_cache_then_xdg(monkeypatch, tmp_path):
+    """The measurement cache: FLUIDML_TVM_CACHE, else $XDG_CACHE_HOME/fluidml-tvm (a fresh
+    XDG_CACHE_HOME is a cold cache), else ~/.cache/fluidml-tvm."""
+    from fluidml_tvm.options import default_cache_dir
+
+    monkeypatch.delenv("FLUIDML_TVM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == str(tmp_path / "xdg" / "fluidml-tvm")
+    assert Options().cache_dir == str(tmp_path / "xdg" / "fluidml-tvm")
+    monkeypatch.setenv("FLUIDML_TVM_CACHE", str(tmp_path / "own"))
+    assert default_cache_dir() == str(tmp_path / "own")
+    monkeypatch.delenv("FLUIDML_TVM_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "fluidml-tvm")

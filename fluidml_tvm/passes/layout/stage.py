@@ -98,6 +98,10 @@ class FluidMLLayout:
             if hasattr(model, "prepare"):
                 model.prepare(g, cands)
             plan = plan_layouts(g, model, cands=cands)
+            # variants a bounded budget left to estimates are measured where the plan takes
+            # them, then the plan is made again (MeasuredCost.refine)
+            while hasattr(model, "refine") and model.refine(g, plan.layouts):
+                plan = plan_layouts(g, model, cands=cands)
             if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
                 plan.notes.append(_unrestricted(g, model, plan))
             if not self.apply:

@@ -385,3 +385,65 @@ def test_blocked_layout_next_to_a_tuple_valued_op():
     want = _run(inference(Before), xv)
     for after in (planned, forced):
         np.testing.assert_allclose(_run(inference(after), xv), want, rtol=1e-4, atol=1e-4)
+
+
+W3 = np.random.default_rng(3).standard_normal((8, 8, 3, 3)).astype("float32")
+
+
+def _three_convs():
+    @I.ir_module
+    class Three:
+        @R.function
+        def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+            with R.dataflow():
+                c1 = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1])
+                c2 = R.nn.conv2d(c1, R.const(W3), padding=[1, 1, 1, 1])
+                c3 = R.nn.conv2d(c2, R.const(W2))
+                R.output(c3)
+            return c3
+
+    return Three
+
+
+@pytest.mark.parametrize("budget", [100.0, -1.0])
+def test_bounded_budget_measures_layout_changing_conv_variants_where_a_plan_takes_them(
+        budget, monkeypatch):
+    """Within a bounded budget the middle conv's NCHW->NHWC and NHWC->NCHW variants are not
+    measured with its NCHW->NCHW and NHWC->NHWC ones: the plan estimates them from those
+    (their mean) and measures the one it takes, then plans again; the first and last conv
+    (fixed NCHW input / output) measure theirs at once. Without a budget limit every variant
+    is measured at once."""
+    from fluidml_tvm import tuning
+    from fluidml_tvm.passes.layout import measure as layout_measure
+
+    times = {("c1", False, False): 1.0, ("c1", False, True): 5.0,
+             ("c2", False, False): 1.0, ("c2", True, True): 0.2,
+             ("c2", False, True): 0.3, ("c2", True, False): 0.3,
+             ("c3", False, False): 1.0, ("c3", True, False): 0.2}
+    batches = []
+
+    def fake_measure(self, todo, session, nbytes=0):
+        for k in todo:
+            i, lx, lo = self.pairs[k]
+            self.table[k] = 1e-3 * times[(self_g.nodes[i].output, lx == NHWC, lo == NHWC)]
+        batches.append({(self_g.nodes[self.pairs[k][0]].output, self.pairs[k][1] == NHWC,
+                         self.pairs[k][2] == NHWC) for k in todo})
+        return len(todo)
+
+    monkeypatch.setattr(layout_measure.MeasuredCost, "_measure", fake_measure)
+    mod = _three_convs()
+    self_g, _ = build_graph(mod["main"])
+    model = layout_measure.MeasuredCost(tvm.target.Target({"kind": "llvm"}), Options(), None,
+                                        conversion_penalty=10.0)
+    p = FluidMLLayout(model=model, explicit_transforms=False)
+    with tuning.TuneSession(budget=budget).activate():
+        p(mod)
+    every = set(times)
+    if budget < 0:
+        assert set().union(*batches) == every and len(batches) == 3  # a batch a node
+    else:
+        # c2's layout-changing variants wait; the plan takes c2: NCHW -> NHWC (modelled
+        # 1.1 x (1.0 + 0.2) / 2 < 1.0), which is then measured (0.3) and kept
+        assert set().union(*batches[:-1]) == every - {("c2", False, True), ("c2", True, False)}
+        assert batches[-1] == {("c2", False, True)}
+        assert p.plans["main"].layouts == {"c2": NHWC}

@@ -9,7 +9,7 @@ from fluidml_tvm.passes.layout.learned import (
     heldout_rank_correlation,
     within_shape_rank_correlation,
 )
-from fluidml_tvm.passes.layout.measure import _key
+from fluidml_tvm.passes.layout.variants import variant_key
 
 
 def test_learned_model_ranks_held_out_variants():
@@ -21,7 +21,8 @@ def test_learned_model_ranks_held_out_variants():
         for k in (16, 64, 256):
             for la in perms:
                 for lo in perms:
-                    key = _key("matmul", (1, m, k), (1, k, 32), (1, m, 32), la, (0, 1, 2), lo)
+                    key = variant_key("matmul", (1, m, k), (1, k, 32), (1, m, 32), la,
+                                      (0, 1, 2), lo)
                     f = features(key)
                     t = 2**f[1] * 1e-11 * (1 + 0.5 * (1 - f[4])) * rng.uniform(0.95, 1.05)
                     keys.append(key)
