@@ -60,7 +60,8 @@ def check_tree(tree: str, env: dict, cwd: str) -> None:
                          capture_output=True, text=True, env=dict(os.environ, **env), cwd=cwd)
     got = os.path.realpath(out.stdout.strip())
     if not got.startswith(os.path.realpath(tree) + os.sep):
-        raise SystemExit(f"src {tree}: the compile would import fluidml_tvm from {got or out.stderr}")
+        raise SystemExit(f"src {tree}: the compile would import fluidml_tvm from "
+                         f"{got or out.stderr}")
 
 
 def bench_model(spec, args, key, values, work) -> dict:
