@@ -52,6 +52,18 @@ def tree_commit(path: str) -> str:
                    else "")
 
 
+def check_tree(tree: str, env: dict, cwd: str) -> None:
+    """Raise unless a compile run with ``env`` in ``cwd`` imports fluidml_tvm from ``tree``."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", "import fluidml_tvm; print(fluidml_tvm.__file__)"],
+                         capture_output=True, text=True, env=dict(os.environ, **env), cwd=cwd)
+    got = os.path.realpath(out.stdout.strip())
+    if not got.startswith(os.path.realpath(tree) + os.sep):
+        raise SystemExit(f"src {tree}: the compile would import fluidml_tvm from "
+                         f"{got or out.stderr}")
+
+
 def bench_model(spec, args, key, values, work) -> dict:
     name = spec.name
     onnx_path = os.path.join(args.corpus, f"{name}.onnx")
@@ -66,10 +78,12 @@ def bench_model(spec, args, key, values, work) -> dict:
             cfg, env = list(args.pass_config), {
                 "PYTHONPATH": os.path.abspath(v),
                 "FLUIDML_TVM_CACHE": os.path.join(work, f"cache-{name}-{i}")}
+            check_tree(v, env, work)
         else:
             cfg, env = [f"{key}={v}", *args.pass_config], None
+        # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH
         res = run_corpus._compile("fluidml", manifest, onnx_path, lib, args.threads, cfg,
-                                  args.compile_timeout, env)
+                                  args.compile_timeout, env, cwd=work)
         res.pop("schedule", None)
         row["variants"][v] = {"compile": res, "ms": [], "vs_ort": None}
         print(f"[ab] {name}: {key}={v} compiled in {res.get('compile_seconds')} s"

@@ -90,7 +90,8 @@ def geomean(values) -> float | None:
 
 # ---- one model ----------------------------------------------------------------------------------
 def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int,
-             pass_config: list, timeout: float, env: dict | None = None) -> dict:
+             pass_config: list, timeout: float, env: dict | None = None,
+             cwd: str | None = None) -> dict:
     cfg = ["fluidml=1" if engine == "fluidml" else "fluidml=0"]
     cfg += list(pass_config) if engine == "fluidml" else []
     cmd = [sys.executable, "-m", "fluidml_tvm.cli", "compile", onnx_path, "-o", lib, "-q",
@@ -101,7 +102,8 @@ def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), **(env or {}))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=cwd)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"compile timeout after {timeout:.0f} s"}
     res = {"ok": proc.returncode == 0 and os.path.exists(lib), "pass_config": cfg,
