@@ -387,7 +387,7 @@ def test_blocked_layout_next_to_a_tuple_valued_op():
         np.testing.assert_allclose(_run(inference(after), xv), want, rtol=1e-4, atol=1e-4)
 
 
-W3 = np.random.default_rng(3).standard_normal((8, 8, 3, 3)).astype("float32")
+W_MID = np.random.default_rng(3).standard_normal((8, 8, 3, 3)).astype("float32")
 
 
 def _three_convs():
@@ -397,7 +397,7 @@ def _three_convs():
         def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
             with R.dataflow():
                 c1 = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1])
-                c2 = R.nn.conv2d(c1, R.const(W3), padding=[1, 1, 1, 1])
+                c2 = R.nn.conv2d(c1, R.const(W_MID), padding=[1, 1, 1, 1])
                 c3 = R.nn.conv2d(c2, R.const(W2))
                 R.output(c3)
             return c3
