@@ -340,5 +340,5 @@ def test_samples_follow_warm_up_calls(monkeypatch):
 
     times = corpus_engines._sample(once, 0.02, 5, 10.0)
     assert len(times) >= 5 and max(times) < 0.015 and sum(times) >= 0.04
-    assert len(calls) > len(times) + 3
+    assert len(calls) >= len(times) + 3  # the slow ones were warm-up calls
     assert corpus_engines._sample(once, 20.0, 5, 10.0) == [20.0]
