@@ -322,3 +322,23 @@ def test_openvino_engine_matches_ort(tmp_path):
         outs[e] = corpus._load_npz_list(r["outputs"])
     assert r["ov_threads"] == 2 and "32" in r["ov_precision"]
     np.testing.assert_allclose(outs["openvino"][0], outs["ort"][0], rtol=1e-4, atol=1e-3)
+
+
+def test_samples_follow_warm_up_calls(monkeypatch):
+    """Timed calls come after warm-up calls (the first slow calls are not in the median), at
+    least ``repeat`` of them and for at least MIN_SAMPLE_S; a first call over the budget is
+    the sample."""
+    import time
+
+    monkeypatch.setattr(corpus_engines, "WARMUP_S", 0.05)
+    monkeypatch.setattr(corpus_engines, "MIN_SAMPLE_S", 0.05)
+    calls = []
+
+    def once():  # the first 3 calls are slow, as a cold process's are
+        calls.append(1)
+        time.sleep(0.02 if len(calls) <= 3 else 0.001)
+
+    times = corpus_engines._sample(once, 0.02, 5, 10.0)
+    assert len(times) >= 5 and max(times) < 0.015 and sum(times) >= 0.04
+    assert len(calls) >= len(times) + 3  # the slow ones were warm-up calls
+    assert corpus_engines._sample(once, 20.0, 5, 10.0) == [20.0]
