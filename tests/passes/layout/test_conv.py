@@ -410,7 +410,7 @@ def test_bounded_budget_measures_layout_changing_conv_variants_where_a_plan_take
         budget, monkeypatch):
     """Within a bounded budget the middle conv's NCHW->NHWC and NHWC->NCHW variants are not
     measured with its NCHW->NCHW and NHWC->NHWC ones: the plan estimates them from those
-    (their mean) and measures the one it takes, then plans again; the first and last conv
+    (the faster) and measures the one it takes, then plans again; the first and last conv
     (fixed NCHW input / output) measure theirs at once. Without a budget limit every variant
     is measured at once."""
     from fluidml_tvm import tuning
@@ -443,7 +443,7 @@ def test_bounded_budget_measures_layout_changing_conv_variants_where_a_plan_take
         assert set().union(*batches) == every and len(batches) == 3  # a batch a node
     else:
         # c2's layout-changing variants wait; the plan takes c2: NCHW -> NHWC (modelled
-        # 1.1 x (1.0 + 0.2) / 2 < 1.0), which is then measured (0.3) and kept
+        # 1.1 x min(1.0, 0.2)), which is then measured (0.3) and kept
         assert set().union(*batches[:-1]) == every - {("c2", False, True), ("c2", True, False)}
         assert batches[-1] == {("c2", False, True)}
         assert p.plans["main"].layouts == {"c2": NHWC}
