@@ -294,8 +294,7 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
     # the check is a second build (its code generation as long as this one's; the kernels the
     # plan did not change are cached) plus 2 x 5 x 5 timed runs of the model
     estimate = max(0.0, result.compile_seconds - measured) + 2.0
-    again = session.retune or session.unbounded
-    earlier = not again and layout_verify.left_unchecked(result)
+    earlier = not session.revisits and layout_verify.left_unchecked(result)
     if earlier or not session.affords(estimate):
         why = ("an earlier compile's tune budget left it unchecked" if earlier else
                f"checking it costs a second build (~{estimate:.0f} s), beyond the tune budget "

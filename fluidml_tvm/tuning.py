@@ -120,6 +120,13 @@ class TuneSession:
     def unbounded(self) -> bool:
         return self.budget < 0
 
+    @property
+    def revisits(self) -> bool:
+        """Whether this session measures what an earlier compile's budget left unmeasured (a
+        schedule left to the model, a layout node or plan left unchecked): with ``--retune`` or
+        no budget limit; otherwise such a decision stands, so a warm compile measures nothing."""
+        return self.retune or self.unbounded
+
     def spent_now(self) -> float:
         """Seconds spent, an open measurement's elapsed time included."""
         return self.spent + (time.perf_counter() - self._open[0] if self._open else 0.0)

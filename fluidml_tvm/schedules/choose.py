@@ -92,7 +92,7 @@ def lookup(tkey: str, rule: str, wkey: str, db, session=None) -> Choice | None:
     if prior is None:
         return None
     if prior["analytic"]:  # an earlier compile's budget left it to the model
-        if session is not None and (session.retune or session.unbounded):
+        if session is not None and session.revisits:
             return None
         return Choice(prior["config"], 0, 0.0, ", as an earlier compile's tune budget left it "
                       "(--retune measures it)", source="budget")

@@ -172,7 +172,7 @@ class MeasuredCost(AnalyticCost):
         from ... import tuning
 
         session = tuning.for_options(self.options)
-        again = session.retune or session.unbounded
+        again = session.revisits
         todo_groups = []
         seen = set()  # a variant of several nodes (identical layers) is measured once
         for i, group in self.variant_groups(g, cands):
@@ -247,7 +247,7 @@ class MeasuredCost(AnalyticCost):
         if not used:
             return False
         session = tuning.for_options(self.options)
-        again = session.retune or session.unbounded
+        again = session.revisits
         left = 0.0 if self.share_end is None else min(self.share_end - session.spent_now(),
                                                       session.available())
         batch, moved = {}, 0
