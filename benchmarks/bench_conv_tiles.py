@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,8 +120,10 @@ def main(argv=None):
     cpu = cpu_info(target)
     options = Options()
     threads = os.environ.get("TVM_NUM_THREADS", "(unset)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
+    sys.path.insert(0, HERE)
+    from run_corpus import git_commit
+
+    commit = git_commit(HERE, short=True)
     load0 = os.getloadavg()[0]
     results = []
     with target:

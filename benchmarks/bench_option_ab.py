@@ -40,18 +40,6 @@ import run_corpus  # noqa: E402
 SRC = "src"  # the key of a before/after A/B of two source trees
 
 
-def tree_commit(path: str) -> str:
-    """``path``'s git commit (short), ``+changes`` when its tree differs from it."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True).stdout
-
-    head = git("rev-parse", "--short", "HEAD").strip() or "?"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip()
-                   else "")
-
-
 def check_tree(tree: str, env: dict, cwd: str) -> None:
     """Raise unless a compile run with ``env`` in ``cwd`` imports fluidml_tvm from ``tree``."""
     import subprocess
@@ -132,9 +120,9 @@ def markdown(rows, info, key, values, opts) -> str:
     va, vb = values
     lines = [f"# A/B: `{key}={va}` vs `{key}={vb}` (fluidml, corpus models)", "",
              (f"- commit `{info['commit']}`; {info['date']}" if key != SRC else
-              f"- A = tree `{va}` at `{tree_commit(va)}`, B = tree `{vb}` at "
-              f"`{tree_commit(vb)}` (each compiled by its own tree with its own fresh cost "
-              f"database); {info['date']}"),
+              f"- A = tree `{va}` at `{run_corpus.git_commit(va, True, False)}`, B = tree "
+              f"`{vb}` at `{run_corpus.git_commit(vb, True, False)}` (each compiled by its own "
+              f"tree with its own fresh cost database); {info['date']}"),
              f"- host `{info['host']}`: {info['cpu']} ({info['cores']} cores; ISA "
              f"{', '.join(info['isa'])}), {info['threads']} threads per engine",
              f"- other options: `{' '.join(opts['pass_config']) or '(defaults)'}`; rounds "

@@ -66,16 +66,8 @@ def host_info(threads: int) -> dict:
     cpu = cpu or platform.processor()
     isa = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
                        "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd") if f in flags]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=HERE,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = "", False
     return {"host": socket.gethostname(), "cpu": cpu, "isa": isa, "cores": os.cpu_count(),
-            "machine": platform.machine(), "threads": threads,
-            "commit": commit + ("-dirty" if dirty else ""),
+            "machine": platform.machine(), "threads": threads, "commit": git_commit(HERE),
             "versions": {d: _version(d) for d in ("apache-tvm", "fluidml-tvm", "onnxruntime",
                                                   "openvino", "torch", "torchvision",
                                                   "transformers", "onnx")},
@@ -86,6 +78,20 @@ def host_info(threads: int) -> dict:
 def geomean(values) -> float | None:
     vals = [v for v in values if v and v > 0]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def git_commit(path: str, short: bool = False, untracked: bool = True) -> str:
+    """The git commit of the tree at ``path``, ``-dirty`` when files differ from it (untracked
+    ones too unless ``untracked`` is False); "" outside git."""
+    def git(*a):
+        return subprocess.run(["git", "-C", path, *a], capture_output=True, text=True).stdout
+
+    try:
+        commit = git("rev-parse", *(["--short"] if short else []), "HEAD").strip()
+        status = git("status", "--porcelain", *([] if untracked else ["--untracked-files=no"]))
+    except OSError:
+        return ""
+    return commit + ("-dirty" if commit and status.strip() else "")
 
 
 # ---- one model ----------------------------------------------------------------------------------
