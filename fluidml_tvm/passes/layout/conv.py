@@ -125,6 +125,11 @@ def _depthwise(c: dict, x_shape, w_shape) -> bool:
             and w_shape[1] == 1)
 
 
+# Bumped when the depthwise schedule changes the kernels a depthwise conv key times: 2 = column
+# tiles and per-row padding with the channels innermost (2026-12-06).
+DEPTHWISE_VERSION = 2
+
+
 def is_depthwise(g, i) -> bool:
     """A depthwise conv2d (MobileNet's: groups = input channels = output channels): in NHWC its
     kernel is vectorized over the channels, where in NCHW it has only a row of columns to
@@ -192,4 +197,6 @@ def conv_key(g, i, lin, lout) -> str:
     x, w = (g.tensors[t] for t in n.inputs)
     c = n.attrs["conv"]
     parts = [x.shape, w.shape, c["strides"], c["padding"], c["dilation"], lin, lout]
-    return "conv:" + "|".join(",".join(map(str, p)) for p in parts)
+    key = "conv:" + "|".join(",".join(map(str, p)) for p in parts)
+    # a depthwise kernel's timings from before its channels-innermost tiles are not reused
+    return key + f"|dw{DEPTHWISE_VERSION}" if is_depthwise(g, i) else key

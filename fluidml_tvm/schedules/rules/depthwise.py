@@ -34,7 +34,7 @@ from ..common import (
 from ..target_info import CPUInfo
 from .base import Context, Rule
 from .injective import schedule_spatial_block
-from .pad import grow
+from .pad import grow, schedule_padded_copy
 from .tiles import up
 
 
@@ -47,6 +47,7 @@ class DepthwiseMatch:
     flops: float
     stride: int  # stride of the vector axis in the data index (1: contiguous loads)
     v_axis: int = -1  # index of the vector axis among the block's iteration variables
+    cols: int = 0  # channels innermost: the output columns (the axis just outside the channels)
 
 
 def _vars_in(expr) -> list:
@@ -120,8 +121,11 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     for e in ext.values():
         flops *= e
     v_axis = next(i for i, iv in enumerate(st.iter_vars) if iv.var.same_as(v))
-    return (DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride, v_axis),
-            "depthwise")
+    cols = 0
+    if v.same_as(f) and len(c_vars) > 1 and c_vars[-2] is not None:
+        cols = int(ext.get(c_vars[-2], 1))
+    return (DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride, v_axis,
+                           cols), "depthwise")
 
 
 def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
@@ -141,8 +145,40 @@ def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
     return out[: max(1, budget)]
 
 
+def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[dict]:
+    """Tiles of a channels-innermost kernel (:func:`_schedule_nhwc`): ``{"nv", "mr"[, "vl"]}``,
+    ``mr`` output columns x ``nv`` vectors of ``vl`` channels (``vl``: half or a quarter of the
+    target's vector where that divides the channels and the whole one does not - 24, 40, 72,
+    120 channels - so nothing is padded). Best guess first: two vectors (one where the vectors
+    do not pair) x 7 or 8 columns, then four vectors of one column, then one vector of 7 or 8
+    columns (measured, ``benchmarks/results/2026-12-06-depthwise-nhwc.md``: these three won
+    every MobileNet/EfficientNet/MNASNet depthwise shape timed, within 10%)."""
+    lanes = cpu.lanes(32)
+    vl = lanes
+    if m.v_extent % lanes:
+        vl = next((v for v in (lanes // 2, lanes // 4) if v >= 4 and m.v_extent % v == 0), lanes)
+    nvec = up(m.v_extent, vl) // vl
+    x = m.cols or 1
+    mrs = [r for r in (7, 8, 4, 3, 2) if x % r == 0] + [1]
+    cap = cpu.vector_registers // 2  # accumulators; the rest: weights, the input vectors
+    out = []
+
+    def add(nv, mr):
+        c = {"nv": nv, "mr": mr}
+        if vl != lanes:
+            c["vl"] = vl
+        if nv <= nvec and nvec % nv == 0 and nv * mr <= cap and c not in out:
+            out.append(c)
+
+    pair = 2 if nvec % 2 == 0 else (3 if nvec % 3 == 0 else 1)
+    add(pair, next(r for r in mrs if pair * r <= cap))
+    add(4, 1)
+    add(1, next(r for r in mrs if r <= cap))
+    return out[: max(1, budget)]
+
+
 def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
-                       split_even_odd: bool = True):
+                       split_even_odd: bool = True, mr: int = 0, vl: int = 0):
     """Returns ``(schedule, reason)``; schedule None when the rule does not apply.
     ``split_even_odd``: for stride 2 along the vector axis, the padded input is laid out even
     columns then odd ones (contiguous loads per window tap)."""
@@ -152,13 +188,17 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     cands = candidates(m, cpu)
     if not cands:
         return None, f"vector axis {m.v_extent} neither divisible by nor short against the lanes"
+    if nv is None and m.f_is_vector:  # the first channels-innermost tile
+        first = nhwc_candidates(m, cpu, 1)[0]
+        nv, mr, vl = first["nv"], first["mr"], first.get("vl", 0)
     nv = cands[0] if nv is None else nv
-    lanes = cpu.lanes(32)
+    lanes = vl or cpu.lanes(32)
     padded = ""
+    guarded = set()
     if nv and m.v_extent % (nv * lanes):  # whole tiles over padded columns / channels
         vp = up(m.v_extent, nv * lanes)
-        func, _, _ = grow(func, m.block, {m.v_axis: vp},
-                          even_last=m.stride == 2 and not m.f_is_vector)
+        func, _, guarded = grow(func, m.block, {m.v_axis: vp},
+                                even_last=m.stride == 2 and not m.f_is_vector)
         padded = f", vector axis {m.v_extent} padded to {vp}"
         m, why = analyze(func)
         if m is None:
@@ -185,6 +225,8 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             sch.transform_layout(pb, ("write", 0),
                                  lambda *idx: [*idx[:-1], idx[-1] % 2, idx[-1] // 2])
             split_pad = True
+    if m.f_is_vector and mr:
+        return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)
     loops = sch.get_loops(main)
     outer, reds, vl = [], [], None
     for lp, role in zip(loops, m.loop_roles):
@@ -247,6 +289,64 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     return sch, reason
 
 
+def _schedule_nhwc(sch, main, m: DepthwiseMatch, pre, out, nv: int, mr: int, lanes: int,
+                   padded: str, guarded=frozenset()):
+    """Channels innermost: ``fuse(channel block, batch, rows)`` parallel | column tiles of
+    ``mr`` | window (unrolled) | ``mr`` columns x ``nv`` vectors (unrolled) | lanes. A channel
+    block's few padded rows stay in L1 while a row of tiles sweeps them (the padding is computed
+    per parallel iteration), and the ``mr`` columns of a tile share the window's input loads."""
+    loops = sch.get_loops(main)
+    outer, reds, vl = [], [], None
+    for lp, role in zip(loops, m.loop_roles):
+        if role == "v":
+            vl = lp
+        elif role == "r":
+            reds.append(lp)
+        else:
+            outer.append(lp)
+    cols, rest = outer[-1], outer[:-1]
+    x = extent(sch, cols) or 1
+    mr = mr if x % mr == 0 else 1
+    v0, v1, v2 = sch.split(vl, [m.v_extent // (nv * lanes), nv, lanes])
+    j0, j1 = sch.split(cols, [x // mr, mr])
+    sch.reorder(v0, *rest, j0, *reds, j1, v1, v2)
+    par = sch.fuse(v0, *rest)
+    sch.parallel(par)
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, j0, preserve_unit_loops=True)
+    for r in reds:
+        if (extent(sch, r) or 0) <= 7:
+            sch.unroll(r)
+    sch.unroll(j1)
+    sch.unroll(v1)
+    sch.vectorize(v2)
+    vectorize_inner(sch, acc, lanes, whole=4, tail=False)
+    if out is not None:
+        sch.reverse_compute_at(out, j0, preserve_unit_loops=True)
+        vectorize_inner(sch, out, lanes, whole=4, tail=False)
+    padded_here = False
+    for b in pre:
+        kinds = loop_kinds(sch, b)
+        if kinds is None or not all(k == "S" for k in kinds):
+            continue
+        if sch.get(b).name_hint in guarded:  # grown: zeros, then the copy (pad.py)
+            schedule_padded_copy(sch, b, lanes)
+            continue
+        try:
+            sch.compute_at(b, par, preserve_unit_loops=True)
+            vectorize_inner(sch, b, lanes, whole=4, tail=False)
+            padded_here = True
+        except Exception:  # noqa: BLE001 - not computable there: its own loop nest
+            schedule_spatial_block(sch, b, lanes)
+    sch.decompose_reduction(main, reds[0])
+    init = sch.get_sblock(m.block + "_init")
+    vectorize_inner(sch, init, lanes, whole=4, tail=False)
+    reason = (f"depthwise (channels innermost) tile {mr} columns x {nv} x {lanes} lanes, "
+              f"window unrolled{padded}")
+    reason += ", padding per channel block and row" if padded_here else ""
+    return sch, reason
+
+
 class DepthwiseRule(Rule):
     """The depthwise rule: up to 3 tile widths measured per shape; switched off by
     ``fluidml.schedule_off=depthwise`` (its kernels then fall to the reduction rule)."""
@@ -258,17 +358,23 @@ class DepthwiseRule(Rule):
         return analyze(func)
 
     def candidates(self, m: DepthwiseMatch, ctx: Context) -> list[dict]:
-        return [{"nv": nv} for nv in candidates(m, ctx.cpu, min(ctx.options.tune_trials, 3))]
+        budget = min(ctx.options.tune_trials, 3)
+        if m.f_is_vector:
+            return nhwc_candidates(m, ctx.cpu, budget)
+        return [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)]
 
     def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:
         return f"vector axis {m.v_extent} does not suit {ctx.cpu.lanes(32)} lanes"
 
     def workload(self, m: DepthwiseMatch, candidates: list[dict], ctx: Context) -> str:
-        return f"v{m.v_extent}s{m.stride}"
+        # channels innermost: column tiles since 2026-12-06 (decisions of the older kernel
+        # not reused)
+        return f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
 
     def flops(self, m: DepthwiseMatch) -> float:
         return m.flops
 
     def apply(self, func, m: DepthwiseMatch, config: dict, ctx: Context):
-        sch, why = schedule_depthwise(func, ctx.cpu, config["nv"])
+        sch, why = schedule_depthwise(func, ctx.cpu, config["nv"], mr=config.get("mr", 0),
+                                      vl=config.get("vl", 0))
         return sch.mod["main"], why, None

@@ -44,6 +44,43 @@ def test_depthwise_nhwc(stride):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("c,hw,k,stride", [
+    (32, 12, 3, 1), (32, 12, 3, 2), (72, 14, 5, 2), (36, 7, 3, 1), (33, 9, 3, 1), (64, 5, 5, 1)])
+def test_depthwise_nhwc_column_tiles(c, hw, k, stride):
+    """Channels innermost, every column tile of :func:`depthwise.nhwc_candidates` (half/quarter
+    vectors for 72 and 36 channels, channels padded for 33, 7/8/4/1-column tiles) with a bias +
+    ReLU epilogue computes what the unscheduled kernel does."""
+    from tvm import topi
+
+    from fluidml_tvm.schedules.rules import depthwise
+
+    X = te.placeholder((1, hw, hw, c), name="X")
+    W = te.placeholder((k, k, c, 1), name="W")
+    B = te.placeholder((1, 1, 1, c), name="B")
+    Y = topi.nn.relu(topi.add(topi.nn.depthwise_conv2d_nhwc(X, W, stride, k // 2, 1), B))
+    func = te.create_prim_func([X, W, B, Y])
+    m, why = depthwise.analyze(func)
+    assert m is not None and m.f_is_vector and m.cols == int(Y.shape[2]), why
+    rng = np.random.default_rng(1)
+    args = [rng.standard_normal([int(d) for d in t.shape]).astype("f4") for t in (X, W, B)]
+    shape = [int(d) for d in Y.shape]
+    ref = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), TARGET)
+    want = tvm.runtime.tensor(np.zeros(shape, "f4"))
+    ref["main"](*map(tvm.runtime.tensor, args), want)
+    cands = depthwise.nhwc_candidates(m, cpu_info(TARGET), 8)
+    assert cands and all(c_["mr"] >= 1 for c_ in cands)
+    for cfg in cands:
+        sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET), cfg["nv"], mr=cfg["mr"],
+                                                vl=cfg.get("vl", 0))
+        assert f"tile {cfg['mr'] if shape[2] % cfg['mr'] == 0 else 1} columns" in why, why
+        lib = tvm.compile(
+            tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+        got = tvm.runtime.tensor(np.zeros(shape, "f4"))
+        lib["main"](*map(tvm.runtime.tensor, args), got)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{cfg}: {why}")
+
+
 @pytest.mark.parametrize("nv", [1, 2])
 def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
