@@ -104,6 +104,9 @@ def bench_shape(shape, target, cpu, options, rounds):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="6 shapes")
+    ap.add_argument("--shapes", default=None,
+                    help="'C,F,X,K,S;...' (in, out channels, output map, kernel, stride) instead "
+                         "of the built-in set")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default=None)
@@ -127,7 +130,10 @@ def main(argv=None):
     load0 = os.getloadavg()[0]
     results = []
     with target:
-        for shape in (QUICK if args.quick else SHAPES):
+        shapes = QUICK if args.quick else SHAPES
+        if args.shapes:
+            shapes = [tuple(int(v) for v in sh.split(",")) for sh in args.shapes.split(";")]
+        for shape in shapes:
             r = bench_shape(shape, target, cpu, options, args.rounds)
             results.append(r)
             print(f"{shape}: first {r.get('first')} {r.get('first_us')} us, best {r.get('best')} "

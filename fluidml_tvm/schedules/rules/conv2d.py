@@ -56,14 +56,36 @@ from .pad import schedule_padded_copy
 
 def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     """The most accumulator registers a tile of this kernel should take: two thirds of the
-    vector registers where the kernel has a window (kh x kw > 1), all of them for a 1x1 kernel.
+    vector registers, all of them for a 1x1 kernel on a map of at most 14 columns (one tile a
+    row).
 
     Measured (``benchmarks/results/2026-12-06-conv-tiles*.md``): in a windowed kernel, tiles of
     28 accumulators (14x2, 7x4 on AVX-512's 32 registers) ran 2-3x slower than 14-21 (7x2,
     4x4, 7x3) on every 3x3 and 5x5 shape; on AVX2's 16, 12-14 accumulators (6x2, 7x2) ran
-    1.2-3x slower than 8-10. A 1x1 kernel's 14x2 tile is its fastest on AVX-512."""
+    1.2-3x slower than 8-10. A 1x1 kernel's 14x2 tile is its fastest on a 14x14 map (1-5%),
+    but on 28x28 and 56x56 maps it ran 1.05-1.8x slower than 7x2 / 8x2 (256->64: 1275 vs 1150
+    us, 512->128: 1022 vs 627; EfficientNet's 96->24 projection, 24 channels padded to 32: 297
+    vs 161, ``2026-12-06-conv-expansions.md``)."""
     windowed = sum(r == "r" for r in m.w_roles) > 1
-    return cpu.vector_registers * 2 // 3 if windowed else cpu.vector_registers
+    whole_row = m.x <= 14
+    return cpu.vector_registers * 2 // 3 if windowed or not whole_row else cpu.vector_registers
+
+
+# A 1x1 expansion (K input channels <= this, F >= 2K output channels: MobileNet/EfficientNet
+# blocks) takes the column vectors first (:mod:`.conv2d_cols`): the channel tiles' epilogue
+# re-lays each [columns, channels] tile into NCHW rows, a strided access per output element, as
+# much work as the K-long reduction itself; the column vectors write NCHW rows directly.
+# Measured (benchmarks/results/2026-12-06-conv-expansions.md, AVX-512, 2 threads): 16->96 at
+# 112x112 576 -> 270-317 us, 24->72 at 56x56 128 -> 86-92, 64->256 at 56x56 652 -> 455-466;
+# 1x1 projections (F < K: 144->24, 240->40, 256->64) ran 1.1-2.4x slower with them.
+EXPANSION_MAX_K = 64
+
+
+def expansion_cols(m: ConvMatch) -> bool:
+    """Whether ``m`` is a 1x1 expansion that takes the column vectors first."""
+    one_by_one = sum(r == "r" for r in m.w_roles) == 1
+    return (one_by_one and m.groups == 1 and m.r0 <= EXPANSION_MAX_K and m.f >= 2 * m.r0
+            and m.x_stride == 1)
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -302,6 +324,9 @@ class Conv2dRule(Rule):
         lanes = ctx.cpu.lanes(32)
         # shapes a channel tile divides keep their tiles (their history); the others may take
         # the column vectors
+        expansion = [] if not expansion_cols(m) else [
+            {"mr": nf, "nv": nv, "rb": 0, "cols": 1} for nf, nv in cols_candidates(m, ctx.cpu,
+                                                                                 budget)]
         cols = [] if candidates(m, ctx.cpu, 1) else cols_candidates(m, ctx.cpu, budget)
         best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
                            or lanes, lanes) if found else None
@@ -321,6 +346,9 @@ class Conv2dRule(Rule):
             # column count caps the tile)
             cands += [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
                       for mr, nv, _ in candidates_pointwise(m, ctx.cpu, 1)]
+        if expansion:  # a 1x1 expansion: the column vectors first, alternating with the rest
+            mixed = [c for pair in zip(expansion, cands) for c in pair]
+            return (mixed + expansion[len(cands):] + cands[len(expansion):])[:budget]
         return cands
 
     def no_candidates(self, m: ConvMatch, ctx: Context) -> str:

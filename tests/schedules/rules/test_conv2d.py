@@ -72,6 +72,42 @@ def test_pointwise_tile_over_rows_and_columns(epilogue):
     np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
 
 
+def test_expansion_takes_column_vectors_first(tmp_path):
+    """A 1x1 expansion with a short reduction (16 -> 96 channels, MobileNet/EfficientNet's) ranks
+    the column-vector tiles first (no re-lay of each tile into NCHW), alternating with the
+    channel tiles; the first one with its bias + ReLU epilogue matches ORT. A projection
+    (96 -> 16) and a 3x3 kernel keep the channel tiles first."""
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.schedules.rules import conv2d
+    from fluidml_tvm.schedules.rules.base import Context
+
+    lanes = cpu_info(TARGET).lanes(32)
+    model = conv_model(C=16, H=2 * lanes, W=2 * lanes, O=96, k=1, pad=0)
+    mod = fused(model)
+    (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+    rule = conv2d.Conv2dRule()
+    ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4),
+                  const_args={1: True})
+    m, _ = rule.analyze(mod[gv], ctx)
+    assert conv2d.expansion_cols(m)
+    cands = rule.candidates(m, ctx)
+    assert [bool(c.get("cols")) for c in cands] == [True, False, True, False]
+    run_ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4))
+    func, why, _ = rule.apply(mod[gv], rule.analyze(mod[gv], run_ctx)[0], cands[0], run_ctx)
+    assert "vectors along columns" in why and "at run time" in why, why
+    mod[gv] = func.with_attr("tirx.is_scheduled", True)
+    x = np.random.default_rng(4).standard_normal([1, 16, 2 * lanes, 2 * lanes]).astype("f4")
+    ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+    for kw in (dict(C=96, O=16, k=1, pad=0), dict(C=16, O=96, k=3, pad=1)):
+        mod = fused(conv_model(H=2 * lanes, W=2 * lanes, **kw))
+        (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+        m, _ = rule.analyze(mod[gv], ctx)
+        assert not conv2d.expansion_cols(m)
+        assert not rule.candidates(m, ctx)[0].get("cols"), kw
+
+
 @pytest.mark.parametrize("tile", [(4, 1, 0), (4, 1, 32), (2, 2, 32)])
 def test_conv2d_tiles_and_reduction_blocking_compute_the_same(tile):
     from fluidml_tvm.schedules.measure import random_args
@@ -107,7 +143,7 @@ def test_windowed_conv_tiles_leave_registers_for_the_window(mcpu, regs):
     """A 3x3 kernel's first tile takes at most two thirds of the vector registers as
     accumulators (ResNet's 256-channel 14x14 layer: 14x2 = 28 accumulators ran 2.1x slower
     than 7x2 on AVX-512, benchmarks/results/2026-12-06-conv-tiles.md); a 1x1 kernel of the same
-    shape may still take them all."""
+    shape may still take them all, on a 56-column map it may not (96->24: 14x2 1.8x slower)."""
     from fluidml_tvm.schedules.rules import conv2d
 
     cpu = cpu_info(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
@@ -123,3 +159,7 @@ def test_windowed_conv_tiles_leave_registers_for_the_window(mcpu, regs):
     if regs == 32:  # 7x2 for the window, 14x2 for the 1x1
         assert conv2d.candidates(m3, cpu, 1)[0][:2] == (7, 2)
         assert conv2d.candidates(m1, cpu, 1)[0][:2] == (14, 2)
+    m, _ = conv2d.analyze(_te_conv(96, 24, 56, 1))
+    assert conv2d.max_accumulators(m, cpu) == regs * 2 // 3
+    mr, nv = conv2d.padded_candidates(m, cpu, 1)[0][:2]
+    assert mr * nv <= regs * 2 // 3

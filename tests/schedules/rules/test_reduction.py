@@ -60,6 +60,27 @@ def test_row_reductions_as_vector_partial_results(E, parts):
     _same_as_unscheduled(func, sch)
 
 
+@pytest.mark.parametrize("hw", [56, 7])
+def test_mean_over_a_map_as_partial_results(hw):
+    """A squeeze-and-excitation block's global mean ([1, C, H, W] over H and W, keepdims): the
+    two reduction axes are one row of H x W, reduced as vector partial results (3136 = 196 x
+    16; 49, which no count of 4 or more divides, keeps the scalar sum), the result the
+    unscheduled kernel's."""
+    cpu = cpu_info(TARGET)
+    A = te.placeholder((1, 24, hw, hw), name="A")
+    S = topi.sum(A, axis=(2, 3), keepdims=True)  # relax.mean's legalized form: sum, divide
+    M = te.compute(S.shape, lambda *i: S(*i) / float(hw * hw), name="mean")
+    func = te.create_prim_func([A, M])
+    sch, why = reduction.schedule_reduction(func, cpu)
+    want = reduction.partial_count(hw * hw, cpu.lanes(32))
+    assert why.startswith("reduction (row form:"), why
+    if hw * hw >= 2 * cpu.lanes(32) and want:
+        assert f"as [{want}] partial results" in why, why
+    else:
+        assert "partial results" not in why, why
+    _same_as_unscheduled(func, sch)
+
+
 def test_partial_count():
     assert reduction.partial_count(1536, 16) == 16
     assert reduction.partial_count(1500, 16) == 15
