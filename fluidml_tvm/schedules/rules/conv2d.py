@@ -39,7 +39,12 @@ from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
 from .base import Context, Rule
-from .conv2d_cols import cols_candidates, cols_score, schedule_conv2d_cols
+from .conv2d_cols import (
+    cols_candidates,
+    cols_score,
+    expansion_candidates,
+    schedule_conv2d_cols,
+)
 from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_conv_pool
     ConvMatch,
     analyze,  # noqa: F401
@@ -56,28 +61,30 @@ from .pad import schedule_padded_copy
 
 def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     """The most accumulator registers a tile of this kernel should take: two thirds of the
-    vector registers, all of them for a 1x1 kernel on a map of at most 14 columns (one tile a
-    row).
+    vector registers for a kernel with a window, three quarters for a 1x1 kernel on a map
+    wider than 14 columns, all of them on a narrower one (one tile a row).
 
     Measured (``benchmarks/results/2026-12-06-conv-tiles*.md``): in a windowed kernel, tiles of
     28 accumulators (14x2, 7x4 on AVX-512's 32 registers) ran 2-3x slower than 14-21 (7x2,
     4x4, 7x3) on every 3x3 and 5x5 shape; on AVX2's 16, 12-14 accumulators (6x2, 7x2) ran
     1.2-3x slower than 8-10. A 1x1 kernel's 14x2 tile is its fastest on a 14x14 map (1-5%),
-    but on 28x28 and 56x56 maps it ran 1.05-1.8x slower than 7x2 / 8x2 (256->64: 1275 vs 1150
-    us, 512->128: 1022 vs 627; EfficientNet's 96->24 projection, 24 channels padded to 32: 297
-    vs 161, ``2026-12-06-conv-expansions.md``)."""
-    windowed = sum(r == "r" for r in m.w_roles) > 1
-    whole_row = m.x <= 14
-    return cpu.vector_registers * 2 // 3 if windowed or not whole_row else cpu.vector_registers
+    but on 28x28 and 56x56 maps 28 accumulators ran 1.05-1.8x slower than 14-24 (256->64: 1275
+    vs 1150 us, 512->128: 1022 vs 627; EfficientNet's 96->24 projection, 24 channels padded to
+    32: 297 vs 161-189, ``2026-12-06-conv-expansions.md``), where 24 (8x3) still ran as fast
+    as any (32->192 at 56x56: 238 us vs 262 for 7x3)."""
+    if sum(r == "r" for r in m.w_roles) > 1:  # a window
+        return cpu.vector_registers * 2 // 3
+    return cpu.vector_registers if m.x <= 14 else cpu.vector_registers * 3 // 4
 
 
 # A 1x1 expansion (K input channels <= this, F >= 2K output channels: MobileNet/EfficientNet
-# blocks) takes the column vectors first (:mod:`.conv2d_cols`): the channel tiles' epilogue
-# re-lays each [columns, channels] tile into NCHW rows, a strided access per output element, as
-# much work as the K-long reduction itself; the column vectors write NCHW rows directly.
-# Measured (benchmarks/results/2026-12-06-conv-expansions.md, AVX-512, 2 threads): 16->96 at
-# 112x112 576 -> 270-317 us, 24->72 at 56x56 128 -> 86-92, 64->256 at 56x56 652 -> 455-466;
-# 1x1 projections (F < K: 144->24, 240->40, 256->64) ran 1.1-2.4x slower with them.
+# blocks) takes the column vectors first (:mod:`.conv2d_cols`) where they need no padding
+# (:func:`.conv2d_cols.expansion_candidates`): the channel tiles' epilogue re-lays each
+# [columns, channels] tile into NCHW rows, a strided access per output element, as much work as
+# the K-long reduction itself; the column vectors write NCHW rows directly. Measured
+# (benchmarks/results/2026-12-06-conv-expansions.md, AVX-512, 2 threads): 16->96 at 112x112
+# with ReLU 707 -> 242-299 us, with SiLU 861 -> 648; 1x1 projections (F < K: 144->24, 240->40,
+# 256->64) ran 1.1-2.4x slower with column vectors.
 EXPANSION_MAX_K = 64
 
 
@@ -325,8 +332,8 @@ class Conv2dRule(Rule):
         # shapes a channel tile divides keep their tiles (their history); the others may take
         # the column vectors
         expansion = [] if not expansion_cols(m) else [
-            {"mr": nf, "nv": nv, "rb": 0, "cols": 1} for nf, nv in cols_candidates(m, ctx.cpu,
-                                                                                 budget)]
+            {"mr": nf, "nv": nv, "rb": 0, "cols": 1}
+            for nf, nv in expansion_candidates(m, ctx.cpu, budget)]
         cols = [] if candidates(m, ctx.cpu, 1) else cols_candidates(m, ctx.cpu, budget)
         best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
                            or lanes, lanes) if found else None

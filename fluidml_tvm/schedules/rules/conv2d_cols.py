@@ -39,6 +39,33 @@ def cols_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, 
     return [(nf, nv) for nf, nv, vl in found if vl == lanes][: max(1, budget)]
 
 
+def expansion_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
+    """``(nf, nv)`` column-vector tiles that need no padding: ``nf`` divides the channels and
+    ``nv`` vectors the columns (a 112- or 64-column map; not 56 or 28). A padded tile's guarded
+    epilogue is not vectorized: with a SiLU epilogue, EfficientNet's 24->144 expansion at 56x56
+    ran 1335 us padded to 64 columns vs 269 us with the channel tiles. First one vector of
+    the most channels (8, 6, 4), then the tile of the most FLOPs per load within three quarters
+    of the registers: an expansion reads few input channels, so the tile's reuse matters less
+    than its cheap epilogue (16->64 at 112x112: 8x1 180-192 us, 2x7 201-292; 16->96: 6x1 242,
+    2x7 267-279, 3x7 270-333; ``2026-12-06-conv-expansions.md``)."""
+    lanes = cpu.lanes(32)
+    if m.x_stride != 1 or m.x % lanes:
+        return []
+    found = []
+    for nf in (8, 6, 4, 3, 2):
+        for nv in (7, 4, 3, 2, 1):
+            if m.f % nf or m.x % (nv * lanes) or nf * nv > cpu.vector_registers * 3 // 4:
+                continue
+            found.append((nf * nv / (nf + nv), nf * nv, nf, nv))
+    found.sort(reverse=True)
+    out = [(nf, nv) for _, _, nf, nv in found]
+    one = next(((nf, 1) for nf in (8, 6, 4) if (nf, 1) in out), None)
+    if one is not None:
+        out.remove(one)
+        out.insert(0, one)
+    return out[: max(1, budget)]
+
+
 def cols_score(m: ConvMatch, cpu: CPUInfo, tile) -> float:
     lanes = cpu.lanes(32)
     return tiles.score(m.f, m.x, tile[0], tile[1], lanes, lanes)
