@@ -61,8 +61,9 @@ from .pad import schedule_padded_copy
 
 def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     """The most accumulator registers a tile of this kernel should take: two thirds of the
-    vector registers for a kernel with a window, three quarters for a 1x1 kernel on a map
-    wider than 14 columns, all of them on a narrower one (one tile a row).
+    vector registers for a kernel with a window, three quarters for a 1x1 kernel writing NCHW
+    on a map wider than 14 columns, all of them on a narrower one (one tile a row) or with the
+    channels innermost.
 
     Measured (``benchmarks/results/2026-12-06-conv-tiles*.md``): in a windowed kernel, tiles of
     28 accumulators (14x2, 7x4 on AVX-512's 32 registers) ran 2-3x slower than 14-21 (7x2,
@@ -71,10 +72,16 @@ def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     but on 28x28 and 56x56 maps 28 accumulators ran 1.05-1.8x slower than 14-24 (256->64: 1275
     vs 1150 us, 512->128: 1022 vs 627; EfficientNet's 96->24 projection, 24 channels padded to
     32: 297 vs 161-189, ``2026-12-06-conv-expansions.md``), where 24 (8x3) still ran as fast
-    as any (32->192 at 56x56: 238 us vs 262 for 7x3)."""
+    as any (32->192 at 56x56: 238 us vs 262 for 7x3). With the channels innermost (NHWC
+    output: no re-lay of the tile) 28 ran as fast as 16 (7x4 386 us, 4x4 377 on 256->64 at
+    56x56): uncapped there."""
     if sum(r == "r" for r in m.w_roles) > 1:  # a window
         return cpu.vector_registers * 2 // 3
-    return cpu.vector_registers if m.x <= 14 else cpu.vector_registers * 3 // 4
+    channels_last = "f" in m.loop_roles and "x" in m.loop_roles and (
+        m.loop_roles.index("f") > m.loop_roles.index("x"))
+    if m.x <= 14 or channels_last:  # one tile a row, or no re-lay of the tile into NCHW rows
+        return cpu.vector_registers
+    return cpu.vector_registers * 3 // 4
 
 
 # A 1x1 expansion (K input channels <= this, F >= 2K output channels: MobileNet/EfficientNet
