@@ -149,10 +149,12 @@ def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[di
     """Tiles of a channels-innermost kernel (:func:`_schedule_nhwc`): ``{"nv", "mr"[, "vl"]}``,
     ``mr`` output columns x ``nv`` vectors of ``vl`` channels (``vl``: half or a quarter of the
     target's vector where that divides the channels and the whole one does not - 24, 40, 72,
-    120 channels - so nothing is padded). Best guess first: two vectors (one where the vectors
-    do not pair) x 7 or 8 columns, then four vectors of one column, then one vector of 7 or 8
-    columns (measured, ``benchmarks/results/2026-12-06-depthwise-nhwc.md``: these three won
-    every MobileNet/EfficientNet/MNASNet depthwise shape timed, within 10%)."""
+    120 channels - so nothing is padded: 72 channels at 28x28 stride 2 45 us, padded to 80 95
+    us). Best guess first: two vectors (one where the vectors do not pair: 144 channels' 3 x 4
+    ran 195 us, 1 x 7 84) x 7 or 8 columns, then four vectors of one column, then one vector of
+    7 or 8 columns (``benchmarks/results/2026-12-06-depthwise-nhwc.md``: new first tile / the
+    row-parallel kernel 0.28-0.95 on 24 of 26 MobileNet/EfficientNet/MNASNet/ConvNeXt shapes;
+    72 and 88 channels at 56x56 / 28x28 stride 1 1.5-1.65x slower, tens of us)."""
     lanes = cpu.lanes(32)
     vl = lanes
     if m.v_extent % lanes:
@@ -170,7 +172,7 @@ def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[di
         if nv <= nvec and nvec % nv == 0 and nv * mr <= cap and c not in out:
             out.append(c)
 
-    pair = 2 if nvec % 2 == 0 else (3 if nvec % 3 == 0 else 1)
+    pair = 2 if nvec % 2 == 0 else 1
     add(pair, next(r for r in mrs if pair * r <= cap))
     add(4, 1)
     add(1, next(r for r in mrs if r <= cap))
