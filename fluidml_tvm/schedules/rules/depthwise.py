@@ -226,6 +226,17 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         if last is not None and last % 2 == 0 and any(b.same_as(wbuf) for b in reads_main):
             sch.transform_layout(pb, ("write", 0),
                                  lambda *idx: [*idx[:-1], idx[-1] % 2, idx[-1] // 2])
+            try:
+                # iterate the copy as it writes, [.., parity, column // 2]: contiguous stores,
+                # vectorized, where the column order stored every other element one scalar at
+                # a time (64 channels 112 -> 56: 387 -> 153 us, the copy was the kernel's time)
+                nd = len(sch.get(pb).iter_vars)
+                dt = str(sch.get(pb).iter_vars[-1].dom.extent.ty.dtype)
+                sch.transform_block_layout(pb, tirx.IndexMap.from_func(
+                    lambda *iv: [*iv[:-1], iv[-1] % 2, iv[-1] // 2], ndim=nd,
+                    index_dtype=dt))
+            except Exception:  # noqa: BLE001 - the copy keeps its column order
+                pass
             split_pad = True
     if m.f_is_vector and mr:
         return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)

@@ -81,6 +81,34 @@ def test_depthwise_nhwc_column_tiles(c, hw, k, stride):
                                    err_msg=f"{cfg}: {why}")
 
 
+def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
+    """NCHW stride 2: the padded input is stored even columns, then odd ones, and the copy that
+    stores it runs in that order (contiguous, vectorized stores; in column order it stored one
+    scalar at a time and was most of the kernel's time); the result is the unscheduled
+    kernel's."""
+    from tvm import topi
+
+    from fluidml_tvm.schedules.measure import random_args
+    from fluidml_tvm.schedules.rules import depthwise
+
+    X = te.placeholder((1, 16, 64, 64), name="X")
+    W = te.placeholder((16, 1, 3, 3), name="W")
+    func = te.create_prim_func([X, W, topi.nn.group_conv2d_nchw(X, W, 2, 1, 1, 16)])
+    sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET))
+    assert "split even/odd" in why, why
+    loops = sch.get_loops(sch.get_sblock("pad_temp"))
+    kinds = [int(sch.get(lp).kind) for lp in loops]  # ForKind: 1 parallel, 2 vectorized
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    assert kinds[-1] == 2 and extents[-2:] == [2, 33], (kinds, extents)
+    dev = tvm.cpu()
+    args = random_args(func, dev, seed=5)
+    new = [tvm.runtime.tensor(a.numpy(), dev) for a in args]
+    for f_, a in ((func, args), (sch.mod["main"], new)):
+        tvm.compile(tvm.IRModule({"main": f_.with_attr("global_symbol", "main")}),
+                    TARGET)["main"](*a)
+    np.testing.assert_allclose(new[-1].numpy(), args[-1].numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("nv", [1, 2])
 def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     """Each register tile of the depthwise rule (with the ReLU epilogue per tile) matches ORT,
