@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -114,20 +113,14 @@ def main(argv=None):
                     help="an llvm target this host can run, as JSON (default: the host's), "
                          "e.g. '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}' (AVX2)")
     args = ap.parse_args(argv)
-    import tvm
 
     from fluidml_tvm.options import Options
-    from fluidml_tvm.schedules.target_info import cpu_info, host_target
 
-    target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
-    cpu = cpu_info(target)
-    options = Options()
-    threads = os.environ.get("TVM_NUM_THREADS", "(unset)")
     sys.path.insert(0, HERE)
-    from run_corpus import git_commit
+    from run_corpus import kernel_bench_setup, write_md_json
 
-    commit = git_commit(HERE, short=True)
-    load0 = os.getloadavg()[0]
+    target, cpu, threads, commit, load0 = kernel_bench_setup(HERE, args.target)
+    options = Options()
     results = []
     with target:
         shapes = QUICK if args.quick else SHAPES
@@ -157,13 +150,9 @@ def main(argv=None):
         allc = "; ".join(f"{row['tile']}: {row['us']}" for row in r["rows"])
         head.append(f"| {c}->{f}, {x}x{x}, {k}x{k}/{s} | {r['first']} | {r['first_us']} | "
                     f"{r['best']} | {r['best_us']} | {r['first_over_best']} | {allc} |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, name + ".md"), "w") as fh:
-        fh.write("\n".join(head) + "\n")
-    with open(os.path.join(args.out, name + ".json"), "w") as fh:
-        json.dump({"commit": commit, "host": cpu.key(), "threads": threads,
-                   "load": [load0, load1], "results": results}, fh, indent=1)
-    print(os.path.join(args.out, name + ".md"))
+    print(write_md_json(args.out, name, head, {
+        "commit": commit, "host": cpu.key(), "threads": threads, "load": [load0, load1],
+        "results": results}))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -97,16 +96,11 @@ def main(argv=None):
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
     from fluidml_tvm.options import Options
-    from fluidml_tvm.schedules.target_info import cpu_info, host_target
 
-    target = host_target()
-    cpu = cpu_info(target)
-    threads = os.environ.get("TVM_NUM_THREADS", "(unset)")
     sys.path.insert(0, HERE)
-    from run_corpus import git_commit
+    from run_corpus import kernel_bench_setup, write_md_json
 
-    commit = git_commit(HERE, short=True)
-    load0 = os.getloadavg()[0]
+    target, cpu, threads, commit, load0 = kernel_bench_setup(HERE)
     results = []
     with target:
         for shape in (QUICK if args.quick else SHAPES):
@@ -136,13 +130,9 @@ def main(argv=None):
                      f"{r['old_us']} | {cfg_str(r['new'])} | {r['new_us']} | "
                      f"{cfg_str(r['best'])} | {r['best_us']} | {r['new_over_old']} | "
                      f"{r['new_over_nchw']} |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, name + ".md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, name + ".json"), "w") as fh:
-        json.dump({"commit": commit, "host": cpu.key(), "threads": threads,
-                   "load": [load0, load1], "results": results}, fh, indent=1)
-    print(os.path.join(args.out, name + ".md"))
+    print(write_md_json(args.out, name, lines, {
+        "commit": commit, "host": cpu.key(), "threads": threads, "load": [load0, load1],
+        "results": results}))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,30 @@ def git_commit(path: str, short: bool = False, untracked: bool = True) -> str:
     return commit + ("-dirty" if commit and status.strip() else "")
 
 
+def kernel_bench_setup(here: str, target_json: str | None = None):
+    """What a kernel benchmark (bench_conv_tiles, bench_depthwise_tiles) states and runs on:
+    ``(target, cpu, threads, commit, load before)``; ``target_json``: an llvm target this host
+    can run (default: the host's)."""
+    import tvm
+
+    from fluidml_tvm.schedules.target_info import cpu_info, host_target
+
+    target = tvm.target.Target(json.loads(target_json)) if target_json else host_target()
+    return (target, cpu_info(target), os.environ.get("TVM_NUM_THREADS", "(unset)"),
+            git_commit(here, short=True), os.getloadavg()[0])
+
+
+def write_md_json(out_dir: str, name: str, md_lines: list, data: dict) -> str:
+    """``out_dir/name.md`` (the lines) and ``out_dir/name.json`` (``data``); the .md path."""
+    os.makedirs(out_dir, exist_ok=True)
+    md = os.path.join(out_dir, name + ".md")
+    with open(md, "w") as fh:
+        fh.write("\n".join(md_lines) + "\n")
+    with open(os.path.join(out_dir, name + ".json"), "w") as fh:
+        json.dump(data, fh, indent=1)
+    return md
+
+
 # ---- one model ----------------------------------------------------------------------------------
 def _compile(engine: str, manifest: dict, onnx_path: str, lib: str, threads: int,
              pass_config: list, timeout: float, env: dict | None = None,

@@ -240,15 +240,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             split_pad = True
     if m.f_is_vector and mr:
         return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)
-    loops = sch.get_loops(main)
-    outer, reds, vl = [], [], None
-    for lp, role in zip(loops, m.loop_roles):
-        if role == "v":
-            vl = lp
-        elif role == "r":
-            reds.append(lp)
-        else:
-            outer.append(lp)
+    outer, reds, vl = _loops_by_role(sch, main, m)
     if nv:
         v0, v1, v2 = sch.split(vl, [m.v_extent // (nv * lanes), nv, lanes])
     else:
@@ -263,19 +255,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     par_loops = outer[:n_par]
     par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
     sch.parallel(par)
-    # the accumulators of one tile in a local buffer (registers)
-    acc = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(acc, v0, preserve_unit_loops=True)
-    for r in reds:
-        if (extent(sch, r) or 0) <= 7:
-            sch.unroll(r)
-    if v1 is not None:
-        sch.unroll(v1)
-    sch.vectorize(v2)
-    vectorize_inner(sch, acc, lanes, whole=4, tail=False)
-    if out is not None:
-        sch.reverse_compute_at(out, v0, preserve_unit_loops=True)
-        vectorize_inner(sch, out, lanes, whole=4, tail=False)
+    _tile(sch, main, out, v0, reds, [v1] if v1 is not None else [], v2, lanes)
     padded_here = False
     for b in pre:  # padding: per parallel iteration when it covers one channel plane
         kinds = loop_kinds(sch, b)
@@ -290,9 +270,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             except Exception:  # noqa: BLE001 - not computable there: its own loop nest
                 pass
         schedule_spatial_block(sch, b, lanes)
-    sch.decompose_reduction(main, reds[0])
-    init = sch.get_sblock(m.block + "_init")
-    vectorize_inner(sch, init, lanes, whole=4, tail=False)
+    _init_vectorized(sch, main, m, reds[0], lanes)
     layout = "channels innermost" if m.f_is_vector else "columns innermost"
     tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
@@ -302,21 +280,51 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     return sch, reason
 
 
-def _schedule_nhwc(sch, main, m: DepthwiseMatch, pre, out, nv: int, mr: int, lanes: int,
-                   padded: str, guarded=frozenset()):
-    """Channels innermost: ``fuse(channel block, batch, rows)`` parallel | column tiles of
-    ``mr`` | window (unrolled) | ``mr`` columns x ``nv`` vectors (unrolled) | lanes. A channel
-    block's few padded rows stay in L1 while a row of tiles sweeps them (the padding is computed
-    per parallel iteration), and the ``mr`` columns of a tile share the window's input loads."""
-    loops = sch.get_loops(main)
+def _loops_by_role(sch, main, m: DepthwiseMatch):
+    """``(outer loops, reduction loops, the vector axis' loop)`` of the main block."""
     outer, reds, vl = [], [], None
-    for lp, role in zip(loops, m.loop_roles):
+    for lp, role in zip(sch.get_loops(main), m.loop_roles):
         if role == "v":
             vl = lp
         elif role == "r":
             reds.append(lp)
         else:
             outer.append(lp)
+    return outer, reds, vl
+
+
+def _tile(sch, main, out, at, reds, unrolled, vec, lanes: int) -> None:
+    """One tile under loop ``at``: its accumulators in a local buffer (registers), the window
+    loops (up to 7 taps) and ``unrolled`` unrolled, ``vec`` vectorized, the epilogue ``out``
+    computed per tile."""
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, at, preserve_unit_loops=True)
+    for r in reds:
+        if (extent(sch, r) or 0) <= 7:
+            sch.unroll(r)
+    for lp in unrolled:
+        sch.unroll(lp)
+    sch.vectorize(vec)
+    vectorize_inner(sch, acc, lanes, whole=4, tail=False)
+    if out is not None:
+        sch.reverse_compute_at(out, at, preserve_unit_loops=True)
+        vectorize_inner(sch, out, lanes, whole=4, tail=False)
+
+
+def _init_vectorized(sch, main, m: DepthwiseMatch, at, lanes: int) -> None:
+    """The accumulators' initial values as a block of their own above ``at``, vectorized."""
+    sch.decompose_reduction(main, at)
+    init = sch.get_sblock(m.block + "_init")
+    vectorize_inner(sch, init, lanes, whole=4, tail=False)
+
+
+def _schedule_nhwc(sch, main, m: DepthwiseMatch, pre, out, nv: int, mr: int, lanes: int,
+                   padded: str, guarded=frozenset()):
+    """Channels innermost: ``fuse(channel block, batch, rows)`` parallel | column tiles of
+    ``mr`` | window (unrolled) | ``mr`` columns x ``nv`` vectors (unrolled) | lanes. A channel
+    block's few padded rows stay in L1 while a row of tiles sweeps them (the padding is computed
+    per parallel iteration), and the ``mr`` columns of a tile share the window's input loads."""
+    outer, reds, vl = _loops_by_role(sch, main, m)
     cols, rest = outer[-1], outer[:-1]
     x = extent(sch, cols) or 1
     mr = mr if x % mr == 0 else 1
@@ -325,18 +333,7 @@ def _schedule_nhwc(sch, main, m: DepthwiseMatch, pre, out, nv: int, mr: int, lan
     sch.reorder(v0, *rest, j0, *reds, j1, v1, v2)
     par = sch.fuse(v0, *rest)
     sch.parallel(par)
-    acc = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(acc, j0, preserve_unit_loops=True)
-    for r in reds:
-        if (extent(sch, r) or 0) <= 7:
-            sch.unroll(r)
-    sch.unroll(j1)
-    sch.unroll(v1)
-    sch.vectorize(v2)
-    vectorize_inner(sch, acc, lanes, whole=4, tail=False)
-    if out is not None:
-        sch.reverse_compute_at(out, j0, preserve_unit_loops=True)
-        vectorize_inner(sch, out, lanes, whole=4, tail=False)
+    _tile(sch, main, out, j0, reds, [j1, v1], v2, lanes)
     padded_here = False
     for b in pre:
         kinds = loop_kinds(sch, b)
@@ -351,9 +348,7 @@ def _schedule_nhwc(sch, main, m: DepthwiseMatch, pre, out, nv: int, mr: int, lan
             padded_here = True
         except Exception:  # noqa: BLE001 - not computable there: its own loop nest
             schedule_spatial_block(sch, b, lanes)
-    sch.decompose_reduction(main, reds[0])
-    init = sch.get_sblock(m.block + "_init")
-    vectorize_inner(sch, init, lanes, whole=4, tail=False)
+    _init_vectorized(sch, main, m, reds[0], lanes)
     reason = (f"depthwise (channels innermost) tile {mr} columns x {nv} x {lanes} lanes, "
               f"window unrolled{padded}")
     reason += ", padding per channel block and row" if padded_here else ""
