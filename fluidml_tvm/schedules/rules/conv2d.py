@@ -338,9 +338,6 @@ class Conv2dRule(Rule):
         lanes = ctx.cpu.lanes(32)
         # shapes a channel tile divides keep their tiles (their history); the others may take
         # the column vectors
-        expansion = [] if not expansion_cols(m) else [
-            {"mr": nf, "nv": nv, "rb": 0, "cols": 1}
-            for nf, nv in expansion_candidates(m, ctx.cpu, budget)]
         cols = [] if candidates(m, ctx.cpu, 1) else cols_candidates(m, ctx.cpu, budget)
         best = tiles.score(m.x, m.f, found[0][0], found[0][1], (found[0] + (0, 0, lanes))[3]
                            or lanes, lanes) if found else None
@@ -360,6 +357,9 @@ class Conv2dRule(Rule):
             # column count caps the tile)
             cands += [{"mr": mr, "nv": nv, "rb": 0, "p": 1}
                       for mr, nv, _ in candidates_pointwise(m, ctx.cpu, 1)]
+        expansion = [] if not expansion_cols(m) else [
+            {"mr": nf, "nv": nv, "rb": 0, "cols": 1}
+            for nf, nv in expansion_candidates(m, ctx.cpu, budget)]
         if expansion:  # a 1x1 expansion: the column vectors first, alternating with the rest
             mixed = [c for pair in zip(expansion, cands) for c in pair]
             return (mixed + expansion[len(cands):] + cands[len(expansion):])[:budget]

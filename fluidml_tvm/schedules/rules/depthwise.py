@@ -183,7 +183,9 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
                        split_even_odd: bool = True, mr: int = 0, vl: int = 0):
     """Returns ``(schedule, reason)``; schedule None when the rule does not apply.
     ``split_even_odd``: for stride 2 along the vector axis, the padded input is laid out even
-    columns then odd ones (contiguous loads per window tap)."""
+    columns then odd ones (contiguous loads per window tap). ``mr`` (with the channels
+    innermost): the column tiles of :func:`_schedule_nhwc` (0: the row-parallel kernel they
+    replaced, kept for ``benchmarks/bench_depthwise_tiles.py``); ``vl``: lanes a vector."""
     m, why = analyze(func)
     if m is None:
         return None, why
