@@ -18,6 +18,7 @@ leading spatial loops; nothing is left single-threaded where there is work to sh
 from __future__ import annotations
 
 import logging
+import math
 
 from tvm import s_tir, tirx
 
@@ -221,16 +222,15 @@ def _rfactor(sch, block, lanes, partial):
     n_red = len(kinds) - _leading_s(kinds)  # the reduction loops, all innermost
     if kinds.count("R") != n_red:
         return sch
-    ext = 1
-    for lp in loops[len(loops) - n_red:]:
-        ext = ext * extent(sch, lp) if ext is not None and extent(sch, lp) else None
+    exts = [extent(sch, lp) for lp in loops[-n_red:]]
+    ext = math.prod(exts) if all(exts) else None
     v = partial_count(ext, lanes) if ext is not None and ext >= 2 * lanes else None
     if v is None:
         return sch
     trial = sch.copy()  # a primitive that fails part-way leaves the original as it was
     try:
         ndim = len(trial.get(block).writes[0].region)
-        red = trial.get_loops(block)[len(loops) - n_red:]
+        red = trial.get_loops(block)[-n_red:]
         # a reduction over several innermost axes (a mean over H x W): one axis of them all
         inner = trial.fuse(*red) if n_red > 1 else red[0]
         _, ki = trial.split(inner, [None, v])
