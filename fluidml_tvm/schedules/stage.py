@@ -38,7 +38,7 @@ from ..decisions import Decision, attach
 from ..options import Options
 from . import fast_math, work
 from .choose import Choice, key
-from .common import no_vector_form
+from .common import inline_plain_copies, no_vector_form
 from .constants import constant_args, pack_constants
 from .measure import can_measure
 from .rules import RULES, Context, Unrelated
@@ -109,6 +109,7 @@ class FluidMLSchedule:
                 self.decisions.append(_decision(name, "skipped", why))
                 continue
             ctx = Context(name, target, cpu, self.options, consts.get(name, {}), db, measure_ok)
+            func = inline_plain_copies(func)  # e.g. a conv's padding stage of no padding
             p, reasons = plan_kernel(func, ctx)
             if p is not None:
                 p.calls = calls.get(name, 1)

@@ -14,6 +14,7 @@ from fluidml_tvm.schedules.common import (
     as_int,
     called_ops,
     inline_all,
+    inline_plain_copies,
     iter_values,
     loop_kinds,
     match_sum_of_products,
@@ -140,3 +141,43 @@ def test_root_blocks_of_a_kernel_without_blocks_is_empty():
             A[i] = T.float32(0)
 
     assert root_blocks(tvm.s_tir.Schedule(loops_only)) == []
+
+
+def _block_names(func) -> list[str]:
+    sch = tvm.s_tir.Schedule(func)
+    return [sch.get(b).name_hint for b in root_blocks(sch)]
+
+
+@pytest.mark.parametrize("pad, kept", [(0, False), (1, True)])
+def test_inline_plain_copies_drops_a_padding_stage_of_no_padding(pad, kept):
+    """TVM's conv2d writes its input into pad_temp even with no padding (every 1x1 conv): the
+    copy is inlined, so the conv reads its input; a real padding stage stays (it is one the
+    rules schedule), and the function computes the same."""
+    from tvm import topi
+
+    data = te.placeholder((1, 8, 6, 6), name="data")
+    w = te.placeholder((4, 8, 1 + 2 * pad, 1 + 2 * pad), name="w")
+    func = te.create_prim_func([data, w, topi.nn.conv2d_nchw(data, w, 1, pad, 1)])
+    assert "pad_temp" in _block_names(func)
+    out = inline_plain_copies(func)
+    assert ("pad_temp" in _block_names(out)) == kept
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((1, 8, 6, 6)).astype("float32"),
+            rng.standard_normal(tuple(int(d) for d in w.shape)).astype("float32")]
+    results = []
+    for f in (func, out):
+        lib = tvm.compile(f, target="llvm")
+        res = tvm.runtime.tensor(np.zeros((1, 4, 6, 6), "float32"))
+        lib(*[tvm.runtime.tensor(a) for a in args], res)
+        results.append(res.numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)
+
+
+def test_inline_plain_copies_keeps_a_copy_that_moves_elements():
+    """A copy with other indices (a transposed conv's flipped kernel) is a stage the rules
+    match: it stays."""
+    a = te.placeholder((4, 5), name="a")
+    t = te.compute((5, 4), lambda i, j: a[j, i], name="moved")
+    b = te.compute((5, 4), lambda i, j: t[i, j] * 2.0, name="b")
+    func = te.create_prim_func([a, b])
+    assert inline_plain_copies(func).same_as(func)
