@@ -27,6 +27,7 @@ import math
 from ...costdb import target_key
 from .cost import AnalyticCost
 from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_shape
+from .neighbours import estimate_unmeasured, one_of_each_kind_first
 from .variants import (
     matmul_key,
     matmul_variant,
@@ -75,6 +76,10 @@ class MeasuredCost(AnalyticCost):
         object.__setattr__(self, "refused", set())
         object.__setattr__(self, "pairs", {})  # conv variant key -> (node, in, out layouts)
         object.__setattr__(self, "share_end", None)  # where the layout share of the budget ends
+        # pure variants (one layout in and out) of conv nodes the budget left unmeasured,
+        # estimated from their nearest measured neighbour (key -> seconds; :mod:`.neighbours`)
+        object.__setattr__(self, "estimated", {})
+        object.__setattr__(self, "estimate_notes", [])
         object.__setattr__(self, "tkey", target_key(target))
 
     def __hash__(self):
@@ -198,6 +203,7 @@ class MeasuredCost(AnalyticCost):
         # transposed); compute-bound ones run alike in any layout (VGG's 64-512 channel convs
         # within 2%, under the margin). Cheap nodes also take little of the budget each.
         todo_groups.sort(key=lambda it: self._intensity(g, it[0]))
+        todo_groups = one_of_each_kind_first(g, todo_groups)
         done = 0
         share = tuning.LAYOUT_SHARE * (1.0 - (MIXED_SHARE if self.deferred else 0.0))
         with session.share(share):
@@ -218,6 +224,7 @@ class MeasuredCost(AnalyticCost):
         if self.unmeasured:
             log.info("layout: tune budget spent; %d nodes keep their analytic costs",
                      len(self.unmeasured))
+            estimate_unmeasured(self, g, cands)
         return done
 
     def _derivable(self, k: str, group: dict) -> bool:
@@ -345,13 +352,14 @@ class MeasuredCost(AnalyticCost):
         from .conv import conv_key
 
         key = conv_key(g, i, lin, lout)
-        t = self.table.get(key)
+        t = self.table.get(key, self.estimated.get(key))
         plain = lin == identity(4) and lout == identity(4)
         if t is None and key in self.deferred:
             # not measured yet: as fast as the faster of the node's two variants that keep one
             # layout (optimistic: refine measures it when a plan takes it, then plans again; the
             # mean kept SqueezeNet's fire modules NCHW, 1.14x slower, 2026-12-06)
-            ends = [self.table.get(conv_key(g, i, lay, lay)) for lay in (lin, lout)]
+            ends = [self.table.get(k, self.estimated.get(k))
+                    for k in (conv_key(g, i, lay, lay) for lay in (lin, lout))]
             if all(e is not None for e in ends):
                 t = min(ends)
         if t is None:

@@ -95,6 +95,7 @@ class FluidMLLayout:
             cands = candidates(g, matmul_transposes=self.explicit_transforms,
                                conv_layouts=self.options.layout_conv,
                                conv_block=self._conv_block())
+            seen_notes = len(getattr(model, "estimate_notes", ()))
             if hasattr(model, "prepare"):
                 model.prepare(g, cands)
             plan = plan_layouts(g, model, cands=cands)
@@ -102,6 +103,7 @@ class FluidMLLayout:
             # them, then the plan is made again (MeasuredCost.refine)
             while hasattr(model, "refine") and model.refine(g, plan.layouts):
                 plan = plan_layouts(g, model, cands=cands)
+            plan.notes += getattr(model, "estimate_notes", [])[seen_notes:]
             if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
                 plan.notes.append(_unrestricted(g, model, plan))
             if not self.apply:
