@@ -94,6 +94,11 @@ class Options:
                                 "target's vector lanes). Off: on VGG-11 it took the first conv out "
                                 "of conv+pool fusion (planned 16.06 vs 4.82 MB) for no latency "
                                 "gain")
+    layout_neighbours: bool = _opt(False, "within a bounded tune budget: a conv node left "
+                                   "unmeasured takes the measured NHWC/NCHW ratio of its nearest "
+                                   "measured conv of its kind, and one node of each kind is "
+                                   "measured first. Off: 12 conv models A/B geomean 0.993 "
+                                   "(0.965-1.020), no gain beyond noise")
     layout_verify: bool = _opt(help="keep a layout plan only if it measured faster end to end: "
                                "the first compile of a new plan also compiles with "
                                "fluidml.layout=0 and times both (cached per plan id). Default "

@@ -203,7 +203,8 @@ class MeasuredCost(AnalyticCost):
         # transposed); compute-bound ones run alike in any layout (VGG's 64-512 channel convs
         # within 2%, under the margin). Cheap nodes also take little of the budget each.
         todo_groups.sort(key=lambda it: self._intensity(g, it[0]))
-        todo_groups = one_of_each_kind_first(g, todo_groups)
+        if self.options.layout_neighbours:
+            todo_groups = one_of_each_kind_first(g, todo_groups)
         done = 0
         share = tuning.LAYOUT_SHARE * (1.0 - (MIXED_SHARE if self.deferred else 0.0))
         with session.share(share):
@@ -224,7 +225,8 @@ class MeasuredCost(AnalyticCost):
         if self.unmeasured:
             log.info("layout: tune budget spent; %d nodes keep their analytic costs",
                      len(self.unmeasured))
-            estimate_unmeasured(self, g, cands)
+            if self.options.layout_neighbours:
+                estimate_unmeasured(self, g, cands)
         return done
 
     def _derivable(self, k: str, group: dict) -> bool:

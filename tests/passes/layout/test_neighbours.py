@@ -53,12 +53,14 @@ def test_distance():
     assert neighbours.distance(((not dw, k, s), nums), f["c2"]) == math.inf  # depthwise apart
 
 
-@pytest.mark.parametrize("reach", [neighbours.MAX_DISTANCE, -1.0])
-def test_unmeasured_conv_takes_its_neighbours_ratio(reach, tmp_path, monkeypatch):
-    """c3 is left unmeasured by an earlier compile's budget (its SKIPPED record); c2, one log2
+@pytest.mark.parametrize("reach, on", [(neighbours.MAX_DISTANCE, True), (-1.0, True),
+                                      (neighbours.MAX_DISTANCE, False)])
+def test_unmeasured_conv_takes_its_neighbours_ratio(reach, on, tmp_path, monkeypatch):
+    """(``fluidml.layout_neighbours=1``) c3 is left unmeasured by an earlier compile's budget (its SKIPPED record); c2, one log2
     step away, measured NHWC at half its NCHW time: c3 takes that ratio and the chain runs
-    NHWC from c1's output to c4's input. With no neighbour in reach c3 keeps NCHW (a layout
-    change needs a measurement), and so does c2, which would pay for the change."""
+    NHWC from c1's output to c4's input. With no neighbour in reach, or the option off (the
+    default), c3 keeps NCHW (a layout change needs a measurement), and so does c2, which would
+    pay for the change."""
     target = tvm.target.Target({"kind": "llvm"})
     monkeypatch.setattr(neighbours, "MAX_DISTANCE", reach)
     mod = _four_convs()
@@ -76,7 +78,8 @@ def test_unmeasured_conv_takes_its_neighbours_ratio(reach, tmp_path, monkeypatch
 
     monkeypatch.setattr(layout_measure.MeasuredCost, "_measure", fake_measure)
     db = CostDB(str(tmp_path))
-    model = layout_measure.MeasuredCost(target, Options(), db, conversion_penalty=10.0)
+    model = layout_measure.MeasuredCost(target, Options(layout_neighbours=on), db,
+                                        conversion_penalty=10.0)
     c3 = next(i for i, n in enumerate(g.nodes) if n.output == "c3")
     from fluidml_tvm.passes.layout.dp import candidates
 
@@ -89,7 +92,7 @@ def test_unmeasured_conv_takes_its_neighbours_ratio(reach, tmp_path, monkeypatch
     assert "c3" not in measured
     layouts = p.plans["main"].layouts
     notes = " ".join(p.plans["main"].notes)
-    if reach > 0:
+    if reach > 0 and on:
         assert layouts == {"c1": NHWC, "c2": NHWC, "c3": NHWC}
         assert "c3 0.50x from c2" in notes
     else:
