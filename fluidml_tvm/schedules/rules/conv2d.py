@@ -15,6 +15,8 @@ the window:
   thirds of the vector registers as accumulators (:func:`max_accumulators`);
 * ``fuse(batch, channel panel, output rows)`` parallel | column tiles | reduction | tile;
 * bias/ReLU epilogues computed per tile; the padding stage stays a parallel loop nest of its own;
+  a 1x1 kernel reading many NCHW input planes directly copies one row of each into a contiguous
+  buffer per output row first (:func:`.conv2d_policy.stages_input_rows`);
 * any channel / column count (issue 13): where no tile divides them, or only a 1-row one, the
   tiles come from :mod:`.tiles` and the kernel computes whole tiles over channels padded with
   zero weights and padded columns (:mod:`.pad`; the reason says what was padded to what);
@@ -25,8 +27,8 @@ the window:
   tile of positions may straddle rows (``mr`` divides rows x columns, not only the columns);
   off by default (no whole-model gain beyond noise, see ``Options.schedule_off``).
 
-The analysis is :mod:`.conv2d_match`; this module has the candidates, the kernel and
-:class:`Conv2dRule`.
+The analysis is :mod:`.conv2d_match`, the decisions by shape :mod:`.conv2d_policy`; this module
+has the candidates, the kernel and :class:`Conv2dRule`.
 """
 
 from __future__ import annotations
@@ -55,51 +57,15 @@ from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_c
     pad_to_tiles,
     same_var,
 )
+from .conv2d_policy import (  # noqa: F401 - also read as conv2d.<name> (tests, docs)
+    EXPANSION_MAX_K,
+    STAGE_MIN_PLANES,
+    expansion_cols,
+    max_accumulators,
+    stages_input_rows,
+)
 from .injective import schedule_spatial_block
 from .pad import schedule_padded_copy
-
-
-def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
-    """The most accumulator registers a tile of this kernel should take: two thirds of the
-    vector registers for a kernel with a window, three quarters for a 1x1 kernel writing NCHW
-    on a map wider than 14 columns, all of them on a narrower one (one tile a row) or with the
-    channels innermost.
-
-    Measured (``benchmarks/results/2026-12-06-conv-tiles*.md``): in a windowed kernel, tiles of
-    28 accumulators (14x2, 7x4 on AVX-512's 32 registers) ran 2-3x slower than 14-21 (7x2,
-    4x4, 7x3) on every 3x3 and 5x5 shape; on AVX2's 16, 12-14 accumulators (6x2, 7x2) ran
-    1.2-3x slower than 8-10. A 1x1 kernel's 14x2 tile is its fastest on a 14x14 map (1-5%),
-    but on 28x28 and 56x56 maps 28 accumulators ran 1.05-1.8x slower than 14-24 (256->64: 1275
-    vs 1150 us, 512->128: 1022 vs 627; EfficientNet's 96->24 projection, 24 channels padded to
-    32: 297 vs 161-189, ``2026-12-06-conv-expansions.md``), where 24 (8x3) still ran as fast
-    as any (32->192 at 56x56: 238 us vs 262 for 7x3). With the channels innermost (NHWC
-    output: no re-lay of the tile) 28 ran as fast as 16 (7x4 386 us, 4x4 377 on 256->64 at
-    56x56): uncapped there."""
-    if sum(r == "r" for r in m.w_roles) > 1:  # a window
-        return cpu.vector_registers * 2 // 3
-    channels_last = "f" in m.loop_roles and "x" in m.loop_roles and (
-        m.loop_roles.index("f") > m.loop_roles.index("x"))
-    if m.x <= 14 or channels_last:  # one tile a row, or no re-lay of the tile into NCHW rows
-        return cpu.vector_registers
-    return cpu.vector_registers * 3 // 4
-
-
-# A 1x1 expansion (K input channels <= this, F >= 2K output channels: MobileNet/EfficientNet
-# blocks) takes the column vectors first (:mod:`.conv2d_cols`) where they need no padding
-# (:func:`.conv2d_cols.expansion_candidates`): the channel tiles' epilogue re-lays each
-# [columns, channels] tile into NCHW rows, a strided access per output element, as much work as
-# the K-long reduction itself; the column vectors write NCHW rows directly. Measured
-# (benchmarks/results/2026-12-06-conv-expansions.md, AVX-512, 2 threads): 16->96 at 112x112
-# with ReLU 707 -> 242-299 us, with SiLU 861 -> 648; 1x1 projections (F < K: 144->24, 240->40,
-# 256->64) ran 1.1-2.4x slower with column vectors.
-EXPANSION_MAX_K = 64
-
-
-def expansion_cols(m: ConvMatch) -> bool:
-    """Whether ``m`` is a 1x1 expansion that takes the column vectors first."""
-    one_by_one = sum(r == "r" for r in m.w_roles) == 1
-    return (one_by_one and m.groups == 1 and m.r0 <= EXPANSION_MAX_K and m.f >= 2 * m.r0
-            and m.x_stride == 1)
 
 
 def candidates(m: ConvMatch, cpu: CPUInfo, budget: int = 8) -> list[tuple[int, int, int]]:
@@ -221,6 +187,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         return None, f"no register tile divides channels {m.f} / columns {m.x}", None
     mr, nv = tile[:2]
     rb = tile[2] if len(tile) > 2 else 0
+    staged_rows = False
     lanes = tile[3] if len(tile) > 3 and tile[3] else cpu.lanes(32)  # lanes of one vector
     nr = nv * lanes
     pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
@@ -284,9 +251,15 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
         init_at, epi_at = r0, None
     else:
         rb = 0
-        sch.reorder(f0, *spatial_outer, *phases, x0, *reds, x1, f1, f2)
+        staged_rows = stages_input_rows(m) and not pre and not fuse_rows and not phases
+        if staged_rows:  # a row of every input plane copied once, swept by all channel tiles
+            sch.reorder(*spatial_outer, f0, x0, *reds, x1, f1, f2)
+        else:
+            sch.reorder(f0, *spatial_outer, *phases, x0, *reds, x1, f1, f2)
         init_at, epi_at = reds[0], (None if phases else x0)
-    if fuse_rows and not rb:
+    if staged_rows:
+        par = sch.fuse(*spatial_outer)
+    elif fuse_rows and not rb:
         # the rows are inside the tile loop now: share the tiles between the threads too (a
         # layer with one channel panel would otherwise run on one thread)
         par = sch.fuse(f0, *spatial_outer, x0)
@@ -299,6 +272,13 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     sch.vectorize(f2)
     sch.reverse_compute_at(out, epi_at if epi_at is not None else par, preserve_unit_loops=True)
     vectorize_inner(sch, out, cpu.lanes(32))
+    if staged_rows:
+        wb = sch.get(main)
+        data_i = next(i for i, r in enumerate(wb.reads)
+                      if i != m.w_index and not r.source.same_as(wb.writes[0].source))
+        staged = sch.cache_read(main, data_i, "global")
+        sch.compute_at(staged, par, preserve_unit_loops=True)
+        vectorize_inner(sch, staged, cpu.lanes(32))
     for b in pre:  # padding / prologue stages: their own parallel loop nests
         kinds = loop_kinds(sch, b)
         if sch.get(b).name_hint in guarded:  # grown: zeros, then the copy (pad.py)
@@ -311,6 +291,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     reason += padded
     reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
+    reason += f", a row of the {m.r0} input planes copied per row" if staged_rows else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
     roles = ("conv",) + tuple(m.w_roles)

@@ -56,11 +56,11 @@ def test_distance():
 @pytest.mark.parametrize("reach, on", [(neighbours.MAX_DISTANCE, True), (-1.0, True),
                                       (neighbours.MAX_DISTANCE, False)])
 def test_unmeasured_conv_takes_its_neighbours_ratio(reach, on, tmp_path, monkeypatch):
-    """(``fluidml.layout_neighbours=1``) c3 is left unmeasured by an earlier compile's budget (its SKIPPED record); c2, one log2
-    step away, measured NHWC at half its NCHW time: c3 takes that ratio and the chain runs
-    NHWC from c1's output to c4's input. With no neighbour in reach, or the option off (the
-    default), c3 keeps NCHW (a layout change needs a measurement), and so does c2, which would
-    pay for the change."""
+    """(``fluidml.layout_neighbours=1``) c3 is left unmeasured by an earlier compile's budget
+    (its SKIPPED record); c2, one log2 step away, measured NHWC at half its NCHW time: c3 takes
+    that ratio and the chain runs NHWC from c1's output to c4's input. With no neighbour in
+    reach, or the option off (the default), c3 keeps NCHW (a layout change needs a
+    measurement), and so does c2, which would pay for the change."""
     target = tvm.target.Target({"kind": "llvm"})
     monkeypatch.setattr(neighbours, "MAX_DISTANCE", reach)
     mod = _four_convs()

@@ -25,6 +25,7 @@ from ..models import schedule as run_schedule
     [
         (dict(), "conv2d"),  # 3x3, pad 1
         (dict(k=1, pad=0, O=32), "conv2d"),  # 1x1
+        (dict(C=32, k=1, pad=0, O=32), "conv2d"),  # 1x1, 32 input planes: rows staged
         (dict(stride=2, H=16, W=16), "conv2d"),  # strided
         (dict(C=3, H=12, W=12), "conv2d"),  # RGB input layer
         (dict(C=16, O=16, group=16), "depthwise"),  # depthwise, 14 columns: one vector
@@ -170,3 +171,33 @@ def test_windowed_conv_tiles_leave_registers_for_the_window(mcpu, regs):
     assert conv2d.max_accumulators(m, cpu) == regs * 3 // 4
     mr, nv = conv2d.padded_candidates(m, cpu, 1)[0][:2]
     assert mr * nv <= regs * 3 // 4
+
+
+def test_1x1_kernels_reading_many_planes_stage_their_input_rows():
+    """A 1x1 kernel reading >= 32 NCHW input planes directly (TVM's pad_temp of no padding
+    inlined) copies one row of each per output row, and computes what ORT does; few planes, or
+    many output channels a plane, keep reading the input in place."""
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.schedules.common import inline_plain_copies
+    from fluidml_tvm.schedules.rules import conv2d
+    from fluidml_tvm.schedules.rules.base import Context
+
+    rule = conv2d.Conv2dRule()
+    for (c, o), staged in (((64, 32), True), ((24, 72), False), ((40, 240), False)):
+        model = conv_model(C=c, O=o, k=1, pad=0, H=12, W=12)
+        mod = fused(model)
+        (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
+        func = inline_plain_copies(mod[gv])
+        ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4))
+        m, _ = rule.analyze(func, ctx)
+        assert conv2d.stages_input_rows(m) == staged, (c, o)
+        cand = rule.candidates(m, ctx)[0]
+        new, why, _ = rule.apply(func, m, cand, ctx)
+        assert ("input planes copied per row" in why) == staged, why
+        if not staged:
+            continue
+        mod[gv] = new.with_attr("tirx.is_scheduled", True)
+        x = np.random.default_rng(5).standard_normal([1, c, 12, 12]).astype("f4")
+        ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+        out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
