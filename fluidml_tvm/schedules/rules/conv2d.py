@@ -59,6 +59,7 @@ from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_c
 )
 from .conv2d_policy import (  # noqa: F401 - also read as conv2d.<name> (tests, docs)
     EXPANSION_MAX_K,
+    STAGE_MAX_WEIGHT_BYTES,
     STAGE_MIN_PLANES,
     expansion_cols,
     max_accumulators,

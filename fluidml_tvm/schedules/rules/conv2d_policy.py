@@ -51,9 +51,10 @@ def expansion_cols(m: ConvMatch) -> bool:
             and m.x_stride == 1)
 
 
-# 1x1 NCHW kernels reading at least this many input planes copy one row of each into a
-# contiguous buffer first (stages_input_rows).
+# 1x1 NCHW kernels reading at least this many input planes, with at most this many bytes of
+# weights, copy one row of each plane into a contiguous buffer first (stages_input_rows).
 STAGE_MIN_PLANES = 32
+STAGE_MAX_WEIGHT_BYTES = 512 * 1024
 
 
 def stages_input_rows(m: ConvMatch) -> bool:
@@ -67,7 +68,11 @@ def stages_input_rows(m: ConvMatch) -> bool:
     14x14 166 -> 141, 32->16 on 112x112 238 -> 114; warm (the same input again, as the
     candidates are timed) 0.9-1.3x. Not with few planes (24->72 on 56x56: no change) or many
     output channels a plane (40->240 on 28x28: 107 -> 120 us, every channel tile's stores in
-    one row sweep): K >= :data:`STAGE_MIN_PLANES` and F <= 4K."""
+    one row sweep): K >= :data:`STAGE_MIN_PLANES` and F <= 4K. Not with weights beyond
+    :data:`STAGE_MAX_WEIGHT_BYTES` either: every row then sweeps all of them, where the
+    channel panels outside the rows read each once (ResNet-50 in a model: 512->2048 on 7x7
+    574 -> 1250 us, 256->1024 on 14x14 975 -> 1197; with 64-512 KB of weights on 28x28 and
+    56x56 maps 0.50-0.98x)."""
     one_by_one = sum(r == "r" for r in m.w_roles) == 1
     return (one_by_one and m.groups == 1 and m.r0 >= STAGE_MIN_PLANES
-            and m.f <= 4 * m.r0)
+            and m.f <= 4 * m.r0 and 4 * m.r0 * m.f <= STAGE_MAX_WEIGHT_BYTES)

@@ -175,15 +175,17 @@ def test_windowed_conv_tiles_leave_registers_for_the_window(mcpu, regs):
 
 def test_1x1_kernels_reading_many_planes_stage_their_input_rows():
     """A 1x1 kernel reading >= 32 NCHW input planes directly (TVM's pad_temp of no padding
-    inlined) copies one row of each per output row, and computes what ORT does; few planes, or
-    many output channels a plane, keep reading the input in place."""
+    inlined) copies one row of each per output row, and computes what ORT does; few planes, many
+    output channels a plane, or weights too many to sweep every row keep reading the input in
+    place."""
     from fluidml_tvm.options import Options
     from fluidml_tvm.schedules.common import inline_plain_copies
     from fluidml_tvm.schedules.rules import conv2d
     from fluidml_tvm.schedules.rules.base import Context
 
     rule = conv2d.Conv2dRule()
-    for (c, o), staged in (((64, 32), True), ((24, 72), False), ((40, 240), False)):
+    for (c, o), staged in (((64, 32), True), ((24, 72), False), ((40, 240), False),
+                           ((512, 512), False)):  # 1 MB of weights: each row would sweep them
         model = conv_model(C=c, O=o, k=1, pad=0, H=12, W=12)
         mod = fused(model)
         (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
