@@ -76,9 +76,9 @@ class Options:
                                  "next one's FLOPs, e.g. VGG's first) feeding the fused one is "
                                  "computed inside its row loop too (VGG-16 0.36x instead of 0.61x)")
     schedule_off: str = _opt("conv1x1", "comma-separated schedule rules switched off (depthwise, "
-                             "conv1x1); their kernels fall to the next rule. conv1x1 is off by "
-                             "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
-                             "it on")
+                             "pool, conv1x1); their kernels fall to the next rule. conv1x1 is "
+                             "off by default: no gain beyond noise on MobileNetV2/ResNet-50; '' "
+                             "turns it on")
     fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid in the kernels FluidML "
                            "schedules, nowhere else (exp: relative error <= 2e-7; the others: "
                            "absolute error <= 3e-7; NaN, +-inf and overflow as IEEE); 0 keeps "

@@ -13,10 +13,12 @@
    and column count, grouped ones with their channels split: :mod:`.grouped`, :mod:`.pad`).
 6. ``depthwise``    (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride;
    switched off by ``fluidml.schedule_off=depthwise``.
-7. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
-8. ``injective``    (:mod:`.injective`) - everything without a reduction.
+7. ``pool``         (:mod:`.pool`) - NCHW window pools with stride 2 along the rows; switched
+   off by ``fluidml.schedule_off=pool``.
+8. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
+9. ``injective``    (:mod:`.injective`) - everything without a reduction.
 
-The first six measure their candidates (:mod:`..choose`); the last two have one schedule each.
+The first six measure their candidates (:mod:`..choose`); the last three have one schedule each.
 """
 
 from .base import Context, Rule, Unrelated
@@ -27,6 +29,7 @@ from .conv_transpose import ConvTransposeRule
 from .depthwise import DepthwiseRule
 from .injective import InjectiveRule
 from .matmul import MatmulRule
+from .pool import PoolRule
 from .reduction import ReductionRule
 
 RULES: tuple[Rule, ...] = (
@@ -36,6 +39,7 @@ RULES: tuple[Rule, ...] = (
     ConvTransposeRule(),
     Conv2dRule(),
     DepthwiseRule(),
+    PoolRule(),
     ReductionRule(),
     InjectiveRule(),
 )

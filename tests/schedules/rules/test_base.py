@@ -15,7 +15,7 @@ from fluidml_tvm.schedules.rules import RULES, Context, Rule, Unrelated
 from ..models import TARGET, conv_model, fused, gemm_model
 
 ORDER = ["matmul", "conv2d_nchwc", "conv_pool", "conv2d_transpose", "conv2d", "depthwise",
-         "reduction", "injective"]
+         "pool", "reduction", "injective"]
 
 
 def _ctx(options=None, const_args=None, name="k"):
@@ -40,7 +40,7 @@ def test_rules_in_the_stage_order():
     assert all(isinstance(r, Rule) for r in RULES)
     assert [r.name for r in RULES if r.measures] == ORDER[:6]
     assert [r.name for r in RULES if r.generic] == ["reduction", "injective"]
-    assert [r.name for r in RULES if r.optional] == ["depthwise"]  # fluidml.schedule_off
+    assert [r.name for r in RULES if r.optional] == ["depthwise", "pool"]  # schedule_off
 
 
 @pytest.mark.parametrize("rule", RULES, ids=ORDER)
@@ -49,9 +49,9 @@ def test_each_rule_says_why_it_does_not_match(rule):
     match, why = rule.analyze(func, _ctx())
     assert match is None
     assert isinstance(why, str) and why
-    # the blocked-conv, conv+pool and transposed-conv rules: "not my kind of kernel", left out
-    # of the reasons
-    unrelated = ("conv2d_nchwc", "conv_pool", "conv2d_transpose")
+    # the blocked-conv, conv+pool, transposed-conv and pool rules: "not my kind of kernel",
+    # left out of the reasons
+    unrelated = ("conv2d_nchwc", "conv_pool", "conv2d_transpose", "pool")
     assert isinstance(why, Unrelated) == (rule.name in unrelated)
 
 
