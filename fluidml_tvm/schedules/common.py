@@ -167,10 +167,8 @@ def inline_plain_copies(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each stage that only copies a buffer inlined into its readers.
 
     TVM's legalized ``conv2d`` writes its input into ``pad_temp`` even with no padding (every
-    1x1 convolution): a whole copy of the input before the kernel, run as its own loop nest.
-    For a 1x1 128->16 conv on a 55x55 map the copy took 3x the convolution (244 vs 71 us with
-    it inlined, 2-core AVX-512 host), and every NCHW 1x1 kernel paid it. A stage the schedule
-    cannot inline (a function output, a copy read where inlining is illegal) stays."""
+    1x1 conv): a copy of the whole input as its own loop nest, 3x the convolution on 128->16 at
+    55x55 (244 vs 71 us inlined, 2-core AVX-512 host). What cannot be inlined stays."""
     import tvm_ffi
 
     names = []
@@ -191,6 +189,17 @@ def inline_plain_copies(func: tirx.PrimFunc) -> tirx.PrimFunc:
         except Exception:  # noqa: BLE001 - not inlinable (an output, a reduction's operand..)
             pass
     return sch.mod["main"] if done else func
+
+
+def around(sch: s_tir.Schedule, name: str) -> tuple:
+    """``(block, prologue blocks, output block or None)`` of the root block ``name``: the blocks
+    before it, and the one after it that writes the output, the epilogues between inlined."""
+    blocks = root_blocks(sch)
+    pos = [sch.get(b).name_hint for b in blocks].index(name)
+    epis = blocks[pos + 1:]
+    for b in epis[:-1]:
+        sch.compute_inline(b)
+    return sch.get_sblock(name), blocks[:pos], (epis[-1] if epis else None)
 
 
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 
 from ..common import (
+    around,
     as_int,
     coefficient,
     extent,
@@ -28,13 +29,12 @@ from ..common import (
     loop_var_index,
     match_sum_of_products,
     plain_indices,
-    root_blocks,
     vectorize_inner,
 )
 from ..target_info import CPUInfo
 from .base import Context, Rule
 from .injective import schedule_spatial_block
-from .pad import grow, schedule_padded_copy
+from .pad import grow, lay_out_even_odd, schedule_padded_copy
 from .tiles import up
 
 
@@ -208,14 +208,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         if m is None:
             return None, f"padded kernel: {why}"
     sch = s_tir.Schedule(func)
-    main = sch.get_sblock(m.block)
-    blocks = root_blocks(sch)
-    names = [sch.get(b).name_hint for b in blocks]
-    pos = names.index(m.block)
-    pre, epis = blocks[:pos], blocks[pos + 1:]
-    for b in epis[:-1]:
-        sch.compute_inline(b)
-    out = epis[-1] if epis else None
+    main, pre, out = around(sch, m.block)
     split_pad = False
     if m.stride == 2 and not m.f_is_vector and pre and split_even_odd:
         # stride 2 along the vector axis: lay the padded input out as [.., even, odd] columns
@@ -226,19 +219,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         last = as_int(wbuf.shape[-1])
         reads_main = [r.source for r in sch.get(main).reads]
         if last is not None and last % 2 == 0 and any(b.same_as(wbuf) for b in reads_main):
-            sch.transform_layout(pb, ("write", 0),
-                                 lambda *idx: [*idx[:-1], idx[-1] % 2, idx[-1] // 2])
-            try:
-                # iterate the copy as it writes, [.., parity, column // 2]: contiguous stores,
-                # vectorized, where the column order stored every other element one scalar at
-                # a time (64 channels 112 -> 56: 387 -> 153 us, the copy was the kernel's time)
-                nd = len(sch.get(pb).iter_vars)
-                dt = str(sch.get(pb).iter_vars[-1].dom.extent.ty.dtype)
-                sch.transform_block_layout(pb, tirx.IndexMap.from_func(
-                    lambda *iv: [*iv[:-1], iv[-1] % 2, iv[-1] // 2], ndim=nd,
-                    index_dtype=dt))
-            except Exception:  # noqa: BLE001 - the copy keeps its column order
-                pass
+            lay_out_even_odd(sch, pb)
             split_pad = True
     if m.f_is_vector and mr:
         return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)

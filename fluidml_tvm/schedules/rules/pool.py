@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 
 from ..common import (
+    around,
     as_int,
     coefficient,
     is_reduction,
@@ -36,6 +37,7 @@ from ..common import (
     vectorize_inner,
 )
 from .base import Context, Rule, Unrelated
+from .pad import lay_out_even_odd
 
 
 @dataclass
@@ -95,23 +97,9 @@ def analyze(func: tirx.PrimFunc):
 
 def schedule_pool(func, m: PoolMatch, lanes: int):
     sch = s_tir.Schedule(func)
-    main = sch.get_sblock(m.block)
-    blocks = root_blocks(sch)
-    names = [sch.get(b).name_hint for b in blocks]
-    pos = names.index(m.block)
-    pre, epis = blocks[:pos], blocks[pos + 1:]
-    for b in epis[:-1]:
-        sch.compute_inline(b)
-    out = epis[-1] if epis else None
+    main, pre, out = around(sch, m.block)
     copy = pre[0]
-    sch.transform_layout(copy, ("write", 0), lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2])
-    try:  # iterate the copy as it stores: [.., parity, column // 2], vectorized
-        ivs = sch.get(copy).iter_vars
-        sch.transform_block_layout(copy, tirx.IndexMap.from_func(
-            lambda *iv: [*iv[:-1], iv[-1] % 2, iv[-1] // 2], ndim=len(ivs),
-            index_dtype=str(ivs[-1].dom.extent.ty.dtype)))
-    except Exception:  # noqa: BLE001 - the copy keeps its column order
-        pass
+    lay_out_even_odd(sch, copy)
     loops = sch.get_loops(main)
     spatial = [lp for lp, r in zip(loops, m.roles) if r == "s"]
     reds = [lp for lp, r in zip(loops, m.roles) if r == "r"]
