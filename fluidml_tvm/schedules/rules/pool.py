@@ -117,7 +117,7 @@ def schedule_pool(func, m: PoolMatch, lanes: int):
     init = sch.decompose_reduction(main, reds[0])
     sch.vectorize(sch.get_loops(init)[-1])
     if out is not None:
-        sch.reverse_compute_at(out, row if row is not par else par, preserve_unit_loops=True)
+        sch.reverse_compute_at(out, row, preserve_unit_loops=True)
         vectorize_inner(sch, out, lanes)
     return sch, (f"pool (stride 2 along a row of {m.width}): the input plane copied per "
                  f"channel as even then odd columns, window taps as contiguous vectors")
