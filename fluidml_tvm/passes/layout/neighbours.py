@@ -63,24 +63,17 @@ def estimate(g, unmeasured: list[int], measured: dict[int, dict]) -> dict[tuple,
     ``measured``: ``{node: {layout: seconds}}`` of conv nodes with pure variants (input and
     output in one layout) timed, the default (identity) among them."""
     feats = {i: conv_features(g, i) for i in (*unmeasured, *measured)}
-    out = {}
+    out: dict[tuple, tuple] = {}
     for i in unmeasured:
-        by_layout: dict[tuple, tuple] = {}
         for j, times in measured.items():
             base = times.get(identity(4))
-            if not base:
-                continue
             d = distance(feats[i], feats[j])
-            if d > MAX_DISTANCE:
+            if not base or d > MAX_DISTANCE:
                 continue
             for lay, t in times.items():
-                if lay == identity(4):
-                    continue
-                best = by_layout.get(lay)
-                if best is None or d < best[2]:
-                    by_layout[lay] = (t / base, j, d)
-        for lay, est in by_layout.items():
-            out[(i, lay)] = est
+                best = out.get((i, lay))
+                if lay != identity(4) and (best is None or d < best[2]):
+                    out[(i, lay)] = (t / base, j, d)
     return out
 
 
@@ -118,7 +111,7 @@ def estimate_unmeasured(model, g, cands) -> None:
         if lx == lo and k in model.table and i not in model.unmeasured:
             measured.setdefault(i, {})[lx] = model.table[k]
     todo = [i for i in sorted(model.unmeasured) if op_kind(g, i) == "conv"]
-    names = []
+    names, nodes = [], set()
     for (i, lay), (ratio, j, d) in sorted(estimate(g, todo, measured).items()):
         n = g.nodes[i]
         if lay not in cands[n.inputs[0]] or lay not in cands[n.output]:
@@ -127,8 +120,9 @@ def estimate_unmeasured(model, g, cands) -> None:
         model.estimated[conv_key(g, i, identity(4), identity(4))] = base
         model.estimated[conv_key(g, i, lay, lay)] = base * ratio
         names.append(f"{n.output} {ratio:.2f}x from {g.nodes[j].output} (distance {d:.1f})")
+        nodes.add(i)
     if names:
         model.estimate_notes.append(
-            f"{len(names)} layout variants of {len({x.split()[0] for x in names})} conv nodes "
+            f"{len(names)} layout variants of {len(nodes)} conv nodes "
             f"the tune budget did not measure take the measured layout ratio of their nearest "
             f"measured conv: " + "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))

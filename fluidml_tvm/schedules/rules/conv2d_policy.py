@@ -8,6 +8,11 @@ from ..target_info import CPUInfo
 from .conv2d_match import ConvMatch
 
 
+def _one_by_one(m: ConvMatch) -> bool:
+    """A 1x1 kernel: one reduction axis of the weight (the input channels), no window."""
+    return sum(r == "r" for r in m.w_roles) == 1
+
+
 def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     """The most accumulator registers a tile of this kernel should take: two thirds of the
     vector registers for a kernel with a window, three quarters for a 1x1 kernel writing NCHW
@@ -24,7 +29,7 @@ def max_accumulators(m: ConvMatch, cpu: CPUInfo) -> int:
     as any (32->192 at 56x56: 238 us vs 262 for 7x3). With the channels innermost (NHWC
     output: no re-lay of the tile) 28 ran as fast as 16 (7x4 386 us, 4x4 377 on 256->64 at
     56x56): uncapped there."""
-    if sum(r == "r" for r in m.w_roles) > 1:  # a window
+    if not _one_by_one(m):  # a window
         return cpu.vector_registers * 2 // 3
     channels_last = "f" in m.loop_roles and "x" in m.loop_roles and (
         m.loop_roles.index("f") > m.loop_roles.index("x"))
@@ -46,8 +51,7 @@ EXPANSION_MAX_K = 64
 
 def expansion_cols(m: ConvMatch) -> bool:
     """Whether ``m`` is a 1x1 expansion that takes the column vectors first."""
-    one_by_one = sum(r == "r" for r in m.w_roles) == 1
-    return (one_by_one and m.groups == 1 and m.r0 <= EXPANSION_MAX_K and m.f >= 2 * m.r0
+    return (_one_by_one(m) and m.groups == 1 and m.r0 <= EXPANSION_MAX_K and m.f >= 2 * m.r0
             and m.x_stride == 1)
 
 
@@ -76,6 +80,5 @@ def stages_input_rows(m: ConvMatch) -> bool:
     channel panels outside the rows read each once (ResNet-50 in a model: 512->2048 on 7x7
     574 -> 1250 us, 256->1024 on 14x14 975 -> 1197; with 64-512 KB of weights on 28x28 and
     56x56 maps 0.50-0.98x)."""
-    one_by_one = sum(r == "r" for r in m.w_roles) == 1
-    return (one_by_one and m.groups == 1 and m.r0 >= STAGE_MIN_PLANES
+    return (_one_by_one(m) and m.groups == 1 and m.r0 >= STAGE_MIN_PLANES
             and m.f <= 4 * m.r0 and 4 * m.r0 * m.f <= STAGE_MAX_WEIGHT_BYTES)
