@@ -47,6 +47,16 @@ def _const_fn(x):
     return c, lanes
 
 
+def _isnan(x):
+    """``x`` is NaN, as a test of its bits (exponent all ones, mantissa not zero). TVM 0.27's
+    loop vectorizer does not vectorize ``tirx.isnan``: a loop holding one ran lane by lane, and
+    the selects around it became branches (a depthwise kernel's SiLU epilogue 5x its ReLU one),
+    and ``x != x`` the simplifier folds to false."""
+    c, lanes = _const_fn(x)
+    bits = tirx.reinterpret("int32" + (f"x{lanes}" if lanes > 1 else ""), x)
+    return tirx.bitwise_and(bits, c(0x7FFFFFFF, "int32")) > c(0x7F800000, "int32")
+
+
 def fast_erf_expr(x):
     """The approximation as a PrimExpr of an fp32 PrimExpr ``x`` (scalar or vector)."""
     c, _ = _const_fn(x)
@@ -89,12 +99,12 @@ def fast_exp_expr(x0):
     half = tirx.floor(n * c(0.5))  # 2^n as 2^half * 2^(n - half): each factor stays normal
     y = y * _exp2i(half, c, sfx) * _exp2i(n - half, c, sfx)
     y = tirx.Select(x0 > c(EXP_MAX), c(float("inf")), y)
-    return tirx.Select(tirx.isnan(x0), x0, y)
+    return tirx.Select(_isnan(x0), x0, y)
 
 
 def fast_erf_ieee_expr(x):
     """:func:`fast_erf_expr` with NaN kept (its clamp would turn NaN into +-1)."""
-    return tirx.Select(tirx.isnan(x), x, fast_erf_expr(x))
+    return tirx.Select(_isnan(x), x, fast_erf_expr(x))
 
 
 # tanh(x) = x P(x^2) / Q(x^2) on [-7.905, 7.905] (beyond, +-1 in fp32): the rational fit of Eigen
@@ -120,7 +130,7 @@ def fast_tanh_expr(x0):
         q = q * x2 + c(b)
     y = tirx.Select(x0 >= c(TANH_CLAMP), c(1.0), x * p / q)  # fp32 tanh rounds to +-1 there
     y = tirx.Select(x0 <= c(-TANH_CLAMP), c(-1.0), y)
-    return tirx.Select(tirx.isnan(x0), x0, y)
+    return tirx.Select(_isnan(x0), x0, y)
 
 
 def fast_sigmoid_expr(x):
