@@ -76,8 +76,9 @@ class Options:
                                  "next one's FLOPs, e.g. VGG's first) feeding the fused one is "
                                  "computed inside its row loop too (VGG-16 0.36x instead of 0.61x)")
     schedule_off: str = _opt("conv1x1", "comma-separated schedule rules switched off (depthwise, "
-                             "pool, conv1x1); their kernels fall to the next rule. conv1x1 is "
-                             "off by default: no gain beyond noise on MobileNetV2/ResNet-50; '' "
+                             "depthwise_flat, pool, conv1x1); their kernels fall to the next "
+                             "rule (depthwise_flat: to the row-by-row depthwise kernel). conv1x1 "
+                             "is off by default: no gain beyond noise on MobileNetV2/ResNet-50; '' "
                              "turns it on")
     fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid in the kernels FluidML "
                            "schedules, nowhere else (exp: relative error <= 2e-7; the others: "

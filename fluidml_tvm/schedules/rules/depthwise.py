@@ -32,6 +32,7 @@ from ..common import (
     vectorize_inner,
 )
 from ..target_info import CPUInfo
+from . import depthwise_flat
 from .base import Context, Rule
 from .injective import schedule_spatial_block
 from .pad import grow, lay_out_even_odd, schedule_padded_copy
@@ -48,6 +49,7 @@ class DepthwiseMatch:
     stride: int  # stride of the vector axis in the data index (1: contiguous loads)
     v_axis: int = -1  # index of the vector axis among the block's iteration variables
     cols: int = 0  # channels innermost: the output columns (the axis just outside the channels)
+    flat: bool = False  # the flat kernel applies (depthwise_flat.py; set by DepthwiseRule)
 
 
 def _vars_in(expr) -> list:
@@ -346,13 +348,17 @@ class DepthwiseRule(Rule):
     optional = True
 
     def analyze(self, func, ctx: Context):
-        return analyze(func)
+        m, why = analyze(func)
+        if m is not None and ctx.options.rule_on("depthwise_flat"):
+            m.flat = depthwise_flat.match(func, m, ctx.cpu.lanes(32))[0] is not None
+        return m, why
 
     def candidates(self, m: DepthwiseMatch, ctx: Context) -> list[dict]:
         budget = min(ctx.options.tune_trials, 3)
         if m.f_is_vector:
             return nhwc_candidates(m, ctx.cpu, budget)
-        return [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)]
+        flat = [{"nv": 0, "flat": 1}] if m.flat else []  # rows short of whole vectors: first
+        return (flat + [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)])[:budget]
 
     def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:
         return f"vector axis {m.v_extent} does not suit {ctx.cpu.lanes(32)} lanes"
@@ -360,12 +366,18 @@ class DepthwiseRule(Rule):
     def workload(self, m: DepthwiseMatch, candidates: list[dict], ctx: Context) -> str:
         # channels innermost: column tiles since 2026-12-06 (decisions of the older kernel
         # not reused)
-        return f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
+        return (f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
+                + (":flat" if m.flat else ""))
 
     def flops(self, m: DepthwiseMatch) -> float:
         return m.flops
 
     def apply(self, func, m: DepthwiseMatch, config: dict, ctx: Context):
+        if config.get("flat"):
+            lanes = ctx.cpu.lanes(32)
+            sch, why = depthwise_flat.schedule_flat(
+                func, m, depthwise_flat.match(func, m, lanes)[0], lanes)
+            return sch.mod["main"], why, None
         sch, why = schedule_depthwise(func, ctx.cpu, config["nv"], mr=config.get("mr", 0),
                                       vl=config.get("vl", 0))
         return sch.mod["main"], why, None
