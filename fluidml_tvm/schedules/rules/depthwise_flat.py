@@ -11,7 +11,10 @@ per tap: 7 or 14 lanes, which LLVM splits into 2-3 narrower operations. Timed on
 AVX-512 host, 2 threads, bias + SiLU epilogue, the input 24 times in turn (cold) / the same
 again (warm): 1152ch 7x7 5x5 139 -> 76 us cold (126 -> 66 warm), 672ch 14x14 5x5 180 -> 125,
 240ch 28x28 5x5 270 -> 166, 1152ch 7x7 3x3 78 -> 58, 480ch 14x14 3x3 76 -> 65; not on
-longer rows (144ch 56x56 3x3: 380 -> 424 cold, 238 -> 210 warm).
+longer rows (144ch 56x56 3x3: 380 -> 424 cold, 238 -> 210 warm). With a ReLU epilogue 5x5
+windows gain as much (1152ch 7x7 97 -> 70 us, 480ch 14x14 96 -> 82, 120ch 28x28 95 -> 63) but
+3x3 ones do not (1152ch 7x7 38 -> 46): a 3x3 window takes the flat kernel with an exp, sigmoid,
+tanh or erf in its epilogue only (:data:`COSTLY_EPILOGUE`).
 
 The kernel is rebuilt (a te compute of the padded plane, the flat convolution and its copy
 back into the ``[n, c, y, x]`` output), the padding stage and the convolution block of the
@@ -26,10 +29,14 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from ..common import around, as_int, extent, root_blocks, vectorize_inner
+from ..common import around, as_int, called_ops, extent, root_blocks, vectorize_inner
 from .pad import _is_pad
 from .tiles import up
 
+# Epilogue ops that make a pass of their own over the result the cheaper part (3x3 windows take
+# the flat kernel only with one of them: with ReLU 1152ch 7x7 ran 38 -> 46 us cold flat, 576ch
+# 14x14 64 -> 72; with SiLU 78 -> 58 and 79 -> 64).
+COSTLY_EPILOGUE = frozenset({"tirx.exp", "tirx.sigmoid", "tirx.tanh", "tirx.erf"})
 # The most accumulator vectors of one tile (registers: 32 on AVX-512, the window's loads and
 # the weight broadcast besides) and the widest maps taken (a 112-column row is 7 whole vectors).
 MAX_VECTORS = 8
@@ -112,6 +119,9 @@ def match(func: tirx.PrimFunc, m, lanes: int) -> tuple[FlatShape | None, str]:
         return None, "not a stride-1 'same' depthwise convolution with [C, 1, kh, kw] weights"
     if 2 * pt != kh - 1 or 2 * pl != kw - 1:
         return None, "asymmetric padding"
+    if kh * kw < 25 and not called_ops(func) & COSTLY_EPILOGUE:
+        return None, ("a window under 5x5 with a cheap epilogue: the row kernel's epilogue per "
+                      "row, in cache, beats a pass of its own")
     if any(str(b.dtype) != "float32" for b in (data, weight, out)):
         return None, "not fp32"
     return FlatShape(data, weight, pad_buf, out, pt, pl, kh, kw, pst.name_hint), "flat"

@@ -38,7 +38,7 @@ def _run(func, arrays):
     return out[-1].numpy()
 
 
-@pytest.mark.parametrize("c,hw,k,act", [(8, 7, 3, "silu"), (6, 14, 5, "relu"), (4, 28, 3, None),
+@pytest.mark.parametrize("c,hw,k,act", [(8, 7, 3, "silu"), (6, 14, 5, "relu"), (4, 28, 5, None),
                                         (5, 13, 3, "silu"), (3, 7, 5, "relu")])
 def test_flat_kernel_computes_what_the_unscheduled_one_does(c, hw, k, act):
     func, args = _kernel(c, hw, k, act)
@@ -61,11 +61,12 @@ def test_flat_kernel_computes_what_the_unscheduled_one_does(c, hw, k, act):
 
 def test_shapes_the_flat_kernel_does_not_take():
     lanes = cpu_info(TARGET).lanes(32)
-    for c, hw, k, stride in ((8, 14, 3, 2), (8, 56, 3, 1), (8, 2 * lanes, 3, 1)):
-        func, _ = _kernel(c, hw, k, "relu", stride)
+    for c, hw, k, stride, act in ((8, 14, 3, 2, "silu"), (8, 56, 3, 1, "silu"),
+                                  (8, 2 * lanes, 3, 1, "silu"), (8, 7, 3, 1, "relu")):
+        func, _ = _kernel(c, hw, k, act, stride)
         m, _ = depthwise.analyze(func)
         fs, why = depthwise_flat.match(func, m, lanes)
-        assert fs is None and why, (c, hw, k, stride)
+        assert fs is None and why, (c, hw, k, stride, act)
     X = te.placeholder((1, 14, 14, 8), name="X")  # channels innermost
     W = te.placeholder((3, 3, 8, 1), name="W")
     func = te.create_prim_func([X, W, topi.nn.depthwise_conv2d_nhwc(X, W, 1, 1, 1)])
@@ -74,10 +75,10 @@ def test_shapes_the_flat_kernel_does_not_take():
 
 
 def test_flat_kernel_through_the_schedule_stage_matches_ort_and_switches_off(tmp_path):
-    """A 7x7 depthwise conv + bias + ReLU from ONNX: the stage picks the flat kernel (analytic
-    first choice), the model's output is ORT's; with schedule_off=depthwise_flat the row kernel
-    schedules it."""
-    model = conv_model(C=16, O=16, group=16, H=7, W=7)
+    """A 7x7 map, 5x5 depthwise conv + bias + ReLU from ONNX: the stage picks the flat kernel
+    (analytic first choice), the model's output is ORT's; with schedule_off=depthwise_flat the
+    row kernel schedules it."""
+    model = conv_model(C=16, O=16, group=16, H=7, W=7, k=5, pad=2)
     x = np.random.default_rng(3).standard_normal([1, 16, 7, 7]).astype(np.float32)
     for off, flat in (("", True), ("depthwise_flat", False)):
         stage = FluidMLSchedule(TARGET, opts(tmp_path / (off or "on"), schedule_off=off,
