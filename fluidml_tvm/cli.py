@@ -15,6 +15,9 @@ import sys
 from . import cli_tuning
 from .errors import FluidMLError, cli_api
 
+# ``run --profile``: per-kernel times summed over at least this many runs
+PROFILE_RUNS = 10
+
 
 def _add_compile(sub):
     from .options import help_text
@@ -83,8 +86,9 @@ def _add_run(sub):
     p.add_argument("--num-threads", type=int, default=None,
                    help="runtime threads (default: TVM_NUM_THREADS, else all cores)")
     p.add_argument("--profile", type=int, nargs="?", const=20, default=None, metavar="N",
-                   help="print per-kernel timings (the N slowest, default 20); remotely this "
-                        "needs 'fluidml-tvm rpc-server' on the board")
+                   help="print per-kernel timings (the N slowest, default 20) over --number "
+                        f"runs, at least {PROFILE_RUNS}; remotely this needs 'fluidml-tvm "
+                        "rpc-server' on the board")
     r = p.add_argument_group("remote run over TVM RPC (the library runs and is timed on the board)")
     r.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
                    help="RPC tracker to get a board from (with --rpc-key)")
@@ -276,9 +280,12 @@ def cmd_run(args) -> int:
     if args.profile:
         from .runtime import profile
 
-        rows = model.kernel_times(inputs, number=args.number) if remote \
-            else profile.local_kernel_times(model, inputs, number=args.number)
-        print(f"Per-kernel times (summed over {args.number} run(s)):")
+        # at least PROFILE_RUNS runs: one run's per-kernel times carry any one-off stall whole
+        # (a kernel of 92 us read 2520 us in a single profiled run on a shared host)
+        runs = max(args.number, PROFILE_RUNS)
+        rows = model.kernel_times(inputs, number=runs) if remote \
+            else profile.local_kernel_times(model, inputs, number=runs)
+        print(f"Per-kernel times (summed over {runs} run(s)):")
         print(profile.format_kernel_table(rows, args.profile, metadata=model.metadata))
     if not args.outputs and not args.print_top and not args.print_time:
         for name, value in outputs.items():

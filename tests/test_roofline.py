@@ -78,6 +78,10 @@ def test_profile_cli_warns(tmp_path, monkeypatch, capsys):
     assert main(["run", str(out), "--profile", "50"]) == 0
     text = capsys.readouterr().out
     assert "GFLOP/s" in text
+    # at least 10 profiled runs (PROFILE_RUNS): every kernel's calls a multiple of 10
+    assert "Per-kernel times (summed over 10 run(s)):" in text
+    rows = [x.split() for x in text.splitlines() if x.startswith("fused_conv2d")]
+    assert rows and all(int(r[1]) % 10 == 0 for r in rows)
     warned = [x for x in text.splitlines() if x.startswith("warning: ")]
     assert warned and all("of this host's roofline" in w for w in warned)
     assert any("conv2d" in w and "(a generic fallback)" in w for w in warned)
