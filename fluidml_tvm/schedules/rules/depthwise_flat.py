@@ -1,6 +1,6 @@
-"""NCHW depthwise convolutions on maps whose rows no vector width divides (7, 14, 28, 56
-columns, up to two vectors: MobileNet/EfficientNet/MNASNet's later stages), computed over the
-flattened padded plane of each channel.
+"""NCHW depthwise convolutions on maps whose rows fill less than two whole vectors and no vector
+width divides (7, 13, 14, 28 columns on AVX-512: MobileNet/EfficientNet/MNASNet's later stages),
+computed over the flattened padded plane of each channel.
 
 A channel's padded plane (``Hp x Wp``, ``Wp = W + kw - 1``) is stored as one row of
 ``Hq x Wp`` values (a few zero rows appended); output position ``i = y * Wp + x`` is then
@@ -38,7 +38,7 @@ from .tiles import up
 # 14x14 64 -> 72; with SiLU 78 -> 58 and 79 -> 64).
 COSTLY_EPILOGUE = frozenset({"tirx.exp", "tirx.sigmoid", "tirx.tanh", "tirx.erf"})
 # The most accumulator vectors of one tile (registers: 32 on AVX-512, the window's loads and
-# the weight broadcast besides) and the widest maps taken (a 112-column row is 7 whole vectors).
+# the weight broadcast besides).
 MAX_VECTORS = 8
 
 
@@ -220,8 +220,8 @@ def schedule_flat(func: tirx.PrimFunc, m, fs: FlatShape, lanes: int):
     wp = tirx.const(fs.wp, str(fs.data.shape[0].ty))
     sch.transform_layout(pad, ("write", 0), lambda n_, c_, h, w: (n_, c_, h * wp + w))
     sch.vectorize(sch.get_loops(pad)[-1])
-    loops = sch.get_loops(out)  # [n, c, y, x]: channels parallel, a row one vector (<= 64)
-    sch.parallel(sch.fuse(*loops[:2]))
+    loops = sch.get_loops(out)  # [n, c, y, x]: channels parallel, a row one vector (<= 2)
+    sch.parallel(sch.fuse(*loops[:2]) if len(loops) > 2 else loops[0])
     vectorize_inner(sch, out, lanes, whole=4, tail=False)
     reason = (f"depthwise (columns innermost, stride 1) over the flattened padded plane: rows of "
               f"{fs.wp}, {nvv} vectors of {lanes} a channel in tiles of {nv}, window unrolled")
