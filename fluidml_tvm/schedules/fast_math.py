@@ -47,13 +47,18 @@ def _const_fn(x):
     return c, lanes
 
 
+def _lanes_suffix(lanes: int) -> str:
+    """The dtype suffix of a ``lanes``-wide vector (``x16``; none for a scalar)."""
+    return f"x{lanes}" if lanes > 1 else ""
+
+
 def _isnan(x):
     """``x`` is NaN, as a test of its bits (exponent all ones, mantissa not zero). TVM 0.27's
     loop vectorizer does not vectorize ``tirx.isnan``: a loop holding one ran lane by lane, and
     the selects around it became branches (a depthwise kernel's SiLU epilogue 5x its ReLU one),
     and ``x != x`` the simplifier folds to false."""
     c, lanes = _const_fn(x)
-    bits = tirx.reinterpret("int32" + (f"x{lanes}" if lanes > 1 else ""), x)
+    bits = tirx.reinterpret("int32" + _lanes_suffix(lanes), x)
     return tirx.bitwise_and(bits, c(0x7FFFFFFF, "int32")) > c(0x7F800000, "int32")
 
 
@@ -88,7 +93,7 @@ def _exp2i(n, c, sfx):
 def fast_exp_expr(x0):
     """exp(x) = 2^n * exp(f), n = floor(x log2 e + 1/2), f = x - n ln 2, as a PrimExpr."""
     c, lanes = _const_fn(x0)
-    sfx = f"x{lanes}" if lanes > 1 else ""
+    sfx = _lanes_suffix(lanes)
     x = tirx.max(tirx.min(x0, c(EXP_MAX)), c(EXP_MIN))
     n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
     f = x - n * c(0.693359375) + n * c(2.12194440e-4)  # ln 2 = 0.693359375 - 2.12194440e-4
