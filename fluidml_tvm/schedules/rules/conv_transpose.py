@@ -203,20 +203,22 @@ def rebuild(func: tirx.PrimFunc, m: ConvTMatch, w_const: bool) -> tirx.PrimFunc:
     new_body = tvm_ffi.structural_map(new_root.body, [(tvm.ir.expr.Var, var)])
     kept, allocs = [], [a for a in root.alloc_buffers
                         if not any(a.same_as(_written(func, b)) for b in m.remove[:-1])]
-    for stmt in _stmts(root.body):
-        if not (set(_block_names(stmt)) & set(m.remove)):
+    for stmt in root_stmts(root.body):
+        if not (set(block_names(stmt)) & set(m.remove)):
             kept.append(stmt)
-    body = tirx.SeqStmt(_stmts(new_body) + kept)
+    body = tirx.SeqStmt(root_stmts(new_body) + kept)
     block = s_tir.SBlock([], [], [], "root", body, None, allocs + list(new_root.alloc_buffers))
     out = tirx.PrimFunc(params, s_tir.SBlockRealize([], True, block), func.ret_type, func.attrs)
     return out
 
 
-def _stmts(s):
+def root_stmts(s) -> list:
+    """The statements of a root block's body (one loop nest each)."""
     return list(s.seq) if isinstance(s, tirx.SeqStmt) else [s]
 
 
-def _block_names(stmt) -> list[str]:
+def block_names(stmt) -> list[str]:
+    """Names of the blocks inside ``stmt``."""
     names = []
     tvm_ffi.structural_walk(stmt, [(s_tir.SBlock, lambda b: names.append(b.name_hint))])
     return names

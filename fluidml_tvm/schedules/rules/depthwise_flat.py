@@ -30,6 +30,7 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 
 from ..common import around, as_int, called_ops, extent, root_blocks, vectorize_inner
+from .conv_transpose import block_names, root_stmts
 from .pad import _is_pad
 from .tiles import up
 
@@ -40,12 +41,6 @@ COSTLY_EPILOGUE = frozenset({"tirx.exp", "tirx.sigmoid", "tirx.tanh", "tirx.erf"
 # The most accumulator vectors of one tile (registers: 32 on AVX-512, the window's loads and
 # the weight broadcast besides).
 MAX_VECTORS = 8
-
-
-def _walk_blocks(stmt) -> list:
-    found = []
-    tvm_ffi.structural_walk(stmt, [(s_tir.SBlock, found.append)])
-    return found
 
 
 def _offset(index, var) -> int | None:
@@ -167,15 +162,13 @@ def rebuild(func: tirx.PrimFunc, m, fs: FlatShape, lanes: int) -> tirx.PrimFunc:
     flat = _flat_compute(fs, lanes)
     to_orig = dict(zip(flat.params, [fs.data, fs.weight, fs.out]))
     fblock = flat.body.block
-    new_nests = list(fblock.body.seq)
+    new_nests = root_stmts(fblock.body)
     root_realize = func.body
     root = root_realize.block
-    nests = list(root.body.seq) if isinstance(root.body, tirx.SeqStmt) else [root.body]
-    names = [{b.name_hint for b in _walk_blocks(s)} for s in nests]
-    pad_name = fs.pad_block
     body = []
-    for stmt, inside in zip(nests, names):
-        if pad_name in inside:
+    for stmt in root_stmts(root.body):
+        inside = block_names(stmt)
+        if fs.pad_block in inside:
             continue
         if m.block in inside:
             body.extend(new_nests)
