@@ -238,8 +238,13 @@ class BoardFarm:
         return found
 
     def _idle_workers(self, count: int) -> list:
-        """``count`` workers no thread drives now (new ones where too few are idle)."""
-        idle = [w for w in self._workers if not w.busy.locked()][:count]
+        """``count`` workers no thread drives now (new ones where too few are idle), those that
+        hold a session on a board not lost or stalled first: a worker without one asks the
+        tracker for a board, and a board held by another worker is not free there (after a
+        stalled board's worker was killed, a batch given only that worker found no board)."""
+        idle = [w for w in self._workers if not w.busy.locked()]
+        idle.sort(key=lambda w: not (w.alive() and w.board and w.board not in self.bad_boards))
+        idle = idle[:count]
         while len(idle) < count:
             idle.append(Worker())
             self._workers.append(idle[-1])

@@ -88,3 +88,35 @@ def test_a_worker_that_does_not_answer_in_time_is_killed():
         except psutil.Error:
             pass
     assert alive == []
+
+
+class _Running:
+    """A process that is still running, for :meth:`Worker.alive`."""
+
+    def poll(self):
+        return None
+
+
+def test_a_batch_goes_first_to_workers_that_hold_a_good_board():
+    """After a stalled board's worker was killed, the next batch (one worker: one good board
+    left) must go to the worker holding the good board: a fresh process would ask the tracker,
+    which has no free board (the good one is held by that very worker). CI stop 21 lost a
+    kernel's candidates when the killed worker came first in the list."""
+    from fluidml_tvm.measure_remote import BoardFarm
+
+    farm = BoardFarm("127.0.0.1:9190", "k")
+    killed, stalled, good = Worker(), Worker(), Worker()
+    killed.board = "127.0.0.1:1"  # its process was killed: proc is None
+    stalled.proc, stalled.board = _Running(), "127.0.0.1:2"
+    good.proc, good.board = _Running(), "127.0.0.1:3"
+    farm._workers = [killed, stalled, good]
+    farm.bad_boards = {"127.0.0.1:1", "127.0.0.1:2"}
+    assert farm._idle_workers(1) == [good]
+    assert farm._idle_workers(3)[0] is good and len(farm._idle_workers(4)) == 4
+    good.busy.acquire()  # driven by another thread: not idle, the others come in their order
+    try:
+        assert good not in farm._idle_workers(3)
+    finally:
+        good.busy.release()
+    for w in farm._workers:
+        w.proc = None
