@@ -45,7 +45,9 @@ from .conv2d_cols import (
     cols_candidates,
     cols_score,
     expansion_candidates,
+    pointwise_candidates,
     schedule_conv2d_cols,
+    schedule_pointwise_cols,
 )
 from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_conv_pool
     ConvMatch,
@@ -315,6 +317,18 @@ class Conv2dRule(Rule):
         return analyze_any(func, {i for i, c in ctx.const_args.items() if c})
 
     def candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
+        cands = self._candidates(m, ctx)
+        budget = min(ctx.options.tune_trials, 4)
+        pw = [] if not ctx.options.rule_on("pointwise_cols") else [
+            {"mr": nf, "nv": nv, "rb": 0, "pw": 1}
+            for nf, nv in pointwise_candidates(m, ctx.cpu, budget)]
+        if not pw:
+            return cands
+        # a 1x1 stride-1 NCHW conv: the position vectors first (conv2d_cols.py), alternating
+        mixed = [c for pair in zip(pw, cands) for c in pair]
+        return (mixed + pw[len(cands):] + cands[len(pw):])[:budget]
+
+    def _candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
         budget = min(ctx.options.tune_trials, 4)
         found = tile_candidates(m, ctx.cpu, budget)
         lanes = ctx.cpu.lanes(32)
@@ -355,14 +369,19 @@ class Conv2dRule(Rule):
         # rest stands
         lanes = ctx.cpu.lanes(32)
         padded = any(m.f % (c["nv"] * c.get("vl", lanes)) or m.x % c["mr"] or "vl" in c
-                     or "cols" in c for c in candidates if "p" not in c)
+                     or "cols" in c for c in candidates if "p" not in c and "pw" not in c)
         return (f"f{m.f}x{m.x}" + (":p" if any("p" in c for c in candidates) else "")
-                + (":pad" if padded else ""))
+                + (":pad" if padded else "")
+                + (":pw" if any("pw" in c for c in candidates) else ""))
 
     def flops(self, m: ConvMatch) -> float:
         return m.flops
 
     def apply(self, func, m: ConvMatch, config: dict, ctx: Context):
+        if config.get("pw"):
+            sch, why, pack = schedule_pointwise_cols(func, m, ctx.cpu, ctx.const_args,
+                                                     (config["mr"], config["nv"]))
+            return sch.mod["main"], why, pack
         if config.get("cols"):
             sch, why, pack = schedule_conv2d_cols(func, m, ctx.cpu, ctx.const_args,
                                                   (config["mr"], config["nv"]))

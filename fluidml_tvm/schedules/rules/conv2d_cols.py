@@ -15,16 +15,39 @@ zeros appended), columns to whole tiles (:mod:`.pad`); the epilogue follows each
 ``s`` output rows, for a transposed conv's phases). Considered only where no channel tile
 divides the channels, and taken where it scores :data:`.tiles.BETTER` times the channel tiles
 (:class:`.conv2d.Conv2dRule`).
+
+*Pointwise NCHW* (:func:`schedule_pointwise_cols`; off by default: ``fluidml.schedule_off``
+without ``pointwise_cols`` turns it on): a 1x1 stride-1 convolution reading and writing NCHW is
+the matmul ``W[F, C] x D[C, H*W]``, so rows and columns are one axis of positions ``p``
+(``_fuse_positions``) and the vectors run along it: each tap loads ``nv`` contiguous vectors of
+one input plane, broadcasts ``nf`` packed weights, and the output tile (epilogue included) is
+stored as whole vectors of one output plane. The channel-vector kernel stores each tile
+transposed (``nr`` planes, ``mr`` columns each): timed alone on the 2-core AVX-512 host, 2
+threads, bias + ReLU, 16->64 at 55x55 72 -> 31 us, 64->16 at 55x55 98 -> 27, 24->144 at 56x56
+151 -> 80, 144->24 at 56x56 331 -> 111, 80->480 at 14x14 86 -> 55; not SqueezeNet's final
+512->1000 at 13x13 (711 -> 822) nor 160->960 at 7x7 (64 -> 62). The last tile of a plane no
+whole tile fills is guarded and peeled by LoopPartition (``pragma_loop_partition_hint``; the
+positions' iteration variables are int32: with int64 ones LoopPartition left every tile
+guarded, and the vectorizer ran them lane by lane).
+In a model the kernel reads an input the kernel before wrote, no longer in this core's cache, a
+stream per input plane (as :func:`.conv2d_policy.stages_input_rows` says of the channel tiles):
+there the standalone gains shrink or turn. A/B of six conv models at the defaults, 3 rounds
+(``benchmarks/results/2026-12-06-ab-src-pointwise-cols.md``): geometric mean 0.976, RegNetY-400MF
+0.835, EfficientNet-B0 0.915, MNASNet 0.952, GoogLeNet 1.013, SqueezeNet 1.072, ResNet-50 1.095
+(its 256->64 and 256->128 convs on 56x56: 3.2 MB of input swept by every channel panel).
 """
 
 from __future__ import annotations
 
-from tvm import s_tir
+import dataclasses
+
+import tvm
+from tvm import s_tir, tirx
 
 from ..common import loop_kinds, root_blocks, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
-from .conv2d_match import ConvMatch, loops_by_role, pack_weight, pad_to_tiles
+from .conv2d_match import ConvMatch, loops_by_role, pack_weight, pad_to_tiles, same_var
 from .injective import schedule_spatial_block
 from .pad import schedule_padded_copy
 
@@ -121,3 +144,111 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
         roles = ("groups", m.groups, m.w_fdim) + roles
         reason = f"grouped ({m.groups} groups) " + reason
     return sch, reason, ({m.w_param: (roles, nf)} if pack_param else None)
+
+
+def pointwise_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
+    """``(nf, nv)`` tiles of :func:`schedule_pointwise_cols` (a 1x1 stride-1 NCHW convolution,
+    one group, at least a vector of positions, ``nf`` >= 2 dividing the channels), most FLOPs
+    per load first
+    within three quarters of the vector registers: 8x3, 8x2, 6x3, 4x3 ..."""
+    lanes = cpu.lanes(32)
+    if not m.rows or m.x_stride != 1 or m.groups != 1 or m.func is not None:
+        return []
+    positions = m.rows * m.x
+    if positions < lanes:  # a squeeze-and-excitation's 1x1 map: not one vector
+        return []
+    found = []
+    for nf in (8, 6, 4, 3, 2):
+        for nv in (3, 2, 4, 1):
+            if m.f % nf or nf * nv > cpu.vector_registers * 3 // 4:
+                continue
+            if nv > 1 and (nv - 1) * lanes >= positions:  # more vectors than positions
+                continue
+            found.append((min(nf * nv, 24), nf, -nv if nv != 4 else -1.5, nf, nv))
+    found.sort(reverse=True)
+    return [(nf, nv) for *_, nf, nv in found][: max(1, budget)]
+
+
+def _fuse_positions(sch, main, out, m: ConvMatch) -> ConvMatch:
+    """Rows and columns of the conv block and of its output block as one axis ``p = y * X + x``
+    with int32 iteration variables (LoopPartition peels a guarded last tile of int32 loops
+    only), the accumulator stored ``[.., p]``; returns the match of the rewritten kernel."""
+    xi = m.loop_roles.index("x")
+    yi = xi - 1
+    cols = m.x
+    st = sch.get(main)
+    ivs = st.iter_vars
+    wr = [r.min for r in st.writes[0].region]
+    yd = next(i for i, e in enumerate(wr) if same_var(e, ivs[yi].var))
+
+    def main_map(*iv):
+        return [*iv[:yi], iv[yi] * cols + iv[xi], *iv[xi + 1:]]
+
+    def out_map(*iv):
+        return [*iv[:yd], iv[yd] * cols + iv[yd + 1], *iv[yd + 2:]]
+
+    def acc_map(*idx):
+        return [*idx[:yd], idx[yd] * cols + idx[yd + 1], *idx[yd + 2:]]
+
+    sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=len(ivs),
+                                                             index_dtype="int32"))
+    n_out = len(sch.get(out).iter_vars)
+    sch.transform_block_layout(out, tirx.IndexMap.from_func(out_map, ndim=n_out,
+                                                            index_dtype="int32"))
+    sch.transform_layout(main, ("write", 0), acc_map)
+    roles = m.loop_roles[:yi] + m.loop_roles[xi:]
+    return dataclasses.replace(m, loop_roles=roles, x=m.rows * cols, rows=0)
+
+
+def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
+    """``(schedule, reason, pack)`` of a 1x1 stride-1 NCHW convolution with the vectors along
+    its positions (rows x columns), ``tile`` = ``(nf, nv)``: ``fuse(batch, channel panel)``
+    parallel | position tiles of ``nv`` vectors (the last one guarded, peeled) | input
+    channels | ``nf`` channels, ``nv`` vectors (unrolled) | lanes; the epilogue per tile."""
+    nf, nv = tile
+    lanes = cpu.lanes(32)
+    if m.f % nf or not m.rows:
+        return None, f"tile of {nf} channels does not divide {m.f}", None
+    pack_param = bool(const_args) and m.w_param is not None and const_args.get(m.w_param, False)
+    shape = f"F={m.f} X={m.x} rows={m.rows}"
+    # int32 indices (relax legalizes with int64 ones): LoopPartition peels the guarded last
+    # tile of int32 loops only
+    func = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    sch = s_tir.Schedule(func)
+    main = sch.get_sblock(m.block)
+    blocks = root_blocks(sch)
+    pos = [sch.get(b).name_hint for b in blocks].index(m.block)
+    pre, epis = blocks[:pos], blocks[pos + 1:]
+    for b in epis[:-1]:
+        sch.compute_inline(b)
+    out = epis[-1] if epis else sch.cache_write(main, 0, "global")
+    kept = []
+    for b in pre:  # a 1x1 kernel's "padding" stage copies its input: read it directly
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - a stage that is not a plain copy keeps its nest
+            kept.append(b)
+    m = _fuse_positions(sch, main, out, m)
+    pack_weight(sch, main, m, nf, pack_param)
+    loops = sch.get_loops(main)
+    fl, xl, _, reds, spatial = loops_by_role(loops, m.loop_roles)
+    f0, f1 = sch.split(fl, [m.f // nf, nf])
+    x0, x1, x2 = sch.split(xl, [None, nv, lanes])
+    sch.reorder(*spatial, f0, x0, *reds, f1, x1, x2)
+    par = sch.fuse(*spatial, f0)
+    sch.parallel(par)
+    sch.unroll(f1)
+    sch.unroll(x1)
+    sch.vectorize(x2)
+    if m.x % (nv * lanes):
+        sch.annotate(x0, "pragma_loop_partition_hint", 1)
+    sch.reverse_compute_at(out, x0, preserve_unit_loops=True)
+    _, inner = sch.split(sch.get_loops(out)[-1], [None, lanes])
+    sch.vectorize(inner)
+    for b in kept:
+        schedule_spatial_block(sch, b, lanes)
+    sch.decompose_reduction(main, reds[0])
+    reason = (f"conv2d {shape} 1x1 NCHW: tile {nf} channels x {nv}x{lanes} positions (rows x "
+              f"columns one axis, vectors along it), weight packed [F/{nf},..,{nf}]")
+    reason += " at compile time" if pack_param else " at run time"
+    return sch, reason, ({m.w_param: (("conv",) + tuple(m.w_roles), nf)} if pack_param else None)

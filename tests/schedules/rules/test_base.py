@@ -83,7 +83,8 @@ def test_conv2d_workload(conv1x1):
     joins the race under its own cache entry (``:p``)."""
     mod = fused(conv_model(C=16, H=14, W=14, O=32, k=1, pad=0))
     (gv,) = [gv for gv, _ in mod.functions_items() if "conv" in gv.name_hint]
-    ctx = _ctx(Options(schedule_off="" if conv1x1 else "conv1x1"))
+    # (the position vectors of pointwise_cols off: they have their own key, test_pointwise_cols)
+    ctx = _ctx(Options(schedule_off="pointwise_cols" if conv1x1 else "conv1x1,pointwise_cols"))
     rule = _rule("conv2d")
     m, why = rule.analyze(mod[gv], ctx)
     assert m is not None, why

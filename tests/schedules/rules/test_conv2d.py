@@ -87,13 +87,16 @@ def test_expansion_takes_column_vectors_first(tmp_path):
     mod = fused(model)
     (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
     rule = conv2d.Conv2dRule()
-    ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4),
-                  const_args={1: True})
+    # the channel / column tiles underneath the position vectors (test_pointwise_cols.py)
+    off = "conv1x1,pointwise_cols"
+    ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET),
+                  Options(tune_trials=4, schedule_off=off), const_args={1: True})
     m, _ = rule.analyze(mod[gv], ctx)
     assert conv2d.expansion_cols(m)
     cands = rule.candidates(m, ctx)
     assert [bool(c.get("cols")) for c in cands] == [True, False, True, False]
-    run_ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4))
+    run_ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET),
+                      Options(tune_trials=4, schedule_off=off))
     func, why, _ = rule.apply(mod[gv], rule.analyze(mod[gv], run_ctx)[0], cands[0], run_ctx)
     assert "vectors along columns" in why and "at run time" in why, why
     mod[gv] = func.with_attr("tirx.is_scheduled", True)
@@ -190,7 +193,9 @@ def test_1x1_kernels_reading_many_planes_stage_their_input_rows():
         mod = fused(model)
         (gv,) = [gv for gv, f in mod.functions_items() if "conv" in gv.name_hint]
         func = inline_plain_copies(mod[gv])
-        ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET), Options(tune_trials=4))
+        # the channel tiles (the position vectors, test_pointwise_cols.py, switched off)
+        ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET),
+                      Options(tune_trials=4, schedule_off="conv1x1,pointwise_cols"))
         m, _ = rule.analyze(func, ctx)
         assert conv2d.stages_input_rows(m) == staged, (c, o)
         cand = rule.candidates(m, ctx)[0]

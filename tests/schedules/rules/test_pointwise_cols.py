@@ -1,0 +1,102 @@
+"""The position-vector kernel of 1x1 stride-1 NCHW convolutions (conv2d_cols.py,
+``schedule_pointwise_cols``): offered first among the conv2d rule's candidates under its own cache
+key, the same values as ONNX Runtime with and without a guarded last tile, the guarded tile peeled
+off by LoopPartition (every other tile unguarded), and its kill switch
+``fluidml.schedule_off=pointwise_cols``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from fluidml_tvm.options import Options
+from fluidml_tvm.schedules import cpu_info
+from fluidml_tvm.schedules.rules import conv2d
+from fluidml_tvm.schedules.rules.base import Context
+
+from ..models import TARGET, conv_model, fused, run_ort
+
+
+def _conv(C, O, H, W, off="conv1x1", const=True):  # noqa: E741
+    model = conv_model(C=C, O=O, H=H, W=W, k=1, pad=0)
+    mod = fused(model)
+    (gv,) = [gv for gv, _ in mod.functions_items() if "conv" in gv.name_hint]
+    ctx = Context(gv.name_hint, TARGET, cpu_info(TARGET),
+                  Options(tune_trials=4, schedule_off=off), const_args={1: True} if const else {})
+    return model, mod, gv, ctx
+
+
+def test_offered_first_under_its_own_key_and_switched_off():
+    rule = conv2d.Conv2dRule()
+    _, mod, gv, ctx = _conv(16, 64, 11, 13)
+    m, why = rule.analyze(mod[gv], ctx)
+    assert m is not None, why
+    cands = rule.candidates(m, ctx)
+    assert cands[0].get("pw") and any(not c.get("pw") for c in cands), cands
+    assert rule.workload(m, cands, ctx).endswith(":pw")
+    _, mod, gv, ctx = _conv(16, 64, 11, 13, off="conv1x1,pointwise_cols")
+    cands = rule.candidates(rule.analyze(mod[gv], ctx)[0], ctx)
+    assert not any(c.get("pw") for c in cands) and not rule.workload(m, cands, ctx).endswith(":pw")
+    # a 1x1 map (squeeze-and-excitation) or a 3x3 window: not this kernel
+    for model in (conv_model(C=24, O=8, H=1, W=1, k=1, pad=0), conv_model(C=16, O=32, H=9, W=9)):
+        mod = fused(model)
+        (gv,) = [gv for gv, _ in mod.functions_items() if "conv" in gv.name_hint]
+        m, _ = rule.analyze(mod[gv], ctx)
+        assert not any(c.get("pw") for c in rule.candidates(m, ctx))
+
+
+@pytest.mark.parametrize("C,O,H,W", [(16, 24, 7, 7), (24, 48, 4, 16), (8, 16, 5, 13),
+                                     (40, 48, 14, 14)])
+def test_computes_what_ort_does(C, O, H, W):  # noqa: E741
+    """Tails of 1 to 15 positions (49, 65, 196) and none (64); weights packed at run time."""
+    rule = conv2d.Conv2dRule()
+    model, mod, gv, ctx = _conv(C, O, H, W, const=False)
+    orig = mod[gv]
+    m, _ = rule.analyze(orig, ctx)
+    for cand in [c for c in rule.candidates(m, ctx) if c.get("pw")][:2]:
+        func, why, _ = rule.apply(orig, m, cand, ctx)
+        assert "1x1 NCHW" in why and "at run time" in why, why
+        mod[gv] = func.with_attr("tirx.is_scheduled", True)
+        x = np.random.default_rng(C + H).standard_normal([1, C, H, W]).astype("f4")
+        ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
+        out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_only_the_last_tile_is_guarded():
+    """After LoopPartition the loop over whole tiles holds no condition: the vectorizer runs
+    them as vectors (with the guard in every tile it ran them lane by lane, 3-4x slower)."""
+    from tvm.ir.instrument import pass_instrument
+
+    rule = conv2d.Conv2dRule()
+    _, mod, gv, ctx = _conv(16, 16, 11, 11)  # 121 positions: 7 whole vectors and 9 lanes
+    m, _ = rule.analyze(mod[gv], ctx)
+    cand = {"mr": 8, "nv": 1, "rb": 0, "pw": 1}
+    func, _, _ = rule.apply(mod[gv], m, cand, ctx)
+    lanes = cpu_info(TARGET).lanes(32)
+    whole = 121 // lanes
+    seen = {}
+
+    @pass_instrument
+    class Grab:
+        def run_after_pass(self, mod, info):
+            if info.name == "s_tir.LoopPartition":
+                seen["mod"] = mod
+
+    with tvm.transform.PassContext(instruments=[Grab()]):
+        tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), TARGET)
+    lines = seen["mod"]["main"].script().splitlines()
+    guards = []  # per loop over the whole tiles: the conditions left in its body
+    for i, line in enumerate(lines):
+        if line.strip().startswith("for ") and line.rstrip().endswith(f"range({whole}):"):
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for inner in lines[i + 1:]:
+                if inner.strip() and len(inner) - len(inner.lstrip()) <= indent:
+                    break
+                body.append(inner.strip())
+            guards.append([b for b in body if b.startswith("if ") and b != "if T.bool(True):"])
+    assert guards and min(len(g) for g in guards) == 0, guards
