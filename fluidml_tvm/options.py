@@ -75,15 +75,13 @@ class Options:
     fuse_conv_chain: bool = _opt(True, "with fuse_conv_pool: a cheap convolution (<= 10% of the "
                                  "next one's FLOPs, e.g. VGG's first) feeding the fused one is "
                                  "computed inside its row loop too (VGG-16 0.36x instead of 0.61x)")
-    schedule_off: str = _opt("conv1x1,pointwise_cols",
-                             "comma-separated schedule rules switched off (depthwise, "
+    schedule_off: str = _opt("conv1x1", "comma-separated schedule rules switched off (depthwise, "
                              "depthwise_flat, pool, conv1x1, pointwise_cols); their kernels fall "
                              "to the next rule (depthwise_flat: to the row-by-row depthwise "
-                             "kernel; pointwise_cols: to the channel-vector conv2d tiles). conv1x1 "
-                             "is off by default: no gain beyond noise on MobileNetV2/ResNet-50; "
-                             "pointwise_cols too: six conv models geomean 0.976 (RegNetY 0.835, "
-                             "EfficientNet-B0 0.915) but ResNet-50 1.095, SqueezeNet 1.072; '' "
-                             "turns both on")
+                             "kernel; pointwise_cols - 1x1 NCHW convs with the vectors along the "
+                             "positions - to the channel-vector conv2d tiles). conv1x1 is off by "
+                             "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
+                             "it on")
     fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid in the kernels FluidML "
                            "schedules, nowhere else (exp: relative error <= 2e-7; the others: "
                            "absolute error <= 3e-7; NaN, +-inf and overflow as IEEE); 0 keeps "

@@ -309,7 +309,8 @@ class Conv2dRule(Rule):
     """The conv2d rule: up to 4 register tiles measured per shape (a CNN has many distinct conv
     shapes, each candidate costs a compile, and beyond the 4 best-ranked tiles - 2 tiles with and
     without reduction blocking - little is won); with ``conv1x1`` on, a 1x1 stride-1 kernel also
-    races one tile over rows x columns (measured only, never the analytic pick)."""
+    races one tile over rows x columns (measured only, never the analytic pick). A 1x1 stride-1
+    NCHW kernel takes the position vectors (:mod:`.conv2d_cols`) first, alternating."""
 
     name = "conv2d"
 

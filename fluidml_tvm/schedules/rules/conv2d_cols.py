@@ -16,25 +16,26 @@ zeros appended), columns to whole tiles (:mod:`.pad`); the epilogue follows each
 divides the channels, and taken where it scores :data:`.tiles.BETTER` times the channel tiles
 (:class:`.conv2d.Conv2dRule`).
 
-*Pointwise NCHW* (:func:`schedule_pointwise_cols`; off by default: ``fluidml.schedule_off``
-without ``pointwise_cols`` turns it on): a 1x1 stride-1 convolution reading and writing NCHW is
+*Pointwise NCHW* (:func:`schedule_pointwise_cols`, kill switch
+``fluidml.schedule_off=pointwise_cols``): a 1x1 stride-1 convolution reading and writing NCHW is
 the matmul ``W[F, C] x D[C, H*W]``, so rows and columns are one axis of positions ``p``
-(``_fuse_positions``) and the vectors run along it: each tap loads ``nv`` contiguous vectors of
-one input plane, broadcasts ``nf`` packed weights, and the output tile (epilogue included) is
-stored as whole vectors of one output plane. The channel-vector kernel stores each tile
-transposed (``nr`` planes, ``mr`` columns each): timed alone on the 2-core AVX-512 host, 2
-threads, bias + ReLU, 16->64 at 55x55 72 -> 31 us, 64->16 at 55x55 98 -> 27, 24->144 at 56x56
-151 -> 80, 144->24 at 56x56 331 -> 111, 80->480 at 14x14 86 -> 55; not SqueezeNet's final
-512->1000 at 13x13 (711 -> 822) nor 160->960 at 7x7 (64 -> 62). The last tile of a plane no
-whole tile fills is guarded and peeled by LoopPartition (``pragma_loop_partition_hint``; the
-positions' iteration variables are int32: with int64 ones LoopPartition left every tile
-guarded, and the vectorizer ran them lane by lane).
-In a model the kernel reads an input the kernel before wrote, no longer in this core's cache, a
-stream per input plane (as :func:`.conv2d_policy.stages_input_rows` says of the channel tiles):
-there the standalone gains shrink or turn. A/B of six conv models at the defaults, 3 rounds
-(``benchmarks/results/2026-12-06-ab-src-pointwise-cols.md``): geometric mean 0.976, RegNetY-400MF
-0.835, EfficientNet-B0 0.915, MNASNet 0.952, GoogLeNet 1.013, SqueezeNet 1.072, ResNet-50 1.095
-(its 256->64 and 256->128 convs on 56x56: 3.2 MB of input swept by every channel panel).
+(``_fuse_positions``) and the vectors run along it: each input channel loads ``nv`` contiguous
+vectors of one input plane and broadcasts ``nf`` packed weights, and the output tile (epilogue
+included) is stored as whole vectors of ``nf`` output planes. The channel-vector kernel stores
+each tile transposed (``nr`` planes, ``mr`` columns each): timed alone on the 2-core AVX-512
+host, 2 threads, bias + ReLU, warm, 16->64 at 55x55 72 -> 31 us, 64->16 at 55x55 98 -> 27,
+24->144 at 56x56 151 -> 80, 144->24 at 56x56 331 -> 111, 80->480 at 14x14 86 -> 55. The last
+tile of a plane no whole tile fills is guarded and peeled by LoopPartition
+(``pragma_loop_partition_hint``; the kernel's indices are narrowed to int32 first: with relax's
+int64 ones LoopPartition left every tile guarded, and the vectorizer ran them lane by lane).
+Not on maps of fewer than :data:`POINTWISE_MIN_VECTORS` vectors (7x7) nor on an NHWC output.
+In a model the input comes from the kernel before, no longer in this core's cache: which loop
+is outer is decided for that (:func:`schedule_pointwise_cols`). A/B over eleven conv models at
+the defaults, 3 rounds (``benchmarks/results/2026-12-06-ab-src-pointwise-cols-4.md``): geometric
+mean 0.925, RegNetY-400MF 0.797, MobileNetV3-L 0.858, ShuffleNetV2 0.867, MobileNetV3-S 0.872,
+EfficientNet-B0 0.891, MNASNet 0.911, GoogLeNet 0.977, SqueezeNet 0.992, DenseNet-121 0.998,
+ResNet-18 1.006, ResNet-50 1.039 (0.998 in the run before, ``-3.md``). With the channel panels
+always outer ResNet-50 ran 1.095 (``-pointwise-cols.md``, then off by default).
 """
 
 from __future__ import annotations
@@ -146,16 +147,22 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     return sch, reason, ({m.w_param: (roles, nf)} if pack_param else None)
 
 
+# At least this many vectors of positions: on a 7x7 map (49 positions, 3 vectors and one lane)
+# the channel tiles are as fast (2048->512: 608 vs 633 us cold; 160->960: 62 vs 64 warm).
+POINTWISE_MIN_VECTORS = 8
+
+
 def pointwise_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
-    """``(nf, nv)`` tiles of :func:`schedule_pointwise_cols` (a 1x1 stride-1 NCHW convolution,
-    one group, at least a vector of positions, ``nf`` >= 2 dividing the channels), most FLOPs
-    per load first
-    within three quarters of the vector registers: 8x3, 8x2, 6x3, 4x3 ..."""
+    """``(nf, nv)`` tiles of :func:`schedule_pointwise_cols` (a 1x1 stride-1 convolution reading
+    and writing NCHW - the layout stage's variant writing NHWC took 0.9 s to time -, one group,
+    at least :data:`POINTWISE_MIN_VECTORS` vectors of positions, ``nf`` >= 2 dividing the
+    channels), most FLOPs per load first within three quarters of the vector registers: 8x3,
+    8x2, 6x3, 4x3 ..."""
     lanes = cpu.lanes(32)
-    if not m.rows or m.x_stride != 1 or m.groups != 1 or m.func is not None:
-        return []
+    if not m.rows or m.x_stride != 1 or not m.x_last or m.groups != 1 or m.func is not None:
+        return []  # (an NHWC output would take a store per position and channel)
     positions = m.rows * m.x
-    if positions < lanes:  # a squeeze-and-excitation's 1x1 map: not one vector
+    if positions < POINTWISE_MIN_VECTORS * lanes:
         return []
     found = []
     for nf in (8, 6, 4, 3, 2):
@@ -204,7 +211,14 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     """``(schedule, reason, pack)`` of a 1x1 stride-1 NCHW convolution with the vectors along
     its positions (rows x columns), ``tile`` = ``(nf, nv)``: ``fuse(batch, channel panel)``
     parallel | position tiles of ``nv`` vectors (the last one guarded, peeled) | input
-    channels | ``nf`` channels, ``nv`` vectors (unrolled) | lanes; the epilogue per tile."""
+    channels | ``nf`` channels, ``nv`` vectors (unrolled) | lanes; the epilogue per tile. With
+    at least as many input as output channels (a projection, a squeeze) the position tiles are
+    outer (parallel) and the channel panels inside: a tile of the input is read once for all
+    of them, where sweeping it once per panel streams it from the cache of the core that wrote
+    it again and again (SqueezeNet's 256->32 on 27x27 in the model: 272 us swept per panel, 90
+    by tiles; timed alone with the input cold, 24 inputs in turn: 85 / 71; ResNet-50's 256->64 on
+    56x56 1315 / 767). An expansion the other way round: the input is small, and a position
+    tile would write every output plane (24->144 on 56x56: 86 swept / 260 by tiles)."""
     nf, nv = tile
     lanes = cpu.lanes(32)
     if m.f % nf or not m.rows:
@@ -234,15 +248,21 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     fl, xl, _, reds, spatial = loops_by_role(loops, m.loop_roles)
     f0, f1 = sch.split(fl, [m.f // nf, nf])
     x0, x1, x2 = sch.split(xl, [None, nv, lanes])
-    sch.reorder(*spatial, f0, x0, *reds, f1, x1, x2)
-    par = sch.fuse(*spatial, f0)
+    if m.f > m.r0:  # an expansion: each channel panel sweeps the (smaller) input
+        sch.reorder(*spatial, f0, x0, *reds, f1, x1, x2)
+        par = sch.fuse(*spatial, f0)
+        at = x0
+    else:  # position tiles outer: a tile of the (larger) input read once, for every panel
+        sch.reorder(*spatial, x0, f0, *reds, f1, x1, x2)
+        par = sch.fuse(*spatial, x0)
+        at = f0
     sch.parallel(par)
     sch.unroll(f1)
     sch.unroll(x1)
     sch.vectorize(x2)
     if m.x % (nv * lanes):
-        sch.annotate(x0, "pragma_loop_partition_hint", 1)
-    sch.reverse_compute_at(out, x0, preserve_unit_loops=True)
+        sch.annotate(par if at is f0 else x0, "pragma_loop_partition_hint", 1)
+    sch.reverse_compute_at(out, at, preserve_unit_loops=True)
     _, inner = sch.split(sch.get_loops(out)[-1], [None, lanes])
     sch.vectorize(inner)
     for b in kept:

@@ -38,6 +38,7 @@ class ConvMatch:
     groups: int = 1
     w_fdim: int = 0
     x_stride: int = 0  # the columns' stride in the data index (1: a vector of them is contiguous)
+    x_last: bool = False  # the columns are the output's innermost dim (NCHW, not NHWC)
 
 
 def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None, str]:
@@ -127,7 +128,8 @@ def analyze(func: tirx.PrimFunc, window: bool = False) -> tuple[ConvMatch | None
     x_dims = [r.min for r in reads[d_i].region if _uses(r.min, x)]
     x_stride = coefficient(x_dims[0], x) if len(x_dims) == 1 else None
     match = ConvMatch(st.name_hint, w_i, w_param, w_roles, roles, ext[f], ext[x], flops, r0,
-                      rows, axes.get("f", -1), axes.get("x", -1), x_stride=x_stride or 0)
+                      rows, axes.get("f", -1), axes.get("x", -1), x_stride=x_stride or 0,
+                      x_last=c_vars[-1] is not None and c_vars[-1].same_as(x))
     return match, "conv2d"
 
 

@@ -40,18 +40,22 @@ def test_offered_first_under_its_own_key_and_switched_off():
     _, mod, gv, ctx = _conv(16, 64, 11, 13, off="conv1x1,pointwise_cols")
     cands = rule.candidates(rule.analyze(mod[gv], ctx)[0], ctx)
     assert not any(c.get("pw") for c in cands) and not rule.workload(m, cands, ctx).endswith(":pw")
-    # a 1x1 map (squeeze-and-excitation) or a 3x3 window: not this kernel
-    for model in (conv_model(C=24, O=8, H=1, W=1, k=1, pad=0), conv_model(C=16, O=32, H=9, W=9)):
+    # a 1x1 map (squeeze-and-excitation), a 7x7 one (too few positions) or a 3x3 window: not
+    # this kernel
+    for model in (conv_model(C=24, O=8, H=1, W=1, k=1, pad=0),
+                  conv_model(C=64, O=32, H=7, W=7, k=1, pad=0), conv_model(C=16, O=32, H=9, W=9)):
         mod = fused(model)
         (gv,) = [gv for gv, _ in mod.functions_items() if "conv" in gv.name_hint]
         m, _ = rule.analyze(mod[gv], ctx)
         assert not any(c.get("pw") for c in rule.candidates(m, ctx))
 
 
-@pytest.mark.parametrize("C,O,H,W", [(16, 24, 7, 7), (24, 48, 4, 16), (8, 16, 5, 13),
-                                     (40, 48, 14, 14)])
+@pytest.mark.parametrize("C,O,H,W", [(16, 24, 11, 13), (24, 48, 8, 16), (8, 16, 9, 15),
+                                     (40, 48, 14, 14), (96, 16, 53, 53)])
 def test_computes_what_ort_does(C, O, H, W):  # noqa: E741
-    """Tails of 1 to 15 positions (49, 65, 196) and none (64); weights packed at run time."""
+    """Last tiles of 4 to 15 positions (143, 135, 196, 2809) and none (128); the projection
+    (96 -> 16) with the position tiles outer, the expansions with the channel panels outer;
+    weights packed at run time."""
     rule = conv2d.Conv2dRule()
     model, mod, gv, ctx = _conv(C, O, H, W, const=False)
     orig = mod[gv]
@@ -72,12 +76,12 @@ def test_only_the_last_tile_is_guarded():
     from tvm.ir.instrument import pass_instrument
 
     rule = conv2d.Conv2dRule()
-    _, mod, gv, ctx = _conv(16, 16, 11, 11)  # 121 positions: 7 whole vectors and 9 lanes
+    _, mod, gv, ctx = _conv(16, 16, 12, 11)  # 132 positions: 8 whole vectors and 4 lanes
     m, _ = rule.analyze(mod[gv], ctx)
     cand = {"mr": 8, "nv": 1, "rb": 0, "pw": 1}
     func, _, _ = rule.apply(mod[gv], m, cand, ctx)
     lanes = cpu_info(TARGET).lanes(32)
-    whole = 121 // lanes
+    whole = 132 // lanes
     seen = {}
 
     @pass_instrument
@@ -100,3 +104,26 @@ def test_only_the_last_tile_is_guarded():
                 body.append(inner.strip())
             guards.append([b for b in body if b.startswith("if ") and b != "if T.bool(True):"])
     assert guards and min(len(g) for g in guards) == 0, guards
+
+
+def test_not_offered_for_an_nhwc_output():
+    """The layout stage's variant reading NCHW and writing NHWC (positions no longer the
+    output's innermost axis) keeps the channel tiles: with the position vectors it stored a
+    value per position and channel, and took 0.9 s to time."""
+    from tvm import te
+
+    from fluidml_tvm.passes.layout.kernels import permuted_conv2d
+
+    x = te.placeholder((1, 16, 12, 12), "float32", name="x")
+    w = te.placeholder((32, 16, 1, 1), "float32", name="w")
+    for lout, offered in (((0, 1, 2, 3), True), ((0, 2, 3, 1), False)):
+        shape = [1, 32, 12, 12] if offered else [1, 12, 12, 32]
+        y = permuted_conv2d(x, w, (0, 1, 2, 3), lout, shape, (1, 1), (0, 0, 0, 0), (1, 1),
+                            "float32")
+        func = te.create_prim_func([x, w, y])
+        rule = conv2d.Conv2dRule()
+        ctx = Context("k", TARGET, cpu_info(TARGET), Options(tune_trials=4, schedule_off=""),
+                      const_args={1: True})
+        m, why = rule.analyze(func, ctx)
+        assert m is not None, why
+        assert any(c.get("pw") for c in rule.candidates(m, ctx)) is offered, lout
