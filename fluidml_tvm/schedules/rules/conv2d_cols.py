@@ -45,7 +45,7 @@ import dataclasses
 import tvm
 from tvm import s_tir, tirx
 
-from ..common import loop_kinds, root_blocks, vectorize_inner
+from ..common import around, loop_kinds, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
 from .conv2d_match import ConvMatch, loops_by_role, pack_weight, pad_to_tiles, same_var
@@ -107,13 +107,8 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     if func is None:
         return None, said, None
     sch = s_tir.Schedule(func)
-    main = sch.get_sblock(m.block)
-    blocks = root_blocks(sch)
-    pos = [sch.get(b).name_hint for b in blocks].index(m.block)
-    pre, epis = blocks[:pos], blocks[pos + 1:]
-    for b in epis[:-1]:
-        sch.compute_inline(b)
-    out = epis[-1] if epis else sch.cache_write(main, 0, "global")
+    main, pre, out = around(sch, m.block)
+    out = out if out is not None else sch.cache_write(main, 0, "global")
     pack_weight(sch, main, m, nf, pack_param)
     loops = sch.get_loops(main)
     phases = [lp for lp, r in zip(loops, m.loop_roles) if r == "p"]
@@ -208,17 +203,17 @@ def _fuse_positions(sch, main, out, m: ConvMatch) -> ConvMatch:
 
 
 def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
-    """``(schedule, reason, pack)`` of a 1x1 stride-1 NCHW convolution with the vectors along
-    its positions (rows x columns), ``tile`` = ``(nf, nv)``: ``fuse(batch, channel panel)``
-    parallel | position tiles of ``nv`` vectors (the last one guarded, peeled) | input
+    """``(schedule, reason, pack)`` of a 1x1 stride-1 NCHW convolution with the vectors along its
+    positions (rows x columns), ``tile`` = ``(nf, nv)``. An expansion: ``fuse(batch, channel
+    panel)`` parallel | position tiles of ``nv`` vectors (the last one guarded, peeled) | input
     channels | ``nf`` channels, ``nv`` vectors (unrolled) | lanes; the epilogue per tile. With
     at least as many input as output channels (a projection, a squeeze) the position tiles are
-    outer (parallel) and the channel panels inside: a tile of the input is read once for all
-    of them, where sweeping it once per panel streams it from the cache of the core that wrote
-    it again and again (SqueezeNet's 256->32 on 27x27 in the model: 272 us swept per panel, 90
-    by tiles; timed alone with the input cold, 24 inputs in turn: 85 / 71; ResNet-50's 256->64 on
-    56x56 1315 / 767). An expansion the other way round: the input is small, and a position
-    tile would write every output plane (24->144 on 56x56: 86 swept / 260 by tiles)."""
+    outer (parallel) and the channel panels inside: a tile of the input is read once for all of
+    them, where sweeping it once per panel streams it from the cache of the core that wrote it
+    again and again (SqueezeNet's 256->32 on 27x27 in the model: 272 us swept per panel, 90 by
+    tiles; timed alone with the input cold, 24 inputs in turn: 85 / 71; ResNet-50's 256->64 on
+    56x56 1315 / 767). An expansion the other way round: the input is small, and a position tile
+    would write every output plane (24->144 on 56x56: 86 swept / 260 by tiles)."""
     nf, nv = tile
     lanes = cpu.lanes(32)
     if m.f % nf or not m.rows:
@@ -229,13 +224,8 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     # tile of int32 loops only
     func = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
     sch = s_tir.Schedule(func)
-    main = sch.get_sblock(m.block)
-    blocks = root_blocks(sch)
-    pos = [sch.get(b).name_hint for b in blocks].index(m.block)
-    pre, epis = blocks[:pos], blocks[pos + 1:]
-    for b in epis[:-1]:
-        sch.compute_inline(b)
-    out = epis[-1] if epis else sch.cache_write(main, 0, "global")
+    main, pre, out = around(sch, m.block)
+    out = out if out is not None else sch.cache_write(main, 0, "global")
     kept = []
     for b in pre:  # a 1x1 kernel's "padding" stage copies its input: read it directly
         try:
@@ -251,11 +241,11 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     if m.f > m.r0:  # an expansion: each channel panel sweeps the (smaller) input
         sch.reorder(*spatial, f0, x0, *reds, f1, x1, x2)
         par = sch.fuse(*spatial, f0)
-        at = x0
+        at, outer = x0, "channel panels outer (an expansion)"
     else:  # position tiles outer: a tile of the (larger) input read once, for every panel
         sch.reorder(*spatial, x0, f0, *reds, f1, x1, x2)
         par = sch.fuse(*spatial, x0)
-        at = f0
+        at, outer = f0, f"position tiles outer ({m.r0} >= {m.f} channels)"
     sch.parallel(par)
     sch.unroll(f1)
     sch.unroll(x1)
@@ -269,6 +259,6 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
         schedule_spatial_block(sch, b, lanes)
     sch.decompose_reduction(main, reds[0])
     reason = (f"conv2d {shape} 1x1 NCHW: tile {nf} channels x {nv}x{lanes} positions (rows x "
-              f"columns one axis, vectors along it), weight packed [F/{nf},..,{nf}]")
+              f"columns one axis, vectors along it), {outer}, weight packed [F/{nf},..,{nf}]")
     reason += " at compile time" if pack_param else " at run time"
     return sch, reason, ({m.w_param: (("conv",) + tuple(m.w_roles), nf)} if pack_param else None)

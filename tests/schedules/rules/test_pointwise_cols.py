@@ -63,6 +63,7 @@ def test_computes_what_ort_does(C, O, H, W):  # noqa: E741
     for cand in [c for c in rule.candidates(m, ctx) if c.get("pw")][:2]:
         func, why, _ = rule.apply(orig, m, cand, ctx)
         assert "1x1 NCHW" in why and "at run time" in why, why
+        assert ("position tiles outer" in why) is (C >= O), why
         mod[gv] = func.with_attr("tirx.is_scheduled", True)
         x = np.random.default_rng(C + H).standard_normal([1, C, H, W]).astype("f4")
         ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
@@ -127,3 +128,26 @@ def test_not_offered_for_an_nhwc_output():
         m, why = rule.analyze(func, ctx)
         assert m is not None, why
         assert any(c.get("pw") for c in rule.candidates(m, ctx)) is offered, lout
+
+
+def test_a_conv_without_epilogue():
+    """No bias, no activation: the output block is the conv block's own write-back."""
+    from tvm import te, topi
+
+    from fluidml_tvm.schedules.rules import conv2d_cols
+
+    x = te.placeholder((1, 24, 9, 15), "float32", name="x")
+    w = te.placeholder((16, 24, 1, 1), "float32", name="w")
+    func = te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 0, 1)])
+    m, why = conv2d.analyze(func)
+    assert m is not None and m.rows, why
+    sch, why, _ = conv2d_cols.schedule_pointwise_cols(func, m, cpu_info(TARGET), {}, (8, 2))
+    assert sch is not None, why
+    rng = np.random.default_rng(7)
+    xs = rng.standard_normal((1, 24, 9, 15)).astype("f4")
+    ws = rng.standard_normal((16, 24, 1, 1)).astype("f4")
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), TARGET)
+    out = tvm.runtime.tensor(np.zeros((1, 16, 9, 15), "f4"))
+    lib["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws), out)
+    want = np.einsum("nchw,fc->nfhw", xs, ws[:, :, 0, 0])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
