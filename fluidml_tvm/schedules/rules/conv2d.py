@@ -33,8 +33,6 @@ has the candidates, the kernel and :class:`Conv2dRule`.
 
 from __future__ import annotations
 
-import dataclasses
-
 from tvm import s_tir, tirx
 
 from ..common import as_int, loop_kinds, root_blocks, vectorize_inner
@@ -55,6 +53,7 @@ from .conv2d_match import (  # analyze: the rule's match, also for passes.fuse_c
     analyze_any,
     loop_var_of,
     loops_by_role,
+    merge_rows,
     pack_weight,
     pad_to_tiles,
     same_var,
@@ -140,31 +139,6 @@ def candidates_pointwise(m: ConvMatch, cpu: CPUInfo, budget: int = 2) -> list[tu
     return [t for _, t in tiles][: max(1, budget)]
 
 
-def _fuse_rows(sch, main, out, m: ConvMatch) -> ConvMatch:
-    """Rewrite the iteration space of the conv block and of its output block so rows x columns
-    is one axis ``p = y * X + x``; returns the match for the rewritten kernel."""
-    xi = m.loop_roles.index("x")
-    yi = xi - 1
-    X = m.x
-    n_iv = len(sch.get(main).iter_vars)
-
-    def main_map(*iv):
-        return [*iv[:yi], iv[yi] * X + iv[xi], *iv[xi + 1:]]
-
-    wr = [r.min for r in sch.get(main).writes[0].region]
-    ivs = sch.get(main).iter_vars
-    yd = next(i for i, e in enumerate(wr) if same_var(e, ivs[yi].var))
-    sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=n_iv))
-    n_out = len(sch.get(out).iter_vars)
-
-    def out_map(*iv):
-        return [*iv[:yd], iv[yd] * X + iv[yd + 1], *iv[yd + 2:]]
-
-    sch.transform_block_layout(out, tirx.IndexMap.from_func(out_map, ndim=n_out))
-    roles = m.loop_roles[:yi] + m.loop_roles[xi:]
-    return dataclasses.replace(m, loop_roles=roles, x=m.rows * X, rows=0), yd
-
-
 def choose_tile(m: ConvMatch, cpu: CPUInfo) -> tuple[int, int] | None:
     c = candidates(m, cpu, 1)
     return c[0] if c else None
@@ -220,7 +194,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     cols = m.x
     fuse_rows = bool(fuse_rows and m.rows)
     if fuse_rows:
-        m, y_dim = _fuse_rows(sch, main, out, m)
+        m, y_dim = merge_rows(sch, main, out, m)
     # accumulator with channels innermost
     c_roles = m.loop_roles  # loops are in output-index order for spatial axes (legalized form)
     wr = sch.get(acc_block).writes[0]
@@ -305,6 +279,13 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     return sch, reason, pack
 
 
+def _alternate(first: list, rest: list, budget: int) -> list:
+    """``first[0], rest[0], first[1], rest[1], ..`` then what is left of either, ``budget`` of
+    them."""
+    mixed = [c for pair in zip(first, rest) for c in pair]
+    return (mixed + first[len(rest):] + rest[len(first):])[:budget]
+
+
 class Conv2dRule(Rule):
     """The conv2d rule: up to 4 register tiles measured per shape (a CNN has many distinct conv
     shapes, each candidate costs a compile, and beyond the 4 best-ranked tiles - 2 tiles with and
@@ -326,8 +307,7 @@ class Conv2dRule(Rule):
         if not pw:
             return cands
         # a 1x1 stride-1 NCHW conv: the position vectors first (conv2d_cols.py), alternating
-        mixed = [c for pair in zip(pw, cands) for c in pair]
-        return (mixed + pw[len(cands):] + cands[len(pw):])[:budget]
+        return _alternate(pw, cands, budget)
 
     def _candidates(self, m: ConvMatch, ctx: Context) -> list[dict]:
         budget = min(ctx.options.tune_trials, 4)
@@ -358,8 +338,7 @@ class Conv2dRule(Rule):
             {"mr": nf, "nv": nv, "rb": 0, "cols": 1}
             for nf, nv in expansion_candidates(m, ctx.cpu, budget)]
         if expansion:  # a 1x1 expansion: the column vectors first, alternating with the rest
-            mixed = [c for pair in zip(expansion, cands) for c in pair]
-            return (mixed + expansion[len(cands):] + cands[len(expansion):])[:budget]
+            return _alternate(expansion, cands, budget)
         return cands
 
     def no_candidates(self, m: ConvMatch, ctx: Context) -> str:

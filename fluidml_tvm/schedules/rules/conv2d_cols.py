@@ -40,15 +40,13 @@ always outer ResNet-50 ran 1.095 (``-pointwise-cols.md``, then off by default).
 
 from __future__ import annotations
 
-import dataclasses
-
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir
 
 from ..common import around, loop_kinds, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
-from .conv2d_match import ConvMatch, loops_by_role, pack_weight, pad_to_tiles, same_var
+from .conv2d_match import ConvMatch, loops_by_role, merge_rows, pack_weight, pad_to_tiles
 from .injective import schedule_spatial_block
 from .pad import schedule_padded_copy
 
@@ -173,33 +171,14 @@ def pointwise_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[
 
 def _fuse_positions(sch, main, out, m: ConvMatch) -> ConvMatch:
     """Rows and columns of the conv block and of its output block as one axis ``p = y * X + x``
-    with int32 iteration variables (LoopPartition peels a guarded last tile of int32 loops
-    only), the accumulator stored ``[.., p]``; returns the match of the rewritten kernel."""
-    xi = m.loop_roles.index("x")
-    yi = xi - 1
+    with int32 iteration variables (:func:`.conv2d_match.merge_rows`; LoopPartition peels a
+    guarded last tile of int32 loops only), the accumulator stored ``[.., p]``; returns the
+    match of the rewritten kernel."""
     cols = m.x
-    st = sch.get(main)
-    ivs = st.iter_vars
-    wr = [r.min for r in st.writes[0].region]
-    yd = next(i for i, e in enumerate(wr) if same_var(e, ivs[yi].var))
-
-    def main_map(*iv):
-        return [*iv[:yi], iv[yi] * cols + iv[xi], *iv[xi + 1:]]
-
-    def out_map(*iv):
-        return [*iv[:yd], iv[yd] * cols + iv[yd + 1], *iv[yd + 2:]]
-
-    def acc_map(*idx):
-        return [*idx[:yd], idx[yd] * cols + idx[yd + 1], *idx[yd + 2:]]
-
-    sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=len(ivs),
-                                                             index_dtype="int32"))
-    n_out = len(sch.get(out).iter_vars)
-    sch.transform_block_layout(out, tirx.IndexMap.from_func(out_map, ndim=n_out,
-                                                            index_dtype="int32"))
-    sch.transform_layout(main, ("write", 0), acc_map)
-    roles = m.loop_roles[:yi] + m.loop_roles[xi:]
-    return dataclasses.replace(m, loop_roles=roles, x=m.rows * cols, rows=0)
+    m, yd = merge_rows(sch, main, out, m, index_dtype="int32")
+    sch.transform_layout(main, ("write", 0),
+                         lambda *i: [*i[:yd], i[yd] * cols + i[yd + 1], *i[yd + 2:]])
+    return m
 
 
 def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):

@@ -194,6 +194,32 @@ def loops_by_role(loops, roles, y_index: int | None = None):
     return fl, xl, yl, reds, spatial
 
 
+def merge_rows(sch, main, out, m: ConvMatch, index_dtype: str = "int64"):
+    """Rewrite the iteration space of the conv block and of its output block so rows x columns
+    is one axis ``p = y * X + x`` (iteration variables of ``index_dtype``); returns the match
+    for the rewritten kernel and the output dim of the rows."""
+    xi = m.loop_roles.index("x")
+    yi = xi - 1
+    cols = m.x
+    ivs = sch.get(main).iter_vars
+    wr = [r.min for r in sch.get(main).writes[0].region]
+    yd = next(i for i, e in enumerate(wr) if same_var(e, ivs[yi].var))
+
+    def main_map(*iv):
+        return [*iv[:yi], iv[yi] * cols + iv[xi], *iv[xi + 1:]]
+
+    def out_map(*iv):
+        return [*iv[:yd], iv[yd] * cols + iv[yd + 1], *iv[yd + 2:]]
+
+    sch.transform_block_layout(main, tirx.IndexMap.from_func(main_map, ndim=len(ivs),
+                                                             index_dtype=index_dtype))
+    n_out = len(sch.get(out).iter_vars)
+    sch.transform_block_layout(out, tirx.IndexMap.from_func(out_map, ndim=n_out,
+                                                            index_dtype=index_dtype))
+    roles = m.loop_roles[:yi] + m.loop_roles[xi:]
+    return dataclasses.replace(m, loop_roles=roles, x=m.rows * cols, rows=0), yd
+
+
 def pack_index_map(w_roles: list[str], nr: int):
     """Weight dims -> ``[F/nr, other dims.., nr]``."""
 
