@@ -13,7 +13,7 @@
    and column count, grouped ones with their channels split: :mod:`.grouped`, :mod:`.pad`).
 6. ``depthwise``    (:mod:`.depthwise`) - depthwise convolutions (``group = C``), any stride;
    switched off by ``fluidml.schedule_off=depthwise``.
-7. ``pool``         (:mod:`.pool`) - NCHW window pools with stride 2 along the rows; switched
+7. ``pool``         (:mod:`.pool`) - NCHW window pools with stride 1 or 2 along the rows; switched
    off by ``fluidml.schedule_off=pool``.
 8. ``reduction``    (:mod:`.reduction`) - softmax, LayerNorm and any other reduction.
 9. ``injective``    (:mod:`.injective`) - everything without a reduction.

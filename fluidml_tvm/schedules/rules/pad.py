@@ -107,13 +107,22 @@ def schedule_padded_copy(sch, block, lanes: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def lay_out_even_odd(sch, copy) -> None:
+def lay_out_even_odd(sch, copy, odd_ok: bool = False) -> None:
     """Lay the buffer the padding stage ``copy`` writes out as ``[.., column % 2, column // 2]``
     (even columns, then odd ones), so a stride-2 window's taps read contiguous vectors, and
     iterate the copy as it stores: vectorized stores, where the column order stored every other
     element one scalar at a time (depthwise 64 channels 112 -> 56: 387 -> 153 us, the copy was
-    the kernel's time). The row must be even."""
-    sch.transform_layout(copy, ("write", 0), lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2])
+    the kernel's time). The row must be even, unless ``odd_ok``: then the odd half gets one
+    slot more than it has columns, written with zero and never read (a window's taps read
+    columns below the row's length only)."""
+    width = sch.get(copy).writes[0].source.shape[-1]
+    pad = None
+    if odd_ok and int(width) % 2:
+        pad = tirx.FloatImm(str(sch.get(copy).writes[0].source.dtype), 0.0)
+    sch.transform_layout(copy, ("write", 0), lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2],
+                         pad_value=pad)
+    if pad is not None:  # the padded transform already iterates the copy as it stores
+        return
     try:
         ivs = sch.get(copy).iter_vars
         sch.transform_block_layout(copy, tirx.IndexMap.from_func(

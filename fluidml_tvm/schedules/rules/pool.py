@@ -1,23 +1,28 @@
-"""pool rule: window pools with stride 2 along the innermost axis (NCHW max/avg pools).
+"""pool rule: NCHW max/avg window pools whose window runs along the rows (stride 1 or 2).
 
-Matches one reduction block reading one buffer whose innermost index is ``2 * x + rx`` (``x``
-the innermost output axis): a 3x3/2x2 stride-2 max or average pool over NCHW rows. The generic
-reduction rule vectorized ``x`` with every other element loaded (a gather per window tap) and
-the padding tested per element: SqueezeNet's three NCHW max pools ran 438 us where the same
-pools with the channels innermost ran 160 (2-core AVX-512 host). Here, as the depthwise rule
-does for its stride-2 kernels, the (padded) input plane of a channel is copied once per
-parallel iteration laid out ``[.., row, column % 2, column // 2]`` (even columns, then odd
-ones; the copy iterates as it stores, vectorized), so each window tap reads a contiguous
-vector: ``out[x] = max over (ry, rx) of P[2y + ry, rx % 2, x + rx // 2]``. The rows stay
-inside the parallel (batch, channel) loop, the window unrolled, ``x`` one vector.
+Matches one reduction block reading one buffer whose innermost index is ``s * x + rx`` (``x``
+the innermost output axis, ``rx`` a window axis, ``s`` 1 or 2), with a padding stage before it.
+The generic reduction rule vectorized ``x`` with the padding tested per element and window tap
+(for stride 2 a gather per tap). Here the padded input plane of a channel is copied once per
+parallel (batch, channel) iteration, so each window tap reads a contiguous vector; the rows stay
+inside the parallel loop, the window unrolled, ``x`` one vector:
 
-Measured against the generic rule with a cold input (24 inputs in turn): 3x3 max pools
-128x55x55 (ceil) 192 -> 54 us, 64x112x112 (pad 1) 361 -> 151, 256x27x27 52 -> 45. Only pools
-with a padding stage (the generic rule tests the bounds per element): without one the copy
-costs more than it saves (2x2 average pools of DenseNet's transitions, 128x56x56: 49 -> 61 us),
-and an odd padded row width keeps the generic rule too. Channels-innermost pools (stride 1
-along the innermost axis) keep the generic rule, which vectorizes them over the channels. Kill
-switch: ``fluidml.schedule_off=pool``.
+- stride 2: the plane laid out ``[.., row, column % 2, column // 2]`` (even columns, then odd
+  ones; the copy iterates as it stores, vectorized), as the depthwise rule does for its stride-2
+  kernels: ``out[x] = max over (ry, rx) of P[2y + ry, rx % 2, x + rx // 2]``. An odd padded row
+  (ceil-mode pools: GoogLeNet's 113, 57, 29, 15) gives the odd half one spare slot, written with
+  zero and never read.
+- stride 1: the plane copied as it is (the inception branches' 3x3 pools, SPP's 5x5):
+  ``out[x] = max over (ry, rx) of P[y + ry, x + rx]``.
+
+Measured against the generic rule with a cold input (24 inputs in turn, 2-core AVX-512 host):
+stride 2: 3x3 max pools 128x55x55 (ceil) 201 -> 51 us, 64x112x112 (pad 1) 405 -> 278, GoogLeNet's
+odd rows 64x112x112 (ceil) 431 -> 235, 192x56x56 227 -> 165, 480x28x28 106 -> 90; stride 1
+(pad 1): 192x28x28 127 -> 35 us, 256x28x28 175 -> 46, 512x14x14 88 -> 29, 832x7x7 123 -> 12.
+Only pools with a padding stage (the generic rule tests the bounds per element): without one the
+copy costs more than it saves (2x2 average pools of DenseNet's transitions, 128x56x56: 49 -> 61
+us). Channels-innermost pools (NHWC: the window does not run along the innermost axis) keep the
+generic rule, which vectorizes them over the channels. Kill switch: ``fluidml.schedule_off=pool``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class PoolMatch:
     block: str
     roles: list  # per loop of the block: "s" spatial, "v" the innermost output axis, "r" window
     width: int  # the (padded) input row the window reads
+    stride: int = 2  # along the innermost axis: 1 or 2
 
 
 def analyze(func: tirx.PrimFunc):
@@ -66,11 +72,16 @@ def analyze(func: tirx.PrimFunc):
         return None, Unrelated("output not indexed by plain variables")
     x = o_vars[-1]
     last = reads[0].region[-1].min
-    if coefficient(last, x) != 2:
-        return None, Unrelated("the innermost axis is not read with stride 2")
+    stride = coefficient(last, x)
+    if stride not in (1, 2):
+        return None, Unrelated("the innermost axis is not read with stride 1 or 2")
+    window = [iv.var for iv in st.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    if not any(coefficient(last, r) for r in window):
+        # channels innermost (NHWC): the generic rule vectorizes over them
+        return None, Unrelated("the window does not run along the innermost axis")
     width = as_int(reads[0].source.shape[-1])
-    if width is None or width % 2:
-        return None, f"odd input row ({width}): the even/odd copy needs an even one"
+    if width is None:
+        return None, "symbolic input row"
     idx = loop_var_index(sch, main)
     if idx is None:
         return None, "block bindings are not one loop per axis"
@@ -92,14 +103,15 @@ def analyze(func: tirx.PrimFunc):
         return None, Unrelated("no padding stage")
     if len(pre) > 1 or not sch.get(pre[0]).writes[0].source.same_as(reads[0].source):
         return None, "a prologue other than the padding"
-    return PoolMatch(st.name_hint, roles, width), "pool"
+    return PoolMatch(st.name_hint, roles, width, stride), "pool"
 
 
 def schedule_pool(func, m: PoolMatch, lanes: int):
     sch = s_tir.Schedule(func)
     main, pre, out = around(sch, m.block)
     copy = pre[0]
-    lay_out_even_odd(sch, copy)
+    if m.stride == 2:
+        lay_out_even_odd(sch, copy, odd_ok=True)
     loops = sch.get_loops(main)
     spatial = [lp for lp, r in zip(loops, m.roles) if r == "s"]
     reds = [lp for lp, r in zip(loops, m.roles) if r == "r"]
@@ -119,12 +131,15 @@ def schedule_pool(func, m: PoolMatch, lanes: int):
     if out is not None:
         sch.reverse_compute_at(out, row, preserve_unit_loops=True)
         vectorize_inner(sch, out, lanes)
+    if m.stride == 1:
+        return sch, (f"pool (stride 1 along a row of {m.width}): the padded input plane copied "
+                     f"per channel, window taps as contiguous vectors")
     return sch, (f"pool (stride 2 along a row of {m.width}): the input plane copied per "
                  f"channel as even then odd columns, window taps as contiguous vectors")
 
 
 class PoolRule(Rule):
-    """NCHW stride-2 window pools (one schedule, never measured)."""
+    """NCHW window pools with stride 1 or 2 along the rows (one schedule, never measured)."""
 
     name = "pool"
     measures = False

@@ -1,6 +1,6 @@
-"""The pool rule: NCHW stride-2 window pools with a padding stage read their input plane as even
-then odd columns, and compute exactly what the unscheduled kernel computes; the other pools keep
-the generic reduction rule."""
+"""The pool rule: NCHW window pools with a padding stage read a copy of their input plane (as even
+then odd columns for stride 2, as it is for stride 1), and compute exactly what the unscheduled
+kernel computes; the other pools keep the generic reduction rule."""
 
 from __future__ import annotations
 
@@ -34,19 +34,25 @@ def _run(func, x, oshape):
     return out.numpy()
 
 
-@pytest.mark.parametrize("c, x, k, pad, ceil, kind", [
-    (8, 55, 3, 0, True, "max"),  # SqueezeNet's: ceil mode pads the last row and column
-    (4, 32, 3, 1, False, "max"),  # ResNet's stem pool
-    (4, 30, 3, 1, False, "avg"),  # an average pool with padding: the division as epilogue
+@pytest.mark.parametrize("c, x, k, s, pad, ceil, kind", [
+    (8, 55, 3, 2, 0, True, "max"),  # SqueezeNet's: ceil mode pads the last row and column
+    (4, 32, 3, 2, 1, False, "max"),  # ResNet's stem pool
+    (4, 30, 3, 2, 1, False, "avg"),  # an average pool with padding: the division as epilogue
+    (4, 56, 3, 2, 0, True, "max"),  # GoogLeNet's: the ceil padding makes the row odd (57)
+    (4, 14, 2, 2, 0, True, "max"),  # odd row (15), 2x2 window: the odd half's spare slot
+    (4, 28, 3, 1, 1, False, "max"),  # GoogLeNet's inception branch pools: stride 1
+    (4, 7, 3, 1, 1, False, "max"),  # ... on a 7x7 map
+    (4, 13, 5, 1, 2, False, "max"),  # a 5x5 stride-1 pool (YOLO's SPP)
+    (4, 9, 3, 1, 1, False, "avg"),  # stride-1 average pool, padding not counted
 ])
-def test_pool_rule_computes_what_the_unscheduled_kernel_does(c, x, k, pad, ceil, kind):
-    func, oshape = _pool(c, x, k, 2, pad, ceil, kind)
+def test_pool_rule_computes_what_the_unscheduled_kernel_does(c, x, k, s, pad, ceil, kind):
+    func, oshape = _pool(c, x, k, s, pad, ceil, kind)
     ctx = Context("k", TARGET, cpu_info(TARGET), Options())
     rule = PoolRule()
     m, why = rule.analyze(func, ctx)
     assert m is not None, why
     new, why, _ = rule.apply(func, m, {}, ctx)
-    assert "even then odd columns" in why
+    assert ("even then odd columns" if s == 2 else "padded input plane copied") in why
     text = new.script()
     assert "T.parallel" in text and "T.vectorized" in text
     xv = np.random.default_rng(3).standard_normal((1, c, x, x)).astype("float32")
@@ -58,11 +64,12 @@ def test_pool_rule_computes_what_the_unscheduled_kernel_does(c, x, k, pad, ceil,
 
 @pytest.mark.parametrize("kw, reason", [
     (dict(c=8, x=56, k=2, pad=0, ceil=False, kind="avg"), "no padding stage"),
-    (dict(c=8, x=56, k=3, pad=0, ceil=True), "odd input row (57)"),
-    (dict(c=16, x=28, k=3, pad=1, ceil=False, layout="NHWC"), "not read with stride 2"),
+    (dict(c=8, x=28, k=3, s=1, pad=0, ceil=False), "no padding stage"),
+    (dict(c=16, x=28, k=3, pad=1, ceil=False, layout="NHWC"), "not run along the innermost"),
+    (dict(c=8, x=30, k=3, s=3, pad=1, ceil=False), "not read with stride 1 or 2"),
 ])
 def test_other_pools_keep_the_generic_rule(kw, reason):
-    func, _ = _pool(kw.pop("c"), kw.pop("x"), kw.pop("k"), 2, kw.pop("pad"), kw.pop("ceil"),
-                    **kw)
+    func, _ = _pool(kw.pop("c"), kw.pop("x"), kw.pop("k"), kw.pop("s", 2), kw.pop("pad"),
+                    kw.pop("ceil"), **kw)
     m, why = PoolRule().analyze(func, Context("k", TARGET, cpu_info(TARGET), Options()))
     assert m is None and reason in str(why)
