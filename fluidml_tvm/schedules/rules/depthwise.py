@@ -35,7 +35,7 @@ from ..target_info import CPUInfo
 from . import depthwise_flat
 from .base import Context, Rule
 from .injective import schedule_spatial_block
-from .pad import grow, lay_out_even_odd, schedule_padded_copy
+from .pad import grow, iterate_even_odd, lay_out_even_odd, schedule_padded_copy
 from .tiles import up
 
 
@@ -147,6 +147,29 @@ def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
     return out[: max(1, budget)]
 
 
+def short_row_candidates(m: DepthwiseMatch, cpu: CPUInfo) -> list[dict]:
+    """Columns-innermost rows short of a few vectors whose tail is not a power of two lanes
+    (7, 14, 28, 55 columns with 16 lanes): the row padded to whole vectors (``nv`` vectors of
+    ``vl`` lanes, ``vl`` the smallest power of two that holds a row shorter than the target's
+    vector), the extra columns computed and not stored. "One vector of 7" was legalized by LLVM
+    into loads of 4 + 2 + 1 lanes put together per window tap. Cold, 2 threads: 5x5/2
+    576x14x14 53 -> 39 us, 240x28x28 50 -> 44, 80x56x56 80 -> 59; 5x5 1152x7x7 81 -> 50; 3x3
+    480x14x14 33 -> 29."""
+    lanes = cpu.lanes(32)
+    v = m.v_extent
+    tail = v % lanes
+    if m.f_is_vector or tail == 0 or v > 4 * lanes or tail & (tail - 1) == 0:
+        # a tail of a power of two lanes is one load already (56 columns: 3 x 16 + 8; padded
+        # to 64, 3x3/2 48x112x112 ran 135 -> 157 us)
+        return []
+    if v < lanes:
+        vl = 4
+        while vl < v:
+            vl *= 2
+        return [{"nv": 1, "vl": vl} if vl != lanes else {"nv": 1}]
+    return [{"nv": up(v, lanes) // lanes}]
+
+
 def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[dict]:
     """Tiles of a channels-innermost kernel (:func:`_schedule_nhwc`): ``{"nv", "mr"[, "vl"]}``,
     ``mr`` output columns x ``nv`` vectors of ``vl`` channels (``vl``: half or a quarter of the
@@ -249,7 +272,10 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         if not m.f_is_vector:
             try:
                 sch.compute_at(b, par, preserve_unit_loops=True)
-                vectorize_inner(sch, b, lanes, whole=4, tail=False)
+                if split_pad and b.same_as(pre[-1]):
+                    iterate_even_odd(sch, b)
+                else:
+                    vectorize_inner(sch, b, lanes, whole=4, tail=False)
                 padded_here = True
                 continue
             except Exception:  # noqa: BLE001 - not computable there: its own loop nest
@@ -358,7 +384,8 @@ class DepthwiseRule(Rule):
         if m.f_is_vector:
             return nhwc_candidates(m, ctx.cpu, budget)
         flat = [{"nv": 0, "flat": 1}] if m.flat else []  # rows short of whole vectors: first
-        return (flat + [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)])[:budget]
+        return (flat + short_row_candidates(m, ctx.cpu)
+                + [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)])[:budget]
 
     def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:
         return f"vector axis {m.v_extent} does not suit {ctx.cpu.lanes(32)} lanes"
@@ -366,8 +393,12 @@ class DepthwiseRule(Rule):
     def workload(self, m: DepthwiseMatch, candidates: list[dict], ctx: Context) -> str:
         # channels innermost: column tiles since 2026-12-06 (decisions of the older kernel
         # not reused)
+        # rows padded to whole vectors since 2026-12-07 (":pv"; earlier choices not reused)
         return (f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
-                + (":flat" if m.flat else ""))
+                + (":flat" if m.flat else "")
+                + (":pv" if any("vl" in c or m.v_extent % (c["nv"] * ctx.cpu.lanes(32))
+                                for c in candidates if c.get("nv") and not m.f_is_vector)
+                   else ""))
 
     def flops(self, m: DepthwiseMatch) -> float:
         return m.flops

@@ -9,7 +9,9 @@ inside the parallel loop, the window unrolled, ``x`` one vector:
 
 - stride 2: the plane laid out ``[.., row, column % 2, column // 2]`` (even columns, then odd
   ones; the copy iterates as it stores, vectorized), as the depthwise rule does for its stride-2
-  kernels: ``out[x] = max over (ry, rx) of P[2y + ry, rx % 2, x + rx // 2]``. An odd padded row
+  kernels: ``out[x] = max over (ry, rx) of P[2y + ry, rx % 2, x + rx // 2]``; the copy is left to
+  LLVM's loop vectorizer (:func:`.pad.iterate_even_odd`: whole vectors split by shuffles, where
+  TVM's vectors loaded every other element one at a time). An odd padded row
   (ceil-mode pools: GoogLeNet's 113, 57, 29, 15) gives the odd half one spare slot, written with
   zero and never read.
 - stride 1: the plane copied as it is (the inception branches' 3x3 pools, SPP's 5x5):
@@ -42,7 +44,7 @@ from ..common import (
     vectorize_inner,
 )
 from .base import Context, Rule, Unrelated
-from .pad import lay_out_even_odd
+from .pad import iterate_even_odd, lay_out_even_odd
 
 
 @dataclass
@@ -122,7 +124,10 @@ def schedule_pool(func, m: PoolMatch, lanes: int):
     par = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else row)
     sch.parallel(par)
     sch.compute_at(copy, par, preserve_unit_loops=True)
-    vectorize_inner(sch, copy, lanes, whole=4, tail=False)
+    if m.stride == 2:
+        iterate_even_odd(sch, copy)
+    else:
+        vectorize_inner(sch, copy, lanes, whole=4, tail=False)
     for r in reds:
         sch.unroll(r)
     sch.vectorize(vec)

@@ -82,10 +82,11 @@ def test_depthwise_nhwc_column_tiles(c, hw, k, stride):
 
 
 def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
-    """NCHW stride 2: the padded input is stored even columns, then odd ones, and the copy that
-    stores it runs in that order (contiguous, vectorized stores; in column order it stored one
-    scalar at a time and was most of the kernel's time); the result is the unscheduled
-    kernel's."""
+    """NCHW stride 2: the padded input is stored even columns, then odd ones; the copy iterates
+    the column halves outside the (unrolled) parity, left to LLVM's loop vectorizer, which
+    loads whole vectors and splits them with shuffles (TVM's vectors gathered every other
+    element; in column order the copy stored one scalar at a time); the result is the
+    unscheduled kernel's."""
     from tvm import topi
 
     from fluidml_tvm.schedules.measure import random_args
@@ -97,9 +98,13 @@ def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
     sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET))
     assert "split even/odd" in why, why
     loops = sch.get_loops(sch.get_sblock("pad_temp"))
-    kinds = [int(sch.get(lp).kind) for lp in loops]  # ForKind: 1 parallel, 2 vectorized
+    kinds = [int(sch.get(lp).kind) for lp in loops]  # ForKind: 0 serial, 3 unrolled
     extents = [int(sch.get(lp).extent) for lp in loops]
-    assert kinds[-1] == 2 and extents[-2:] == [2, 33], (kinds, extents)
+    assert kinds[-2:] == [0, 3] and extents[-2:] == [33, 2], (kinds, extents)
+    asm = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      TARGET).mod.inspect_source("s")
+    # TVM's vectorized halves compiled to gathers (vgatherdps); LLVM's to loads and vpermps
+    assert "vperm" in asm and "vgather" not in asm, "the even/odd copy gathers its elements"
     dev = tvm.cpu()
     args = random_args(func, dev, seed=5)
     new = [tvm.runtime.tensor(a.numpy(), dev) for a in args]
@@ -131,3 +136,41 @@ def test_depthwise_tiles_compute_the_same(tmp_path, nv):
     with TARGET:
         off(fused(model))
     assert [d.choice for d in off.decisions if "conv" in d.subject] == ["reduction"]
+
+
+@pytest.mark.parametrize("x, k, stride, want", [
+    (14, 5, 2, [{"nv": 1, "vl": 8}]),  # 7 output columns: one vector of 8
+    (14, 3, 1, [{"nv": 1}]),  # 14: one vector of 16
+    (56, 5, 2, [{"nv": 2}]),  # 28: two vectors
+    (112, 3, 2, []),  # 56 = 3 x 16 + 8: a power-of-two tail is one load already
+    (32, 3, 1, []),  # whole vectors
+])
+def test_depthwise_short_rows_padded_to_whole_vectors(x, k, stride, want):
+    """NCHW rows short of a few vectors (7, 14, 28 columns) are padded to whole vectors of a
+    power of two lanes, the extra columns computed and not stored; the result is the
+    unscheduled kernel's."""
+    from tvm import topi
+
+    from fluidml_tvm.schedules.measure import random_args
+    from fluidml_tvm.schedules.rules import depthwise
+
+    c = 4
+    X = te.placeholder((1, c, x, x), name="X")
+    W = te.placeholder((c, 1, k, k), name="W")
+    func = te.create_prim_func([X, W, topi.nn.group_conv2d_nchw(X, W, stride, k // 2, 1, c)])
+    m, why = depthwise.analyze(func)
+    assert m is not None and not m.f_is_vector, why
+    cpu = cpu_info(TARGET)
+    assert cpu.lanes(32) == 16
+    got = depthwise.short_row_candidates(m, cpu)
+    assert got == want
+    dev = tvm.cpu()
+    for cfg in got:
+        sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"], vl=cfg.get("vl", 0))
+        assert "padded to" in why, why
+        args = random_args(func, dev, seed=7)
+        new = [tvm.runtime.tensor(a.numpy(), dev) for a in args]
+        for f_, a in ((func, args), (sch.mod["main"], new)):
+            tvm.compile(tvm.IRModule({"main": f_.with_attr("global_symbol", "main")}),
+                        TARGET)["main"](*a)
+        np.testing.assert_allclose(new[-1].numpy(), args[-1].numpy(), rtol=1e-5, atol=1e-5)
