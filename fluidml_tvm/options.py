@@ -114,6 +114,9 @@ class Options:
     memory_split: bool = _opt(True, "memory stage: a second small arena for the tensors live when "
                               "the first output is allocated, where it lowers the run-time peak "
                               "within 1.05x of the live-set bound")
+    memory_concat: bool = _opt(True, "memory stage: a concat along a contiguous axis has its "
+                               "inputs written straight into their slabs of its output, the copy "
+                               "dropped (the binding order is then kept)")
     verify: bool = _opt(False, "run the independent memory-plan verifier at compile time")
     cost: str = _opt("measured", "where layout/schedule costs come from: measured (kernels run "
                      "on the target, cached), learned (XGBoost on the cache) or analytic",

@@ -106,6 +106,36 @@ def branchy(size: int = 8, ch: int = 8, seed: int = 0) -> onnx.ModelProto:
     return g.model("branchy", [("x", [1, 3, size, size])], ["y", "side"])
 
 
+def fire(size: int = 10, cin: int = 8, squeeze: int = 4, expand: int = 8, blocks: int = 2,
+         seed: int = 0) -> onnx.ModelProto:
+    """SqueezeNet fire modules: a 1x1 squeeze, 1x1 and 3x3 expands joined by a channel concat."""
+    g = _Graph(seed)
+    x = "x"
+    for _ in range(blocks):
+        s = g.op("Relu", [g.op("Conv", [x, g.weight(squeeze, cin, 1, 1)], kernel_shape=[1, 1])])
+        e1 = g.op("Relu", [g.op("Conv", [s, g.weight(expand, squeeze, 1, 1)],
+                                kernel_shape=[1, 1])])
+        e3 = conv_block(g, s, squeeze, expand)
+        x, cin = g.op("Concat", [e1, e3], axis=1), 2 * expand
+    g.op("Conv", [x, g.weight(4, cin, 1, 1)], kernel_shape=[1, 1])
+    g.nodes[-1].output[0] = "y"
+    return g.model("fire", [("x", [1, 8, size, size])], ["y"])
+
+
+def concat_of(shape, axis: int, with_input: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """Two 1x1 convolutions of ``x`` (and ``x`` itself with ``with_input``) concatenated along
+    ``axis``, then a 1x1 convolution (kernels FuseOps keeps apart from the concat)."""
+    g = _Graph(seed)
+    c = shape[1]
+    a = g.op("Relu", [g.op("Conv", ["x", g.weight(c, c, 1, 1)], kernel_shape=[1, 1])])
+    b = g.op("Conv", ["x", g.weight(c, c, 1, 1)], kernel_shape=[1, 1])
+    cat = g.op("Concat", [a, b] + (["x"] if with_input else []), axis=axis)
+    cout = c * (2 + with_input) if axis == 1 else c
+    g.op("Conv", [cat, g.weight(4, cout, 1, 1)], kernel_shape=[1, 1])
+    g.nodes[-1].output[0] = "y"
+    return g.model("concat", [("x", list(shape))], ["y"])
+
+
 def _layernorm(g: _Graph, x: str, hidden: int) -> str:
     scale = g.const(
         np.ones(hidden, "float32") + 0.01 * g.rng.standard_normal(hidden).astype("float32")

@@ -15,7 +15,8 @@ with in-place reuse and keeps the lowest live-set bound, ties going to the origi
 
 The order is left unchanged (reason logged) when the function may have effects that variable
 dependencies do not show: a call to an extern function or an Op other than the allocation and view
-ops, or a kernel that writes into a tensor it did not freshly allocate (an in-place call).
+ops, a kernel that writes into a tensor it did not freshly allocate (an in-place call), or into a
+view of another tensor (``R.memory.view``: an in-place concat's slabs, :mod:`.concat`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .lifetimes import (
 logger = logging.getLogger("fluidml_tvm.memory")
 
 _ALLOC_OPS = (BUILTIN_ALLOC, MEM_ALLOC_TENSOR)
+MEM_VIEW = tvm.ir.Op.get("relax.memory.view")
 
 
 def _is_alloc(value) -> bool:
@@ -64,6 +66,10 @@ def _why_not_reorderable(mod: tvm.IRModule, func: relax.Function) -> str | None:
             ):
                 return f"in-place kernel call {op.name_hint}"
         elif isinstance(op, tvm.ir.Op):
+            if op.same_as(MEM_VIEW):
+                # in-place concat slabs (.concat): kernels write into views of the concat's
+                # output, which its readers do not name
+                return "kernels write into views (an in-place concat)"
             known = _ALLOC_OPS + VIEW_OPS + (MEM_ALLOC_STORAGE,)
             if not any(op.same_as(o) for o in known):
                 return f"call to {op.name} (effects unknown)"

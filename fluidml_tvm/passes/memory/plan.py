@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import tvm
 from tvm import relax
 
+from .concat import in_place_concats
 from .inplace import inplace_pairs
 from .lifetimes import collect_lifetimes
 from .order import candidate_orders
@@ -43,6 +44,7 @@ class FunctionPlan:
     split_decision: str = ""  # the numbers behind making (or not making) a second arena
     runtime_peak: int = 0  # estimated bytes held at run time, arenas plus returned tensors
     fallback: list[str] = field(default_factory=list)  # "tensor: reason" or "function: reason"
+    concats: list[str] = field(default_factory=list)  # per concat kernel: in place or copied, why
 
 
 def plan_function(mod: tvm.IRModule, gv, cfg) -> tuple[relax.Function | None, FunctionPlan]:
@@ -61,6 +63,11 @@ def plan_function(mod: tvm.IRModule, gv, cfg) -> tuple[relax.Function | None, Fu
         plan.fallback.append(f"function: {life.unsupported}")
         logger.debug("%s: left to StaticPlanBlockMemory: %s", name, life.unsupported)
         return None, plan
+    if getattr(cfg, "concat", False):
+        written, plan.concats = in_place_concats(mod, func)
+        if written is not None:
+            func = written
+            life = collect_lifetimes(mod, gv, func)
     cands = [("original", func)]
     if cfg.reorder:
         more, why = candidate_orders(mod, func, life)

@@ -7,6 +7,8 @@ Reads a module right after ``CallTIRRewrite``: every kernel output is an
 ``R.builtin.alloc_tensor``, kernels are called in destination-passing style. For each Relax
 function it
 
+0. with ``concat``, writes the inputs of each concat it can take straight into their slabs of
+   its output and drops the copy (:mod:`.concat`);
 1. computes each intermediate's lifetime (allocating binding .. last use of it or of any alias,
    no padding; :func:`memory_analysis.collect_lifetimes`);
 2. considers other execution orders (:mod:`memory_order`: valid topological orders of the
@@ -55,7 +57,8 @@ STAGE = "memory"
 def memory_passes(target, options: Options) -> list:
     """Passes of the memory slot (StaticPlanBlockMemory's); empty keeps the stock planner."""
     return [FluidMLMemoryPlan(verify=options.verify, reorder=options.memory_reorder,
-                              inplace=options.memory_inplace, split_outputs=options.memory_split)]
+                              inplace=options.memory_inplace, split_outputs=options.memory_split,
+                              concat=options.memory_concat)]
 
 
 @tvm.transform.module_pass(opt_level=0, name="FluidMLMemoryPlan")
@@ -80,6 +83,9 @@ class FluidMLMemoryPlan:
         estimated run-time peak it saves (arenas plus returned tensors) exceeds the planned bytes
         it adds and the arenas stay within ``SPLIT_SLACK`` (1.05x) of the live-set bound.
         ``False``: always one arena; ``"always"``: split whenever possible.
+    concat
+        Write the inputs of a concat along a contiguous axis straight into their slabs of its
+        output and drop the copy (:mod:`.concat`); the binding order is then kept.
     stock_fallback
         Run ``StaticPlanBlockMemory`` afterwards for what this pass leaves unplanned (True in the
         pipeline; tests may switch it off to look at the raw result).
@@ -93,7 +99,9 @@ class FluidMLMemoryPlan:
         reorder: bool = True,
         inplace: bool = True,
         split_outputs: bool | str = True,
+        concat: bool = True,
     ):
+        self.concat = concat
         self.split_outputs = split_outputs
         self.inplace = inplace
         self.verify = verify
@@ -124,6 +132,8 @@ def decision(plan: FunctionPlan) -> dec.Decision:
                             "; ".join(plan.fallback), asdict(plan))
     reason = (f"{plan.planned} tensors ({len(plan.inplace)} in-place) in {plan.arena} bytes, "
               f"live-set bound {plan.bound}; {plan.order}")
+    if plan.concats:
+        reason += "; concats: " + "; ".join(plan.concats)
     if plan.split:
         reason += f"; {plan.split}"
     if plan.fallback:
