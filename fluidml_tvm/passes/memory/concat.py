@@ -21,8 +21,10 @@ Taken only when, for the kernel and each input:
   destination-passing style), before the concat;
 * the output is an ``alloc_tensor`` first used by the concat.
 
-Kernels that write into a view are effects the variable dependencies do not show, so the memory
-stage keeps the binding order of a function where a concat was taken (:mod:`.order`). Kill switch:
+and the function has no effects its variables do not show (the conditions under which
+:mod:`.order` may reorder it: no in-place kernel, no extern call), so nothing writes a slab after
+the concat would have copied it. Kernels that write into a view are such effects in turn: the
+memory stage keeps the binding order of a function where a concat was taken. Kill switch:
 ``fluidml.memory_concat=0``.
 """
 
@@ -34,6 +36,7 @@ import tvm
 from tvm import relax
 
 from .lifetimes import BUILTIN_ALLOC, static_shape
+from .order import why_not_reorderable
 
 CONCAT_NAME = re.compile(r"^concatenate\d*$")
 ALIGN = 64
@@ -130,6 +133,11 @@ def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Fun
     concat kernel saying what was done and why."""
     if len(func.body.blocks) != 1 or isinstance(func.body.blocks[0], relax.DataflowBlock):
         return None, []
+    why = why_not_reorderable(mod, func)
+    if why is not None:
+        # effects the variables do not show (an in-place kernel, an extern call) could write a
+        # slab after the concat read it
+        return None, [f"concats copied: {why}"]
     bindings = list(func.body.blocks[0].bindings)
     index = {b.var: i for i, b in enumerate(bindings)}
     root: dict = {}  # Var -> the alloc var it renames (lv = alloc)

@@ -44,7 +44,7 @@ def _is_alloc(value) -> bool:
     return isinstance(value, relax.Call) and any(value.op.same_as(o) for o in _ALLOC_OPS)
 
 
-def _why_not_reorderable(mod: tvm.IRModule, func: relax.Function) -> str | None:
+def why_not_reorderable(mod: tvm.IRModule, func: relax.Function) -> str | None:
     if len(func.body.blocks) != 1 or isinstance(func.body.blocks[0], relax.DataflowBlock):
         return "not a single non-dataflow binding block"
     bindings = func.body.blocks[0].bindings
@@ -249,7 +249,7 @@ def candidate_orders(mod: tvm.IRModule, func: relax.Function, life: FunctionLife
     The caller scores each candidate (with in-place reuse, which this module does not model) and
     keeps the original order on ties.
     """
-    why = _why_not_reorderable(mod, func)
+    why = why_not_reorderable(mod, func)
     if why:
         return [], f"order kept: {why}"
     units, deps = _units(func, life)

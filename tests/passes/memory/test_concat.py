@@ -99,3 +99,22 @@ def test_slab_offsets_reject_a_kernel_that_computes():
     func = te.create_prim_func([a, b, d])
     offsets, why = slab_offsets(func)
     assert offsets is None and "more than a copy" in why
+
+
+def test_a_function_with_unseen_effects_keeps_its_copies():
+    """An extern call (or an in-place kernel) may write a slab after the concat would have
+    copied it: no concat of that function is taken."""
+    from fluidml_tvm.passes.memory.concat import in_place_concats
+
+    mod = _lowered(fire())
+    func = mod["main"]
+    taken, notes = in_place_concats(mod, func)
+    assert taken is not None and notes
+    bindings = list(func.body.blocks[0].bindings)
+    x = func.params[0]
+    call = relax.Call(relax.ExternFunc("fluidml.test.noop"), [x])
+    extra = relax.VarBinding(relax.Var("noop", relax.TensorType((1, 8, 10, 10), "float32")), call)
+    body = relax.SeqExpr([relax.BindingBlock([extra] + bindings)], func.body.body)
+    func = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+    taken, notes = in_place_concats(mod, func)
+    assert taken is None and len(notes) == 1 and "effects unknown" in notes[0], notes
