@@ -136,6 +136,18 @@ def concat_of(shape, axis: int, with_input: bool = False, seed: int = 0) -> onnx
     return g.model("concat", [("x", list(shape))], ["y"])
 
 
+def dense_block(size: int = 8, ch: int = 16, layers: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """DenseNet-style: each layer's features concatenated to all before (chained concats)."""
+    g = _Graph(seed)
+    x, c = "x", ch
+    for _ in range(layers):
+        y = conv_block(g, x, c, ch)
+        x, c = g.op("Concat", [x if x != "x" else g.op("Relu", ["x"]), y], axis=1), c + ch
+    g.op("Conv", [x, g.weight(4, c, 1, 1)], kernel_shape=[1, 1])
+    g.nodes[-1].output[0] = "y"
+    return g.model("dense", [("x", [1, ch, size, size])], ["y"])
+
+
 def _layernorm(g: _Graph, x: str, hidden: int) -> str:
     scale = g.const(
         np.ones(hidden, "float32") + 0.01 * g.rng.standard_normal(hidden).astype("float32")

@@ -17,8 +17,9 @@ Taken only when, for the kernel and each input:
 * every slab starts at a multiple of 64 bytes (kernels assume aligned data);
 * each input is an ``R.builtin.alloc_tensor`` of this function with a static shape, in the global
   scope of device 0, appears once in the concat and in no other concat taken, is not returned,
-  and is first used by a kernel call that takes it as its last argument (its writer in
-  destination-passing style), before the concat;
+  is not the output of a concat taken before (chained concats, DenseNet's), and is first used
+  by a kernel call that takes it as its last argument (its writer in destination-passing style),
+  before the concat;
 * the output is an ``alloc_tensor`` first used by the concat.
 
 and the function has no effects its variables do not show (the conditions under which
@@ -168,7 +169,7 @@ def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Fun
             return "returned"
         return ""
 
-    notes, groups, taken = [], [], set()
+    notes, groups, taken, outs = [], [], set(), set()
     for j, b in enumerate(bindings):
         call = b.value
         if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar)
@@ -198,6 +199,8 @@ def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Fun
                 why = f"input {a.name}: {why}"
             elif a in taken or ins.count(a) > 1:
                 why = f"input {a.name} is in another slab already"
+            elif a in outs:  # DenseNet: one concat's output is the next one's first input
+                why = f"input {a.name} is an in-place concat's output"
             else:
                 k = uses.get(a, [None])[0]
                 w = bindings[k].value if k is not None else None
@@ -213,6 +216,7 @@ def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Fun
             notes.append(f"{name}: copied - {why}")
             continue
         taken.update(ins)
+        outs.add(out)
         groups.append((j, out, ins, offsets))
         notes.append(f"{name}: in place - {len(ins)} inputs written into their slabs of "
                      f"{out.name} (byte offsets {offsets}), the copy dropped")

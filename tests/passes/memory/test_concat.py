@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
-from memory_models import OPTS, TARGET, concat_of, fire
+from memory_models import OPTS, TARGET, concat_of, dense_block, fire
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
@@ -118,3 +118,18 @@ def test_a_function_with_unseen_effects_keeps_its_copies():
     func = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
     taken, notes = in_place_concats(mod, func)
     assert taken is None and len(notes) == 1 and "effects unknown" in notes[0], notes
+
+
+def test_chained_concats_take_the_first_and_copy_the_rest():
+    """DenseNet: a concat's output is the next concat's first input; only one of the two can
+    own those bytes, so the first is taken and the next ones copy (the test light model that
+    found it: caffe2's densenet121)."""
+    model = dense_block()
+    plan = FluidMLMemoryPlan(verify=True)
+    plan(_lowered(model))
+    notes = plan.plans["main"].concats
+    # the first concat is fused with the ReLU of x (not a copy kernel): the next two remain
+    assert len(notes) == 2 and ": in place" in notes[0], notes
+    assert "is an in-place concat's output" in notes[1], notes
+    x = np.random.default_rng(4).standard_normal((1, 16, 8, 8)).astype("float32")
+    np.testing.assert_allclose(_run(model, x), _ort(model, x), rtol=1e-5, atol=1e-5)
