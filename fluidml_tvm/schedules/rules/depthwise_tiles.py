@@ -1,0 +1,97 @@
+"""The depthwise rule's match (:class:`DepthwiseMatch`, found by :func:`.depthwise.analyze`) and its
+tiles: vectors per register tile of the columns-innermost (NCHW) kernel, rows padded to whole
+vectors, and the channels-innermost (NHWC) column x vector tiles, best guess first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..target_info import CPUInfo
+from .tiles import up
+
+
+@dataclass
+class DepthwiseMatch:
+    block: str
+    loop_roles: list[str]  # per loop: "f", "v" (vector axis), "s" (other spatial), "r"
+    v_extent: int  # extent of the vector axis
+    f_is_vector: bool  # NHWC form: the channel axis is innermost
+    flops: float
+    stride: int  # stride of the vector axis in the data index (1: contiguous loads)
+    v_axis: int = -1  # index of the vector axis among the block's iteration variables
+    cols: int = 0  # channels innermost: the output columns (the axis just outside the channels)
+    flat: bool = False  # the flat kernel applies (depthwise_flat.py; set by DepthwiseRule)
+
+
+def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
+    """Vectors per register tile (``nv``): those dividing the vector axis, most first (0: the
+    whole axis as one vector, for rows shorter than a few vectors that lanes do not divide)."""
+    lanes = cpu.lanes(32)
+    out = []
+    if m.v_extent % lanes == 0:
+        nvec = m.v_extent // lanes
+        for nv in (4, 2, 7, 1, 3):
+            if nvec % nv == 0 and nv <= nvec and nv not in out:
+                out.append(nv)
+    elif m.v_extent <= 4 * lanes:
+        out.append(0)
+    else:  # a long row no vector divides (75, 150 columns): padded to whole tiles (pad.py)
+        out = sorted((4, 2, 1), key=lambda nv: (up(m.v_extent, nv * lanes), -nv))
+    return out[: max(1, budget)]
+
+
+def short_row_candidates(m: DepthwiseMatch, cpu: CPUInfo) -> list[dict]:
+    """Columns-innermost rows short of a few vectors whose tail is not a power of two lanes
+    (7, 14, 28, 55 columns with 16 lanes): the row padded to whole vectors (``nv`` vectors of
+    ``vl`` lanes, ``vl`` the smallest power of two that holds a row shorter than the target's
+    vector), the extra columns computed and not stored. "One vector of 7" was legalized by LLVM
+    into loads of 4 + 2 + 1 lanes put together per window tap. Cold, 2 threads: 5x5/2
+    576x14x14 53 -> 39 us, 240x28x28 50 -> 44, 80x56x56 80 -> 59; 5x5 1152x7x7 81 -> 50; 3x3
+    480x14x14 33 -> 29."""
+    lanes = cpu.lanes(32)
+    v = m.v_extent
+    tail = v % lanes
+    if m.f_is_vector or tail == 0 or v > 4 * lanes or tail & (tail - 1) == 0:
+        # a tail of a power of two lanes is one load already (56 columns: 3 x 16 + 8; padded
+        # to 64, 3x3/2 48x112x112 ran 135 -> 157 us)
+        return []
+    if v < lanes:
+        vl = 4
+        while vl < v:
+            vl *= 2
+        return [{"nv": 1, "vl": vl} if vl != lanes else {"nv": 1}]
+    return [{"nv": up(v, lanes) // lanes}]
+
+
+def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[dict]:
+    """Tiles of a channels-innermost kernel (:func:`_schedule_nhwc`): ``{"nv", "mr"[, "vl"]}``,
+    ``mr`` output columns x ``nv`` vectors of ``vl`` channels (``vl``: half or a quarter of the
+    target's vector where that divides the channels and the whole one does not - 24, 40, 72,
+    120 channels - so nothing is padded: 72 channels at 28x28 stride 2 45 us, padded to 80 95
+    us). Best guess first: two vectors (one where the vectors do not pair: 144 channels' 3 x 4
+    ran 195 us, 1 x 7 84) x 7 or 8 columns, then four vectors of one column, then one vector of
+    7 or 8 columns (``benchmarks/results/2026-12-06-depthwise-nhwc.md``: new first tile / the
+    row-parallel kernel 0.28-0.95 on 24 of 26 MobileNet/EfficientNet/MNASNet/ConvNeXt shapes;
+    72 and 88 channels at 56x56 / 28x28 stride 1 1.5-1.65x slower, tens of us)."""
+    lanes = cpu.lanes(32)
+    vl = lanes
+    if m.v_extent % lanes:
+        vl = next((v for v in (lanes // 2, lanes // 4) if v >= 4 and m.v_extent % v == 0), lanes)
+    nvec = up(m.v_extent, vl) // vl
+    x = m.cols or 1
+    mrs = [r for r in (7, 8, 4, 3, 2) if x % r == 0] + [1]
+    cap = cpu.vector_registers // 2  # accumulators; the rest: weights, the input vectors
+    out = []
+
+    def add(nv, mr):
+        c = {"nv": nv, "mr": mr}
+        if vl != lanes:
+            c["vl"] = vl
+        if nv <= nvec and nvec % nv == 0 and nv * mr <= cap and c not in out:
+            out.append(c)
+
+    pair = 2 if nvec % 2 == 0 else 1
+    add(pair, next(r for r in mrs if pair * r <= cap))
+    add(4, 1)
+    add(1, next(r for r in mrs if r <= cap))
+    return out[: max(1, budget)]
