@@ -20,9 +20,6 @@ from .batch import Batch, Worker
 
 log = logging.getLogger("fluidml_tvm.measure_remote")
 
-# Seconds a new batch waits for a worker that holds a board and is still ending the last batch.
-IDLE_WAIT = 5.0
-
 class BoardFarm:
     """The boards registered at ``tracker`` under ``key``, as a measurer of candidate kernels.
 
@@ -245,20 +242,8 @@ class BoardFarm:
         hold a session on a board not lost or stalled first: a worker without one asks the
         tracker for a board, and a board held by another worker is not free there (after a
         stalled board's worker was killed, a batch given only that worker found no board)."""
-        def good(w) -> bool:
-            return bool(w.alive() and w.board and w.board not in self.bad_boards)
-
-        # a worker holding a good board whose thread is still ending the last batch (joined for
-        # 0.5 s only) is waited for a little: a fresh worker would find that board taken
-        deadline = time.monotonic() + IDLE_WAIT
-        while True:
-            idle = [w for w in self._workers if not w.busy.locked()]
-            ending = [w for w in self._workers if w.busy.locked() and good(w)]
-            if (sum(good(w) for w in idle) >= count or not ending
-                    or time.monotonic() >= deadline):
-                break
-            time.sleep(0.02)
-        idle.sort(key=lambda w: not good(w))
+        idle = [w for w in self._workers if not w.busy.locked()]
+        idle.sort(key=lambda w: not (w.alive() and w.board and w.board not in self.bad_boards))
         idle = idle[:count]
         while len(idle) < count:
             idle.append(Worker())

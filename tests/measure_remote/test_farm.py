@@ -24,7 +24,11 @@ from fluidml_tvm import cli, cross, measure_remote, rpc
 from fluidml_tvm.measure_remote import BoardFarm
 
 KEY = "fluidml-a64"
-FAST = ["fluidml.tune_trials=4"]  # fewer candidates per kernel: the mechanism is under test
+# fewer candidates per kernel: the mechanism is under test. No tune budget: a board that hangs
+# holds its batch for candidate_timeout (15 s), past the auto budget (5 s) of this model, and the
+# kernels after that batch would be left to the model (measured 0), or not, by how the
+# candidates happened to go round the boards (CI stop 23 and two local runs failed so)
+FAST = ["fluidml.tune_trials=4", "fluidml.tune_budget=-1"]
 
 
 def model():
