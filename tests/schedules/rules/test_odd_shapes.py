@@ -9,12 +9,14 @@ taken."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 import fluidml_tvm
 
-from ..models import run_ort
+from ..models import fused, run_ort
 from . import odd_models as om
 
 FAMILY = {"conv2d", "conv2d_transpose", "depthwise", "matmul", "conv_pool", "conv2d_nchwc"}
@@ -139,10 +141,24 @@ def test_matmul_any_shape(tmp_path, M, N, K):
         assert f"columns {N} padded to" in d.reason
 
 
-@pytest.mark.parametrize("lead,M", [((1, 7), 7), ((1, 14), 14), ((1, 5), 13), ((3,), 11)])
+@pytest.mark.parametrize("lead,M", [((1, 7), 7), ((1, 14), 14), ((1, 5), 13), ((3,), 11),
+                                    ((1, 3), 3)])
 def test_matmul_over_several_row_axes(tmp_path, lead, M):
-    """ConvNeXt's channels-last MLP: [1, H, W, C] @ [C, N]."""
-    (d,) = check(om.matmul(M=M, N=40, K=24, lead=lead), tmp_path)
+    """ConvNeXt's channels-last MLP: [1, H, W, C] @ [C, N]; with fewer rows than columns (3x11
+    and 3x3 here, ConvNeXt's 7x7 stage) B is the bigger operand and the column panels are
+    looped outside the outer row axes (matmul.shared_b_rows); the result is ORT's either way."""
+    import tvm
+
+    from fluidml_tvm.schedules.rules.matmul import shared_b_rows
+    from fluidml_tvm.schedules.rules.matmul_match import analyze
+
+    model, feeds = om.matmul(M=M, N=40, K=24, lead=lead)
+    matches = [analyze(f)[0] for _, f in fused(model).functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)]
+    (match,) = [m for m in matches if m is not None]
+    rows = math.prod(lead) * M
+    assert shared_b_rows(match) == (rows < 40 and math.prod(lead) > 1)
+    (d,) = check((model, feeds), tmp_path)
     assert d.choice == "matmul"
 
 
