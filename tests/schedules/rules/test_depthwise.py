@@ -89,7 +89,6 @@ def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
     unscheduled kernel's."""
     from tvm import topi
 
-    from fluidml_tvm.schedules.measure import random_args
     from fluidml_tvm.schedules.rules import depthwise
 
     X = te.placeholder((1, 16, 64, 64), name="X")
@@ -105,10 +104,17 @@ def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
                       TARGET).mod.inspect_source("s")
     # TVM's vectorized halves compiled to gathers (vgatherdps); LLVM's to loads and vpermps
     assert "vperm" in asm and "vgather" not in asm, "the even/odd copy gathers its elements"
+    _same_as_unscheduled(func, sch.mod["main"], seed=5)
+
+
+def _same_as_unscheduled(func, scheduled, seed: int) -> None:
+    """``scheduled`` computes what the unscheduled ``func`` does, on the same random inputs."""
+    from fluidml_tvm.schedules.measure import random_args
+
     dev = tvm.cpu()
-    args = random_args(func, dev, seed=5)
+    args = random_args(func, dev, seed=seed)
     new = [tvm.runtime.tensor(a.numpy(), dev) for a in args]
-    for f_, a in ((func, args), (sch.mod["main"], new)):
+    for f_, a in ((func, args), (scheduled, new)):
         tvm.compile(tvm.IRModule({"main": f_.with_attr("global_symbol", "main")}),
                     TARGET)["main"](*a)
     np.testing.assert_allclose(new[-1].numpy(), args[-1].numpy(), rtol=1e-5, atol=1e-5)
@@ -151,7 +157,6 @@ def test_depthwise_short_rows_padded_to_whole_vectors(x, k, stride, want):
     unscheduled kernel's."""
     from tvm import topi
 
-    from fluidml_tvm.schedules.measure import random_args
     from fluidml_tvm.schedules.rules import depthwise
 
     c = 4
@@ -164,13 +169,7 @@ def test_depthwise_short_rows_padded_to_whole_vectors(x, k, stride, want):
     assert cpu.lanes(32) == 16
     got = depthwise.short_row_candidates(m, cpu)
     assert got == want
-    dev = tvm.cpu()
     for cfg in got:
         sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"], vl=cfg.get("vl", 0))
         assert "padded to" in why, why
-        args = random_args(func, dev, seed=7)
-        new = [tvm.runtime.tensor(a.numpy(), dev) for a in args]
-        for f_, a in ((func, args), (sch.mod["main"], new)):
-            tvm.compile(tvm.IRModule({"main": f_.with_attr("global_symbol", "main")}),
-                        TARGET)["main"](*a)
-        np.testing.assert_allclose(new[-1].numpy(), args[-1].numpy(), rtol=1e-5, atol=1e-5)
+        _same_as_unscheduled(func, sch.mod["main"], seed=7)
