@@ -148,6 +148,22 @@ def dense_block(size: int = 8, ch: int = 16, layers: int = 3, seed: int = 0) -> 
     return g.model("dense", [("x", [1, ch, size, size])], ["y"])
 
 
+def pointwise_residual(size: int = 12, ch: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """r = relu(1x1 conv(x)); s = 1x1 conv(relu(1x1 conv(r))) + r; y = 1x1 conv(s): the kernel
+    of s (a 1x1 conv with the residual add, on a map of enough positions for the position-vector
+    kernel) may write s over r, which dies there."""
+    g = _Graph(seed)
+
+    def conv(x):
+        return g.op("Conv", [x, g.weight(ch, ch, 1, 1)], kernel_shape=[1, 1])
+
+    r = g.op("Relu", [conv("x")])
+    h = g.op("Relu", [conv(r)])
+    conv(g.op("Add", [conv(h), r]))  # the sum is an intermediate (the output is not planned)
+    g.nodes[-1].output[0] = "y"
+    return g.model("pointwise_residual", [("x", [1, ch, size, size])], ["y"])
+
+
 def _layernorm(g: _Graph, x: str, hidden: int) -> str:
     scale = g.const(
         np.ones(hidden, "float32") + 0.01 * g.rng.standard_normal(hidden).astype("float32")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 logger = logging.getLogger("fluidml_tvm.memory")
@@ -26,6 +27,44 @@ def _identity_point(region, iter_vars) -> bool:
         if not rng.min.same_as(iv.var):
             return False
     return True
+
+
+def _one_point(regions, blk, shape: list[int]) -> bool:
+    """Every region is the same single point ``g(v)`` of the block's iteration ``v``, and ``g``
+    is one-to-one from the block's domain onto the buffer's elements: the identity ``[v0, v1,
+    ..]``, or rows x columns fused into one axis (``[.., p // X, p % X]``, the 1x1 position
+    vectors), proven bijective by TVM's iter-map analysis, over a domain as large as the buffer.
+    Then each instance reads and writes only its own element, and no other instance touches it.
+    """
+    if all(_identity_point(r, blk.iter_vars) for r in regions):
+        return True
+    first = [rng.min for rng in regions[0].region]
+    for r in regions:
+        if len(r.region) != len(first):
+            return False
+        for rng, m in zip(r.region, first):
+            ext = rng.extent
+            if not (isinstance(ext, tvm.tirx.IntImm) and int(ext.value) == 1):
+                return False
+            if not tvm_ffi.structural_equal(rng.min, m):
+                return False
+    dom = {}
+    size = 1
+    for iv in blk.iter_vars:
+        ext = iv.dom.extent
+        if not isinstance(ext, tvm.tirx.IntImm):
+            return False
+        dom[iv.var] = iv.dom
+        size *= int(ext.value)
+    total = 1
+    for d in shape:
+        total *= d
+    if size != total:
+        return False
+    from tvm.sym import iter_affine_map
+
+    found = iter_affine_map.detect_iter_map(first, dom, check_level="bijective")
+    return len(found.indices) == len(first)
 
 
 def _stmt_children(stmt):
@@ -120,8 +159,10 @@ def inplace_safe(prim: tvm.tirx.PrimFunc, in_pos: int, out_pos: int) -> str | No
         if blk.init is not None or any(iv.iter_type != 0 for iv in blk.iter_vars):
             return f"block {blk.name_hint} is a reduction"
         for r in reads + writes:
-            if _static_dims(r.source) != shape or not _identity_point(r, blk.iter_vars):
+            if _static_dims(r.source) != shape:
                 return f"block {blk.name_hint} accesses another element of {r.source.name}"
+        if not _one_point(reads + writes, blk, shape):
+            return f"block {blk.name_hint} accesses another element of a tracked buffer"
         if any(w.source.same_as(dout) for w in writes):
             if writer is not None:
                 return "two blocks write the output"

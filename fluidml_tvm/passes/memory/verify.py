@@ -23,6 +23,7 @@ For every Relax function it
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 ALIGNMENT = 64
@@ -308,15 +309,16 @@ def _elementwise_overwrite(prim, src: int, dst: int) -> bool:
         ivs = [iv.var for iv in blk.iter_vars]
         if blk.init is not None or not ivs or any(iv.iter_type != 0 for iv in blk.iter_vars):
             return False
-        for kind, buf, idx, node in mine:
+        for kind, buf, _, _ in mine:
             if kind == "load" and buf.same_as(p_dst):
                 return False
             if kind == "store" and buf.same_as(p_src):
                 return False
-            if [int(x) for x in buf.shape] != shape or len(idx) != len(ivs):
+            if [int(x) for x in buf.shape] != shape:
                 return False
-            if not all(a.same_as(v) for a, v in zip(idx, ivs)):
-                return False
+        if not _own_element(blk, [idx for _, _, idx, _ in mine], shape):
+            return False
+        for kind, buf, _, node in mine:
             if kind == "store" and buf.same_as(p_dst):
                 if writer is not None or not blk.body.same_as(node):
                     return False
@@ -336,6 +338,34 @@ def _elementwise_overwrite(prim, src: int, dst: int) -> bool:
                 reach.add(other)
                 todo.append(other)
     return all(b in reach for b in loaders)
+
+
+def _own_element(blk, index_lists, shape) -> bool:
+    """Whether every access of the block is at one element ``g(v)`` of its iteration point, ``g``
+    one-to-one from the block's domain (as many points as the buffer has elements) onto the
+    buffer: the plain iteration variables, or any index tuple TVM's iter-map analysis proves
+    bijective (rows x columns fused: ``[.., p // X, p % X]``)."""
+    ivs = [iv.var for iv in blk.iter_vars]
+    first = list(index_lists[0])
+    for idx in index_lists:
+        if len(idx) != len(first):
+            return False
+        if not all(tvm_ffi.structural_equal(a, b) for a, b in zip(idx, first)):
+            return False
+    if len(first) == len(ivs) and all(a.same_as(v) for a, v in zip(first, ivs)):
+        return True
+    points = 1
+    for iv in blk.iter_vars:
+        if not isinstance(iv.dom.extent, tvm.tirx.IntImm):
+            return False
+        points *= int(iv.dom.extent.value)
+    if points != _prod(shape):
+        return False
+    from tvm.sym.iter_affine_map import detect_iter_map
+
+    found = detect_iter_map(first, {iv.var: iv.dom for iv in blk.iter_vars},
+                            check_level="bijective")
+    return len(found.indices) == len(first)
 
 
 def _raw_var(steps, t: _Tensor):
