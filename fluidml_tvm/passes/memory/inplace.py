@@ -16,17 +16,17 @@ from tvm import relax
 logger = logging.getLogger("fluidml_tvm.memory")
 
 
+def _at(region, point, same) -> bool:
+    """True if a BufferRegion is exactly the single point ``point`` (compared with ``same``)."""
+    if len(region.region) != len(point):
+        return False
+    return all(isinstance(rng.extent, tvm.tirx.IntImm) and int(rng.extent.value) == 1
+               and same(rng.min, p) for rng, p in zip(region.region, point))
+
+
 def _identity_point(region, iter_vars) -> bool:
     """True if a BufferRegion is exactly the single point ``[v0, v1, ...]`` of the block vars."""
-    if len(region.region) != len(iter_vars):
-        return False
-    for rng, iv in zip(region.region, iter_vars):
-        ext = rng.extent
-        if not (isinstance(ext, tvm.tirx.IntImm) and int(ext.value) == 1):
-            return False
-        if not rng.min.same_as(iv.var):
-            return False
-    return True
+    return _at(region, [iv.var for iv in iter_vars], lambda a, b: a.same_as(b))
 
 
 def _one_point(regions, blk, shape: list[int]) -> bool:
@@ -39,15 +39,8 @@ def _one_point(regions, blk, shape: list[int]) -> bool:
     if all(_identity_point(r, blk.iter_vars) for r in regions):
         return True
     first = [rng.min for rng in regions[0].region]
-    for r in regions:
-        if len(r.region) != len(first):
-            return False
-        for rng, m in zip(r.region, first):
-            ext = rng.extent
-            if not (isinstance(ext, tvm.tirx.IntImm) and int(ext.value) == 1):
-                return False
-            if not tvm_ffi.structural_equal(rng.min, m):
-                return False
+    if not all(_at(r, first, tvm_ffi.structural_equal) for r in regions):
+        return False
     dom = {}
     size = 1
     for iv in blk.iter_vars:
