@@ -15,12 +15,13 @@ Taken only when, for the kernel and each input:
   every dimension but the axis, whose extents add up; every dimension before the axis is 1; its
   TensorIR only stores into the output values loaded from the inputs (selected by conditions);
 * every slab starts at a multiple of 64 bytes (kernels assume aligned data);
-* each input is an ``R.builtin.alloc_tensor`` of this function with a static shape, in the global
-  scope of device 0, appears once in the concat and in no other concat taken, is not returned,
-  is not the output of a concat taken before (chained concats, DenseNet's), and is first used
-  by a kernel call that takes it as its last argument (its writer in destination-passing style),
-  before the concat;
-* the output is an ``alloc_tensor`` first used by the concat.
+* each input is an ``R.builtin.alloc_tensor`` of this function that the planner places (the
+  function's lifetimes: a static shape, the global scope of device 0, not returned nor passed to
+  anything but kernels), appears once in the concat and in no other concat taken, is not the
+  output of a concat taken before (chained concats, DenseNet's), and is first used by a kernel
+  call that takes it as its last argument (its writer in destination-passing style), before the
+  concat;
+* the output is such an ``alloc_tensor`` too, first used by the concat.
 
 and the function has no effects its variables do not show (the conditions under which
 :mod:`.order` may reorder it: no in-place kernel, no extern call), so nothing writes a slab after
@@ -36,7 +37,7 @@ import re
 import tvm
 from tvm import relax
 
-from .lifetimes import BUILTIN_ALLOC, static_shape
+from .lifetimes import BUILTIN_ALLOC
 from .order import why_not_reorderable
 
 CONCAT_NAME = re.compile(r"^concatenate\d*$")
@@ -128,10 +129,11 @@ def _walk(obj, visit, seen=None):
             _walk(ch, visit)
 
 
-def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Function | None,
-                                                                          list[str]]:
+def in_place_concats(mod: tvm.IRModule, func: relax.Function,
+                     life) -> tuple[relax.Function | None, list[str]]:
     """``func`` with the concats it can take written in place (None: none taken), and a line per
-    concat kernel saying what was done and why."""
+    concat kernel saying what was done and why. ``life``: ``func``'s lifetimes
+    (:func:`.lifetimes.collect_lifetimes`), for which tensors the planner may place."""
     if len(func.body.blocks) != 1 or isinstance(func.body.blocks[0], relax.DataflowBlock):
         return None, []
     why = why_not_reorderable(mod, func)
@@ -154,19 +156,22 @@ def in_place_concats(mod: tvm.IRModule, func: relax.Function) -> tuple[relax.Fun
         for v in relax.analysis.free_vars(b.value):
             if v in root:
                 uses.setdefault(root[v], []).append(i)
-    returned = {root[v] for v in relax.analysis.free_vars(func.body.body) if v in root}
+    tensor_of = {t.var: t for t in life.tensors if t.kind == "builtin"}
 
     def plannable(a) -> str:
-        call = bindings[index[a]].value
-        if static_shape(call.args[0]) is None:
+        """Why the planner would not place ``a`` (its own criteria, :mod:`.plan`); "" if it
+        would."""
+        t = tensor_of.get(a)
+        if t is None:
+            return "not an alloc_tensor of this function"
+        if t.escaped:
+            return t.escaped
+        if t.nbytes is None:
             return "symbolic shape"
-        dev, scope = call.args[2], call.args[3]
-        if not (isinstance(dev, tvm.tirx.IntImm) and int(dev.value) == 0):
-            return "another device"
-        if str(scope.value) != "global":
-            return f"storage scope {scope.value}"
-        if a in returned:
-            return "returned"
+        if t.scope != "global":
+            return f"storage scope {t.scope}"
+        if t.device_index != 0:
+            return f"runtime device index {t.device_index}"
         return ""
 
     notes, groups, taken, outs = [], [], set(), set()

@@ -64,7 +64,7 @@ def plan_function(mod: tvm.IRModule, gv, cfg) -> tuple[relax.Function | None, Fu
         logger.debug("%s: left to StaticPlanBlockMemory: %s", name, life.unsupported)
         return None, plan
     if getattr(cfg, "concat", False):
-        written, plan.concats = in_place_concats(mod, func)
+        written, plan.concats = in_place_concats(mod, func, life)
         if written is not None:
             func = written
             life = collect_lifetimes(mod, gv, func)

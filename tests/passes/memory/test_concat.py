@@ -105,10 +105,11 @@ def test_a_function_with_unseen_effects_keeps_its_copies():
     """An extern call (or an in-place kernel) may write a slab after the concat would have
     copied it: no concat of that function is taken."""
     from fluidml_tvm.passes.memory.concat import in_place_concats
+    from fluidml_tvm.passes.memory.lifetimes import collect_lifetimes
 
     mod = _lowered(fire())
     func = mod["main"]
-    taken, notes = in_place_concats(mod, func)
+    taken, notes = in_place_concats(mod, func, collect_lifetimes(mod, "main"))
     assert taken is not None and notes
     bindings = list(func.body.blocks[0].bindings)
     x = func.params[0]
@@ -116,7 +117,7 @@ def test_a_function_with_unseen_effects_keeps_its_copies():
     extra = relax.VarBinding(relax.Var("noop", relax.TensorType((1, 8, 10, 10), "float32")), call)
     body = relax.SeqExpr([relax.BindingBlock([extra] + bindings)], func.body.body)
     func = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
-    taken, notes = in_place_concats(mod, func)
+    taken, notes = in_place_concats(mod, func, collect_lifetimes(mod, "main", func))
     assert taken is None and len(notes) == 1 and "effects unknown" in notes[0], notes
 
 
