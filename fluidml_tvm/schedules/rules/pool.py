@@ -8,7 +8,7 @@ parallel (batch, channel) iteration, so each window tap reads a contiguous vecto
 inside the parallel loop, the window unrolled, ``x`` one vector:
 
 - stride 2: the plane laid out ``[.., row, column % 2, column // 2]`` (even columns, then odd
-  ones; the copy iterates as it stores, vectorized), as the depthwise rule does for its stride-2
+  ones; the copy iterates as it stores), as the depthwise rule does for its stride-2
   kernels: ``out[x] = max over (ry, rx) of P[2y + ry, rx % 2, x + rx // 2]``; the copy is left to
   LLVM's loop vectorizer (:func:`.pad.iterate_even_odd`: whole vectors split by shuffles, where
   TVM's vectors loaded every other element one at a time). An odd padded row
