@@ -64,6 +64,9 @@ class Options:
                                 "into the weights of the conv2d before it (else a per-channel "
                                 "multiply-add that fuses with its neighbours): no kernel of its "
                                 "own")
+    fold_constants: bool = _opt(True, "reshapes, transposes and elementwise arithmetic on "
+                                "constants computed with numpy before legalization (TVM's "
+                                "FoldConstant builds an LLVM kernel for each: seconds a CNN)")
     split_projection: bool = _opt(True, "a constant-weight projection read only through slices "
                                   "of its last axis (a fused QKV) becomes one projection per slice")
     residual_order: bool = _opt(True, "a residual sum of two projections is fused into the kernel "

@@ -8,7 +8,8 @@ slots, each behind its own kill switch::
                  one projection per slice of a fused constant-weight projection (QKV);
                  residual sums fused into the kernel that lowers the planned memory (measured)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
-    legalize     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, [FluidMLFuseConvPool],
+    legalize     [FluidMLFoldConstants], LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps,
+                 [FluidMLFuseConvPool],
                  FuseTIR (conv+ReLU+max-pool fusion; on with the schedule stage)
     [schedule]   FluidML TensorIR schedules for every fused PrimFunc
     lower        RewriteDataflowReshape, ToNonDataflow, RemovePurityChecking, CallTIRRewrite
@@ -81,6 +82,10 @@ def legalize_passes(target, options: Options) -> list:
     passes = list(cpu_generic.legalize_passes(target))
     assert passes[0].info.name == "LegalizeOps", passes[0].info.name
     passes[0] = legalize_ops()
+    if options.fold_constants:  # ops on constants with numpy: FoldConstant compiles a kernel each
+        from .passes.fold_constants import FluidMLFoldConstants
+
+        passes.insert(0, FluidMLFoldConstants())
     if options.fuse_conv_pool and options.schedule and target.kind.name == "llvm":
         from .passes.fuse_conv_pool import fusion_passes
 
