@@ -65,8 +65,8 @@ def evaluate(call, const_of=lambda e: e) -> np.ndarray | None:
         if not isinstance(other, tvm.ir.GenericConst):
             return None
         b = other.value.numpy()
-        if a.dtype != b.dtype or str(a.dtype) != dtype:
-            return None
+        if a.dtype != b.dtype or str(a.dtype) != dtype or not np.issubdtype(a.dtype, np.number):
+            return None  # (numpy's bool "add" is a logical or)
         if name == "relax.divide" and not np.issubdtype(a.dtype, np.floating):
             return None  # integer division rounds differently (numpy floors, TVM truncates)
         with np.errstate(all="ignore"):
