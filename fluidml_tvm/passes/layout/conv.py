@@ -42,9 +42,11 @@ from tvm import te
 from .kernels import blocked_conv2d, permuted_conv2d, permuted_depthwise
 from .layouts import (  # noqa: F401
     CONV_LAYOUTS,
+    NHWC,
     POOL_OPS,
     blocked,
     blocked_shape,
+    identity,
     is_blocked,
     layout_name,
     phys_shape,
@@ -137,6 +139,17 @@ def is_depthwise(g, i) -> bool:
     n = g.nodes[i]
     x, w = (g.tensors[t] for t in n.inputs)
     return _depthwise(n.attrs["conv"], x.shape, w.shape)
+
+
+def depthwise_offered(lin, lout) -> bool:
+    """Whether a depthwise conv has a layout variant ``lin`` -> ``lout``: not NCHW -> NHWC. That
+    kernel (channels-innermost tiles gathering each vector across NCHW planes) ran 4.7-12x slower
+    than the NHWC one and 2.5-5x slower than the NCHW one on all six nodes timed (ConvNeXt's 7x7
+    192x28x28: 1209 us vs 109 / 261; a 5x5 240x14x14: 205 vs 16 / 41), and its LLVM build took
+    1.7 s (0.06-0.18 s the others): within a bounded budget two of them took ConvNeXt's layout
+    stage 5.6 s past its share and left no schedule measured. A transpose and the NHWC kernel do
+    its job."""
+    return not (tuple(lin) == identity(4) and tuple(lout) == NHWC)
 
 
 def depthwise_weight(w):

@@ -110,7 +110,7 @@ class MeasuredCost(AnalyticCost):
                                 matmul_variant(ts[0].shape, ts[1].shape, o.shape, la, lb, lo,
                                                o.dtype), c)
             elif kind == "conv":
-                from .conv import conv_key, conv_variant, is_depthwise
+                from .conv import conv_key, conv_variant, depthwise_offered, is_depthwise
                 from .layouts import CONV_LAYOUTS
 
                 dw = is_depthwise(g, i)
@@ -119,6 +119,9 @@ class MeasuredCost(AnalyticCost):
                         if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (not dw and (
                                 is_blocked(lo) and (lx == identity(4) or is_blocked(lx)))):
                             k = conv_key(g, i, lx, lo)
+                            if dw and not depthwise_offered(lx, lo):
+                                self.refused.add(k)  # never timed, never taken
+                                continue
                             group[k] = (
                                 lambda i=i, lx=lx, lo=lo: (conv_variant(g, i, lx, lo), (1,)))
                             self.pairs[k] = (i, lx, lo)
