@@ -22,20 +22,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .relax_util import static_shape
+
 log = logging.getLogger("fluidml_tvm.fold_constants")
 
 _RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
 _ARITH = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
           "relax.divide": np.divide}
-
-
-def _static(ty) -> tuple[list[int], str] | None:
-    """``(shape, dtype)`` of a tensor type with a static shape, else None."""
-    shape = getattr(ty, "shape", None)
-    values = getattr(shape, "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return [int(v) for v in values], str(ty.dtype)
 
 
 def evaluate(call, const_of=lambda e: e) -> np.ndarray | None:
@@ -47,10 +40,10 @@ def evaluate(call, const_of=lambda e: e) -> np.ndarray | None:
     name = call.op.name
     if name not in _RESHAPES and name != "relax.permute_dims" and name not in _ARITH:
         return None
-    out = _static(call.ty)
-    if out is None:
+    shape = static_shape(call.ty)
+    if shape is None:
         return None
-    shape, dtype = out
+    dtype = str(call.ty.dtype)
     data = const_of(call.args[0])
     if not isinstance(data, tvm.ir.GenericConst):
         return None

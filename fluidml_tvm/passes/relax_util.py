@@ -8,16 +8,22 @@ from tvm import relax, tirx
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
+def static_shape(ty) -> list[int] | None:
+    """The shape of a tensor type whose dims are all constants (None: symbolic or unknown)."""
+    values = getattr(getattr(ty, "shape", None), "values", None)
+    if values is None or not all(isinstance(d, tirx.IntImm) for d in values):
+        return None
+    return [int(d) for d in values]
+
+
 def static_nbytes(ty) -> int | None:
     """Bytes of a tensor type with a static shape (None: symbolic)."""
-    shape = getattr(ty, "shape", None)
-    if shape is None or not hasattr(shape, "values"):
+    shape = static_shape(ty)
+    if shape is None:
         return None
     n = 1
-    for d in shape.values:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        n *= int(d)
+    for d in shape:
+        n *= d
     return n * tvm.runtime.DataType(ty.dtype).bits // 8
 
 
