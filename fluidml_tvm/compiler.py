@@ -127,6 +127,7 @@ def build(
     peak = None
     if measure_peak:
         peak = peaks.host_peak(tgt, opts, session)  # once per host and threads, then cached
+        peak = peaks.reconcile(peak, _timed_rates(recorded.decisions), tgt, opts)
     elapsed = time.perf_counter() - t0
     say(f"compiled in {elapsed:.1f} s")
     steps = {"import": t_import}
@@ -262,6 +263,16 @@ def save_records(path: str, session, opts: Options, say) -> int:
         db.close()
     say(f"wrote {n} tuning records to {path}")
     return n
+
+
+def _timed_rates(decisions: dict) -> list[float]:
+    """GFLOP/s of the conv/matmul kernels whose chosen schedule was timed (now or in the cache)."""
+    from .roofline import is_compute_kernel
+
+    return [d.data["flops"] / d.data["seconds"] / 1e9
+            for d in decisions.get("schedule") or []
+            if d.data.get("seconds") and d.data.get("flops")
+            and is_compute_kernel(d.subject, d.choice)]
 
 
 def _say(progress: bool):

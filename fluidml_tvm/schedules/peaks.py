@@ -25,6 +25,9 @@ _PEAK_RULE = "host_peak"
 _PEAK_VERSION = "v1"
 # What measuring the peaks takes (2-core host: ~0.2 s building, ~0.4 s timing, ~0.1 s inputs).
 SECONDS = 1.0
+# A kernel this much faster than the stored compute peak raises it (:func:`reconcile`): above
+# timing noise, below the 2x a peak measured beside another busy process comes out low by.
+MARGIN = 0.05
 
 
 def _matmul_module(m: int, n: int, k: int) -> tvm.IRModule:
@@ -116,3 +119,31 @@ def host_peak(target, options, session=None) -> dict | None:
         return None
     finally:
         db.close()
+
+
+def reconcile(peak: dict | None, rates_gflops, target, options) -> dict | None:
+    """``peak`` with its compute peak raised to the fastest of ``rates_gflops`` (the fp32 rates
+    this compile's kernels were timed at) where one beats it by more than :data:`MARGIN`, and
+    the raised peak stored: the peak is what this project's kernels reach here, and load only
+    ever slows a measurement, so a kernel faster than the stored peak proves that peak low.
+    (Seen on a 2-core AMD EPYC: a peak stored at 108.6 GFLOP/s from a first compile that ran
+    beside another process, kernels timed at 220-228, a quiet peak measurement 223-227.)"""
+    from .. import costdb
+    from .target_info import cpu_info
+
+    fastest = max((r for r in rates_gflops if r), default=0.0)
+    if not peak or not peak.get("gflops") or fastest <= peak["gflops"] * (1 + MARGIN):
+        return peak
+    raised = dict(peak, gflops=round(fastest, 1))
+    log.info("host peak raised from %.1f to %.1f GFLOP/s: a kernel was timed at that rate",
+             peak["gflops"], raised["gflops"])
+    if options.cache_dir:
+        db = costdb.CostDB(options.cache_dir)
+        try:
+            tkey = costdb.target_key(target, cpu_info(target).key())
+            row = db.choice(tkey, _PEAK_RULE, _PEAK_VERSION)
+            db.choose(tkey, _PEAK_RULE, _PEAK_VERSION, raised,
+                      row["seconds"] if row else 0.0, trials=1, noisy=False)
+        finally:
+            db.close()
+    return raised

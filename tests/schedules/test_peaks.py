@@ -42,3 +42,24 @@ def test_peaks_come_out_of_the_tune_budget(tmp_path):
     peaks.reserve(host_target(), opts, again)  # cached now: nothing kept back
     assert again.reserved == {} and peaks.host_peak(host_target(), opts, again) == got
     assert again.spent == 0
+
+
+def test_a_kernel_faster_than_the_stored_peak_raises_it(tmp_path):
+    """A peak stored low (measured beside a busy neighbour the load probe missed) is raised to
+    the rate a kernel was timed at, and stored; rates within the margin leave it as it is."""
+    from fluidml_tvm import costdb
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.schedules.target_info import cpu_info, host_target
+
+    target, opts = host_target(), Options(cache_dir=str(tmp_path))
+    db = costdb.CostDB(opts.cache_dir)
+    tkey = costdb.target_key(target, cpu_info(target).key())
+    low = {"gflops": 100.0, "gbps": 20.0}
+    db.choose(tkey, peaks._PEAK_RULE, peaks._PEAK_VERSION, low, 0.01, trials=1, noisy=False)
+    db.close()
+    assert peaks.host_peak(target, opts) == low
+    assert peaks.reconcile(low, [50.0, 104.0], target, opts) == low  # within the margin
+    assert peaks.reconcile(None, [500.0], target, opts) is None  # no peak: nothing to raise
+    raised = peaks.reconcile(low, [50.0, 0.0, 180.04], target, opts)
+    assert raised == {"gflops": 180.0, "gbps": 20.0}
+    assert peaks.host_peak(target, opts) == raised  # stored: the next compile reads it
