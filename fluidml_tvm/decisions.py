@@ -28,7 +28,7 @@ class Decision:
     ----------
     stage
         The stage that made it: ``layout``, ``schedule``, ``memory``, ``split_projection``,
-        ``residual_order``, ``fuse_conv_pool``, ``layout_verify``.
+        ``residual_order``, ``fuse_conv_pool``, ``layout_verify``, ``winograd``.
     subject
         What it is about: a kernel, a tensor, a function, a plan.
     choice

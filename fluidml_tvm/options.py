@@ -67,6 +67,9 @@ class Options:
     fold_constants: bool = _opt(True, "reshapes, transposes and elementwise arithmetic on "
                                 "constants computed with numpy before legalization (TVM's "
                                 "FoldConstant builds an LLVM kernel for each: seconds a CNN)")
+    winograd: bool = _opt(True, "3x3 stride-1 convolutions (NCHW, >= 16 channels each side) "
+                          "computed with Winograd F(4x4, 3x3): 4x fewer products, as 36 "
+                          "matmuls between two transform kernels (needs the schedule stage)")
     split_projection: bool = _opt(True, "a constant-weight projection read only through slices "
                                   "of its last axis (a fused QKV) becomes one projection per slice")
     residual_order: bool = _opt(True, "a residual sum of two projections is fused into the kernel "

@@ -8,7 +8,8 @@ slots, each behind its own kill switch::
                  one projection per slice of a fused constant-weight projection (QKV);
                  residual sums fused into the kernel that lowers the planned memory (measured)
     [layout]     FluidML layout selection (before legalization, so FoldConstant cannot undo it)
-    legalize     [FluidMLFoldConstants], LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps,
+    legalize     [FluidMLFoldConstants], [FluidMLWinograd], LegalizeOps, AnnotateTIROpPattern,
+                 FoldConstant, FuseOps,
                  [FluidMLFuseConvPool],
                  FuseTIR (conv+ReLU+max-pool fusion; on with the schedule stage)
     [schedule]   FluidML TensorIR schedules for every fused PrimFunc
@@ -34,7 +35,7 @@ PHASES = ("dispatch", "split", "layout", "legalize", "schedule", "lower", "memor
           "finalize")
 # Stages that leave decisions on the module (:mod:`fluidml_tvm.decisions`), in report order.
 DECISION_STAGES = ("fold_batchnorm", "split_projection", "residual_order", "layout",
-                   "layout_verify", "fuse_conv_pool", "schedule", "memory")
+                   "layout_verify", "winograd", "fuse_conv_pool", "schedule", "memory")
 # Stock TVM passes worth a dump of their own (--dump-ir).
 STOCK_DUMPS = ("LegalizeOps", "FoldConstant", "FuseOps", "FuseTIR", "CallTIRRewrite",
                "StaticPlanBlockMemory", "VMShapeLower")
@@ -86,6 +87,10 @@ def legalize_passes(target, options: Options) -> list:
         from .passes.fold_constants import FluidMLFoldConstants
 
         passes.insert(0, FluidMLFoldConstants())
+    if options.winograd and options.schedule and target.kind.name == "llvm":
+        from .passes.winograd import FluidMLWinograd  # after the folds: the weight is a constant
+
+        passes.insert(1 if options.fold_constants else 0, FluidMLWinograd(target))
     if options.fuse_conv_pool and options.schedule and target.kind.name == "llvm":
         from .passes.fuse_conv_pool import fusion_passes
 

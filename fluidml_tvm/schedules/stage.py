@@ -102,7 +102,9 @@ class FluidMLSchedule:
                 continue
             name = gv.name_hint
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-                self.decisions.append(_decision(name, "skipped", "already scheduled"))
+                how = func.attrs.get("fluidml.scheduled_as")  # a kernel written scheduled
+                self.decisions.append(_decision(name, str(how).split(":")[0] if how else "skipped",
+                                                str(how) if how else "already scheduled"))
                 continue
             why = no_vector_form(func)
             if why:  # left as stock TVM leaves it: TVM cannot lower it vectorized

@@ -1,0 +1,189 @@
+"""The two transform kernels of a Winograd convolution F(m x m, 3 x 3), and its weight transform.
+
+Winograd's minimal filtering (Lavin & Gray, 2016) computes an ``m x m`` output tile of a 3x3
+convolution from an ``a x a`` input tile (``a = m + 2``) with ``a*a`` products per (input,
+output) channel pair instead of ``9*m*m``: 2.25x fewer for F(2x2, 3x3), 4x for F(4x4, 3x3). The
+products of all channels are ``a*a`` independent matmuls; around them:
+
+* input transform: ``V[e, p, c] = (B^T d B)[e]`` for every tile ``p`` and channel ``c`` (``d``
+  the tile's ``a x a`` input window, zero outside the image: the convolution's padding);
+* the matmuls ``M[e] = V[e] @ U[e]`` (``U[e, c, k]`` the transformed weight, a constant computed
+  here with numpy at compile time, :func:`weight_transform`) - a plain batched matmul with a
+  constant right operand, which the matmul rule schedules and packs like any other;
+* output transform: ``Y[tile] = A^T M A`` plus bias and activation, written NCHW.
+
+The matrices come from TVM's own Cook-Toom construction (``topi.nn.winograd_util``). The kernels
+are written out here already scheduled (TVMScript: tiles parallel, channels vectorized, the
+transform unrolled into additions with its nonzero coefficients), so the schedule stage leaves
+them as they are (``tirx.is_scheduled``), and FuseOps leaves them alone (opaque).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+OPAQUE = 8  # relax's OpPatternKind.kOpaque: FuseOps fuses nothing into or out of the kernel
+
+
+@functools.cache
+def matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A, B, G)`` of F(m, r) as float64 numpy arrays: ``A`` (a, m), ``B`` (a, a), ``G`` (a, r)
+    with topi's convention (``U = G g G^T``, ``V = B^T d B``, ``Y = A^T M A``)."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a, b, g = _cook_toom_convolution(_interpolation_points(m + r - 2), m, r)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def weight_transform(weight: np.ndarray, m: int) -> np.ndarray:
+    """``U[e, c, k]`` (``e = ξ*a + ν``) of an OIHW 3x3 weight, float32 (computed in float64)."""
+    _, _, g = matrices(m, weight.shape[-1])
+    a = g.shape[0]
+    u = np.einsum("xh,kchw,yw->xykc", g, weight.astype(np.float64), g)  # [a, a, K, C]
+    return np.ascontiguousarray(
+        u.reshape(a * a, weight.shape[0], weight.shape[1]).transpose(0, 2, 1)).astype(np.float32)
+
+
+def _lanes(n: int, lanes: int) -> int:
+    for v in (lanes, 8, 4, 2):
+        if v <= lanes and n % v == 0:
+            return v
+    return 1
+
+
+def _combination(coef: np.ndarray, names: list[str]) -> str:
+    """``sum coef[i] * names[i]`` as TVMScript, zero terms left out, +-1 without a product."""
+    terms = []
+    for c, name in zip(coef, names):
+        if c == 0:
+            continue
+        if c == 1:
+            terms.append(f"+ {name}")
+        elif c == -1:
+            terms.append(f"- {name}")
+        else:
+            terms.append(f"{'+' if c > 0 else '-'} T.float32({abs(float(c))!r}) * {name}")
+    if not terms:
+        return "T.float32(0)"
+    text = " ".join(terms)
+    return text[2:] if text.startswith("+ ") else "T.float32(0) " + text
+
+
+def _two_sided(mat: np.ndarray, src: str, dst: str, n_cols: int, v: int, lines: list,
+               indent: str) -> list[str]:
+    """Statements computing ``mat^T X mat`` of the grid ``X[i][j] = src(i, j)`` (rows first,
+    then columns: each output a short sum) into the local buffer ``R`` and the returned
+    expressions: ``src`` maps ``(i, j)`` to an expression; ``R`` holds ``mat.shape[1] x
+    n_cols`` vectors of ``v`` lanes. (Through a local buffer, not lets: TVM's vectorizer
+    mis-vectorizes let-bound values in a vectorized loop; LLVM keeps the buffer in registers.)"""
+    n_in, n_out = mat.shape
+    for i in range(n_out):
+        for j in range(n_cols):
+            terms = _combination(mat[:, i], [src(a, j) for a in range(n_in)])
+            lines.append(f"{indent}R[{(i * n_cols + j) * v} + {dst}] = {terms}")
+    return [_combination(mat[:, j], [f"R[{(i * n_cols + b) * v} + {dst}]" for b in range(n_cols)])
+            for i in range(n_out) for j in range(n_out)]
+
+
+def _header(name: str, params: list[str], loops: list[str], locals_: list[tuple[str, int]],
+            how: str):
+    lines = ["@T.prim_func(private=True, s_tir=True)", f"def {name}({', '.join(params)}):",
+             f"    T.func_attr({{\"tirx.noalias\": True, \"tirx.is_scheduled\": True, "
+             f"\"op_pattern\": {OPAQUE}, \"fluidml.scheduled_as\": \"{how}\"}})",
+             "    with T.sblock(\"root\"):"]  # relax passes read the body as a root block
+    ind = "        "
+    for loop in loops[:-1]:
+        lines.append(f"{ind}{loop}")
+        ind += "    "
+    for buf, size in locals_:
+        lines.append(f"{ind}{buf} = T.decl_buffer(({size},), \"float32\", scope=\"local\")")
+    lines.append(f"{ind}{loops[-1]}")
+    return lines, ind + "    "
+
+
+def input_transform(n: int, c: int, h: int, w: int, pads: tuple[int, int],
+                    out: tuple[int, int], m: int, lanes: int = 16) -> str:
+    """TVMScript of ``winograd_input(X[n, c, h, w]) -> V[a*a, n*nH*nW, c]`` for an ``out``
+    (``ho, wo``) map cut in tiles of ``m`` (``pads``: the convolution's top and left padding)."""
+    _, b, _ = matrices(m)
+    a = m + 2
+    pt, pl = pads
+    ho, wo = out
+    nh, nw = -(-ho // m), -(-wo // m)
+    p = n * nh * nw
+    v = _lanes(c, lanes)
+    lines, ind = _header(
+        "winograd_input",
+        [f"X: T.Buffer(({n}, {c}, {h}, {w}), \"float32\")",
+         f"V: T.Buffer(({a * a}, {p}, {c}), \"float32\")"],
+        [f"for bt in T.parallel({n * nh}):", f"for tw in range({nw}):",
+         f"for c0 in range({c // v}):", f"for c1 in T.vectorized({v}):"],
+        [("D", a * a * v), ("R", a * a * v)],
+        f"winograd: input transform of F({m}x{m}, 3x3), {a}x{a} tiles in parallel rows, "
+        f"{v} channels a vector, written scheduled (passes/winograd_kernels.py)")
+    for i in range(a):
+        for j in range(a):
+            y = f"bt % {nh} * {m} + {i - pt}"
+            x = f"tw * {m} + {j - pl}"
+            lines.append(
+                f"{ind}D[{(i * a + j) * v} + c1] = T.if_then_else("
+                f"0 <= {y} and {y} < {h} and 0 <= {x} and {x} < {w}, "
+                f"X[bt // {nh}, c0 * {v} + c1, {y}, {x}], T.float32(0))")
+    outs = _two_sided(b, lambda i, j: f"D[{(i * a + j) * v} + c1]", "c1", a, v, lines, ind)
+    for e, expr in enumerate(outs):
+        lines.append(f"{ind}V[{e}, bt * {nw} + tw, c0 * {v} + c1] = {expr}")
+    return "\n".join(lines) + "\n"
+
+
+def output_transform(n: int, k: int, out: tuple[int, int], m: int, bias: bool = False,
+                     activation: str | None = None, lanes: int = 16) -> str:
+    """TVMScript of ``winograd_output(M[a*a, p, k][, bias[k]]) -> Y[n, k, ho, wo]`` (NCHW),
+    ``activation``: None or ``"relu"``."""
+    amat, _, _ = matrices(m)
+    a = m + 2
+    ho, wo = out
+    nh, nw = -(-ho // m), -(-wo // m)
+    p = n * nh * nw
+    v = _lanes(k, lanes)
+    params = [f"M: T.Buffer(({a * a}, {p}, {k}), \"float32\")"]
+    if bias:
+        params.append(f"Bias: T.Buffer(({k},), \"float32\")")
+    params.append(f"Y: T.Buffer(({n}, {k}, {ho}, {wo}), \"float32\")")
+    lines, ind = _header(
+        "winograd_output", params,
+        [f"for bt in T.parallel({n * nh}):", f"for tw in range({nw}):",
+         f"for k0 in range({k // v}):", f"for k1 in T.vectorized({v}):"],
+        [("R", m * a * v)],
+        f"winograd: output transform of F({m}x{m}, 3x3)"
+        + (" + bias" if bias else "") + (f" + {activation}" if activation else "")
+        + f", tiles in parallel rows, {v} channels a vector, written scheduled "
+        "(passes/winograd_kernels.py)")
+    outs = _two_sided(amat, lambda i, j: f"M[{i * a + j}, bt * {nw} + tw, k0 * {v} + k1]",
+                      "k1", a, v, lines, ind)
+    for idx, val in enumerate(outs):
+        i, j = divmod(idx, m)
+        if bias:
+            val = f"{val} + Bias[k0 * {v} + k1]"
+        if activation == "relu":
+            val = f"T.max({val}, T.float32(0))"
+        elif activation is not None:
+            raise ValueError(f"activation {activation!r}: relu or None")
+        y, x = f"bt % {nh} * {m} + {i}", f"tw * {m} + {j}"
+        store = f"Y[bt // {nh}, k0 * {v} + k1, {y}, {x}] = {val}"
+        conds = ([f"{y} < {ho}"] if ho % m else []) + ([f"{x} < {wo}"] if wo % m else [])
+        if conds:
+            lines.append(f"{ind}if {' and '.join(conds)}:")
+            lines.append(f"{ind}    {store}")
+        else:
+            lines.append(f"{ind}{store}")
+    return "\n".join(lines) + "\n"
+
+
+def parse(script: str):
+    """The PrimFunc of a kernel's TVMScript."""
+    from tvm.script import from_source
+    from tvm.script import tirx as T
+
+    return from_source(script, extra_vars={"T": T})
