@@ -164,3 +164,22 @@ def test_tensor_round_trip_keeps_dtype_and_values():
         t = backend.tensor(a, dev)
         back = backend.to_numpy(t)
         assert back.dtype == a.dtype and np.array_equal(back, a)
+
+
+def test_run_path_does_not_import_torch_that_tvm_ffi_would(lib, tmp_path):
+    """tvm_ffi imports torch whenever it is installed (470 MB of RSS); the run path keeps it
+    out, and the process can import it afterwards. A stand-in ``torch`` package comes first on
+    the path, so this holds with or without the real one installed."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = 'stand-in'\n")
+    out = probe(f"""
+import numpy as np, fluidml_tvm
+m = fluidml_tvm.load({lib['lib']!r})
+m.run(dict(np.load({lib['npz']!r})))
+during = "torch" in sys.modules
+import torch
+report(dict(torch_during=during, torch_after=torch.__version__))
+""", PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    assert out["torch_during"] is False and out["torch_after"] == "stand-in", out
+    assert not out["tvm_imported"]
