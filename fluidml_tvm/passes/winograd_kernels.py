@@ -71,36 +71,33 @@ def _combination(coef: np.ndarray, names: list[str]) -> str:
     return text[2:] if text.startswith("+ ") else "T.float32(0) " + text
 
 
-def _two_sided(mat: np.ndarray, src: str, dst: str, n_cols: int, v: int, lines: list,
-               indent: str) -> list[str]:
-    """Statements computing ``mat^T X mat`` of the grid ``X[i][j] = src(i, j)`` (rows first,
-    then columns: each output a short sum) into the local buffer ``R`` and the returned
-    expressions: ``src`` maps ``(i, j)`` to an expression; ``R`` holds ``mat.shape[1] x
-    n_cols`` vectors of ``v`` lanes. (Through a local buffer, not lets: TVM's vectorizer
-    mis-vectorizes let-bound values in a vectorized loop; LLVM keeps the buffer in registers.)"""
-    n_in, n_out = mat.shape
-    for i in range(n_out):
-        for j in range(n_cols):
-            terms = _combination(mat[:, i], [src(a, j) for a in range(n_in)])
-            lines.append(f"{indent}R[{(i * n_cols + j) * v} + {dst}] = {terms}")
-    return [_combination(mat[:, j], [f"R[{(i * n_cols + b) * v} + {dst}]" for b in range(n_cols)])
-            for i in range(n_out) for j in range(n_out)]
-
-
 def _header(name: str, params: list[str], loops: list[str], locals_: list[tuple[str, int]],
-            how: str):
+            how: str) -> tuple[list[str], str]:
+    """The kernel's signature and its outer ``loops``, the ``locals_`` (name, floats) declared
+    inside them (per parallel iteration); returns the lines and the indentation of the body."""
     lines = ["@T.prim_func(private=True, s_tir=True)", f"def {name}({', '.join(params)}):",
              f"    T.func_attr({{\"tirx.noalias\": True, \"tirx.is_scheduled\": True, "
              f"\"op_pattern\": {OPAQUE}, \"fluidml.scheduled_as\": \"{how}\"}})",
              "    with T.sblock(\"root\"):"]  # relax passes read the body as a root block
     ind = "        "
-    for loop in loops[:-1]:
+    for loop in loops:
         lines.append(f"{ind}{loop}")
         ind += "    "
     for buf, size in locals_:
         lines.append(f"{ind}{buf} = T.decl_buffer(({size},), \"float32\", scope=\"local\")")
-    lines.append(f"{ind}{loops[-1]}")
-    return lines, ind + "    "
+    return lines, ind
+
+
+def _pass(mat: np.ndarray, lines: list, ind: str, loop: str, v: int, lane: str, src, dst) -> None:
+    """One side of ``mat^T X mat``: a loop ``loop`` over the other axis, in it one vectorized
+    statement per output index ``o``: ``dst(o) = sum_a mat[a, o] * src(a)`` (the window loop
+    stays a loop: a sixth of the code to parse and compile; the vectors go through local
+    buffers, not lets, which TVM's vectorizer mis-vectorizes in a vectorized loop)."""
+    lines.append(f"{ind}{loop}")
+    lines.append(f"{ind}    for {lane} in T.vectorized({v}):")
+    for o in range(mat.shape[1]):
+        lines.append(f"{ind}        {dst(o)} = "
+                     f"{_combination(mat[:, o], [src(a) for a in range(mat.shape[0])])}")
 
 
 def input_transform(n: int, c: int, h: int, w: int, pads: tuple[int, int],
@@ -119,21 +116,22 @@ def input_transform(n: int, c: int, h: int, w: int, pads: tuple[int, int],
         [f"X: T.Buffer(({n}, {c}, {h}, {w}), \"float32\")",
          f"V: T.Buffer(({a * a}, {p}, {c}), \"float32\")"],
         [f"for bt in T.parallel({n * nh}):", f"for tw in range({nw}):",
-         f"for c0 in range({c // v}):", f"for c1 in T.vectorized({v}):"],
+         f"for c0 in range({c // v}):"],
         [("D", a * a * v), ("R", a * a * v)],
         f"winograd: input transform of F({m}x{m}, 3x3), {a}x{a} tiles in parallel rows, "
         f"{v} channels a vector, written scheduled (passes/winograd_kernels.py)")
-    for i in range(a):
-        for j in range(a):
-            y = f"bt % {nh} * {m} + {i - pt}"
-            x = f"tw * {m} + {j - pl}"
-            lines.append(
-                f"{ind}D[{(i * a + j) * v} + c1] = T.if_then_else("
-                f"0 <= {y} and {y} < {h} and 0 <= {x} and {x} < {w}, "
-                f"X[bt // {nh}, c0 * {v} + c1, {y}, {x}], T.float32(0))")
-    outs = _two_sided(b, lambda i, j: f"D[{(i * a + j) * v} + c1]", "c1", a, v, lines, ind)
-    for e, expr in enumerate(outs):
-        lines.append(f"{ind}V[{e}, bt * {nw} + tw, c0 * {v} + c1] = {expr}")
+    y, x = f"bt % {nh} * {m} + i - {pt}", f"tw * {m} + j - {pl}"
+    lines += [f"{ind}for i, j in T.grid({a}, {a}):",
+              f"{ind}    for c1 in T.vectorized({v}):",
+              f"{ind}        D[(i * {a} + j) * {v} + c1] = T.if_then_else("
+              f"0 <= {y} and {y} < {h} and 0 <= {x} and {x} < {w}, "
+              f"X[bt // {nh}, c0 * {v} + c1, {y}, {x}], T.float32(0))"]
+    # rows: R[o][j] = sum_i B[i, o] D[i][j]; columns: V[o*a + q] = sum_j B[j, q] R[o][j]
+    _pass(b, lines, ind, f"for j in range({a}):", v, "c1",
+          lambda i: f"D[({i * a} + j) * {v} + c1]", lambda o: f"R[({o * a} + j) * {v} + c1]")
+    _pass(b, lines, ind, f"for o in range({a}):", v, "c1",
+          lambda j: f"R[(o * {a} + {j}) * {v} + c1]",
+          lambda q: f"V[o * {a} + {q}, bt * {nw} + tw, c0 * {v} + c1]")
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +139,8 @@ def output_transform(n: int, k: int, out: tuple[int, int], m: int, bias: bool = 
                      activation: str | None = None, lanes: int = 16) -> str:
     """TVMScript of ``winograd_output(M[a*a, p, k][, bias[k]]) -> Y[n, k, ho, wo]`` (NCHW),
     ``activation``: None or ``"relu"``."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation {activation!r}: relu or None")
     amat, _, _ = matrices(m)
     a = m + 2
     ho, wo = out
@@ -154,30 +154,36 @@ def output_transform(n: int, k: int, out: tuple[int, int], m: int, bias: bool = 
     lines, ind = _header(
         "winograd_output", params,
         [f"for bt in T.parallel({n * nh}):", f"for tw in range({nw}):",
-         f"for k0 in range({k // v}):", f"for k1 in T.vectorized({v}):"],
-        [("R", m * a * v)],
+         f"for k0 in range({k // v}):"],
+        [("R", m * a * v), ("Z", m * m * v)],
         f"winograd: output transform of F({m}x{m}, 3x3)"
         + (" + bias" if bias else "") + (f" + {activation}" if activation else "")
         + f", tiles in parallel rows, {v} channels a vector, written scheduled "
         "(passes/winograd_kernels.py)")
-    outs = _two_sided(amat, lambda i, j: f"M[{i * a + j}, bt * {nw} + tw, k0 * {v} + k1]",
-                      "k1", a, v, lines, ind)
-    for idx, val in enumerate(outs):
-        i, j = divmod(idx, m)
-        if bias:
-            val = f"{val} + Bias[k0 * {v} + k1]"
-        if activation == "relu":
-            val = f"T.max({val}, T.float32(0))"
-        elif activation is not None:
-            raise ValueError(f"activation {activation!r}: relu or None")
-        y, x = f"bt % {nh} * {m} + {i}", f"tw * {m} + {j}"
-        store = f"Y[bt // {nh}, k0 * {v} + k1, {y}, {x}] = {val}"
-        conds = ([f"{y} < {ho}"] if ho % m else []) + ([f"{x} < {wo}"] if wo % m else [])
-        if conds:
-            lines.append(f"{ind}if {' and '.join(conds)}:")
-            lines.append(f"{ind}    {store}")
-        else:
-            lines.append(f"{ind}{store}")
+    # rows: R[o][j] = sum_i A[i, o] M[i*a + j]; columns: Z[o][q] = sum_j A[j, q] R[o][j]
+    _pass(amat, lines, ind, f"for j in range({a}):", v, "k1",
+          lambda i: f"M[{i * a} + j, bt * {nw} + tw, k0 * {v} + k1]",
+          lambda o: f"R[({o * a} + j) * {v} + k1]")
+    _pass(amat, lines, ind, f"for o in range({m}):", v, "k1",
+          lambda j: f"R[(o * {a} + {j}) * {v} + k1]", lambda q: f"Z[(o * {m} + {q}) * {v} + k1]")
+    val = f"Z[(i * {m} + j) * {v} + k1]"
+    if bias:
+        val = f"{val} + Bias[k0 * {v} + k1]"
+    if activation == "relu":
+        val = f"T.max({val}, T.float32(0))"
+    y, x = f"bt % {nh} * {m} + i", f"tw * {m} + j"
+    conds = ([f"{y} < {ho}"] if ho % m else []) + ([f"{x} < {wo}"] if wo % m else [])
+    lines.append(f"{ind}for i in T.unroll({m}):")  # the stores, unrolled: no loop per vector
+    ind += "    "
+    lines.append(f"{ind}for j in T.unroll({m}):")
+    body = f"{ind}        "
+    if conds:
+        lines.append(f"{ind}    if {' and '.join(conds)}:")
+        body += "    "
+        lines.append(f"{ind}        for k1 in T.vectorized({v}):")
+    else:
+        lines.append(f"{ind}    for k1 in T.vectorized({v}):")
+    lines.append(f"{body}Y[bt // {nh}, k0 * {v} + k1, {y}, {x}] = {val}")
     return "\n".join(lines) + "\n"
 
 
