@@ -6,8 +6,14 @@ ONNX Runtime's (equally peak-bound) direct kernels is fewer of them. F(4x4, 3x3)
 output tile from a 6x6 input tile with 36 products per channel pair instead of 144 (4x fewer);
 the products are 36 independent matmuls, which the matmul rule runs at peak (kernels and matrices:
 :mod:`.winograd_kernels`). Measured here on their own (2-core AMD EPYC, 2 threads, direct = the
-conv2d rule's fastest measured tile): 64->64 on 56x56 1054 -> 384 us, 256->256 on 14x14
-1014 -> 452 us, 16->64 on 55x55 285 -> 188 us, 512->512 on 7x7 ~1030 -> 638 us.
+conv2d rule's fastest measured tile; transforms + matmuls): 64->64 on 56x56 1054 -> 358 us,
+256->256 on 14x14 1014 -> 423 us, 16->64 on 55x55 285 -> 129 us, 512->512 on 7x7 ~1030 ->
+574 us (its 36 matmuls have 4 rows: 2x2 tiles). In models (``fluidml.winograd`` A/B, results
+``2026-12-07-ab-winograd.md``): ResNet-18 0.665x, GoogLeNet 0.678x, DenseNet-121 0.812x,
+SqueezeNet 0.853x, ResNet-50 0.881x. The cost: memory (the transformed input and products are
+2.25x the maps they come from: VGG-11 plans 20.7 MiB instead of 4.6, as it runs 2.1x faster)
+and compile time (two transform kernels and a matmul per distinct convolution shape: GoogLeNet
+cold 10.9 -> 18.4 s).
 
 Rewritten (before LegalizeOps, after the layout stage: only convolutions left NCHW)::
 
