@@ -30,6 +30,7 @@ import tvm
 from tvm import relax
 
 from ..decisions import Decision, attach, note
+from .relax_util import dataflow_blocks
 
 log = logging.getLogger("fluidml_tvm.fold_batchnorm")
 STAGE = "fold_batchnorm"
@@ -101,12 +102,7 @@ class _Fold(relax.PyExprMutator):
 def _plans(func: relax.Function, decisions: list) -> dict:
     """Matched BatchNorms of ``func``: bn var -> what to emit instead of its index-0 result."""
     plans = {}
-    for block in func.body.blocks:
-        if not isinstance(block, relax.DataflowBlock):
-            continue
-        value_of = {b.var: b.value for b in block.bindings if isinstance(b, relax.VarBinding)}
-        users = {v: list(us) for v, us in relax.analysis.udchain(block).items()}
-        outside = {b.var for b in block.bindings if not isinstance(b.var, relax.DataflowVar)}
+    for _, value_of, users, outside in dataflow_blocks(func):
         for var, value in value_of.items():
             if not _is(value, BATCH_NORM):
                 continue

@@ -52,3 +52,16 @@ def use_counts(func: relax.Function) -> dict:
 
     relax.analysis.post_order_visit(func.body, visit)
     return counts
+
+
+def dataflow_blocks(func: relax.Function):
+    """Each dataflow block of ``func`` with what a graph rewrite matches against:
+    ``(block, value_of, users, outside)`` - the value bound to each var, each var's users in the
+    block, and the vars visible after the block (its outputs)."""
+    for block in func.body.blocks:
+        if not isinstance(block, relax.DataflowBlock):
+            continue
+        value_of = {b.var: b.value for b in block.bindings if isinstance(b, relax.VarBinding)}
+        users = {v: list(us) for v, us in relax.analysis.udchain(block).items()}
+        outside = {b.var for b in block.bindings if not isinstance(b.var, relax.DataflowVar)}
+        yield block, value_of, users, outside

@@ -43,6 +43,7 @@ from ..decisions import Decision, attach, note
 from . import winograd_kernels as wk
 from .fold_batchnorm import _const as _const_or_reshape
 from .fold_batchnorm import _is
+from .relax_util import dataflow_blocks
 
 log = logging.getLogger("fluidml_tvm.winograd")
 STAGE = "winograd"
@@ -99,12 +100,7 @@ def why_not(conv) -> str:
 def _plans(func: relax.Function, decisions: list) -> tuple[dict, set]:
     """``{var bound to the chain's result: plan}`` and the vars of the chain to drop."""
     plans, dropped = {}, set()
-    for block in func.body.blocks:
-        if not isinstance(block, relax.DataflowBlock):
-            continue
-        value_of = {b.var: b.value for b in block.bindings if isinstance(b, relax.VarBinding)}
-        users = {v: list(us) for v, us in relax.analysis.udchain(block).items()}
-        outside = {b.var for b in block.bindings if not isinstance(b.var, relax.DataflowVar)}
+    for _, value_of, users, outside in dataflow_blocks(func):
 
         def only_user(v, users=users, outside=outside):
             us = users.get(v, [])

@@ -23,3 +23,26 @@ def test_readers():
     assert counts[x] == 2 and counts[y] == 1
     call = func.body.blocks[0].bindings[0].value
     assert callee(call) == "relax.add" and not is_call_tir(call)
+
+
+def test_dataflow_blocks_gives_bindings_users_and_block_outputs():
+    from tvm import relax
+
+    from fluidml_tvm.passes.relax_util import dataflow_blocks
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.add(x, x))
+            b = bb.emit(relax.op.multiply(a, a))
+            c = bb.emit(relax.op.subtract(a, b))
+            out = bb.emit_output(c)
+        bb.emit_func_output(out)
+    func = bb.get()["main"]
+    (block, value_of, users, outside), = list(dataflow_blocks(func))
+    names = {v.name: v for v in value_of}
+    assert isinstance(block, relax.DataflowBlock) and len(value_of) == 4
+    assert sorted(u.name for u in users[names[a.name]]) == sorted([b.name,
+                                                                             c.name])
+    assert [v.name for v in outside] == [out.name]
