@@ -30,30 +30,14 @@ import tvm
 from tvm import relax
 
 from ..decisions import Decision, attach, note
+from .relax_util import const_value as _const
 from .relax_util import dataflow_blocks
+from .relax_util import is_op as _is
 
 log = logging.getLogger("fluidml_tvm.fold_batchnorm")
 STAGE = "fold_batchnorm"
 _OP = tvm.ir.Op.get
 BATCH_NORM, CONV2D, ADD = _OP("relax.nn.batch_norm"), _OP("relax.nn.conv2d"), _OP("relax.add")
-RESHAPE = _OP("relax.reshape")
-
-
-def _const(expr, value_of=None):
-    """The array of a constant, also through a ``reshape`` of one (the importer reshapes a conv
-    bias to ``[1, C, 1, 1]`` before adding it)."""
-    if isinstance(expr, tvm.ir.GenericConst):
-        return expr.value.numpy()
-    bound = value_of.get(expr) if value_of is not None and isinstance(expr, relax.Var) else None
-    if _is(bound, RESHAPE):
-        inner = _const(bound.args[0], value_of)
-        return None if inner is None else inner.reshape(
-            [int(d) for d in bound.ty.shape.values])
-    return None
-
-
-def _is(expr, op) -> bool:
-    return isinstance(expr, relax.Call) and expr.op.same_as(op)
 
 
 def _conv_weight_axis0_is_output(conv) -> bool:

@@ -65,3 +65,24 @@ def dataflow_blocks(func: relax.Function):
         users = {v: list(us) for v, us in relax.analysis.udchain(block).items()}
         outside = {b.var for b in block.bindings if not isinstance(b.var, relax.DataflowVar)}
         yield block, value_of, users, outside
+
+
+def is_op(expr, op) -> bool:
+    """Whether ``expr`` is a call of the relax operator ``op`` (a ``tvm.ir.Op``)."""
+    return isinstance(expr, relax.Call) and expr.op.same_as(op)
+
+
+def const_value(expr, value_of=None):
+    """The numpy array of a constant, or None. With ``value_of`` (var -> bound value), also of a
+    var bound to a constant (what the constant folds leave) or to a ``reshape`` of one (the
+    importer reshapes a conv bias to ``[1, C, 1, 1]`` before adding it)."""
+    bound = value_of.get(expr) if value_of is not None and isinstance(expr, relax.Var) else None
+    if isinstance(bound, tvm.ir.GenericConst):
+        expr = bound
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    if is_op(bound, tvm.ir.Op.get("relax.reshape")):
+        inner = const_value(bound.args[0], value_of)
+        return None if inner is None else inner.reshape(
+            [int(d) for d in bound.ty.shape.values])
+    return None

@@ -32,6 +32,7 @@ import tvm
 from tvm import relax
 
 from ..decisions import Decision, attach, note
+from .relax_util import is_op
 
 log = logging.getLogger("fluidml_tvm.residual_order")
 STAGE = "residual_order"
@@ -40,28 +41,24 @@ _OP = tvm.ir.Op.get
 ADD, MATMUL, RESHAPE = _OP("relax.add"), _OP("relax.matmul"), _OP("relax.reshape")
 
 
-def _call(expr, op) -> bool:
-    return isinstance(expr, relax.Call) and expr.op.same_as(op)
-
-
 def _candidates(block, value_of, users) -> list:
     out = []
     for b in block.bindings:
-        if not _call(b.value, ADD):
+        if not is_op(b.value, ADD):
             continue
         s1, f = b.value.args
-        if not (isinstance(s1, relax.Var) and _call(value_of.get(s1), ADD)):
+        if not (isinstance(s1, relax.Var) and is_op(value_of.get(s1), ADD)):
             continue
         if len(users.get(s1, ())) != 1 or not isinstance(s1, relax.DataflowVar):
             continue
         if not isinstance(f, relax.Var):
             continue
         fv = value_of.get(f)
-        if _call(fv, RESHAPE):  # a 2-D projection viewed back as [B, S, N]
+        if is_op(fv, RESHAPE):  # a 2-D projection viewed back as [B, S, N]
             fv = value_of.get(fv.args[0])
-        if _call(fv, ADD) and isinstance(fv.args[1], tvm.ir.GenericConst):
+        if is_op(fv, ADD) and isinstance(fv.args[1], tvm.ir.GenericConst):
             fv = value_of.get(fv.args[0])  # projection + constant bias
-        if _call(fv, MATMUL):
+        if is_op(fv, MATMUL):
             out.append(b.var)
     return out
 

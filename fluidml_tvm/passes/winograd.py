@@ -41,9 +41,9 @@ from tvm import relax
 
 from ..decisions import Decision, attach, note
 from . import winograd_kernels as wk
-from .fold_batchnorm import _const as _const_or_reshape
-from .fold_batchnorm import _is
+from .relax_util import const_value as _const
 from .relax_util import dataflow_blocks
+from .relax_util import is_op as _is
 
 log = logging.getLogger("fluidml_tvm.winograd")
 STAGE = "winograd"
@@ -52,15 +52,6 @@ TILE = 4  # F(4x4, 3x3): 6x6 input tiles
 MIN_CHANNELS = 16
 _OP = tvm.ir.Op.get
 CONV2D, ADD, RELU = _OP("relax.nn.conv2d"), _OP("relax.add"), _OP("relax.nn.relu")
-
-
-def _const(expr, value_of=None):
-    """The array of a constant, of a var bound to one (the constant folds leave the binding) or
-    of a reshape of one."""
-    if value_of is not None and isinstance(expr, relax.Var) and \
-            isinstance(value_of.get(expr), tvm.ir.GenericConst):
-        expr = value_of[expr]
-    return _const_or_reshape(expr, value_of)
 
 
 def _ints(values) -> list[int]:
@@ -133,8 +124,8 @@ def _plans(func: relax.Function, decisions: list) -> tuple[dict, set]:
             plans[end] = plan
             dropped.update(chain[:-1])
             w = _const(value.args[1])
-            fused = [s for s, on in (("bias", plan["bias"] is not None),
-                                     (plan["activation"], plan["activation"])) if on]
+            fused = (["bias"] if plan["bias"] is not None else []) + \
+                ([plan["activation"]] if plan["activation"] else [])
             c_in, k_out = w.shape[1], w.shape[0]
             decisions.append(Decision(
                 STAGE, var.name, f"F({TILE}x{TILE},3x3)",

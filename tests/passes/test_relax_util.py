@@ -46,3 +46,24 @@ def test_dataflow_blocks_gives_bindings_users_and_block_outputs():
     assert sorted(u.name for u in users[names[a.name]]) == sorted([b.name,
                                                                              c.name])
     assert [v.name for v in outside] == [out.name]
+
+
+def test_const_value_through_a_bound_var_and_a_reshape():
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from fluidml_tvm.passes.relax_util import const_value, is_op
+
+    c = relax.const(np.arange(4, dtype="float32"))
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    bound, reshaped = relax.Var("b", c.ty), relax.Var("r", relax.TensorType((1, 4, 1, 1),
+                                                                             "float32"))
+    value_of = {bound: c, reshaped: relax.op.reshape(bound, (1, 4, 1, 1))}
+    value_of[reshaped] = relax.BlockBuilder().normalize(value_of[reshaped])
+    np.testing.assert_array_equal(const_value(c), np.arange(4))
+    np.testing.assert_array_equal(const_value(bound, value_of), np.arange(4))
+    assert const_value(reshaped, value_of).shape == (1, 4, 1, 1)
+    assert const_value(bound) is None and const_value(x, value_of) is None
+    assert is_op(value_of[reshaped], tvm.ir.Op.get("relax.reshape"))
+    assert not is_op(c, tvm.ir.Op.get("relax.reshape"))
