@@ -267,12 +267,10 @@ def save_records(path: str, session, opts: Options, say) -> int:
 
 def _timed_rates(decisions: dict) -> list[float]:
     """GFLOP/s of the conv/matmul kernels whose chosen schedule was timed (now or in the cache)."""
-    from .roofline import is_compute_kernel
+    from .roofline import is_compute_kernel, rates
 
-    return [d.data["flops"] / d.data["seconds"] / 1e9
-            for d in decisions.get("schedule") or []
-            if d.data.get("seconds") and d.data.get("flops")
-            and is_compute_kernel(d.subject, d.choice)]
+    return [rates(d.data, d.data["seconds"])[0] for d in decisions.get("schedule") or []
+            if d.data.get("seconds") and is_compute_kernel(d.subject, d.choice)]
 
 
 def _say(progress: bool):

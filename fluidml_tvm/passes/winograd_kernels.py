@@ -13,9 +13,10 @@ products of all channels are ``a*a`` independent matmuls; around them:
 * output transform: ``Y[tile] = A^T M A`` plus bias and activation, written NCHW.
 
 The matrices come from TVM's own Cook-Toom construction (``topi.nn.winograd_util``). The kernels
-are written out here already scheduled (TVMScript: tiles parallel, channels vectorized, the
-transform unrolled into additions with its nonzero coefficients), so the schedule stage leaves
-them as they are (``tirx.is_scheduled``), and FuseOps leaves them alone (opaque).
+are written out here already scheduled (TVMScript: tiles parallel, channels vectorized, each
+row and column of the transform one vectorized statement of additions with its nonzero
+coefficients), so the schedule stage leaves them as they are (``tirx.is_scheduled``), and
+FuseOps leaves them alone (opaque).
 """
 
 from __future__ import annotations
