@@ -71,7 +71,8 @@ class Options:
                           "computed with Winograd F(4x4, 3x3): 4x fewer products, as 36 "
                           "matmuls between two transform kernels (needs the schedule stage); "
                           "6 corpus models 0.81x latency; the transformed maps cost memory "
-                          "(VGG-11 2.1x faster, planned 4.6 -> 20.7 MiB)")
+                          "(VGG-11 2.1x faster, planned 4.6 -> 14-21 MiB by layout plan; "
+                          "stock 16)")
     split_projection: bool = _opt(True, "a constant-weight projection read only through slices "
                                   "of its last axis (a fused QKV) becomes one projection per slice")
     residual_order: bool = _opt(True, "a residual sum of two projections is fused into the kernel "
