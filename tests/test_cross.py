@@ -89,6 +89,22 @@ def test_tiny_conv_under_qemu_matches_onnxruntime(conv_rasp4b):
 
 
 @pytest.mark.usefixtures("needs_cross")
+def test_winograd_convolution_under_qemu_matches_onnxruntime(tmp_path):
+    """The Winograd rewrite runs for aarch64 builds too (NEON: 4 lanes a vector)."""
+    _needs_qemu()
+    import numpy as np
+    from passes.test_winograd import _model
+
+    model = _model(c=16, k=32, hw=10)
+    lib = fluidml_tvm.compile(model, target="rasp4b")
+    assert [d.choice for d in lib.decisions["winograd"]] == ["F(4x4,3x3)"]
+    path = lib.export(str(tmp_path / "winograd_rasp4b.so"))
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 10, 10)).astype("float32")}
+    outputs, _ = cross.run_under_qemu(str(path), feeds, timeout=120)
+    assert_close_to_ort(model, outputs, feeds)
+
+
+@pytest.mark.usefixtures("needs_cross")
 def test_loading_an_aarch64_library_here_fails_with_one_line(conv_rasp4b, capsys):
     t0 = time.monotonic()
     assert cli.main(["run", str(conv_rasp4b)]) == 2
