@@ -42,7 +42,7 @@ from tvm import relax
 from ..decisions import Decision, attach, note
 from . import winograd_kernels as wk
 from .relax_util import const_value as _const
-from .relax_util import dataflow_blocks
+from .relax_util import dataflow_blocks, static_shape
 from .relax_util import is_op as _is
 
 log = logging.getLogger("fluidml_tvm.winograd")
@@ -75,12 +75,9 @@ def why_not(conv) -> str:
         return f"stride {_ints(a.strides)}, dilation {_ints(a.dilation)} (1 only)"
     if int(a.groups) != 1:
         return f"{int(a.groups)} groups"
-    shape = getattr(conv.args[0].ty, "shape", None)
-    if shape is None or not hasattr(shape, "values") or \
-            not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
+    if static_shape(conv.args[0].ty) is None or static_shape(conv.ty) is None:
         return "dynamic shape"
-    out = getattr(conv.ty, "shape", None)
-    _, _, ho, wo = _ints(out.values)
+    _, _, ho, wo = static_shape(conv.ty)
     if min(w.shape[0], w.shape[1]) < MIN_CHANNELS:
         return f"{w.shape[1]} -> {w.shape[0]} channels (fewer than {MIN_CHANNELS})"
     if min(ho, wo) < TILE:
@@ -104,7 +101,7 @@ def _plans(func: relax.Function, decisions: list) -> tuple[dict, set]:
             if why:
                 decisions.append(Decision(STAGE, var.name, "direct", why))
                 continue
-            _, k, ho, wo = _ints(value.ty.shape.values)
+            _, k, ho, wo = static_shape(value.ty)
             plan = {"conv": value, "bias": None, "activation": None}
             end, chain = var, [var]
             nxt = only_user(end)
@@ -163,11 +160,12 @@ class _Rewrite(relax.PyExprMutator):
         conv = plan["conv"]
         x = self.visit_expr(conv.args[0])
         w = _const(conv.args[1])
-        n, c, h, wd = _ints(conv.args[0].ty.shape.values)
-        _, k, ho, wo = _ints(conv.ty.shape.values)
+        n, c, h, wd = static_shape(conv.args[0].ty)
+        _, k, ho, wo = static_shape(conv.ty)
         pads = _ints(conv.attrs.padding)  # top, left, bottom, right
         a = TILE + 2
-        tiles = n * -(-ho // TILE) * -(-wo // TILE)
+        nh, nw = wk.tile_grid((ho, wo), TILE)
+        tiles = n * nh * nw
         gin = self._kernel(wk.input_transform(n, c, h, wd, (pads[0], pads[1]), (ho, wo), TILE,
                                              self.lanes),
                            "winograd_input")

@@ -47,6 +47,12 @@ def weight_transform(weight: np.ndarray, m: int) -> np.ndarray:
         u.reshape(a * a, weight.shape[0], weight.shape[1]).transpose(0, 2, 1)).astype(np.float32)
 
 
+def tile_grid(out: tuple[int, int], m: int) -> tuple[int, int]:
+    """Tile rows and columns of an ``out`` (``ho, wo``) map cut in ``m x m`` tiles (the last ones
+    partial)."""
+    return -(-out[0] // m), -(-out[1] // m)
+
+
 def _lanes(n: int, lanes: int) -> int:
     for v in (lanes, 8, 4, 2):
         if v <= lanes and n % v == 0:
@@ -109,7 +115,7 @@ def input_transform(n: int, c: int, h: int, w: int, pads: tuple[int, int],
     a = m + 2
     pt, pl = pads
     ho, wo = out
-    nh, nw = -(-ho // m), -(-wo // m)
+    nh, nw = tile_grid(out, m)
     p = n * nh * nw
     v = _lanes(c, lanes)
     lines, ind = _header(
@@ -145,7 +151,7 @@ def output_transform(n: int, k: int, out: tuple[int, int], m: int, bias: bool = 
     amat, _, _ = matrices(m)
     a = m + 2
     ho, wo = out
-    nh, nw = -(-ho // m), -(-wo // m)
+    nh, nw = tile_grid(out, m)
     p = n * nh * nw
     v = _lanes(k, lanes)
     params = [f"M: T.Buffer(({a * a}, {p}, {k}), \"float32\")"]
