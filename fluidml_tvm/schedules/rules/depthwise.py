@@ -36,6 +36,7 @@ from .depthwise_tiles import (  # noqa: F401 - DepthwiseMatch is read as depthwi
     DepthwiseMatch,
     candidates,
     nhwc_candidates,
+    row_tile,
     short_row_candidates,
 )
 from .injective import schedule_spatial_block
@@ -108,6 +109,8 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
             roles[i] = "v"
         elif var.same_as(f):
             roles[i] = "f"
+        elif not v.same_as(f) and len(c_vars) > 1 and var.same_as(c_vars[-2]):
+            roles[i] = "y"  # columns innermost: the output rows
     if "v" not in roles:
         return None, "vector axis has no loop"
     flops = 2.0
@@ -117,8 +120,9 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     cols = 0
     if v.same_as(f) and len(c_vars) > 1 and c_vars[-2] is not None:
         cols = int(ext.get(c_vars[-2], 1))
+    rows = int(ext[c_vars[-2]]) if "y" in roles else 0
     return (DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride, v_axis,
-                           cols), "depthwise")
+                           cols, rows=rows), "depthwise")
 
 
 def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
@@ -127,7 +131,8 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     ``split_even_odd``: for stride 2 along the vector axis, the padded input is laid out even
     columns then odd ones (contiguous loads per window tap). ``mr`` (with the channels
     innermost): the column tiles of :func:`_schedule_nhwc` (0: the row-parallel kernel they
-    replaced, kept for ``benchmarks/bench_depthwise_tiles.py``); ``vl``: lanes a vector."""
+    replaced, kept for ``benchmarks/bench_depthwise_tiles.py``); columns innermost: ``mr`` > 1
+    output rows a tile (:func:`.depthwise_tiles.row_tile`); ``vl``: lanes a vector."""
     m, why = analyze(func)
     if m is None:
         return None, why
@@ -172,7 +177,11 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         v0, v2 = sch.split(vl, [1, m.v_extent])
         v1 = None
     inner = [v1, v2] if v1 is not None else [v2]
-    sch.reorder(*outer, v0, *reds, *inner)
+    rows = None  # a tile of mr output rows: their window taps share the input rows' loads
+    if mr > 1 and m.rows % mr == 0:
+        i = [r for r in m.loop_roles if r not in ("v", "r")].index("y")
+        outer[i], rows = sch.split(outer[i], [m.rows // mr, mr])
+    sch.reorder(*outer, v0, *reds, *([rows] if rows is not None else []), *inner)
     # parallel over the leading outer loops: (batch, channel) in NCHW - the rows stay inside so
     # the padded channel plane can be computed per iteration - (batch, rows) in NHWC
     f_pos = next((i for i, r in enumerate(m.loop_roles) if r == "f"), None)
@@ -180,7 +189,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     par_loops = outer[:n_par]
     par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
     sch.parallel(par)
-    _tile(sch, main, out, v0, reds, [v1] if v1 is not None else [], v2, lanes)
+    _tile(sch, main, out, v0, reds, [lp for lp in (rows, v1) if lp is not None], v2, lanes)
     padded_here = False
     for b in pre:  # padding: per parallel iteration when it covers one channel plane
         kinds = loop_kinds(sch, b)
@@ -201,6 +210,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     _init_vectorized(sch, main, m, reds[0], lanes)
     layout = "channels innermost" if m.f_is_vector else "columns innermost"
     tile = f"{nv} x {lanes} lanes" if nv else f"one vector of {m.v_extent}"
+    tile = f"{mr} rows x " + tile if rows is not None else tile
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
     reason += padded
     reason += ", padding per channel" if padded_here else ""
@@ -300,9 +310,11 @@ class DepthwiseRule(Rule):
         budget = min(ctx.options.tune_trials, 3)
         if m.f_is_vector:
             return nhwc_candidates(m, ctx.cpu, budget)
-        flat = [{"nv": 0, "flat": 1}] if m.flat else []  # rows short of whole vectors: first
-        return (flat + short_row_candidates(m, ctx.cpu)
-                + [{"nv": nv} for nv in candidates(m, ctx.cpu, budget)])[:budget]
+        flat = [{"nv": 0, "flat": 1}] if m.flat else []  # rows short of whole vectors
+        rows = short_row_candidates(m, ctx.cpu) + [{"nv": nv} for nv in
+                                                    candidates(m, ctx.cpu, budget)]
+        tiled = [t for t in (row_tile(m, c, ctx.cpu) for c in rows) if t is not None]
+        return (tiled + flat + rows)[:budget]
 
     def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:
         return f"vector axis {m.v_extent} does not suit {ctx.cpu.lanes(32)} lanes"
@@ -310,8 +322,11 @@ class DepthwiseRule(Rule):
     def workload(self, m: DepthwiseMatch, candidates: list[dict], ctx: Context) -> str:
         # channels innermost: column tiles since 2026-12-06 (decisions of the older kernel
         # not reused)
-        # rows padded to whole vectors since 2026-12-07 (":pv"; earlier choices not reused)
+        # rows padded to whole vectors since 2026-12-07 (":pv"; earlier choices not reused),
+        # tiles of rows since 2026-12-07 (":y")
         return (f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
+                + (f":y{m.rows}" if any("mr" in c for c in candidates) and not m.f_is_vector
+                   else "")
                 + (":flat" if m.flat else "")
                 + (":pv" if any("vl" in c or m.v_extent % (c["nv"] * ctx.cpu.lanes(32))
                                 for c in candidates if c.get("nv") and not m.f_is_vector)

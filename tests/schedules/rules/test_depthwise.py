@@ -173,3 +173,42 @@ def test_depthwise_short_rows_padded_to_whole_vectors(x, k, stride, want):
         sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"], vl=cfg.get("vl", 0))
         assert "padded to" in why, why
         _same_as_unscheduled(func, sch.mod["main"], seed=7)
+
+
+@pytest.mark.parametrize("c,hw,k,stride,mr", [
+    (8, 7, 5, 1, 7),  # 7 columns in a vector of 8 lanes, 7 rows a tile
+    (4, 14, 3, 1, 7),  # one vector of 16 (14 columns), 7 rows
+    (4, 28, 5, 1, 4),  # two vectors: 4 rows (8 accumulators)
+    (4, 56, 3, 1, 2),  # one vector of 56 (4 registers): 2 rows
+    (4, 28, 5, 2, 2),  # stride 2, even/odd columns: 2 rows
+    (4, 14, 3, 2, 7),  # stride 2, 7 output rows of 7: 7 rows
+])
+def test_depthwise_nchw_row_tiles(c, hw, k, stride, mr):
+    """Columns innermost, the first tile of the rule is a tile of several output rows
+    (:func:`depthwise_tiles.row_tile`: rows per tile by stride and accumulator registers), and it
+    (with a bias + ReLU epilogue) computes what the unscheduled kernel does."""
+    from tvm import topi
+
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.schedules.rules import depthwise
+    from fluidml_tvm.schedules.rules.base import Context
+
+    X = te.placeholder((1, c, hw, hw), name="X")
+    W = te.placeholder((c, 1, k, k), name="W")
+    B = te.placeholder((1, c, 1, 1), name="B")
+    Y = topi.nn.relu(topi.add(topi.nn.group_conv2d_nchw(X, W, stride, k // 2, 1, c), B))
+    func = te.create_prim_func([X, W, B, Y])
+    cpu = cpu_info(TARGET)
+    assert cpu.lanes(32) == 16 and cpu.vector_registers == 32
+    rule = depthwise.DepthwiseRule()
+    ctx = Context("k", TARGET, cpu, Options())
+    m, why = rule.analyze(func, ctx)
+    assert m is not None and m.rows == (hw + stride - 1) // stride, why
+    cfg = rule.candidates(m, ctx)[0]
+    assert cfg.get("mr") == mr, rule.candidates(m, ctx)
+    sch, why = depthwise.schedule_depthwise(func, cpu, cfg["nv"], mr=cfg["mr"],
+                                            vl=cfg.get("vl", 0))
+    assert f"tile {mr} rows x " in why, why
+    _same_as_unscheduled(func, sch.mod["main"], seed=11)
+    one, _ = depthwise.schedule_depthwise(func, cpu, cfg["nv"], vl=cfg.get("vl", 0))
+    _same_as_unscheduled(func, one.mod["main"], seed=11)
