@@ -99,19 +99,28 @@ def nhwc_candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 3) -> list[di
     return out[: max(1, budget)]
 
 
+# A data cache's worth of one channel's input plane (float32): larger planes (112x112 maps,
+# 56x56 ones at stride 2) take no row tiles.
+L1_BYTES = 32 * 1024
+
+
 def row_tile(m: DepthwiseMatch, c: dict, cpu: CPUInfo) -> dict | None:
     """Tile ``c`` of a columns-innermost kernel over ``mr`` output rows (``{.., "mr"}``), or None.
 
     The rows' accumulators stay in registers while the window runs, so an input row vector is
     loaded once for every output row its taps reach (a 5x5 window: 5 output rows) instead of
     once per row. ``mr``: stride 1 the most of 7, 4, 2 rows, stride 2 (rows share fewer taps)
-    2 first, with ``mr`` x the tile's vectors at most a quarter of the vector registers.
-    Measured (2 threads, AVX-512, in us, one row -> rows): 5x5 1152x7x7 55 -> 41, 480x14x14
-    54.5 (flat) -> 50, 120x28x28 42 (flat) -> 39; 3x3 72x56x56 72 -> 49, 144x56x56 144 -> 101,
-    32x112x112 77 -> 59, 192x28x28 35 -> 27; stride 2 5x5 240x14x14 42 -> 38, 3x3 96x56x56
-    162 -> 131; 3x3 on 7x7/14x14 maps about even (29-35 us)."""
+    2 first, with ``mr`` x the tile's vectors at most a quarter of the vector registers; none
+    where a channel's input plane is larger than :data:`L1_BYTES`. Measured
+    (``benchmarks/results/2026-12-07-depthwise-rows.md``, 2 threads, AVX-512, one row -> rows,
+    cold inputs): 7x7 768x7x7 85 -> 43 us, 96x56x56 466 -> 224; 5x5 1152x7x7 57 -> 45,
+    672x14x14 87 -> 74, 240x28x28 111 -> 85; 3x3 192x28x28 40 -> 31, 72x56x56 85 -> 75; 3x3
+    on 7x7/14x14 maps within +-5%; planes past L1 were slower with rows in an earlier run of
+    that benchmark (3x3 32x112x112 136 -> 203 us, 16x112x112 stride 2 159 -> 175)."""
     if m.f_is_vector or not m.rows or c.get("flat"):
         return None
+    if (m.rows * m.stride) * (m.v_extent * m.stride) * 4 > L1_BYTES:
+        return None  # the channel's input plane spills L1: a row at a time streams it better
     lanes = cpu.lanes(32)
     regs = c["nv"] or up(m.v_extent, lanes) // lanes
     cap = max(2, cpu.vector_registers // 4)
