@@ -8,7 +8,9 @@ For each model, both variants are compiled with one fresh cost database (the fir
 measures; the second takes the same cached choices, so the option is the only difference), then
 timed in ``--rounds`` rounds, each a fresh process per variant (``corpus_engines.py``, numpy in
 and out, as ``run_corpus.py`` times), the order alternating between rounds; ONNX Runtime is
-timed in every round too and both variants' outputs are compared with it. Writes
+timed in every round too and both variants' outputs are compared with it (``--in-process``: one
+process times the variants and ORT, interleaved round by round - on a host whose speed drifts
+in phases, fresh processes one after the other land in different phases). Writes
 ``results/DATE-ab-KEY.{md,json}``: median ms per variant, B/A (median of the per-round ratios),
 each variant vs ORT, load before/after each model.
 
@@ -82,7 +84,23 @@ def bench_model(spec, args, key, values, work) -> dict:
 
     def tag(v):  # file names: a variant's index (a value may be a path)
         return "ort" if v == "ort" else str(values.index(v))
-    for r in range(args.rounds):
+    if args.in_process:  # one process, the variants and ORT interleaved round by round
+        members = [v for v in values if v in libs] + ["ort"]
+        res = corpus_engines.spawn({
+            "engine": "interleaved", "inputs": inputs, "threads": args.threads,
+            "rounds": args.rounds, "members": [
+                {"engine": "fluidml" if v != "ort" else "ort", "model": onnx_path,
+                 "lib": libs.get(v), "outputs": os.path.join(work, f"{name}-{tag(v)}.out.npz")}
+                for v in members]}, work, f"{name}-interleaved")
+        if not res.get("ok"):
+            row.setdefault("errors", []).append(res.get("error"))
+        for v, m in zip(members, res.get("members", [])):
+            (ort_ms if v == "ort" else row["variants"][v]["ms"]).extend(m["rounds_ms"])
+            outputs[v] = m["outputs"]
+        print(f"[ab] {name}: rounds in one process: " + ", ".join(
+            f"{v} {statistics.median(m['rounds_ms']):.2f} ms"
+            for v, m in zip(members, res.get("members", []))), file=sys.stderr, flush=True)
+    for r in range(0 if args.in_process else args.rounds):
         order = list(values) if r % 2 == 0 else list(reversed(values))
         for v in order + ["ort"]:
             if v != "ort" and v not in libs:
@@ -126,12 +144,16 @@ def markdown(rows, info, key, values, opts) -> str:
              f"- host `{info['host']}`: {info['cpu']} ({info['cores']} cores; ISA "
              f"{', '.join(info['isa'])}), {info['threads']} threads per engine",
              f"- other options: `{' '.join(opts['pass_config']) or '(defaults)'}`; rounds "
-             f"{opts['rounds']} (order alternating), repeat {opts['repeat']}, budget "
-             f"{opts['budget']} s per process; " + (
+             f"{opts['rounds']} (order alternating), " + (
+                 "0.7 s of calls per variant a round; " if opts.get("in_process") else
+                 f"repeat {opts['repeat']}, budget {opts['budget']} s per process; ") + (
                  "one fresh cost database per run (the second compile of a model takes the "
                  "first one's measured choices)" if key != SRC else "the default tune budget"),
-             "- method: `benchmarks/bench_option_ab.py` (each variant and ONNX Runtime in a fresh "
-             "process per round, numpy in and out)", "",
+             "- method: `benchmarks/bench_option_ab.py` " + (
+                 "--in-process (the variants and ONNX Runtime in one process, interleaved "
+                 "round by round, numpy in and out; B/A: median of the per-round ratios)"
+                 if opts.get("in_process") else "(each variant and ONNX Runtime in a fresh "
+                 "process per round, numpy in and out)"), "",
              f"| model | load before/after | {key}={va} ms | {key}={vb} ms | B/A | A/ORT | B/ORT "
              "| ORT ms | A diff vs ORT | B diff vs ORT |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -170,6 +192,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", required=True, help="comma-separated corpus names")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--in-process", action="store_true",
+                   help="time the variants and ORT in one process, interleaved round by round "
+                        "(rounds of 0.7 s each; for hosts whose speed drifts in phases)")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--budget", type=float, default=5.0)
     p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE")
@@ -182,7 +207,7 @@ def main(argv=None) -> int:
     specs = corpus.select(args.models)
     info = run_corpus.host_info(args.threads)
     opts = {"pass_config": args.pass_config, "rounds": args.rounds, "repeat": args.repeat,
-            "budget": args.budget}
+            "budget": args.budget, "in_process": args.in_process}
     stem = args.name or (f"{datetime.date.today().isoformat()}-ab-"
                          f"{args.key.replace('fluidml.', '').replace('.', '-')}")
     rows = []

@@ -13,7 +13,8 @@ first call that alone exceeds the budget is taken as the sample, for stock TVM's
 runs). The median is reported. (Ten calls right after the first one, as before 2026-12-06, put
 the first slow calls - page faults, the thread pool waking - into the median: one
 MobileNetV3-Small library measured 2.2-2.9 ms median in six fresh processes, 1.82-1.92 ms
-minimum.)
+minimum.) Engine ``interleaved`` times several engines in one process, round by round
+(:func:`_interleaved`, ``bench_option_ab.py --in-process``).
 """
 
 from __future__ import annotations
@@ -101,12 +102,47 @@ def _tvm(args, inputs):
     return once, list(model.output_names), {"tvm_threads": model.num_threads}
 
 
+ROUND_S = 0.7  # one member's timed calls in a round of the interleaved engine
+
+
+def _interleaved(args: dict, inputs: dict) -> dict:
+    """Engine ``interleaved``: the ``members`` (engine args without ``inputs``) in this one
+    process, timed in ``rounds`` rounds (the order reversed every other round): per round and
+    member, 3 warm-up calls, then calls for :data:`ROUND_S`, their median. On a host whose
+    speed drifts in phases of a minute or so (the 2-core AMD host here: the same library 4.5 or
+    8 ms), the members of one round share the phase, where fresh processes one after the other
+    do not."""
+    import numpy as np
+
+    members = []
+    for m in args["members"]:
+        once, names, info = {"ort": _ort, "openvino": _openvino}.get(m["engine"], _tvm)(
+            dict(m, threads=args["threads"]), inputs)
+        outputs = once()
+        np.savez(m["outputs"], **{f"out{i:03d}": np.asarray(o) for i, o in enumerate(outputs)})
+        members.append((once, {"ok": True, "engine": m["engine"], "outputs": m["outputs"],
+                               "output_names": names, "rounds_ms": [], **info}))
+    for r in range(int(args["rounds"])):
+        for once, res in (members if r % 2 == 0 else members[::-1]):
+            for _ in range(3):
+                once()
+            times, end = [], time.perf_counter() + ROUND_S
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                once()
+                times.append(time.perf_counter() - t0)
+            res["rounds_ms"].append(float(np.median(times)) * 1e3)
+    return {"ok": True, "engine": "interleaved", "members": [res for _, res in members]}
+
+
 def run(args: dict) -> dict:
     import numpy as np
 
     with np.load(args["inputs"]) as data:
         inputs = {k: data[k] for k in data.files}
     engine = args["engine"]
+    if engine == "interleaved":
+        return _interleaved(args, inputs)
     t0 = time.perf_counter()
     once, names, info = {"ort": _ort, "openvino": _openvino}.get(engine, _tvm)(args, inputs)
     load_s = time.perf_counter() - t0
@@ -133,7 +169,8 @@ def spawn(args: dict, workdir: str, tag: str, timeout: float = 1800) -> dict:
         json.dump(args, f)
     threads = str(args.get("threads", 2))
     env = dict(os.environ, TVM_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-    if args["engine"] in ("fluidml", "tvm"):
+    if args["engine"] in ("fluidml", "tvm") or any(
+            m["engine"] in ("fluidml", "tvm") for m in args.get("members", [])):
         env["TVM_USE_RUNTIME_LIB"] = "1"
     try:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), arg_path, out_path],

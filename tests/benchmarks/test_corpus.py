@@ -342,3 +342,37 @@ def test_samples_follow_warm_up_calls(monkeypatch):
     assert len(times) >= 5 and max(times) < 0.015 and sum(times) >= 0.04
     assert len(calls) >= len(times) + 3  # the slow ones were warm-up calls
     assert corpus_engines._sample(once, 20.0, 5, 10.0) == [20.0]
+
+
+def test_interleaved_engine_times_members_round_by_round(tmp_path, monkeypatch):
+    """Engine ``interleaved`` (bench_option_ab.py --in-process): each member is timed once a
+    round, the order reversed every other round, and writes its outputs; two ORT members on
+    one model give the same outputs."""
+    monkeypatch.setattr(corpus_engines, "ROUND_S", 0.02)
+    path = str(tmp_path / "m.onnx")
+    _conv_model(path)
+    np.savez(str(tmp_path / "in.npz"),
+             x=np.random.default_rng(1).standard_normal((1, 8, 13, 13)).astype(np.float32))
+    order = []
+    real_ort = corpus_engines._ort
+
+    def ort(args, inputs):
+        once, names, info = real_ort(args, inputs)
+
+        def traced():
+            order.append(args["outputs"])
+            return once()
+        return traced, names, info
+
+    monkeypatch.setattr(corpus_engines, "_ort", ort)
+    members = [{"engine": "ort", "model": path, "outputs": str(tmp_path / f"{i}.npz")}
+               for i in range(2)]
+    r = corpus_engines.run({"engine": "interleaved", "inputs": str(tmp_path / "in.npz"),
+                            "threads": 1, "rounds": 3, "members": members})
+    assert r["ok"] and [len(m["rounds_ms"]) for m in r["members"]] == [3, 3]
+    assert all(t > 0 for m in r["members"] for t in m["rounds_ms"])
+    firsts = [order[i] for i in range(len(order)) if i == 0 or order[i] != order[i - 1]]
+    # output call of each, then rounds: 0 1 | 1 0 | 0 1 (reversed every other round)
+    assert firsts == [members[k]["outputs"] for k in (0, 1, 0, 1, 0, 1)], firsts
+    a, b = (corpus._load_npz_list(m["outputs"]) for m in members)
+    np.testing.assert_array_equal(a[0], b[0])
