@@ -7,7 +7,9 @@
 Per model: fluidml (default options, plus ``--pass-config``) and stock TVM (``fluidml=0``) are
 compiled once with ``fluidml-tvm compile`` in their own processes; then in every round each
 engine runs in a fresh process (benchmarks/corpus_engines.py), engine order rotated per round as
-benchmarks/run_zoo.py does, all with the same thread count and the same seeded inputs. OpenVINO is
+benchmarks/run_zoo.py does (``--in-process``: all engines in one process, interleaved round by
+round, for a host whose speed drifts in phases), all with the same thread count and the same
+seeded inputs. OpenVINO is
 optional: without the package it is skipped with a notice. Outputs are compared with ONNX
 Runtime's. The fluidml library's slowest kernels come from ``fluidml-tvm run --profile``.
 Writes ``benchmarks/results/<stem>.json`` and ``.md`` (commit, options, host, ISA, threads,
@@ -175,8 +177,10 @@ def _match(name: str, schedule: list) -> list:
 
 def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, rounds: int,
                     repeat: int, budget: float, pass_config: list, profile_top: int,
-                    compile_timeout: float, log=print) -> dict:
-    """Compile, run in interleaved rounds, compare with ORT, profile; one result row."""
+                    compile_timeout: float, log=print, in_process: bool = False) -> dict:
+    """Compile, run in interleaved rounds, compare with ORT, profile; one result row.
+    ``in_process``: the engines in one process, a median of calls each a round, the ratios
+    medians of the per-round ratios (``corpus_engines`` engine ``interleaved``)."""
     row = {"model": spec.name, "description": spec.description, "loadavg_before":
            list(os.getloadavg()), "engines": {}}
     manifest_path = os.path.join(corpus_dir, f"{spec.name}.json")
@@ -206,7 +210,26 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
     live = [e for e in engines if row["engines"][e]["ok"]]
     samples = {e: [] for e in live}
     outputs = {}
-    for r in range(rounds):
+    if in_process and live:  # one process, the engines interleaved round by round
+        res = corpus_engines.spawn(
+            {"engine": "interleaved", "inputs": inputs, "threads": threads, "rounds": rounds,
+             "members": [{"engine": e, "model": onnx_path, "lib": libs.get(e),
+                          "outputs": os.path.join(workdir, f"{spec.name}.{e}.npz")}
+                         for e in live]}, workdir, f"{spec.name}.interleaved",
+            timeout=compile_timeout)
+        if not res.get("ok"):
+            for e in live:
+                row["engines"][e].update(ok=False, error=res.get("error"))
+        for e, m in zip(live, res.get("members", [])):
+            samples[e] = m["rounds_ms"]
+            outputs[e] = m["outputs"]
+        per_round = {}
+        for a, b in RATIOS:
+            if samples.get(a) and samples.get(b):
+                per_round[f"{a}/{b}"] = _median([x / y for x, y in zip(samples[a], samples[b])])
+        log(f"[corpus] {spec.name}: {rounds} rounds in one process: " + ", ".join(
+            f"{e} {_median(samples[e]):.2f} ms" for e in live if samples[e]))
+    for r in range(0 if in_process else rounds):
         order = live[r % len(live):] + live[:r % len(live)] if live else []
         for e in order:
             tag = f"{spec.name}.{e}.round{r}"
@@ -236,7 +259,7 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
         eng.update(median_ms=_median(s), min_ms=s[0], max_ms=s[-1], samples=len(s))
         if ref is not None and e != "ort" and e in outputs:
             eng["vs_ort"] = corpus._diff_lists(corpus._load_npz_list(outputs[e]), ref)
-    row["ratios"] = ratios(row["engines"])
+    row["ratios"] = per_round if in_process and live else ratios(row["engines"])
     if profile_top and "fluidml" in libs and row["engines"]["fluidml"].get("ok"):
         prof = corpus_engines.profile(libs["fluidml"], inputs, threads, top=profile_top)
         if prof.get("ok"):
@@ -299,8 +322,11 @@ def markdown(rows: list, info: dict, options: dict) -> str:
         f"- threads per engine: {info['threads']} (TVM_NUM_THREADS, ORT intra_op_num_threads, "
         "OpenVINO INFERENCE_NUM_THREADS with the latency hint and fp32 inference precision)",
         f"- options: fluidml `{' '.join(options.get('fluidml_pass_config') or ['(defaults)'])}`; "
-        f"stock TVM `fluidml=0`; rounds {options.get('rounds')}, repeat {options.get('repeat')}, "
-        f"budget {options.get('budget')} s per process"
+        f"stock TVM `fluidml=0`; rounds {options.get('rounds')}, " + (
+            "--in-process: the engines in one process, interleaved round by round (0.7 s of "
+            "calls each a round; latency: median of the round medians; ratios: median of the "
+            "per-round ratios)" if options.get("in_process") else
+            f"repeat {options.get('repeat')}, budget {options.get('budget')} s per process")
         + (" (--quick)" if options.get("quick") else ""),
         "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
         "- machine load (os.getloadavg 1/5/15 min) over the run: "
@@ -382,6 +408,9 @@ def main(argv=None) -> int:
                    help="seconds of timed runs per process (stock TVM gets fewer samples)")
     p.add_argument("--pass-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra fluidml pass config for the fluidml engine (repeatable)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time the engines in one process, interleaved round by round (for "
+                        "hosts whose speed drifts in phases; see bench_option_ab.py)")
     p.add_argument("--profile-top", type=int, default=10, help="slowest kernels to list (0: off)")
     p.add_argument("--compile-timeout", type=float, default=3600.0)
     p.add_argument("--corpus", default=corpus.DEFAULT_OUT, help="exported models (corpus.py)")
@@ -422,7 +451,7 @@ def main(argv=None) -> int:
     info = host_info(args.threads)
     options = {"fluidml_pass_config": args.pass_config, "rounds": args.rounds,
                "repeat": args.repeat, "budget": args.budget, "engines": engines,
-               "quick": args.quick, "threads": args.threads}
+               "quick": args.quick, "threads": args.threads, "in_process": args.in_process}
     stem = args.name or f"{datetime.date.today().isoformat()}-corpus" + (
         "-quick" if args.quick else "")
     rows = []
@@ -432,7 +461,8 @@ def main(argv=None) -> int:
             print(m, file=sys.stderr, flush=True)
         rows.append(benchmark_model(s, args.corpus, work, engines, args.threads, args.rounds,
                                     args.repeat, args.budget, args.pass_config, args.profile_top,
-                                    args.compile_timeout, log=log))
+                                    args.compile_timeout, log=log,
+                                    in_process=args.in_process))
         files = write_results(rows, info, options, args.out, stem)  # after every model
     with open(files[1]) as f:
         print(f.read())
