@@ -90,7 +90,8 @@ def legalize_passes(target, options: Options) -> list:
     if options.winograd and options.schedule and target.kind.name == "llvm":
         from .passes.winograd import FluidMLWinograd  # after the folds: the weight is a constant
 
-        passes.insert(1 if options.fold_constants else 0, FluidMLWinograd(target))
+        passes.insert(1 if options.fold_constants else 0,
+                      FluidMLWinograd(target, options.cache_dir))
     if options.fuse_conv_pool and options.schedule and target.kind.name == "llvm":
         from .passes.fuse_conv_pool import fusion_passes
 

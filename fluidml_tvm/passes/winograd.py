@@ -135,9 +135,10 @@ def _plans(func: relax.Function, decisions: list) -> tuple[dict, set]:
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, plans: dict, dropped: set, lanes: int):
+    def __init__(self, mod, plans: dict, dropped: set, lanes: int, cache_dir: str | None = None):
         super().__init__(mod)
         self.plans, self.dropped, self.lanes = plans, dropped, lanes
+        self.cache_dir = cache_dir
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
 
     def visit_var_binding_(self, binding):  # noqa: N802 - TVM visitor name
@@ -153,7 +154,8 @@ class _Rewrite(relax.PyExprMutator):
         """One PrimFunc per distinct kernel (convolutions of one shape share it)."""
         gv = self.kernels.get(script)
         if gv is None:
-            gv = self.kernels[script] = self.builder_.add_func(wk.parse(script), name)
+            gv = self.kernels[script] = self.builder_.add_func(
+                wk.parse(script, self.cache_dir), name)
         return gv
 
     def _emit(self, plan):
@@ -186,8 +188,8 @@ class _Rewrite(relax.PyExprMutator):
 class FluidMLWinograd:
     """Every eligible 3x3 convolution through Winograd F(4x4, 3x3) (the module docstring)."""
 
-    def __init__(self, target=None):
-        self.target = target
+    def __init__(self, target=None, cache_dir: str | None = None):
+        self.target, self.cache_dir = target, cache_dir  # cache_dir: parsed kernels (wk.parse)
         self.decisions: list[Decision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -202,7 +204,7 @@ class FluidMLWinograd:
             plans, dropped = _plans(func, self.decisions)
             if not plans:
                 continue
-            rw = _Rewrite(out, plans, dropped, lanes)
+            rw = _Rewrite(out, plans, dropped, lanes, self.cache_dir)
             rw.builder_.update_func(gv, rw.visit_expr(func))
             out = rw.builder_.get()
         if out is not mod:

@@ -115,3 +115,28 @@ def test_kill_switch_and_stock_pipeline_leave_the_convolution_direct():
         assert not lib.decisions.get("winograd")
         kernels = {d.subject for d in lib.decisions.get("schedule") or []}
         assert not any(s.startswith("winograd_") for s in kernels)
+
+
+def test_parsed_kernels_are_cached_as_json(tmp_path, monkeypatch):
+    """With a cache directory a kernel's TVMScript is parsed once: the next parse reads TVM's
+    JSON of the PrimFunc back (the same function, no parser call); a torn file is parsed again
+    and replaced; without a directory nothing is written."""
+    import tvm.script
+
+    script = wk.output_transform(1, 16, (8, 8), 4, bias=True, activation="relu", lanes=16)
+    first = wk.parse(script, str(tmp_path))
+    (path,) = (tmp_path / "kernels").iterdir()
+    calls = []
+    real = tvm.script.from_source
+    monkeypatch.setattr(tvm.script, "from_source",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = wk.parse(script, str(tmp_path))
+    assert calls == []
+    tvm.ir.assert_structural_equal(again, first)
+    path.write_text(path.read_text()[:100])  # torn
+    tvm.ir.assert_structural_equal(wk.parse(script, str(tmp_path)), first)
+    assert calls == [1]
+    tvm.ir.assert_structural_equal(tvm.ir.load_json(path.read_text()), first)  # replaced
+    other = tmp_path / "none"
+    wk.parse(script)
+    assert not other.exists() and len(list((tmp_path / "kernels").iterdir())) == 1
