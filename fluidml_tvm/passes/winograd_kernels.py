@@ -180,12 +180,13 @@ def output_transform(n: int, k: int, out: tuple[int, int], m: int, bias: bool = 
         val = f"T.max({val}, T.float32(0))"
     y, x = f"bt % {nh} * {m} + i", f"tw * {m} + j"
     conds = ([f"{y} < {ho}"] if ho % m else []) + ([f"{x} < {wo}"] if wo % m else [])
-    # the stores as loops: unrolled (16 scattered vector stores in one block) LLVM took 0.37 s a
-    # kernel, as loops 0.10 s, the kernel as fast (64ch 56x56 36.3 vs 35.5 us, 256ch 14x14 25.0
-    # vs 26.2): GoogLeNet's 19 output kernels cost 5 s of each compile
-    lines.append(f"{ind}for i in range({m}):")
+    # the stores, unrolled: no loop per vector. LLVM takes 0.37 s an output kernel so (16
+    # scattered vector stores in one block), 0.10 s with the stores as loops, but the loops ran
+    # 1.2-1.8x slower in this host's slow phases (128ch 28x28 34 vs 20 us; even in fast ones) and
+    # ResNet-18 / SqueezeNet 1.013x (2026-12-07-ab-src-winograd-compile.md): kept unrolled
+    lines.append(f"{ind}for i in T.unroll({m}):")
     ind += "    "
-    lines.append(f"{ind}for j in range({m}):")
+    lines.append(f"{ind}for j in T.unroll({m}):")
     body = f"{ind}        "
     if conds:
         lines.append(f"{ind}    if {' and '.join(conds)}:")
