@@ -42,7 +42,9 @@ def weight_transform(weight: np.ndarray, m: int) -> np.ndarray:
     """``U[e, c, k]`` (``e = ξ*a + ν``) of an OIHW 3x3 weight, float32 (computed in float64)."""
     _, _, g = matrices(m, weight.shape[-1])
     a = g.shape[0]
-    u = np.einsum("xh,kchw,yw->xykc", g, weight.astype(np.float64), g)  # [a, a, K, C]
+    # optimize: contracted one matrix at a time (two tensordots); the single nested loop
+    # np.einsum runs by default took 3.9 s for a 512x512 weight (ResNet-18's), this 0.2 s
+    u = np.einsum("xh,kchw,yw->xykc", g, weight.astype(np.float64), g, optimize=True)
     return np.ascontiguousarray(
         u.reshape(a * a, weight.shape[0], weight.shape[1]).transpose(0, 2, 1)).astype(np.float32)
 
