@@ -94,27 +94,20 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
-    from run_corpus import kernel_bench_setup, write_md_json
+    from run_corpus import kernel_bench_shapes, write_md_json
 
-    from fluidml_tvm.options import Options
-
-    target, cpu, threads, commit, load0 = kernel_bench_setup(HERE)
-    results = []
-    with target:
-        for shape in (QUICK if args.quick else SHAPES):
-            r = bench_shape(shape, target, cpu, Options(), args.rounds)
-            results.append(r)
-            print(shape, " ".join(f"{x['variant']} {cfg_str(x['config'])}: {x['warm_us']} / "
-                                  f"{x['cold_us']} us" for x in r["rows"]), flush=True)
-    load1 = os.getloadavg()[0]
+    results, host = kernel_bench_shapes(
+        HERE, QUICK if args.quick else SHAPES, bench_shape, args.rounds,
+        lambda shape, r: f"{shape} " + " ".join(
+            f"{x['variant']} {cfg_str(x['config'])}: {x['warm_us']} / {x['cold_us']} us"
+            for x in r["rows"]))
     date = datetime.date.today().isoformat()
     name = args.name or f"{date}-depthwise-rows"
     tiled = [r for r in results if "warm_ratio" in r]
     g_w = statistics.geometric_mean([r["warm_ratio"] for r in tiled]) if tiled else None
     g_c = statistics.geometric_mean([r["cold_ratio"] for r in tiled]) if tiled else None
     lines = [f"# NCHW depthwise kernels: tiles of several rows vs one row ({date})", "",
-             f"- commit `{commit}`; host {cpu.key()} ({os.cpu_count()} cores), "
-             f"TVM_NUM_THREADS={threads}; 1-min load {load0:.2f} before, {load1:.2f} after",
+             host,
              "- method: `benchmarks/bench_depthwise_rows.py`; depthwise conv2d + bias + ReLU, "
              f"constant weight; warm: {args.rounds} interleaved rounds of 30 ms, best quiet "
              "round; cold: 24 input sets in turn, 5 interleaved rounds, best round",
@@ -132,9 +125,7 @@ def main(argv=None):
             f"| {get['first']['cold_us']} | {one.get('warm_us', '-')} | {one.get('cold_us', '-')}"
             f" | {flat.get('warm_us', '-')} | {flat.get('cold_us', '-')} | "
             f"{r.get('warm_ratio', '-')} | {r.get('cold_ratio', '-')} |")
-    print(write_md_json(args.out, name, lines, {
-        "commit": commit, "host": cpu.key(), "threads": threads, "load": [load0, load1],
-        "results": results}))
+    print(write_md_json(args.out, name, lines, {"host": host, "results": results}))
 
 
 if __name__ == "__main__":

@@ -95,28 +95,20 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
-    from fluidml_tvm.options import Options
-
     sys.path.insert(0, HERE)
-    from run_corpus import kernel_bench_setup, write_md_json
+    from run_corpus import kernel_bench_shapes, write_md_json
 
-    target, cpu, threads, commit, load0 = kernel_bench_setup(HERE)
-    results = []
-    with target:
-        for shape in (QUICK if args.quick else SHAPES):
-            r = bench_shape(shape, target, cpu, Options(), args.rounds)
-            results.append(r)
-            print(f"{shape}: nchw {r['nchw_us']} old {r['old_us']} new {r['new_us']} "
-                  f"best {r['best_us']} us (new/old {r['new_over_old']})", flush=True)
-    load1 = os.getloadavg()[0]
+    results, host = kernel_bench_shapes(
+        HERE, QUICK if args.quick else SHAPES, bench_shape, args.rounds,
+        lambda shape, r: f"{shape}: nchw {r['nchw_us']} old {r['old_us']} new {r['new_us']} "
+                         f"best {r['best_us']} us (new/old {r['new_over_old']})")
     date = datetime.date.today().isoformat()
     name = args.name or f"{date}-depthwise-nhwc"
     g_old = statistics.geometric_mean([r["new_over_old"] for r in results])
     g_nchw = statistics.geometric_mean([r["new_over_nchw"] for r in results])
     lines = [f"# Depthwise kernels: NHWC column tiles vs the row-parallel NHWC kernel and NCHW "
              f"({date})", "",
-             f"- commit `{commit}`; host {cpu.key()} ({os.cpu_count()} cores), "
-             f"TVM_NUM_THREADS={threads}; 1-min load {load0:.2f} before, {load1:.2f} after",
+             host,
              f"- method: `benchmarks/bench_depthwise_tiles.py`, {args.rounds} interleaved rounds "
              "of 30 ms per kernel, best quiet round; depthwise conv2d + bias + ReLU, constant "
              "weight; tiles written columns x vectors[/lanes] (nv: the old kernel's vectors)",
@@ -130,9 +122,7 @@ def main(argv=None):
                      f"{r['old_us']} | {cfg_str(r['new'])} | {r['new_us']} | "
                      f"{cfg_str(r['best'])} | {r['best_us']} | {r['new_over_old']} | "
                      f"{r['new_over_nchw']} |")
-    print(write_md_json(args.out, name, lines, {
-        "commit": commit, "host": cpu.key(), "threads": threads, "load": [load0, load1],
-        "results": results}))
+    print(write_md_json(args.out, name, lines, {"host": host, "results": results}))
 
 
 if __name__ == "__main__":

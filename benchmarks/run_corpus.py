@@ -109,6 +109,23 @@ def kernel_bench_setup(here: str, target_json: str | None = None):
             git_commit(here, short=True), os.getloadavg()[0])
 
 
+def kernel_bench_shapes(here: str, shapes: list, bench, rounds: int, show) -> tuple[list, str]:
+    """A kernel benchmark's run over ``shapes`` on this host: ``bench(shape, target, cpu,
+    Options(), rounds)`` each, ``show(shape, result)`` printed after each; ``(results, the
+    results file's host line: commit, host, threads, load before and after)``."""
+    from fluidml_tvm.options import Options
+
+    target, cpu, threads, commit, load0 = kernel_bench_setup(here)
+    results = []
+    with target:
+        for shape in shapes:
+            results.append(bench(shape, target, cpu, Options(), rounds))
+            print(show(shape, results[-1]), flush=True)
+    return results, (f"- commit `{commit}`; host {cpu.key()} ({os.cpu_count()} cores), "
+                     f"TVM_NUM_THREADS={threads}; 1-min load {load0:.2f} before, "
+                     f"{os.getloadavg()[0]:.2f} after")
+
+
 def write_md_json(out_dir: str, name: str, md_lines: list, data: dict) -> str:
     """``out_dir/name.md`` (the lines) and ``out_dir/name.json`` (``data``); the .md path."""
     os.makedirs(out_dir, exist_ok=True)
