@@ -25,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_depthwise_tiles import QUICK, SHAPES, depthwise_func  # noqa: E402
+from bench_depthwise_tiles import QUICK, SHAPES, depthwise_func, shape_cell  # noqa: E402
 
 
 def cold_us(fns, arg_sets, rounds: int = 5, calls: int = 480) -> list[float]:
@@ -117,11 +117,10 @@ def main(argv=None):
              "flat warm | cold | rows/one row warm | cold |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        c, x, k, s = r["shape"]
         get = {x_["variant"]: x_ for x_ in r["rows"]}
         one, flat = get.get("one row", {}), get.get("flat", {})
         lines.append(
-            f"| {c}, {x}x{x}, {k}x{k}/{s} | {cfg_str(r['first'])} | {get['first']['warm_us']} "
+            f"| {shape_cell(r['shape'])} | {cfg_str(r['first'])} | {get['first']['warm_us']} "
             f"| {get['first']['cold_us']} | {one.get('warm_us', '-')} | {one.get('cold_us', '-')}"
             f" | {flat.get('warm_us', '-')} | {flat.get('cold_us', '-')} | "
             f"{r.get('warm_ratio', '-')} | {r.get('cold_ratio', '-')} |")

@@ -36,6 +36,12 @@ QUICK = [(32, 112, 3, 1), (96, 56, 3, 2), (72, 28, 5, 2), (480, 14, 5, 1), (1152
          (768, 7, 7, 1)]
 
 
+def shape_cell(shape) -> str:
+    """A results table's first cell: ``C, map, kernel/stride``."""
+    c, x, k, s = shape
+    return f"{c}, {x}x{x}, {k}x{k}/{s}"
+
+
 def depthwise_func(c, x, k, s, layout):
     from tvm import te, topi
 
@@ -117,8 +123,7 @@ def main(argv=None):
              "| C, map, kernel/stride | NCHW us | old NHWC | us | new NHWC first | us | "
              "fastest new | us | new/old | new/NCHW |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        c, x, k, s = r["shape"]
-        lines.append(f"| {c}, {x}x{x}, {k}x{k}/{s} | {r['nchw_us']} | {cfg_str(r['old'])} | "
+        lines.append(f"| {shape_cell(r['shape'])} | {r['nchw_us']} | {cfg_str(r['old'])} | "
                      f"{r['old_us']} | {cfg_str(r['new'])} | {r['new_us']} | "
                      f"{cfg_str(r['best'])} | {r['best_us']} | {r['new_over_old']} | "
                      f"{r['new_over_nchw']} |")
