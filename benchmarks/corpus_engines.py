@@ -102,6 +102,17 @@ def _tvm(args, inputs):
     return once, list(model.output_names), {"tvm_threads": model.num_threads}
 
 
+def _open(args: dict, inputs: dict):
+    """``(once, output names, info)`` of ``args["engine"]`` (fluidml/tvm: a library)."""
+    return {"ort": _ort, "openvino": _openvino}.get(args["engine"], _tvm)(args, inputs)
+
+
+def _save_outputs(path: str, outputs) -> None:
+    import numpy as np
+
+    np.savez(path, **{f"out{i:03d}": np.asarray(o) for i, o in enumerate(outputs)})
+
+
 ROUND_S = 0.7  # one member's timed calls in a round of the interleaved engine
 
 
@@ -116,10 +127,8 @@ def _interleaved(args: dict, inputs: dict) -> dict:
 
     members = []
     for m in args["members"]:
-        once, names, info = {"ort": _ort, "openvino": _openvino}.get(m["engine"], _tvm)(
-            dict(m, threads=args["threads"]), inputs)
-        outputs = once()
-        np.savez(m["outputs"], **{f"out{i:03d}": np.asarray(o) for i, o in enumerate(outputs)})
+        once, names, info = _open(dict(m, threads=args["threads"]), inputs)
+        _save_outputs(m["outputs"], once())
         members.append((once, {"ok": True, "engine": m["engine"], "outputs": m["outputs"],
                                "output_names": names, "rounds_ms": [], **info}))
     for r in range(int(args["rounds"])):
@@ -144,13 +153,13 @@ def run(args: dict) -> dict:
     if engine == "interleaved":
         return _interleaved(args, inputs)
     t0 = time.perf_counter()
-    once, names, info = {"ort": _ort, "openvino": _openvino}.get(engine, _tvm)(args, inputs)
+    once, names, info = _open(args, inputs)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     outputs = once()
     first = time.perf_counter() - t0
     times = _sample(once, first, int(args["repeat"]), float(args["budget"]))
-    np.savez(args["outputs"], **{f"out{i:03d}": np.asarray(o) for i, o in enumerate(outputs)})
+    _save_outputs(args["outputs"], outputs)
     t = np.array(times) * 1e3
     return {"ok": True, "engine": engine, "threads": int(args["threads"]), "output_names": names,
             "outputs": args["outputs"], "load_seconds": round(load_s, 3),
