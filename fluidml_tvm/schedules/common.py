@@ -124,8 +124,9 @@ def emulated_dtypes(func: tirx.PrimFunc) -> list[str]:
     return sorted(d for d in found if d.startswith(EMULATED_DTYPES))
 
 
-def called_ops(func: tirx.PrimFunc) -> set[str]:
-    """Names of the ops ``func`` calls (``tirx.exp``, ...)."""
+def called_ops(func) -> set[str]:
+    """Names of the ops ``func`` (a PrimFunc, or any statement or expression) calls
+    (``tirx.exp``, ...)."""
     import tvm_ffi
 
     found = set()
@@ -204,7 +205,9 @@ def around(sch: s_tir.Schedule, name: str) -> tuple:
 
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:
     """Inline every injective non-output block into its consumers (or producers) where legal;
-    never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)."""
+    never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)
+    nor one ``keep`` names (block names, or a test ``keep(sch, block)`` asked as inlining goes
+    on)."""
     hidden = undeclared_buffers(sch)
     changed = True
     while changed:
@@ -213,7 +216,8 @@ def inline_all(sch: s_tir.Schedule, keep=()) -> None:
         for b in blocks[:-1]:
             stmt = sch.get(b)
             name = stmt.name_hint
-            if name in keep or is_reduction(sch, b):
+            kept = keep(sch, b) if callable(keep) else name in keep
+            if kept or is_reduction(sch, b):
                 continue
             if any(r.source in hidden for r in list(stmt.reads) + list(stmt.writes)):
                 continue
