@@ -94,6 +94,11 @@ def build(
 
         externalize = ExternalizeWeights()
     measure_peak = opts.enable and opts.schedule and tgt.kind.name == "llvm" and cross is None
+    kstats = None
+    if opts.enable and opts.kernel_cache and tgt.kind.name == "llvm" and cross is None:
+        from . import kernel_cache
+
+        kstats = kernel_cache.Stats()
     if measure_peak:
         from .schedules import peaks
 
@@ -103,7 +108,10 @@ def build(
                 tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
             pipeline = get_pipeline(tgt, opts, before_finalize=[externalize] if externalize else ())
             t_start = time.perf_counter()
-            ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+            if kstats is not None:
+                ex = kernel_cache.compile(imported.mod, tgt, pipeline, opts.cache_dir, kstats)
+            else:
+                ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
             t_end = time.perf_counter()
     except FluidMLError:
         raise
@@ -147,6 +155,9 @@ def build(
         pass_times=times.times, compile_seconds=elapsed, folding=imported.folding,
     )
     result.timing = steps
+    if kstats is not None:
+        session.kernels["found"] += kstats.found
+        session.kernels["built"] += kstats.built
     result.tuning = session.snapshot()
     if timing:
         print(instruments.timing_table(steps, result.tuning, times.times), file=sys.stderr)

@@ -101,6 +101,9 @@ def timing_table(times: dict, tuning: dict | None = None, passes: dict | None = 
                      f"{m['candidates']} {what} timed")
         if skipped.get(kind):
             line += f", {skipped[kind]} left to the analytic model (budget)"
+        k = tuning.get("kernel_cache") or {}
+        if name == "codegen" and k.get("found", 0) + k.get("built", 0):
+            line += f"   kernels: {k['found']} from the cache, {k['built']} built"
         rows.append(line)
     rows.append(f"  {'total':<16} {sum(times.values()):8.2f} s")
     if tuning:

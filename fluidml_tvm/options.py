@@ -143,6 +143,11 @@ class Options:
     retune: bool = _opt(False, "measure again, within the budget, what the cache holds only "
                         "from a loaded machine (provisional choices); 0: a cached choice is "
                         "used as it is, a warm compile measures nothing")
+    kernel_cache: bool = _opt(True, "compiled kernels kept in cache_dir/objects and linked again "
+                              "when a later compile produces the same kernel (host LLVM "
+                              "targets; the kernels a compile builds, it builds on all cores): "
+                              "a warm compile generates no code. 0: one module for all kernels, "
+                              "as tvm.compile builds")
     cache_dir: str = _opt(help="the on-disk measurement database (sqlite; default "
                           "FLUIDML_TVM_CACHE, else $XDG_CACHE_HOME/fluidml-tvm, else "
                           "~/.cache/fluidml-tvm)", factory=default_cache_dir,

@@ -104,6 +104,8 @@ class TuneSession:
         self.used: set[tuple] = set()  # (table, target, rule, workload) read or written
         self._per_candidate: dict[str, list[float]] = {}
         self._line = False
+        # compiled kernels (fluidml_tvm.kernel_cache): taken from the cache, built
+        self.kernels = {"found": 0, "built": 0}
 
     # -- the budget ------------------------------------------------------------------------------
     def size_to(self, weight_bytes: int) -> None:
@@ -274,7 +276,8 @@ class TuneSession:
                               for k, v in self.stats.items()},
                 "left_to_model": dict(self.skipped),
                 "covered": {k: round(self.covered(k), 4) for k in self.coverage
-                            if self.covered(k) is not None}}
+                            if self.covered(k) is not None},
+                "kernel_cache": dict(self.kernels)}
 
     @contextlib.contextmanager
     def activate(self):

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "fluidml_tvm")
 FRONT_DOORS = ["passes/layout/stage.py", "passes/memory/stage.py", "schedules/stage.py"]
 COMPILER_SIDE = ("compiler", "artifact", "cli", "pipeline", "passes", "schedules", "tools",
+                 "kernel_cache",
                  "layout_verify", "frontend")
 
 

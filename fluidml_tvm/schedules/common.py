@@ -125,8 +125,7 @@ def emulated_dtypes(func: tirx.PrimFunc) -> list[str]:
 
 
 def called_ops(func) -> set[str]:
-    """Names of the ops ``func`` (a PrimFunc, or any statement or expression) calls
-    (``tirx.exp``, ...)."""
+    """Names of the ops ``func`` (a PrimFunc, statement or expression) calls (``tirx.exp``)."""
     import tvm_ffi
 
     found = set()
@@ -206,8 +205,7 @@ def around(sch: s_tir.Schedule, name: str) -> tuple:
 def inline_all(sch: s_tir.Schedule, keep=()) -> None:
     """Inline every injective non-output block into its consumers (or producers) where legal;
     never one that touches a buffer some block accesses undeclared (:func:`undeclared_buffers`)
-    nor one ``keep`` names (block names, or a test ``keep(sch, block)`` asked as inlining goes
-    on)."""
+    nor one ``keep`` names (names, or a test ``keep(sch, block)`` asked as inlining goes on)."""
     hidden = undeclared_buffers(sch)
     changed = True
     while changed:
@@ -215,9 +213,7 @@ def inline_all(sch: s_tir.Schedule, keep=()) -> None:
         blocks = root_blocks(sch)
         for b in blocks[:-1]:
             stmt = sch.get(b)
-            name = stmt.name_hint
-            kept = keep(sch, b) if callable(keep) else name in keep
-            if kept or is_reduction(sch, b):
+            if (keep(sch, b) if callable(keep) else stmt.name_hint in keep) or is_reduction(sch, b):
                 continue
             if any(r.source in hidden for r in list(stmt.reads) + list(stmt.writes)):
                 continue
