@@ -26,6 +26,8 @@ LLVM compiles use it (a cross compile or a GPU target builds as ``tvm.compile`` 
 FluidML on: ``fluidml=0`` is stock TVM's own build. Kill switch: ``fluidml.kernel_cache=0``.
 An object written half-way is never seen: it is written under a temporary name and renamed. A
 cache directory that cannot be written is no error: the kernels are built into a temporary one.
+The folder is kept under :data:`MAX_BYTES` (1 GiB), the least recently used objects deleted
+first.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 OBJECTS = "objects"
+#: the objects folder is pruned to 3/4 of this, least recently used first, when a compile adds
+#: to it beyond it (a kernel is ~5-50 KB: GoogLeNet's 104 take 2.5 MB)
+MAX_BYTES = 1 << 30
 
 
 def identity(target, config) -> str:
@@ -132,6 +137,10 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None) 
         kernels.append((path, _symbol(gvar, func)))
         if os.path.exists(path):
             stats.found += 1
+            try:
+                os.utime(path)  # its modification time: when a compile last used it
+            except OSError:
+                pass
         else:
             missing.append((tvm.IRModule({gvar: func}, attrs=tir_mod.attrs), path))
     if missing:
@@ -141,7 +150,37 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None) 
             for fut in done:
                 fut.result()  # a failed build raises here, as tvm.compile's would
         stats.built += len(missing)
-    return [tvm.runtime.load_static_library(path, [sym]) for path, sym in kernels]
+    out = [tvm.runtime.load_static_library(path, [sym]) for path, sym in kernels]  # read now
+    if missing:
+        prune(folder)
+    return out
+
+
+def prune(folder: str, max_bytes: int = MAX_BYTES) -> int:
+    """Delete the least recently used objects of ``folder`` until they take at most 3/4 of
+    ``max_bytes``, when they take more than ``max_bytes``; returns how many were deleted."""
+    entries = []
+    for name in os.listdir(folder):
+        if name.endswith(".o") and not name.startswith(".part-"):
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:  # deleted by a concurrent compile's prune
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, name))
+    total = sum(e[1] for e in entries)
+    if total <= max_bytes:
+        return 0
+    removed = 0
+    for _, size, name in sorted(entries):
+        if total <= max_bytes * 3 // 4:
+            break
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    return removed
 
 
 def compile(mod, target, pipeline, cache_dir: str, stats: Stats | None = None):  # noqa: A001

@@ -110,3 +110,14 @@ def test_a_read_only_cache_still_compiles(tmp_path, monkeypatch):
     assert _objects(cache) == []
     x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
     assert_matches_ort(mlp(), _run(c, x), {"x": x})
+
+
+def test_prune_deletes_the_least_recently_used(tmp_path):
+    """Over the limit, the oldest objects go first, down to 3/4 of it; under it nothing goes."""
+    for i in range(8):
+        p = tmp_path / f"{i}.o"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, ns=(i * 10**9, i * 10**9))  # 0.o is the least recently used
+    assert kernel_cache.prune(str(tmp_path), max_bytes=800) == 0
+    assert kernel_cache.prune(str(tmp_path), max_bytes=700) == 3  # 800 -> 500 <= 525
+    assert sorted(os.listdir(tmp_path)) == [f"{i}.o" for i in range(3, 8)]
