@@ -25,7 +25,8 @@ one thread. Only host
 LLVM compiles use it (a cross compile or a GPU target builds as ``tvm.compile`` does), only with
 FluidML on: ``fluidml=0`` is stock TVM's own build. Kill switch: ``fluidml.kernel_cache=0``.
 An object written half-way is never seen: it is written under a temporary name and renamed. A
-cache directory that cannot be written is no error: the kernels are built into a temporary one.
+cache directory that cannot be written (read-only, full) is no error: the kernels are built into
+a temporary one.
 The folder is kept under :data:`MAX_BYTES` (1 GiB), the least recently used objects deleted
 first.
 """
@@ -108,9 +109,11 @@ def _build_one(one, target, path, opt_level, config) -> None:
             os.unlink(tmp)
 
 
-def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None) -> list:
+def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
+                   keep: bool = True) -> list:
     """One static-library module per kernel of ``tir_mod``, each the kernel's object file from
-    ``cache_dir`` (built and added there when missing)."""
+    ``cache_dir`` (built and added there when missing). ``keep`` False: ``cache_dir`` is this
+    compile's temporary folder (nothing to fall back to when it cannot be written)."""
     import tvm
 
     stats = stats if stats is not None else Stats()
@@ -123,14 +126,8 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None) 
         writable = os.access(folder, os.W_OK)
     except OSError:
         writable = False
-    if not writable:  # a read-only cache: build everything, keep it for this compile only
-        import shutil
-
-        tmp = tempfile.mkdtemp(prefix="fluidml-tvm-objects-")
-        try:
-            return kernel_objects(tir_mod, target, tmp, stats)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not writable and keep:  # a read-only cache: build everything, for this compile only
+        return _uncached(tir_mod, target, stats)
     kernels, missing = [], []
     for gvar, func in tir_mod.functions.items():
         path = os.path.join(folder, kernel_key(gvar.name_hint, func, ident) + ".o")
@@ -144,16 +141,37 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None) 
         else:
             missing.append((tvm.IRModule({gvar: func}, attrs=tir_mod.attrs), path))
     if missing:
-        with ThreadPoolExecutor(min(build_jobs(target), len(missing))) as pool:
-            done = [pool.submit(_build_one, one, target, path, ctx.opt_level, config)
-                    for one, path in missing]
-            for fut in done:
-                fut.result()  # a failed build raises here, as tvm.compile's would
+        try:
+            with ThreadPoolExecutor(min(build_jobs(target), len(missing))) as pool:
+                done = [pool.submit(_build_one, one, target, path, ctx.opt_level, config)
+                        for one, path in missing]
+                for fut in done:
+                    fut.result()  # a failed build raises here, as tvm.compile's would
+        except OSError as err:  # the cache could not take an object (a full disk): not kept
+            if not keep:
+                from .errors import FluidMLError
+
+                raise FluidMLError(f"could not write the compiled kernels to {folder}: "
+                                   f"{err}") from err
+            stats.found -= len(kernels) - len(missing)
+            return _uncached(tir_mod, target, stats)
         stats.built += len(missing)
     out = [tvm.runtime.load_static_library(path, [sym]) for path, sym in kernels]  # read now
     if missing:
         prune(folder)
     return out
+
+
+def _uncached(tir_mod, target, stats: Stats) -> list:
+    """:func:`kernel_objects` through a temporary folder, deleted after (the objects are read
+    into the modules): for a cache that cannot be written."""
+    import shutil
+
+    tmp = tempfile.mkdtemp(prefix="fluidml-tvm-objects-")
+    try:
+        return kernel_objects(tir_mod, target, tmp, stats, keep=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prune(folder: str, max_bytes: int = MAX_BYTES) -> int:

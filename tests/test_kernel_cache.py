@@ -121,3 +121,22 @@ def test_prune_deletes_the_least_recently_used(tmp_path):
     assert kernel_cache.prune(str(tmp_path), max_bytes=800) == 0
     assert kernel_cache.prune(str(tmp_path), max_bytes=700) == 3  # 800 -> 500 <= 525
     assert sorted(os.listdir(tmp_path)) == [f"{i}.o" for i in range(3, 8)]
+
+
+def test_a_cache_that_cannot_take_an_object_still_compiles(tmp_path, monkeypatch):
+    """Writing an object into the cache fails (a full disk: os.replace raises): the compile
+    builds everything again into a temporary folder and succeeds, nothing kept."""
+    cache = str(tmp_path)
+    real = os.replace
+
+    def full(src, dst):
+        if str(dst).startswith(cache):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(kernel_cache.os, "replace", full)
+    c = fluidml_tvm.compile(mlp(), pass_config=[ANALYTIC, f"fluidml.cache_dir={cache}"])
+    assert c.tuning["kernel_cache"]["built"] > 0 and c.tuning["kernel_cache"]["found"] == 0
+    assert [o for o in _objects(cache) if not o.startswith(".part-")] == []
+    x = np.random.default_rng(4).standard_normal((4, 32)).astype(np.float32)
+    assert_matches_ort(mlp(), _run(c, x), {"x": x})
