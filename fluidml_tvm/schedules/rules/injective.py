@@ -13,10 +13,13 @@ znver4 host: BERT-base's [1,128,768] -> [1,12,64,128] 41 -> see the results file
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 
 from ..common import (
     MIN_PARALLEL_ELEMS,
+    as_int,
     extent,
     inline_all,
     is_reduction,
@@ -45,11 +48,11 @@ def schedule_injective(func: tirx.PrimFunc, cpu: CPUInfo):
     ok, why = analyze(func)
     if ok is None:
         return None, why
-    sch = s_tir.Schedule(func)
+    sch = s_tir.Schedule(int32_indices(func))
     inline_all(sch)
     lanes = cpu.lanes(32)
     for b in root_blocks(sch):
-        schedule_spatial_block(sch, b, lanes)
+        schedule_spatial_block(sch, b, lanes, peel=True)
     return sch, f"injective: {len(root_blocks(sch))} loop nest(s), parallel + vectorize x{lanes}"
 
 
@@ -69,7 +72,10 @@ class InjectiveRule(Rule):
         return sch.mod["main"], why, None
 
 
-def schedule_spatial_block(sch: s_tir.Schedule, block, lanes: int) -> None:
+def schedule_spatial_block(sch: s_tir.Schedule, block, lanes: int, peel: bool = False) -> None:
+    """Parallel outer loops, the innermost vectorized. ``peel``: an innermost loop the lanes do
+    not divide runs whole vectors and a peeled last one (:func:`vectorize_row`; the kernel's
+    indices must be int32, :func:`int32_indices`) instead of unrolled scalar code."""
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -86,7 +92,10 @@ def schedule_spatial_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     if _tile_transpose(sch, block, lanes):
         return
     parallel_outer(sch, block, ["S"] * len(loops), keep_inner=1)
-    vectorize_inner(sch, block, lanes)
+    if peel:
+        vectorize_row(sch, block, lanes)
+    else:
+        vectorize_inner(sch, block, lanes)
 
 
 def transposed_loop(sch: s_tir.Schedule, block) -> int | None:
@@ -127,3 +136,32 @@ def _tile_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
         sch.parallel(lead)
     sch.vectorize(o2)
     return True
+
+
+def int32_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with int32 indices where every buffer fits them: relax legalizes with int64
+    ones, and LoopPartition peels the guarded last vector (:func:`vectorize_row`) of int32
+    loops only (with int64 ones whisper-tiny's softmax kept every step guarded and ran lane by
+    lane: 13.6 vs 5.0 ms)."""
+    sizes = [math.prod(as_int(d) or 0 for d in b.shape) for b in func.params]
+    if min(sizes, default=0) <= 0 or max(sizes) >= 2**31:  # a dynamic shape, or too big
+        return func
+    import tvm
+
+    try:
+        return tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    except (RuntimeError, ValueError):  # an int64 buffer (an attention mask): left as is
+        return func
+
+
+def vectorize_row(sch, block, lanes) -> None:
+    """The innermost loop as whole vectors; a row the lanes do not divide gets a guarded last
+    vector that LoopPartition peels off (``pragma_loop_partition_hint``), not scalar code."""
+    loops = sch.get_loops(block)
+    ext = extent(sch, loops[-1]) if loops else None
+    if ext is None or ext <= 2 * lanes or ext % lanes == 0:
+        vectorize_inner(sch, block, lanes)
+        return
+    outer, inner = sch.split(loops[-1], [None, lanes])
+    sch.annotate(outer, "pragma_loop_partition_hint", 1)
+    sch.vectorize(inner)

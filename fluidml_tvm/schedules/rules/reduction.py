@@ -31,7 +31,6 @@ from tvm import s_tir, tirx
 
 from ..common import (
     MIN_PARALLEL_ELEMS,
-    as_int,
     called_ops,
     extent,
     inline_all,
@@ -40,11 +39,10 @@ from ..common import (
     loop_kinds,
     parallel_outer,
     root_blocks,
-    vectorize_inner,
 )
 from ..target_info import CPUInfo
 from .base import Context, Rule
-from .injective import schedule_spatial_block
+from .injective import int32_indices, schedule_spatial_block, vectorize_row
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
@@ -87,7 +85,7 @@ def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo, partials: bool = True)
     ok, why = analyze(func)
     if ok is None:
         return None, why
-    func = _int32_indices(func)
+    func = int32_indices(func)
     sch = s_tir.Schedule(func)
     lanes = cpu.lanes(32)
     try:
@@ -104,18 +102,6 @@ def schedule_reduction(func: tirx.PrimFunc, cpu: CPUInfo, partials: bool = True)
         log.info("vectorized reduction form failed (%s); plain generic form", err)
         out, why = _generic(sch, lanes, reason, vector=False)
     return out.mod["main"], why
-
-
-def _int32_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with int32 indices where every buffer fits them: relax legalizes with int64
-    ones, and LoopPartition peels the guarded last vector of int32 loops only (with int64 ones
-    whisper-tiny's softmax kept every step guarded and ran lane by lane: 13.6 vs 5.0 ms)."""
-    sizes = [math.prod(as_int(d) or 0 for d in b.shape) for b in func.params]
-    if min(sizes, default=0) <= 0 or max(sizes) >= 2**31:  # a dynamic shape, or too big
-        return func
-    import tvm
-
-    return tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
 
 
 def _generic(sch, lanes, reason, vector):
@@ -208,7 +194,7 @@ def _row_form(sch: s_tir.Schedule, lanes: int, partials: bool = True):
     if total >= MIN_PARALLEL_ELEMS:
         sch.parallel(row)
     if len(sch.get_loops(last)) > 1:  # never vectorize the row loop the other nests go under
-        _vectorize_row(sch, last, lanes)
+        vectorize_row(sch, last, lanes)
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, row, preserve_unit_loops=True)
     combined = {n[: -len("_rf")] for n in partial}
@@ -225,7 +211,7 @@ def _row_form(sch: s_tir.Schedule, lanes: int, partials: bool = True):
         elif is_reduction(sch, b):
             _unroll_reduction(sch, b, lanes)
         else:
-            _vectorize_row(sch, b, lanes)
+            vectorize_row(sch, b, lanes)
     how = f", {len(partial)} reduction(s) as {sorted(set(partial.values()))} partial results" \
         if partial else ""
     if tails:
@@ -331,19 +317,6 @@ def _vectorize_partials(sch, block, peel: bool = False) -> None:
     sch.vectorize(ki)
     init = sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
-
-
-def _vectorize_row(sch, block, lanes) -> None:
-    """The innermost loop as whole vectors; a row the lanes do not divide gets a guarded last
-    vector that LoopPartition peels off (``pragma_loop_partition_hint``), not scalar code."""
-    loops = sch.get_loops(block)
-    ext = extent(sch, loops[-1]) if loops else None
-    if ext is None or ext <= 2 * lanes or ext % lanes == 0:
-        vectorize_inner(sch, block, lanes)
-        return
-    outer, inner = sch.split(loops[-1], [None, lanes])
-    sch.annotate(outer, "pragma_loop_partition_hint", 1)
-    sch.vectorize(inner)
 
 
 class ReductionRule(Rule):
