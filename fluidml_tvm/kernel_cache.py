@@ -10,7 +10,8 @@ pipeline) are built one module each, and each module's object file is kept under
 kernel's TVM JSON (every statement, buffer, annotation and attribute, its symbol name
 included), the target, the TVM build (TVM and tvm-ffi versions, the compiler library's file:
 its path, size and modification time stand for the LLVM it was built with) and the
-PassContext's configuration (what ``tvm.tirx.build``'s lowering reads). A kernel found there
+PassContext's configuration (TVM's keys: what ``tvm.tirx.build``'s lowering reads; the
+``fluidml.*`` options shape the IR, already in the key). A kernel found there
 is not built again; the executable links every kernel's object as a static library (TVM links
 those at export, and :meth:`.CompiledModel.load` and ``export`` always export).
 
@@ -21,14 +22,12 @@ its instruments: PassContext and Target are thread-local) and target. GoogLeNet'
 2-core AVX-512 host: one module for all 9.9 s to build + 3.0 s to write the object; one module
 each, one after another, 12.0 + 4.5 s; on two threads 7.1 s in all. A target carrying LLVM
 command-line options (``cl-opt``, process-wide state LLVM codegen sets and restores) is built on
-one thread. Only host
-LLVM compiles use it (a cross compile or a GPU target builds as ``tvm.compile`` does), only with
-FluidML on: ``fluidml=0`` is stock TVM's own build. Kill switch: ``fluidml.kernel_cache=0``.
-An object written half-way is never seen: it is written under a temporary name and renamed. A
-cache directory that cannot be written (read-only, full) is no error: the kernels are built into
-a temporary one.
-The folder is kept under :data:`MAX_BYTES` (1 GiB), the least recently used objects deleted
-first.
+one thread. Only host LLVM compiles use it (a cross compile or a GPU target builds as
+``tvm.compile`` does), only with FluidML on: ``fluidml=0`` is stock TVM's own build. Kill
+switch: ``fluidml.kernel_cache=0``. An object written half-way is never seen: it is written
+under a temporary name and renamed. A cache directory that cannot be written (read-only, full)
+is no error: the kernels are built into a temporary one. The folder is kept under
+:data:`MAX_BYTES` (1 GiB), the least recently used objects deleted first.
 """
 
 from __future__ import annotations
@@ -53,7 +52,10 @@ def identity(target, config) -> str:
     path = getattr(lib, "_name", "") or ""
     stat = os.stat(path) if path and os.path.exists(path) else None
     build = f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else "?"
-    cfg = sorted((str(k), str(v)) for k, v in dict(config).items())
+    # TVM's own keys: the fluidml.* options shape the kernel's IR (in the key already), not
+    # its lowering, and a budget or cache path of their own must not miss the cache
+    cfg = sorted((str(k), str(v)) for k, v in dict(config).items()
+                 if not str(k).startswith("fluidml"))
     return "\n".join([tvm.__version__, tvm_ffi.__version__, build, str(target), repr(cfg)])
 
 

@@ -90,6 +90,8 @@ def test_key_covers_kernel_target_and_build_config():
     base = kernel_cache.identity(x86, {})
     assert kernel_cache.identity(avx, {}) != base
     assert kernel_cache.identity(x86, {"tirx.disable_vectorize": True}) != base
+    # fluidml's own options shape the IR (keyed already), not its lowering: no effect
+    assert kernel_cache.identity(x86, {"fluidml.tune_budget": 10}) == base
     key = kernel_cache.kernel_key
     keys = {key("f", func(8), base), key("f", func(9), base), key("g", func(8), base),
             key("f", func(8), kernel_cache.identity(avx, {}))}
