@@ -82,9 +82,6 @@ class Stats:
         self.found = 0
         self.built = 0
 
-    def __str__(self):
-        return f"{self.found} kernel(s) from the cache, {self.built} built"
-
 
 def build_jobs(target) -> int:
     """Worker threads for the kernels a compile builds: the cores (at most 8), one for a target
