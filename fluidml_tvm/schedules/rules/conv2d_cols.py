@@ -40,14 +40,13 @@ always outer ResNet-50 ran 1.095 (``-pointwise-cols.md``, then off by default).
 
 from __future__ import annotations
 
-import tvm
 from tvm import s_tir
 
 from ..common import around, loop_kinds, vectorize_inner
 from ..target_info import CPUInfo
 from . import tiles
 from .conv2d_match import ConvMatch, loops_by_role, merge_rows, pack_weight, pad_to_tiles
-from .injective import schedule_spatial_block
+from .injective import int32_indices, schedule_spatial_block
 from .pad import schedule_padded_copy
 
 
@@ -201,7 +200,7 @@ def schedule_pointwise_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
     shape = f"F={m.f} X={m.x} rows={m.rows}"
     # int32 indices (relax legalizes with int64 ones): LoopPartition peels the guarded last
     # tile of int32 loops only
-    func = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    func = int32_indices(func)
     sch = s_tir.Schedule(func)
     main, pre, out = around(sch, m.block)
     out = out if out is not None else sch.cache_write(main, 0, "global")
