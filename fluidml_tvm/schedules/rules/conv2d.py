@@ -66,7 +66,7 @@ from .conv2d_policy import (  # noqa: F401 - also read as conv2d.<name> (tests, 
     max_accumulators,
     stages_input_rows,
 )
-from .injective import schedule_spatial_block
+from .injective import broadcast_costly, schedule_spatial_block
 from .pad import schedule_padded_copy
 
 
@@ -183,8 +183,12 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     pos = names.index(m.block)
     pre = blocks[:pos]
     epis = blocks[pos + 1:]
+    once = []  # costly epilogues the last one broadcasts: computed once per tile, not inlined
     for b in epis[:-1]:
-        sch.compute_inline(b)
+        if broadcast_costly(sch, b):
+            once.append(b)
+        else:
+            sch.compute_inline(b)
     if epis:
         out = epis[-1]
         acc_block = main
@@ -247,8 +251,19 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     sch.unroll(x1)
     sch.unroll(f1)
     sch.vectorize(f2)
-    sch.reverse_compute_at(out, epi_at if epi_at is not None else par, preserve_unit_loops=True)
-    vectorize_inner(sch, out, cpu.lanes(32))
+    at = epi_at if epi_at is not None else par
+    for b in once:  # the gate of a tile's channels as whole vectors, then the broadcast
+        sch.reverse_compute_at(b, at, preserve_unit_loops=True)
+        loops = sch.get_loops(b)
+        below = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(at))) + 1
+        if len(loops) - below > 1:
+            sch.fuse(*loops[below:])
+        vectorize_inner(sch, b, cpu.lanes(32), whole=4, tail=False)
+    sch.reverse_compute_at(out, at, preserve_unit_loops=True)
+    if once:  # rows of a broadcast epilogue are whole vectors (a padded last one) to 64 lanes
+        vectorize_inner(sch, out, cpu.lanes(32), whole=4, tail=False)
+    else:
+        vectorize_inner(sch, out, cpu.lanes(32))
     if staged_rows:
         wb = sch.get(main)
         data_i = next(i for i, r in enumerate(wb.reads)
@@ -269,6 +284,7 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", a row of the {m.r0} input planes copied per row" if staged_rows else ""
+    reason += f", {len(once)} costly epilogue(s) computed once per value, then broadcast" if once else ""
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
     roles = ("conv",) + tuple(m.w_roles)

@@ -20,6 +20,7 @@ from tvm import s_tir, tirx
 from ..common import (
     MIN_PARALLEL_ELEMS,
     as_int,
+    called_ops,
     extent,
     inline_all,
     is_reduction,
@@ -30,6 +31,27 @@ from ..common import (
 )
 from ..target_info import CPUInfo
 from .base import Context, Rule
+
+#: calls worth computing once for several consumers (or once for the points a consumer
+#: broadcasts them over) rather than once per use
+COSTLY_CALLS = frozenset({"tirx.exp", "tirx.exp2", "tirx.erf", "tirx.tanh", "tirx.sigmoid",
+                          "tirx.log", "tirx.pow"})
+
+
+def broadcast_costly(sch: s_tir.Schedule, block) -> bool:
+    """``block`` is injective, calls a costly function (:data:`COSTLY_CALLS`) and its one
+    consumer iterates more points than it does (reads it broadcast: a squeeze-excitation gate
+    ``sigmoid(fc(x))`` [C, 1, 1] times the activation [C, H, W]). Inlined, the costly call would
+    run once per point of the consumer - H x W times per value - so it stays a block of its own,
+    computed once per value."""
+    if is_reduction(sch, block) or not called_ops(sch.get(block).body) & COSTLY_CALLS:
+        return False
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1:
+        return False
+    points = [math.prod(as_int(iv.dom.extent) or 0 for iv in sch.get(b).iter_vars)
+              for b in (block, consumers[0])]
+    return 0 < points[0] < points[1]
 
 
 def analyze(func: tirx.PrimFunc) -> tuple[bool | None, str]:

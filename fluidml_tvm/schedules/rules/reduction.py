@@ -42,14 +42,9 @@ from ..common import (
 )
 from ..target_info import CPUInfo
 from .base import Context, Rule
-from .injective import int32_indices, schedule_spatial_block, vectorize_row
+from .injective import COSTLY_CALLS, int32_indices, schedule_spatial_block, vectorize_row
 
 log = logging.getLogger("fluidml_tvm.schedules")
-
-#: calls worth computing once for several consumers rather than once per consumer
-COSTLY_CALLS = frozenset({"tirx.exp", "tirx.exp2", "tirx.erf", "tirx.tanh", "tirx.sigmoid",
-                          "tirx.log", "tirx.pow"})
-
 
 def _leading_s(kinds: list[str]) -> int:
     n = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
@@ -14,6 +15,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from fluidml_tvm.schedules import cpu_info
+from fluidml_tvm.schedules.common import called_ops
 from fluidml_tvm.schedules.constants import pack_array
 
 from ..models import TARGET, compile_run, conv_model, fused, onnx_model, opts, run_ort
@@ -208,3 +210,43 @@ def test_1x1_kernels_reading_many_planes_stage_their_input_rows():
         ex = tvm.compile(mod, TARGET, relax_pipeline=cpu_generic.get_default_pipeline(TARGET))
         out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("C,HW", [(40, 7), (32, 12)])
+def test_squeeze_excitation_gate_is_computed_once_per_channel(tmp_path, C, HW):
+    """A squeeze-excitation block (global pool, 1x1 conv, ReLU, 1x1 conv, Sigmoid, times the
+    activation): the second conv's kernel keeps the sigmoid a block of its own, computed once
+    per channel and then broadcast over the H x W positions (inlined into the multiply it would
+    run H x W times a channel), and the model computes what ORT does."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((8, C, 1, 1)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((C, 8, 1, 1)) * 0.3).astype(np.float32)
+    b2 = rng.standard_normal(C).astype(np.float32)
+    n = [h.make_node("GlobalAveragePool", ["x"], ["p"]),
+         h.make_node("Conv", ["p", "w1"], ["s"], kernel_shape=[1, 1]),
+         h.make_node("Relu", ["s"], ["r"]),
+         h.make_node("Conv", ["r", "w2", "b2"], ["e"], kernel_shape=[1, 1]),
+         h.make_node("Sigmoid", ["e"], ["g"]),
+         h.make_node("Mul", ["x", "g"], ["y"])]
+    model = onnx_model(n, [h.make_tensor_value_info("x", TP.FLOAT, [1, C, HW, HW])],
+                       [h.make_tensor_value_info("y", TP.FLOAT, [1, C, HW, HW])],
+                       [nh.from_array(w1, "w1"), nh.from_array(w2, "w2"), nh.from_array(b2, "b2")])
+    x = rng.standard_normal([1, C, HW, HW]).astype(np.float32)
+    out = compile_run(model, {"x": x}, opts(tmp_path))
+    np.testing.assert_allclose(out, run_ort(model, {"x": x}), rtol=1e-5, atol=1e-5)
+    mod, dec = run_schedule(model, tmp_path, fast_math=False)  # sigmoid stays a call
+    (gate,) = [d for d in dec.values() if "sigmoid" in d.subject]
+    assert gate.choice == "conv2d" and "1 costly epilogue(s) computed once" in gate.reason
+    (func,) = [f for gv, f in mod.functions_items() if gv.name_hint.startswith(gate.subject)]
+    names = []  # the blocks that call the sigmoid
+
+    def visit(block):
+        if "tirx.sigmoid" in called_ops(block.body):
+            names.append(block.name_hint)
+        return block
+
+    tvm_ffi.structural_map(func.body, [(tvm.s_tir.SBlock, visit)])
+    sch = tvm.s_tir.Schedule(func)
+    sigmoids = [int(np.prod([int(sch.get(lp).extent) for lp in sch.get_loops(sch.get_sblock(n))]))
+                for n in names]  # how many times each runs
+    assert sigmoids and max(sigmoids) <= C + 16, sigmoids  # channels (padded), not C x H x W
