@@ -284,7 +284,8 @@ def schedule_conv2d(func: tirx.PrimFunc, cpu: CPUInfo, const_args=None, tile=Non
     reason += f", 1x1: rows x columns ({m.x}) one axis for the tile" if fuse_rows else ""
     reason += f", reduction blocks of {rb}" if rb else ""
     reason += f", a row of the {m.r0} input planes copied per row" if staged_rows else ""
-    reason += f", {len(once)} costly epilogue(s) computed once per value, then broadcast" if once else ""
+    if once:
+        reason += f", {len(once)} costly epilogue(s) computed once per value, then broadcast"
     reason += f", weight packed [F/{nr},..,{nr}]"
     reason += " at compile time" if pack_param else " at run time"
     roles = ("conv",) + tuple(m.w_roles)
