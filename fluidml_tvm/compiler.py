@@ -309,16 +309,21 @@ def _layout_off(pass_config) -> list:
 def _verify_within_budget(result, session, model, target, input_shapes, options, pass_config,
                           say, input_values):
     """Check the new layout plan end to end when the tune budget affords it (a second build
-    without the plan, then both timed); else keep the plan and say it is not checked."""
-    measured = sum(v[2] for v in session.stats.values())
-    # the check is a second build (its code generation as long as this one's; the kernels the
-    # plan did not change are cached) plus 2 x 5 x 5 timed runs of the model
-    estimate = max(0.0, result.compile_seconds - measured) + 2.0
+    without the plan, then both timed); else keep the plan and say it is not checked. The
+    second build is compile work (the kernels the plan did not change come from the kernel
+    cache); the timed runs are the measuring the budget must afford, with the share the layout
+    stage kept for them (:data:`fluidml_tvm.layout_verify.CHECK_SHARE`)."""
+    session.release("layout check")
     earlier = not session.revisits and layout_verify.left_unchecked(result)
+    loaded, estimate = None, 0.0
+    if not earlier:
+        with session.measuring("verify", kernels=0):  # a warm-up and two runs: the check's cost
+            loaded = result.load(num_threads=result.options.num_threads or None)
+            estimate = layout_verify.check_seconds(min(loaded.time(repeat=2)))
     if earlier or not session.affords(estimate):
         why = ("an earlier compile's tune budget left it unchecked" if earlier else
-               f"checking it costs a second build (~{estimate:.0f} s), beyond the tune budget "
-               f"left ({session.left():.0f} s of {session.budget:.0f} s)")
+               f"timing both builds takes ~{estimate:.0f} s, beyond the tune budget left "
+               f"({session.left():.0f} s of {session.budget:.0f} s)")
         line = (f"NOT CHECKED (fluidml.layout_verify): {why}; the plan is applied as modelled "
                 "from its measured kernels. --retune with a larger --tune-budget, or 'fluidml-tvm "
                 "tune', checks it once (cached per plan)")
@@ -331,23 +336,28 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
             "not checked", line, {"estimate_s": estimate, "left_s": session.left()})]
         return result
     t0 = time.perf_counter()
-    with session.measuring("verify", kernels=1, candidates=2):
-        out = _verify_layout(result, model, target, input_shapes, options, pass_config, say,
-                             input_values, session)
+    session.reserve("layout check", estimate)  # the second build's measuring leaves it
+    out = _verify_layout(result, model, target, input_shapes, options, pass_config, say,
+                         input_values, session, loaded)
     out.timing["layout check"] = time.perf_counter() - t0
     return out
 
 
 def _verify_layout(result, model, target, input_shapes, options, pass_config, say,
-                   input_values=None, session=None):
+                   input_values=None, session=None, loaded=None):
     """Compile with ``fluidml.layout=0``, time both in interleaved rounds, cache the ratio under
     the plan's id and return the faster compile (a plan no faster is not kept)."""
     say("verifying the layout plan end to end (fluidml.layout_verify): compiling with "
         "fluidml.layout=0 and timing both, once per new plan")
     off = build(model, target, input_shapes, options, _layout_off(pass_config),
                 input_values=input_values, session=session)
-    res = layout_verify.measure(result, off, rounds=5, repeat=5,
-                                threads=result.options.num_threads or None)
+    if session is not None:
+        session.release("layout check")
+    with session.measuring("verify", kernels=1, candidates=2) if session else \
+            contextlib.nullcontext():
+        res = layout_verify.measure(result, off, layout_verify.CHECK_ROUNDS,
+                                    layout_verify.CHECK_REPEAT,
+                                    threads=result.options.num_threads or None, loaded_on=loaded)
     verdict = layout_verify.decision(res)
     line = layout_verify.describe(res)
     if verdict.choice != "kept":

@@ -21,6 +21,12 @@ STAGE = "layout_verify"
 # The cache's rule of plans a tune budget left unchecked: the next compile of the plan keeps
 # it so (a warm compile measures nothing); one that re-tunes or has no budget limit checks it.
 UNCHECKED = "layout_unchecked"
+#: the check of a new plan by a compile (``fluidml.layout_verify``): interleaved rounds, runs
+#: of each build a round
+CHECK_ROUNDS, CHECK_REPEAT = 5, 5
+#: the share of the tune budget the layout stage keeps for that check when it applies a plan
+#: nothing has measured end to end (the schedule stage's measuring may not take it)
+CHECK_SHARE = 0.25
 
 
 def loadavg() -> str:
@@ -76,11 +82,20 @@ def time_pair(on, off, rounds: int = 7, repeat: int = 10) -> dict:
             "on_s": statistics.median(ons), "off_s": statistics.median(offs)}
 
 
-def measure(on, off, rounds: int = 7, repeat: int = 10, threads: int | None = None) -> dict:
+def check_seconds(latency: float) -> float:
+    """What checking a plan (:data:`CHECK_ROUNDS` x :data:`CHECK_REPEAT`) measures for a model
+    that runs in ``latency`` seconds: both builds' warm-up and timed runs, plus a second to load
+    them."""
+    return 1.0 + 2 * (2 + CHECK_ROUNDS * CHECK_REPEAT) * latency
+
+
+def measure(on, off, rounds: int = 7, repeat: int = 10, threads: int | None = None,
+            loaded_on=None) -> dict:
     """Time compiled models ``on`` (layouts on) and ``off`` (``fluidml.layout=0``) interleaved
     in this process and store the ratio under each plan ``on`` applied. Returns the measurement
-    with ``ids`` (the plan ids stored)."""
-    m_on, m_off = on.load(num_threads=threads), off.load(num_threads=threads)
+    with ``ids`` (the plan ids stored). ``loaded_on``: ``on`` already loaded."""
+    m_on = loaded_on or on.load(num_threads=threads)
+    m_off = off.load(num_threads=threads)
     res = time_pair(m_on, m_off, rounds, repeat)
     res.update({"threads": m_on.num_threads, "load": loadavg(), "at": time.time()})
     ids = applied_ids(on)

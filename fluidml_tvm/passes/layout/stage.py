@@ -138,6 +138,17 @@ class FluidMLLayout:
         lanes = cpu_info(target).lanes(32)
         return lanes if lanes >= 4 else 0
 
+    def _keep_for_check(self) -> None:
+        """A plan nothing has measured end to end is applied: keep a share of the tune budget
+        for its check (:func:`fluidml_tvm.compile` times the build against one without it)."""
+        from ... import tuning
+        from ...layout_verify import CHECK_SHARE
+
+        session = tuning.current()
+        opts = self.options
+        if session is not None and opts.layout_verify and opts.cost == "measured":
+            session.reserve("layout check", CHECK_SHARE * session.budget)
+
     def _summary(self, name: str, g, plan, model) -> dec.Decision:
         """The function's decision: the plan id, its expected (modelled) and measured (end to
         end, cached) gain, and whether it is applied. Adds the matching report lines to
@@ -172,6 +183,8 @@ class FluidMLLayout:
                 f"{stored['ratio']:.3f} (rounds {stored['q25']:.3f}-{stored['q75']:.3f}; "
                 f"{layout_gain.keep_rule()}); the function keeps the default layouts")
         data["applied"] = choice == "applied"
+        if data["applied"] and data["unmeasured"]:
+            self._keep_for_check()
         return dec.Decision(STAGE, f"function {name}", choice,
                             f"{len(plan.layouts)} non-default tensors", data)
 
