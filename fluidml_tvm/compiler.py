@@ -312,7 +312,7 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
     without the plan, then both timed); else keep the plan and say it is not checked. The
     second build is compile work (the kernels the plan did not change come from the kernel
     cache); the timed runs are the measuring the budget must afford, with the share the layout
-    stage kept for them (:data:`fluidml_tvm.layout_verify.CHECK_SHARE`)."""
+    stage kept for them (:data:`fluidml_tvm.tuning.LAYOUT_CHECK_SHARE`)."""
     session.release("layout check")
     earlier = not session.revisits and layout_verify.left_unchecked(result)
     loaded, estimate = None, 0.0

@@ -24,9 +24,6 @@ UNCHECKED = "layout_unchecked"
 #: the check of a new plan by a compile (``fluidml.layout_verify``): interleaved rounds, runs
 #: of each build a round
 CHECK_ROUNDS, CHECK_REPEAT = 5, 5
-#: the share of the tune budget the layout stage keeps for that check when it applies a plan
-#: nothing has measured end to end (the schedule stage's measuring may not take it)
-CHECK_SHARE = 0.25
 
 
 def loadavg() -> str:

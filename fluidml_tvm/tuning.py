@@ -52,6 +52,9 @@ AUTO_MAX = 30.0
 # a schedule the budget does not reach takes the rule's analytic first choice, which loses less
 # (ResNet-50's convs: 15% of their time against measuring all candidates).
 LAYOUT_SHARE = 0.6
+#: the share of the budget the layout stage keeps for the end-to-end check of a plan it applies
+#: that nothing has measured yet (:func:`fluidml_tvm.compile`; the schedule stage may not take it)
+LAYOUT_CHECK_SHARE = 0.25
 # Seconds per timed candidate before any was measured (build + a few timing rounds; measured on
 # the 2-core host: schedule candidates 0.1-0.4 s, big convolutions more; layout variants
 # 0.1-0.15 s: squeezenet's 34 in 3.8 s).

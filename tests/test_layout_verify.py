@@ -158,8 +158,9 @@ def test_a_plan_the_budget_cannot_check_is_kept_unchecked_until_retune(tmp_path,
 
 def test_the_layout_stage_keeps_budget_for_the_check_of_a_new_plan(tmp_path, monkeypatch):
     """Applying a plan nothing has measured end to end, the layout stage keeps
-    CHECK_SHARE of the tune budget from the schedule stage's measuring; the compile then checks
-    the plan within the budget (its second build is compile work, its timed runs measuring)."""
+    LAYOUT_CHECK_SHARE of the tune budget from the schedule stage's measuring; the compile then
+    checks the plan within the budget (its second build is compile work, its timed runs
+    measuring)."""
     from fluidml_tvm import tuning
 
     _analytic_plans(monkeypatch)
@@ -175,7 +176,7 @@ def test_the_layout_stage_keeps_budget_for_the_check_of_a_new_plan(tmp_path, mon
     model = zoo.build("bert", size="tiny", seed=0)
     cfg = [f"fluidml.cache_dir={tmp_path}", "fluidml.layout_verify=1", "fluidml.tune_budget=20"]
     first = fluidml_tvm.compile(model, "x86", pass_config=cfg)
-    assert ("layout check", layout_verify.CHECK_SHARE * 20) in kept
+    assert ("layout check", tuning.LAYOUT_CHECK_SHARE * 20) in kept
     assert len(calls) == 1 and "layout check" in first.timing
     assert "verified (fluidml.layout_verify)" in first.report()
     assert first.tuning["spent_s"] <= 20 + 1  # the check's build is not charged as measuring

@@ -142,12 +142,11 @@ class FluidMLLayout:
         """A plan nothing has measured end to end is applied: keep a share of the tune budget
         for its check (:func:`fluidml_tvm.compile` times the build against one without it)."""
         from ... import tuning
-        from ...layout_verify import CHECK_SHARE
 
         session = tuning.current()
         opts = self.options
         if session is not None and opts.layout_verify and opts.cost == "measured":
-            session.reserve("layout check", CHECK_SHARE * session.budget)
+            session.reserve("layout check", tuning.LAYOUT_CHECK_SHARE * session.budget)
 
     def _summary(self, name: str, g, plan, model) -> dec.Decision:
         """The function's decision: the plan id, its expected (modelled) and measured (end to
