@@ -233,11 +233,10 @@ class AnalyticCost:
                     if lay != lout:
                         cost += self.convert(tt.nbytes, lay)
                     continue
-                if lay != identity(len(tt.shape)) and moves_data(
-                        inverse(lay), phys_shape(tt.shape, lay)):  # else a view: free
+                if lay != identity(len(tt.shape)) and _moves(lay, tt.shape):  # else a view
                     cost += self.convert(tt.nbytes, lay)
                 full = (1,) * (len(out.shape) - len(tt.shape)) + tuple(tt.shape)
-                if moves_data(lout, full):
+                if _moves(lout, full):
                     cost += self.convert(tt.nbytes)
             return cost
         if kind == "conv" and is_blocked(lout):
@@ -284,3 +283,11 @@ class AnalyticCost:
 def plan_cost(g: OpGraph, model, layouts: dict) -> float:
     """Modelled cost of the whole graph under ``layouts`` (missing tensors: default)."""
     return sum(model.node(g, i, layouts) for i in range(len(g.nodes)))
+
+
+def _moves(lay, shape) -> bool:
+    """Whether holding a tensor of logical ``shape`` in ``lay`` (a permutation or ``NCHW[b]c``)
+    moves its bytes; a broadcast operand ``[1, C, 1, 1]`` is a view of either."""
+    if is_blocked(lay):
+        return len(shape) == 4 and (shape[2] != 1 or shape[3] != 1)
+    return moves_data(inverse(lay), phys_shape(shape, lay))

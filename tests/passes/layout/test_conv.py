@@ -447,3 +447,33 @@ def test_bounded_budget_measures_layout_changing_conv_variants_where_a_plan_take
         assert set().union(*batches[:-1]) == every - {("c2", False, True), ("c2", True, False)}
         assert batches[-1] == {("c2", False, True)}
         assert p.plans["main"].layouts == {"c2": NHWC}
+
+
+W5 = np.random.default_rng(7).standard_normal((16, 16, 1, 1)).astype("float32")
+
+
+def test_squeeze_excitation_gate_with_blocked_candidates():
+    """A squeeze-excitation gate (pool, 1x1 conv, sigmoid) times the conv output: the gate
+    [1, C, 1, 1] may be held NCHW16c while the product is not; the cost model takes it for the
+    view it is (it raised an IndexError on such a broadcast operand), and the planned module
+    computes what the original does."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 16, 16, 16), "float32")) -> R.Tensor((1, 16, 16, 16), "float32"):
+            with R.dataflow():
+                c1 = R.nn.conv2d(x, R.const(W3), padding=[1, 1, 1, 1])
+                p = R.nn.adaptive_avg_pool2d(c1, output_size=[1, 1])
+                e = R.nn.conv2d(p, R.const(W5))
+                g = R.sigmoid(e)
+                y = R.multiply(c1, g)
+                R.output(y)
+            return y
+
+    p = FluidMLLayout(AVX512, BLOCKED, model=BlockedFavoured(conversion_penalty=10.0),
+                      explicit_transforms=False)
+    with AVX512:
+        after = tvm.IRModule(dict(p(Before).functions_items()))
+    assert any(is_blocked(lay) for lay in p.plans["main"].layouts.values())
+    xv = np.random.default_rng(6).standard_normal((1, 16, 16, 16)).astype("float32")
+    np.testing.assert_allclose(_run(after, xv), _run(Before, xv), rtol=1e-4, atol=1e-4)
