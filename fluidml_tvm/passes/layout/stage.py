@@ -142,10 +142,16 @@ class FluidMLLayout:
         """A plan nothing has measured end to end is applied: keep a share of the tune budget
         for its check (:func:`fluidml_tvm.compile` times the build against one without it)."""
         from ... import tuning
+        from ...schedules import measure
 
         session = tuning.current()
         opts = self.options
-        if session is not None and opts.layout_verify and opts.cost == "measured":
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if not isinstance(target, tvm.target.Target | None):
+            target = tvm.target.Target(target)
+        here = (target is not None and target.kind.name == "llvm"  # the check runs on this host
+                and measure.REMOTE.get() is None and measure.can_measure(target))
+        if session is not None and here and opts.layout_verify and opts.cost == "measured":
             session.reserve("layout check", tuning.LAYOUT_CHECK_SHARE * session.budget)
 
     def _summary(self, name: str, g, plan, model) -> dec.Decision:
