@@ -315,12 +315,12 @@ def _verify_within_budget(result, session, model, target, input_shapes, options,
     stage kept for them (:data:`fluidml_tvm.tuning.LAYOUT_CHECK_SHARE`)."""
     session.release("layout check")
     earlier = not session.revisits and layout_verify.left_unchecked(result)
-    loaded, estimate = None, 0.0
-    if not earlier:
+    loaded, estimate, available = None, 0.0, session.available()
+    if not earlier:  # loading the build is part of the check (check_seconds counts it)
         with session.measuring("verify", kernels=0):  # a warm-up and two runs: the check's cost
             loaded = result.load(num_threads=result.options.num_threads or None)
             estimate = layout_verify.check_seconds(min(loaded.time(repeat=2)))
-    if earlier or not session.affords(estimate):
+    if earlier or (not session.unbounded and estimate > available):
         why = ("an earlier compile's tune budget left it unchecked" if earlier else
                f"timing both builds takes ~{estimate:.0f} s, beyond the tune budget left "
                f"({session.left():.0f} s of {session.budget:.0f} s)")
