@@ -76,6 +76,16 @@ def for_options(options) -> TuneSession:
     return current() or TuneSession(options.tune_budget, retune=options.retune)
 
 
+def keep_for_layout_check(options, here: bool) -> None:
+    """The layout stage applies a plan nothing has measured end to end: keep
+    :data:`LAYOUT_CHECK_SHARE` of the active session's budget for its check where it runs
+    (``here``: :func:`fluidml_tvm.schedules.measure.measures_here`; :func:`fluidml_tvm.compile`
+    times the build against one without the plan)."""
+    session = current()
+    if session is not None and here and options.layout_verify and options.cost == "measured":
+        session.reserve("layout check", LAYOUT_CHECK_SHARE * session.budget)
+
+
 class TuneSession:
     """Budget, counters and used cache entries of one compile (see the module docstring).
 

@@ -114,3 +114,22 @@ def test_auto_budget_grows_with_the_weights_and_a_set_budget_stays():
     assert fixed.budget == 15 and not fixed.auto
     assert Options().tune_budget == tuning.AUTO
     assert Options.from_pass_config(["fluidml.tune_budget=auto"]).tune_budget == tuning.AUTO
+
+
+def test_the_layout_check_share_is_kept_only_where_the_check_runs():
+    """A new layout plan keeps LAYOUT_CHECK_SHARE of the budget for its end-to-end check on this
+    host's LLVM target; a cross target (the check never runs there) keeps the whole budget for
+    measuring, as does a compile with fluidml.layout_verify=0."""
+    import tvm
+
+    from fluidml_tvm.schedules.measure import measures_here
+
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    on = Options(layout_verify=True)  # (the suite's default is off: conftest)
+    for target, options, kept in ((tvm.target.Target("llvm"), on, True), (arm, on, False),
+                                  (tvm.target.Target("llvm"), Options(layout_verify=False), False)):
+        session = tuning.TuneSession(10)
+        with session.activate():
+            tuning.keep_for_layout_check(options, measures_here(target))
+        assert session.reserved == ({"layout check": tuning.LAYOUT_CHECK_SHARE * 10} if kept
+                                    else {}), target

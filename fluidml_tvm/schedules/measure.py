@@ -36,6 +36,16 @@ _RANK = {"generic": 0, "sse": 1, "neon": 1, "avx2": 2, "avx512": 3}
 REMOTE: contextvars.ContextVar = contextvars.ContextVar("fluidml_remote_measurer", default=None)
 
 
+def measures_here(target=None) -> bool:
+    """``target`` (default: the current one) is an LLVM target this host times itself, with no
+    remote measurer active: what a compile's end-to-end layout check needs."""
+    target = target or tvm.target.Target.current(allow_none=True)
+    if target is not None and not isinstance(target, tvm.target.Target):
+        target = tvm.target.Target(target)
+    return (target is not None and target.kind.name == "llvm" and REMOTE.get() is None
+            and can_measure(target))
+
+
 def can_measure(target) -> bool:
     """Whether kernels built for ``target`` can be timed: on this host, or on the boards of an
     active remote measurer (:data:`REMOTE`)."""

@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 
 from ... import decisions as dec
+from ... import tuning
 from ...options import Options
 from . import gain as layout_gain
 from .cost import AnalyticCost
@@ -138,22 +139,6 @@ class FluidMLLayout:
         lanes = cpu_info(target).lanes(32)
         return lanes if lanes >= 4 else 0
 
-    def _keep_for_check(self) -> None:
-        """A plan nothing has measured end to end is applied: keep a share of the tune budget
-        for its check (:func:`fluidml_tvm.compile` times the build against one without it)."""
-        from ... import tuning
-        from ...schedules import measure
-
-        session = tuning.current()
-        opts = self.options
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if not isinstance(target, tvm.target.Target | None):
-            target = tvm.target.Target(target)
-        here = (target is not None and target.kind.name == "llvm"  # the check runs on this host
-                and measure.REMOTE.get() is None and measure.can_measure(target))
-        if session is not None and here and opts.layout_verify and opts.cost == "measured":
-            session.reserve("layout check", tuning.LAYOUT_CHECK_SHARE * session.budget)
-
     def _summary(self, name: str, g, plan, model) -> dec.Decision:
         """The function's decision: the plan id, its expected (modelled) and measured (end to
         end, cached) gain, and whether it is applied. Adds the matching report lines to
@@ -189,7 +174,9 @@ class FluidMLLayout:
                 f"{layout_gain.keep_rule()}); the function keeps the default layouts")
         data["applied"] = choice == "applied"
         if data["applied"] and data["unmeasured"]:
-            self._keep_for_check()
+            from ...schedules.measure import measures_here
+
+            tuning.keep_for_layout_check(self.options, measures_here(self.target))
         return dec.Decision(STAGE, f"function {name}", choice,
                             f"{len(plan.layouts)} non-default tensors", data)
 
