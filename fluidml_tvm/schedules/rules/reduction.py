@@ -46,6 +46,7 @@ from .injective import COSTLY_CALLS, int32_indices, schedule_spatial_block, vect
 
 log = logging.getLogger("fluidml_tvm.schedules")
 
+
 def _leading_s(kinds: list[str]) -> int:
     n = 0
     for k in kinds:
