@@ -188,6 +188,9 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     n_par = len(outer) if m.f_is_vector else min(len(outer), (f_pos or 0) + 1)
     par_loops = outer[:n_par]
     par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
+    group = 1 if m.f_is_vector else _plane_group(sch, pre, extent(sch, par) or 1)
+    if group > 1:  # the padded planes of `group` channels, then their convolutions
+        par, _ = sch.split(par, [(extent(sch, par) or 1) // group, group])
     sch.parallel(par)
     _tile(sch, main, out, v0, reds, [lp for lp in (rows, v1) if lp is not None], v2, lanes)
     padded_here = False
@@ -213,9 +216,33 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     tile = f"{mr} rows x " + tile if rows is not None else tile
     reason = f"depthwise ({layout}, stride {m.stride}) tile {tile}, window unrolled"
     reason += padded
-    reason += ", padding per channel" if padded_here else ""
+    if padded_here:
+        reason += f", padding per {group} channels" if group > 1 else ", padding per channel"
     reason += ", padded columns split even/odd" if split_pad else ""
     return sch, reason
+
+
+def _plane_group(sch, pre, channels: int) -> int:
+    """Channels whose padded planes are computed before their convolutions (NCHW): 2 where two
+    padded planes fit the 1 KB TVM keeps on the stack (a larger buffer inside the parallel loop
+    is a workspace allocation a loop iteration), else 1. A plane padded right before its window
+    loads is still in the store buffer when they run (the loads wait for the stores to drain):
+    on the 2-core AVX-512 host, 2 threads, + ReLU, 1152ch 7x7 3x3 35 -> 15 us, 576ch 7x7 3x3
+    18 -> 8 (planes of 360 bytes; 5x5 windows' 528-byte planes stay one a channel)."""
+    if not pre or channels % 2:
+        return 1
+    shape = [as_int(d) for d in sch.get(pre[-1]).writes[0].source.shape]
+    if None in shape or len(shape) < 3:
+        return 1
+    plane = 4
+    for d in shape[2:]:
+        plane *= d
+    return 2 if 2 * plane <= PLANE_GROUP_BYTES else 1
+
+
+# TVM 0.27 keeps a "global" buffer of fewer bytes than this on the stack (LowerTVMBuiltin's
+# kMaxStackAlloca); a larger one is a TVMBackendAllocWorkspace call where it is allocated.
+PLANE_GROUP_BYTES = 1024
 
 
 def _loops_by_role(sch, main, m: DepthwiseMatch):
@@ -232,10 +259,14 @@ def _loops_by_role(sch, main, m: DepthwiseMatch):
 
 
 def _tile(sch, main, out, at, reds, unrolled, vec, lanes: int) -> None:
-    """One tile under loop ``at``: its accumulators in a local buffer (registers), the window
-    loops (up to 7 taps) and ``unrolled`` unrolled, ``vec`` vectorized, the epilogue ``out``
-    computed per tile."""
-    acc = sch.cache_write(main, 0, "local")
+    """One tile under loop ``at``: its accumulators in a buffer of the tile (registers), the
+    window loops (up to 7 taps) and ``unrolled`` unrolled, ``vec`` vectorized, the epilogue
+    ``out`` computed per tile. The accumulators' scope is "global", not "local": TVM 0.27's
+    LowerTVMBuiltin keeps only "global" buffers under 1 KB on the stack (where LLVM promotes
+    them to registers) and allocates a "local" one with TVMBackendAllocWorkspace at every tile
+    (2-core AVX-512 host, 2 threads, + ReLU: 480ch 14x14 3x3 30 -> 20 us, 120ch 28x28 5x5
+    43 -> 37, 72ch 56x56 3x3 47 -> 43, 576ch 14x14 5x5/2 40 -> 35)."""
+    acc = sch.cache_write(main, 0, "global")
     sch.reverse_compute_at(acc, at, preserve_unit_loops=True)
     for r in reds:
         if (extent(sch, r) or 0) <= 7:
@@ -323,8 +354,9 @@ class DepthwiseRule(Rule):
         # channels innermost: column tiles since 2026-12-06 (decisions of the older kernel
         # not reused)
         # rows padded to whole vectors since 2026-12-07 (":pv"; earlier choices not reused),
-        # tiles of rows since 2026-12-07 (":y")
-        return (f"v{m.v_extent}s{m.stride}" + (f":x{m.cols}" if m.f_is_vector else "")
+        # tiles of rows since 2026-12-07 (":y"), accumulators on the stack since 2026-12-07
+        # (":s"; the choices among the slower kernels not reused)
+        return (f"v{m.v_extent}s{m.stride}:s" + (f":x{m.cols}" if m.f_is_vector else "")
                 + (f":y{m.rows}" if any("mr" in c for c in candidates) and not m.f_is_vector
                    else "")
                 + (":flat" if m.flat else "")

@@ -197,7 +197,7 @@ def schedule_flat(func: tirx.PrimFunc, m, fs: FlatShape, lanes: int):
     sch.parallel(par)
     i0, i1, i2 = sch.split(i, [nvv // nv, nv, lanes])
     sch.reorder(i0, ry, rx, i1, i2)
-    acc = sch.cache_write(conv, 0, "local")
+    acc = sch.cache_write(conv, 0, "global")  # on the stack, not a workspace (depthwise._tile)
     sch.reverse_compute_at(acc, i0, preserve_unit_loops=True)
     for r in (ry, rx):
         if (extent(sch, r) or 0) <= 7:
