@@ -106,8 +106,6 @@ def keep_rule() -> str:
     return f"kept only if on/off <= {1 - MIN_GAIN:.3f} and 75% of rounds faster"
 
 
-
-
 # A plan no end-to-end measurement has kept yet is applied only if the model expects at least
 # this share of the run from it. Its kernels are timed alone, without the epilogues fusion adds,
 # so a smaller modelled gain is within the model's error, and an unchecked plan (a tune budget

@@ -172,9 +172,9 @@ class FluidMLLayout:
                 f"NOT APPLIED (fluidml.layout_verify): measured end to end on/off "
                 f"{stored['ratio']:.3f} (rounds {stored['q25']:.3f}-{stored['q75']:.3f}; "
                 f"{layout_gain.keep_rule()}); the function keeps the default layouts")
-        elif choice == "applied" and data["unmeasured"] and layout_gain.too_small(plan):
+        elif choice == "applied" and data["unmeasured"] and (why := layout_gain.too_small(plan)):
             choice = "not applied"
-            plan.notes.append(layout_gain.too_small(plan))
+            plan.notes.append(why)
         data["applied"] = choice == "applied"
         if data["applied"] and data["unmeasured"]:
             from ...schedules.measure import measures_here

@@ -188,9 +188,10 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     n_par = len(outer) if m.f_is_vector else min(len(outer), (f_pos or 0) + 1)
     par_loops = outer[:n_par]
     par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
-    group = 1 if m.f_is_vector else _plane_group(sch, pre, extent(sch, par) or 1)
+    channels = extent(sch, par) or 1
+    group = 1 if m.f_is_vector else _plane_group(sch, pre, channels)
     if group > 1:  # the padded planes of `group` channels, then their convolutions
-        par, _ = sch.split(par, [(extent(sch, par) or 1) // group, group])
+        par, _ = sch.split(par, [channels // group, group])
     sch.parallel(par)
     _tile(sch, main, out, v0, reds, [lp for lp in (rows, v1) if lp is not None], v2, lanes)
     padded_here = False
