@@ -129,8 +129,9 @@ def _depthwise(c: dict, x_shape, w_shape) -> bool:
 
 # Bumped when the depthwise schedule changes the kernels a depthwise conv key times: 2 = column
 # tiles and per-row padding with the channels innermost (2026-12-06); 3 = accumulators on the
-# stack, NCHW planes padded two at a time where small (2026-12-07).
-DEPTHWISE_VERSION = 3
+# stack, NCHW planes padded two at a time where small (2026-12-07); 4 = NCHW stride 2: planes
+# up to 32 KB zeroed, then copied by pairs of columns (2026-12-07).
+DEPTHWISE_VERSION = 4
 
 
 def is_depthwise(g, i) -> bool:

@@ -33,14 +33,24 @@ from ..target_info import CPUInfo
 from . import depthwise_flat
 from .base import Context, Rule
 from .depthwise_tiles import (  # noqa: F401 - DepthwiseMatch is read as depthwise.<name>
+    PAIRS_PLANE_BYTES,
     DepthwiseMatch,
     candidates,
     nhwc_candidates,
+    plane_bytes,
+    plane_group,
     row_tile,
     short_row_candidates,
 )
 from .injective import schedule_spatial_block
-from .pad import grow, iterate_even_odd, lay_out_even_odd, schedule_padded_copy
+from .pad import (
+    grow,
+    iterate_even_odd,
+    iterate_pairs,
+    lay_out_even_odd,
+    lay_out_pairs,
+    schedule_padded_copy,
+)
 from .tiles import up
 
 
@@ -156,7 +166,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             return None, f"padded kernel: {why}"
     sch = s_tir.Schedule(func)
     main, pre, out = around(sch, m.block)
-    split_pad = False
+    split_pad = pairs = False
     if m.stride == 2 and not m.f_is_vector and pre and split_even_odd:
         # stride 2 along the vector axis: lay the padded input out as [.., even, odd] columns
         # (w -> (w % 2, w // 2)), so each window tap reads a contiguous vector instead of every
@@ -166,7 +176,9 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         last = as_int(wbuf.shape[-1])
         reads_main = [r.source for r in sch.get(main).reads]
         if last is not None and last % 2 == 0 and any(b.same_as(wbuf) for b in reads_main):
-            lay_out_even_odd(sch, pb)
+            pairs = plane_bytes(wbuf) <= PAIRS_PLANE_BYTES and lay_out_pairs(sch, pb)
+            if not pairs:
+                lay_out_even_odd(sch, pb)
             split_pad = True
     if m.f_is_vector and mr:
         return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)
@@ -189,7 +201,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     par_loops = outer[:n_par]
     par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
     channels = extent(sch, par) or 1
-    group = 1 if m.f_is_vector else _plane_group(sch, pre, channels)
+    group = 1 if m.f_is_vector else plane_group(sch, pre, channels)
     if group > 1:  # the padded planes of `group` channels, then their convolutions
         par, _ = sch.split(par, [channels // group, group])
     sch.parallel(par)
@@ -203,7 +215,10 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             try:
                 sch.compute_at(b, par, preserve_unit_loops=True)
                 if split_pad and b.same_as(pre[-1]):
-                    iterate_even_odd(sch, b)
+                    if pairs:
+                        iterate_pairs(sch, b, par)
+                    else:
+                        iterate_even_odd(sch, b)
                 else:
                     vectorize_inner(sch, b, lanes, whole=4, tail=False)
                 padded_here = True
@@ -221,29 +236,6 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         reason += f", padding per {group} channels" if group > 1 else ", padding per channel"
     reason += ", padded columns split even/odd" if split_pad else ""
     return sch, reason
-
-
-def _plane_group(sch, pre, channels: int) -> int:
-    """Channels whose padded planes are computed before their convolutions (NCHW): 2 where two
-    padded planes fit the 1 KB TVM keeps on the stack (a larger buffer inside the parallel loop
-    is a workspace allocation a loop iteration), else 1. A plane padded right before its window
-    loads is still in the store buffer when they run (the loads wait for the stores to drain):
-    on the 2-core AVX-512 host, 2 threads, + ReLU, 1152ch 7x7 3x3 35 -> 15 us, 576ch 7x7 3x3
-    18 -> 8 (planes of 360 bytes; 5x5 windows' 528-byte planes stay one a channel)."""
-    if not pre or channels % 2:
-        return 1
-    shape = [as_int(d) for d in sch.get(pre[-1]).writes[0].source.shape]
-    if None in shape or len(shape) < 3:
-        return 1
-    plane = 4
-    for d in shape[2:]:
-        plane *= d
-    return 2 if 2 * plane <= PLANE_GROUP_BYTES else 1
-
-
-# TVM 0.27 keeps a "global" buffer of fewer bytes than this on the stack (LowerTVMBuiltin's
-# kMaxStackAlloca); a larger one is a TVMBackendAllocWorkspace call where it is allocated.
-PLANE_GROUP_BYTES = 1024
 
 
 def _loops_by_role(sch, main, m: DepthwiseMatch):
@@ -356,8 +348,10 @@ class DepthwiseRule(Rule):
         # not reused)
         # rows padded to whole vectors since 2026-12-07 (":pv"; earlier choices not reused),
         # tiles of rows since 2026-12-07 (":y"), accumulators on the stack since 2026-12-07
-        # (":s"; the choices among the slower kernels not reused)
-        return (f"v{m.v_extent}s{m.stride}:s" + (f":x{m.cols}" if m.f_is_vector else "")
+        # (":s"; the choices among the slower kernels not reused), stride 2 planes zeroed then
+        # copied by pairs since 2026-12-07 (":p")
+        pairs = ":p" if m.stride == 2 and not m.f_is_vector else ""
+        return (f"v{m.v_extent}s{m.stride}:s{pairs}" + (f":x{m.cols}" if m.f_is_vector else "")
                 + (f":y{m.rows}" if any("mr" in c for c in candidates) and not m.f_is_vector
                    else "")
                 + (":flat" if m.flat else "")

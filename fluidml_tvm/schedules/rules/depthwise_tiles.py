@@ -1,12 +1,14 @@
 """The depthwise rule's match (:class:`DepthwiseMatch`, found by :func:`.depthwise.analyze`) and its
 tiles: vectors per register tile of the columns-innermost (NCHW) kernel, rows padded to whole
 vectors, tiles of several output rows, and the channels-innermost (NHWC) column x vector tiles,
-best guess first."""
+best guess first; how the NCHW kernel pads its channel planes (:func:`plane_group`,
+:data:`PAIRS_PLANE_BYTES`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..common import as_int
 from ..target_info import CPUInfo
 from .tiles import up
 
@@ -128,3 +130,41 @@ def row_tile(m: DepthwiseMatch, c: dict, cpu: CPUInfo) -> dict | None:
         if m.rows % mr == 0 and mr * regs <= cap:
             return dict(c, mr=mr)
     return None
+
+
+def plane_group(sch, pre, channels: int) -> int:
+    """Channels whose padded planes are computed before their convolutions (NCHW): 2 where two
+    padded planes fit the 1 KB TVM keeps on the stack (a larger buffer inside the parallel loop
+    is a workspace allocation a loop iteration), else 1. A plane padded right before its window
+    loads is still in the store buffer when they run (the loads wait for the stores to drain):
+    on the 2-core AVX-512 host, 2 threads, + ReLU, 1152ch 7x7 3x3 35 -> 15 us, 576ch 7x7 3x3
+    18 -> 8 (planes of 360 bytes; 5x5 windows' 528-byte planes stay one a channel)."""
+    if not pre or channels % 2:
+        return 1
+    shape = [as_int(d) for d in sch.get(pre[-1]).writes[0].source.shape]
+    if None in shape or len(shape) < 3:
+        return 1
+    plane = 4
+    for d in shape[2:]:
+        plane *= d
+    return 2 if 2 * plane <= PLANE_GROUP_BYTES else 1
+
+
+def plane_bytes(buf) -> int:
+    """Bytes of one channel plane (the last two dims) of a float32 buffer (large if unknown)."""
+    dims = [as_int(d) for d in buf.shape[-2:]]
+    return 4 * dims[0] * dims[1] if None not in dims else 1 << 30
+
+
+# Stride 2: a padded input plane up to this size is zeroed, then copied by pairs of columns
+# (.pad.iterate_pairs); a larger one keeps the guarded copy (.pad.iterate_even_odd), as
+# zeroing a plane past L1 adds a plane of stores. 2 threads, + ReLU, guarded -> pairs (best
+# tile): 5x5/2 144x56x56 143 -> 70 us, 72x56x56 70 -> 36; 3x3/2 576x14x14 67 -> 24, 72x56x56
+# 25 -> 25 (67 -> 25 with its rows padded to 32); 672x14x14 5x5/2 40 -> 39; 3x3/2 240x28x28
+# 22 -> 25, 5x5/2 96x28x28 16 -> 16; past it, 3x3/2 96x112x112 134 -> 148, 64x112x112 93 -> 100.
+PAIRS_PLANE_BYTES = 32 * 1024
+
+
+# TVM 0.27 keeps a "global" buffer of fewer bytes than this on the stack (LowerTVMBuiltin's
+# kMaxStackAlloca); a larger one is a TVMBackendAllocWorkspace call where it is allocated.
+PLANE_GROUP_BYTES = 1024

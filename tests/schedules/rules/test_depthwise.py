@@ -81,28 +81,33 @@ def test_depthwise_nhwc_column_tiles(c, hw, k, stride):
                                    err_msg=f"{cfg}: {why}")
 
 
-def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized():
-    """NCHW stride 2: the padded input is stored even columns, then odd ones; the copy iterates
-    the column halves outside the (unrolled) parity, left to LLVM's loop vectorizer, which
-    loads whole vectors and splits them with shuffles (TVM's vectors gathered every other
-    element; in column order the copy stored one scalar at a time); the result is the
-    unscheduled kernel's."""
+@pytest.mark.parametrize("size,pairs", [(64, True), (112, False)])
+def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized(size, pairs):
+    """NCHW stride 2: the padded input is stored even columns, then odd ones. A plane up to
+    ``PAIRS_PLANE_BYTES`` (66x66 floats) is zeroed, then the in-bound copy iterates pairs of
+    source columns (no guard); a larger one (114x114) keeps the guarded copy over the padded
+    columns' pairs. Either way the pair is unrolled and the pair loop left to LLVM's loop
+    vectorizer, which loads whole vectors and splits them with shuffles (TVM's vectors gathered
+    every other element; the guarded copy got masked gathers in some kernels); the result is
+    the unscheduled kernel's."""
     from tvm import topi
 
     from fluidml_tvm.schedules.rules import depthwise
 
-    X = te.placeholder((1, 16, 64, 64), name="X")
-    W = te.placeholder((16, 1, 3, 3), name="W")
-    func = te.create_prim_func([X, W, topi.nn.group_conv2d_nchw(X, W, 2, 1, 1, 16)])
+    X = te.placeholder((1, 4, size, size), name="X")
+    W = te.placeholder((4, 1, 3, 3), name="W")
+    func = te.create_prim_func([X, W, topi.nn.group_conv2d_nchw(X, W, 2, 1, 1, 4)])
     sch, why = depthwise.schedule_depthwise(func, cpu_info(TARGET))
     assert "split even/odd" in why, why
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    assert ("pad_temp_pad_const" in names) == pairs, names
     loops = sch.get_loops(sch.get_sblock("pad_temp"))
     kinds = [int(sch.get(lp).kind) for lp in loops]  # ForKind: 0 serial, 3 unrolled
     extents = [int(sch.get(lp).extent) for lp in loops]
-    assert kinds[-2:] == [0, 3] and extents[-2:] == [33, 2], (kinds, extents)
+    pairs_in_row = size // 2 if pairs else size // 2 + 1
+    assert kinds[-2:] == [0, 3] and extents[-2:] == [pairs_in_row, 2], (kinds, extents)
     asm = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
                       TARGET).mod.inspect_source("s")
-    # TVM's vectorized halves compiled to gathers (vgatherdps); LLVM's to loads and vpermps
     assert "vperm" in asm and "vgather" not in asm, "the even/odd copy gathers its elements"
     _same_as_unscheduled(func, sch.mod["main"], seed=5)
 
