@@ -39,6 +39,7 @@ from .depthwise_tiles import (  # noqa: F401 - DepthwiseMatch is read as depthwi
     nhwc_candidates,
     plane_bytes,
     plane_group,
+    planes_pair,
     row_tile,
     short_row_candidates,
 )
@@ -131,8 +132,9 @@ def analyze(func: tirx.PrimFunc) -> tuple[DepthwiseMatch | None, str]:
     if v.same_as(f) and len(c_vars) > 1 and c_vars[-2] is not None:
         cols = int(ext.get(c_vars[-2], 1))
     rows = int(ext[c_vars[-2]]) if "y" in roles else 0
+    plane = tuple(as_int(d) or 0 for d in d_reg.source.shape[-2:]) if not v.same_as(f) else ()
     return (DepthwiseMatch(st.name_hint, roles, ext[v], v.same_as(f), flops, stride, v_axis,
-                           cols, rows=rows), "depthwise")
+                           cols, rows=rows, plane=plane, channels=int(ext[f])), "depthwise")
 
 
 def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
@@ -338,6 +340,7 @@ class DepthwiseRule(Rule):
         rows = short_row_candidates(m, ctx.cpu) + [{"nv": nv} for nv in
                                                     candidates(m, ctx.cpu, budget)]
         tiled = [t for t in (row_tile(m, c, ctx.cpu) for c in rows) if t is not None]
+        tiled.sort(key=lambda c: not planes_pair(m, c, ctx.cpu.lanes(32)))  # stable
         return (tiled + flat + rows)[:budget]
 
     def no_candidates(self, m: DepthwiseMatch, ctx: Context) -> str:

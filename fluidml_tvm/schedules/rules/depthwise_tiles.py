@@ -25,6 +25,8 @@ class DepthwiseMatch:
     cols: int = 0  # channels innermost: the output columns (the axis just outside the channels)
     flat: bool = False  # the flat kernel applies (depthwise_flat.py; set by DepthwiseRule)
     rows: int = 0  # columns innermost: the output rows (loop role "y")
+    plane: tuple = ()  # columns innermost: (rows, columns) of the input plane the window reads
+    channels: int = 0
 
 
 def candidates(m: DepthwiseMatch, cpu: CPUInfo, budget: int = 4) -> list[int]:
@@ -148,6 +150,20 @@ def plane_group(sch, pre, channels: int) -> int:
     for d in shape[2:]:
         plane *= d
     return 2 if 2 * plane <= PLANE_GROUP_BYTES else 1
+
+
+def planes_pair(m: DepthwiseMatch, c: dict, lanes: int) -> bool:
+    """Whether tile ``c`` of a columns-innermost kernel pads two channels' planes at a time
+    (:func:`plane_group`): its row padded to whole vectors widens the plane. The tiles whose
+    planes pair come first: 2 threads, + ReLU, 7x7 maps, 5x5 (11x11 planes pair, 11x12 ones padded
+    for rows of 8 lanes do not): one vector of 7 / rows padded to 8 lanes 31 / 39 us at 1152
+    channels, 27 / 32 at 960, 16 / 20 at 576; 3x3 (both pair): 17 / 13, 14 / 11, 9 / 7."""
+    if len(m.plane) != 2 or not all(m.plane) or m.channels % 2:
+        return False
+    nv = c.get("nv") or 0
+    vp = nv * (c.get("vl") or lanes) if nv else m.v_extent
+    cols = m.plane[1] + max(0, vp - m.v_extent) * m.stride
+    return 2 * 4 * m.plane[0] * cols <= PLANE_GROUP_BYTES
 
 
 def plane_bytes(buf) -> int:

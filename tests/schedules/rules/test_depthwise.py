@@ -217,3 +217,32 @@ def test_depthwise_nchw_row_tiles(c, hw, k, stride, mr):
     _same_as_unscheduled(func, sch.mod["main"], seed=11)
     one, _ = depthwise.schedule_depthwise(func, cpu, cfg["nv"], vl=cfg.get("vl", 0))
     _same_as_unscheduled(func, one.mod["main"], seed=11)
+
+
+@pytest.mark.parametrize("k,first", [
+    (5, {"nv": 0, "mr": 7}),  # 11x11 planes pair; padded to rows of 8 lanes (11x12) they do not
+    (3, {"nv": 1, "vl": 8, "mr": 7}),  # 9x9 and 9x10 planes both pair: the padded rows first
+])
+def test_depthwise_tiles_whose_planes_pair_come_first(k, first):
+    """7x7 maps, columns innermost: the first tile is one whose padded planes are computed two
+    channels at a time (:func:`depthwise_tiles.planes_pair`), where padding the row to whole
+    vectors would widen the plane past the 1 KB that pairs; it computes the unscheduled kernel."""
+    from tvm import topi
+
+    from fluidml_tvm.options import Options
+    from fluidml_tvm.schedules.rules import depthwise
+    from fluidml_tvm.schedules.rules.base import Context
+
+    X = te.placeholder((1, 8, 7, 7), name="X")
+    W = te.placeholder((8, 1, k, k), name="W")
+    func = te.create_prim_func([X, W, topi.nn.group_conv2d_nchw(X, W, 1, k // 2, 1, 8)])
+    cpu = cpu_info(TARGET)
+    rule = depthwise.DepthwiseRule()
+    m, why = rule.analyze(func, Context("k", TARGET, cpu, Options()))
+    assert m is not None and m.plane == (7 + k - 1, 7 + k - 1) and m.channels == 8, why
+    cands = rule.candidates(m, Context("k", TARGET, cpu, Options()))
+    assert cands[0] == first, cands
+    sch, why = depthwise.schedule_depthwise(func, cpu, first["nv"], mr=first["mr"],
+                                            vl=first.get("vl", 0))
+    assert "padding per 2 channels" in why, why
+    _same_as_unscheduled(func, sch.mod["main"], seed=13)
