@@ -38,6 +38,7 @@ sys.path.insert(0, HERE)
 import corpus  # noqa: E402
 import corpus_engines  # noqa: E402
 import run_corpus  # noqa: E402
+from rounds import cpu_skew, skew_text  # noqa: E402
 
 SRC = "src"  # the key of a before/after A/B of two source trees
 
@@ -60,7 +61,8 @@ def bench_model(spec, args, key, values, work) -> dict:
     with open(os.path.join(args.corpus, f"{name}.json")) as f:
         manifest = json.load(f)
     inputs = os.path.join(args.corpus, f"{name}.inputs.npz")
-    row = {"model": name, "loadavg_before": list(os.getloadavg()), "variants": {}}
+    row = {"model": name, "loadavg_before": list(os.getloadavg()), "cpu_skew_before": cpu_skew(),
+           "variants": {}}
     libs = {}
     for i, v in enumerate(values):
         lib = os.path.join(work, f"{name}-{i}.so")
@@ -131,6 +133,7 @@ def bench_model(spec, args, key, values, work) -> dict:
         row["b_over_a"] = statistics.median(y / x for x, y in zip(a, b))
     row["ort_ms"] = statistics.median(ort_ms) if ort_ms else None
     row["loadavg_after"] = list(os.getloadavg())
+    row["cpu_skew_after"] = cpu_skew()
     return row
 
 
@@ -153,10 +156,10 @@ def markdown(rows, info, key, values, opts) -> str:
                  "--in-process (the variants and ONNX Runtime in one process, interleaved "
                  "round by round, numpy in and out; B/A: median of the per-round ratios)"
                  if opts.get("in_process") else "(each variant and ONNX Runtime in a fresh "
-                 "process per round, numpy in and out)"), "",
-             f"| model | load before/after | {key}={va} ms | {key}={vb} ms | B/A | A/ORT | B/ORT "
-             "| ORT ms | A diff vs ORT | B diff vs ORT |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+                 "process per round, numpy in and out)"), "- " + run_corpus.SKEW_NOTE, "",
+             f"| model | load before/after | CPU skew before/after | {key}={va} ms | {key}={vb} ms "
+             "| B/A | A/ORT | B/ORT | ORT ms | A diff vs ORT | B diff vs ORT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         A, B = r["variants"][va], r["variants"][vb]
         ort = r.get("ort_ms")
@@ -174,10 +177,10 @@ def markdown(rows, info, key, values, opts) -> str:
 
         ba = f"**{r['b_over_a']:.3f}**" if r.get("b_over_a") else "-"
         lb, la = r["loadavg_before"][0], r["loadavg_after"][0]
-        lines.append(f"| {r['model']} | {lb:.2f}/{la:.2f} | {ms(A)} | {ms(B)} | {ba} | {rel(A)} "
-                     f"| {rel(B)} | {ort:.2f} | {diff(A)} | {diff(B)} |" if ort else
-                     f"| {r['model']} | {lb:.2f}/{la:.2f} | {ms(A)} | {ms(B)} | {ba} | - | - | - "
-                     f"| {diff(A)} | {diff(B)} |")
+        sk = skew_text(r.get("cpu_skew_before"), r.get("cpu_skew_after"))
+        head = f"| {r['model']} | {lb:.2f}/{la:.2f} | {sk} | {ms(A)} | {ms(B)} | {ba} "
+        lines.append(head + f"| {rel(A)} | {rel(B)} | {ort:.2f} | {diff(A)} | {diff(B)} |"
+                     if ort else head + f"| - | - | - | {diff(A)} | {diff(B)} |")
     gm = run_corpus.geomean(r.get("b_over_a") for r in rows)
     if gm:
         lines += ["", f"Geometric mean of B/A: **{gm:.3f}**."]

@@ -38,8 +38,15 @@ if HERE not in sys.path:
 
 import corpus  # noqa: E402
 import corpus_engines  # noqa: E402
+from rounds import cpu_skew, skew_text  # noqa: E402
 
 ENGINES = ("fluidml", "tvm", "ort", "openvino")
+SKEW_NOTE = ("CPU skew: the slowest CPU's time over the fastest's on one fixed scalar loop, each "
+             "CPU alone (benchmarks/rounds.py cpu_skew), before and after the model; a quiet "
+             "host reads ~1.0-1.2. Above that one vCPU is getting less of the host, which the "
+             "load average does not show: TVM splits a parallel loop evenly among its threads "
+             "and waits for the slow one, ONNX Runtime and OpenVINO share the work out as "
+             "threads finish, so fluidml's ratios are worse in those minutes.")
 RATIOS = (("fluidml", "ort"), ("fluidml", "openvino"), ("tvm", "ort"))
 
 
@@ -199,7 +206,7 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
     ``in_process``: the engines in one process, a median of calls each a round, the ratios
     medians of the per-round ratios (``corpus_engines`` engine ``interleaved``)."""
     row = {"model": spec.name, "description": spec.description, "loadavg_before":
-           list(os.getloadavg()), "engines": {}}
+           list(os.getloadavg()), "cpu_skew_before": cpu_skew(), "engines": {}}
     manifest_path = os.path.join(corpus_dir, f"{spec.name}.json")
     if not os.path.exists(manifest_path):
         log(f"[corpus] {spec.name}: not exported yet, exporting into {corpus_dir}")
@@ -283,6 +290,7 @@ def benchmark_model(spec, corpus_dir: str, workdir: str, engines, threads: int, 
             prof["rows"] = annotate(prof["rows"], row["engines"]["fluidml"].get("schedule", []))
         row["fluidml_profile"] = prof
     row["loadavg_after"] = list(os.getloadavg())
+    row["cpu_skew_after"] = cpu_skew()
     return row
 
 
@@ -350,17 +358,19 @@ def markdown(rows: list, info: dict, options: dict) -> str:
         + (f"from {la[0][0]:.2f}/{la[0][1]:.2f}/{la[0][2]:.2f} "
            f"to {la[-1][0]:.2f}/{la[-1][1]:.2f}/{la[-1][2]:.2f}, "
            f"max 1-min {max(x[0] for x in la):.2f}" if la else "n/a"),
+        "- " + SKEW_NOTE,
         "", "Latency: median ms (min-max, samples) over all rounds; each call is numpy in, numpy "
         "out. Diff: max abs difference of the outputs vs ONNX Runtime (rel: over max |ORT|).", "",
-        "| model | load before/after | fluidml ms | stock TVM ms | ORT ms | OpenVINO ms | "
-        "fluidml diff | TVM diff | OpenVINO diff | fluidml compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "| model | load before/after | CPU skew before/after | fluidml ms | stock TVM ms | ORT ms "
+        "| OpenVINO ms | fluidml diff | TVM diff | OpenVINO diff | fluidml compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         en = r["engines"]
         lb, lafter = r.get("loadavg_before") or [0], r.get("loadavg_after") or [0]
         cs = en.get("fluidml", {}).get("compile_seconds")
         lines.append(
             f"| {r['model']} | {lb[0]:.2f}/{lafter[0]:.2f} | "
+            f"{skew_text(r.get('cpu_skew_before'), r.get('cpu_skew_after'))} | "
             + " | ".join(_ms(en[e]) if e in en else "skipped" for e in ENGINES) + " | "
             + " | ".join(_diff(en[e]) if e in en else "-" for e in ("fluidml", "tvm", "openvino"))
             + f" | {'-' if cs is None else cs} |")

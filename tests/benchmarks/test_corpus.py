@@ -220,6 +220,8 @@ def test_results_writer(tmp_path):
                    "openvino": eng(v, 3e-7)}
         rows.append({"model": name, "engines": engines, "ratios": run_corpus.ratios(engines),
                      "loadavg_before": [1.0, 1.0, 1.0], "loadavg_after": [2.0, 1.5, 1.0],
+                     "cpu_skew_before": {"ms": [10.0, 10.5], "skew": 1.05},
+                     "cpu_skew_after": {"ms": [19.0, 10.0], "skew": 1.9},
                      "fluidml_profile": {"ok": True, "rows": [
                          {"kernel": "fused_conv2d", "calls": 1, "total_ms": 1.5, "share": 75.0}]}})
     assert rows[0]["ratios"] == {"fluidml/ort": 2.0, "fluidml/openvino": 4.0, "tvm/ort": 100.0}
@@ -245,6 +247,22 @@ def test_results_writer(tmp_path):
     assert run_corpus._match("fused_conv2d11_add6_packed", sched) == sched[1:]
     assert run_corpus._match("fused_conv2d11_add6_relu", sched) == []
     assert "machine load" in md and info["cpu"] in md
+    assert "| a | 1.00/2.00 | 1.05/1.90 |" in md and "CPU skew: the slowest CPU" in md
+
+
+def test_cpu_skew_times_every_cpu_and_restores_the_affinity():
+    """The per-CPU probe times each CPU the process may use, the slowest over the fastest, and
+    leaves the calling thread's affinity as it found it."""
+    import os
+
+    import rounds
+
+    before = os.sched_getaffinity(0)
+    got = rounds.cpu_skew(n=20_000, reps=1)
+    assert os.sched_getaffinity(0) == before
+    assert len(got["ms"]) == len(before) and all(t > 0 for t in got["ms"])
+    assert got["skew"] == pytest.approx(max(got["ms"]) / min(got["ms"]), rel=0.02)
+    assert rounds.skew_text(got, None).endswith("/-")
 
 
 def _conv_model(path):
