@@ -47,7 +47,8 @@ def cpu_skew(n: int = 300_000, reps: int = 3) -> dict:
     minutes at a time while the load average read ~1, and a kernel whose parallel loop is split
     evenly among the threads (TVM's) waits for the slow one, where ONNX Runtime's threads share
     the work out as they finish (MNASNet, 2 threads: 0.97x ONNX Runtime in a quiet minute, 1.14x
-    with one vCPU 1.5x slower)."""
+    with one vCPU 1.5x slower). A skew near 1 does not prove a quiet host: its other slow phase
+    leaves this scalar loop alone and slows vector kernels (benchmarks/README.md)."""
     cpus = sorted(os.sched_getaffinity(0))
     per = []
     try:

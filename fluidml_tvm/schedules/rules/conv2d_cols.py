@@ -144,6 +144,13 @@ def schedule_conv2d_cols(func, m: ConvMatch, cpu: CPUInfo, const_args, tile):
 POINTWISE_MIN_VECTORS = 8
 
 
+# Maps of fewer positions than this take tiles of two vectors of positions first: measured
+# (SqueezeNet, a fresh cache, every candidate timed) 8 channels x 2 vectors beat 8 x 3 on the four
+# 1x1 convs of 13x13 and 27x27 maps that had both (384->64, 512->64 and 64->256 on 13x13,
+# 32->128 on 27x27), which the default tune budget had left to 8 x 3.
+SMALL_MAP_POSITIONS = 32 * 32
+
+
 def pointwise_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[int, int]]:
     """``(nf, nv)`` tiles of :func:`schedule_pointwise_cols` (a 1x1 stride-1 convolution reading
     and writing NCHW - the layout stage's variant writing NHWC took 0.9 s to time -, one group,
@@ -163,7 +170,10 @@ def pointwise_candidates(m: ConvMatch, cpu: CPUInfo, budget: int) -> list[tuple[
                 continue
             if nv > 1 and (nv - 1) * lanes >= positions:  # more vectors than positions
                 continue
-            found.append((min(nf * nv, 24), nf, -nv if nv != 4 else -1.5, nf, nv))
+            rank = min(nf * nv, 24)
+            if positions < SMALL_MAP_POSITIONS and nv == 2:
+                rank = 25  # a small map: two vectors a tile first
+            found.append((rank, nf, -nv if nv != 4 else -1.5, nf, nv))
     found.sort(reverse=True)
     return [(nf, nv) for *_, nf, nv in found][: max(1, budget)]
 

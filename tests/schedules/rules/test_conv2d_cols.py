@@ -62,3 +62,29 @@ def test_every_column_tile_computes_the_same(F, W):
             np.zeros_like(args[-1]))]
         build(sch.mod["main"])["main"](*out)
         np.testing.assert_allclose(out[-1].numpy(), ref[-1].numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,first_nv", [(13, 2), (27, 2), (56, 3)])
+def test_pointwise_small_maps_take_two_vectors_first(hw, first_nv):
+    """1x1 NCHW convs with the vectors along the positions: on a map of fewer than
+    ``SMALL_MAP_POSITIONS`` (13x13, 27x27) the first tile is 8 channels x 2 vectors, on a larger
+    one (56x56) 8 x 3; the first tile computes the unscheduled kernel."""
+    from fluidml_tvm.schedules.rules.conv2d_cols import (
+        SMALL_MAP_POSITIONS,
+        pointwise_candidates,
+        schedule_pointwise_cols,
+    )
+
+    func = _func(C=16, O=32, H=hw, W=hw, k=1, pad=0)
+    m, _ = analyze_any(func, {1})
+    cands = pointwise_candidates(m, CPU, 4)
+    assert cands[0] == (8, first_nv), cands
+    assert (hw * hw < SMALL_MAP_POSITIONS) == (first_nv == 2)
+    sch, why, _ = schedule_pointwise_cols(func, m, CPU, {}, cands[0])
+    assert f"tile 8 channels x {first_nv}x16 positions" in why, why
+    args = random_args(func, tvm.cpu(), seed=3)
+    out = [tvm.runtime.tensor(np.zeros_like(args[-1].numpy())) for _ in range(2)]
+    build(sch.mod["main"])["main"](*args[:-1], out[0])
+    build(func)["main"](*args[:-1], out[1])
+    assert np.abs(out[1].numpy()).max() > 0
+    np.testing.assert_allclose(out[0].numpy(), out[1].numpy(), rtol=1e-4, atol=1e-4)
