@@ -11,7 +11,10 @@ read each input row from cache once and write each output once, vectorized:
   tile, the accumulators in a local buffer (registers);
 * ``fuse(batch, channel)`` parallel (NCHW: the padded plane of the channel is computed right there,
   so it is still in L1/L2 when the window reads it; NHWC: ``fuse(batch, rows)``);
-* epilogues (bias, ReLU6, ...) computed per tile.
+* epilogues (bias, ReLU6, ...) computed per tile;
+* stride 2 along the columns (NCHW): the padded plane laid out even columns, then odd ones, so
+  each window tap reads a contiguous vector; a plane up to ``PAIRS_PLANE_BYTES`` is zeroed, then
+  its in-bound part copied by pairs of columns without a guard (:func:`.pad.iterate_pairs`).
 """
 
 from __future__ import annotations
@@ -168,7 +171,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
             return None, f"padded kernel: {why}"
     sch = s_tir.Schedule(func)
     main, pre, out = around(sch, m.block)
-    split_pad = pairs = False
+    split_pad = pairs = zeroed = False
     if m.stride == 2 and not m.f_is_vector and pre and split_even_odd:
         # stride 2 along the vector axis: lay the padded input out as [.., even, odd] columns
         # (w -> (w % 2, w // 2)), so each window tap reads a contiguous vector instead of every
@@ -218,7 +221,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
                 sch.compute_at(b, par, preserve_unit_loops=True)
                 if split_pad and b.same_as(pre[-1]):
                     if pairs:
-                        iterate_pairs(sch, b, par)
+                        zeroed = iterate_pairs(sch, b, par)
                     else:
                         iterate_even_odd(sch, b)
                 else:
@@ -237,6 +240,7 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
     if padded_here:
         reason += f", padding per {group} channels" if group > 1 else ", padding per channel"
     reason += ", padded columns split even/odd" if split_pad else ""
+    reason += " (plane zeroed, then copied by pairs of columns)" if zeroed else ""
     return sch, reason
 
 

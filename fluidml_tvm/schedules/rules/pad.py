@@ -156,7 +156,7 @@ def lay_out_pairs(sch, copy) -> bool:
     return True
 
 
-def iterate_pairs(sch, copy, at) -> None:
+def iterate_pairs(sch, copy, at) -> bool:
     """Iterate a copy laid out by :func:`lay_out_pairs`, computed under loop ``at``, as two loop
     nests without a guard where it decomposes so: zeros over its region (an even and an odd run
     of contiguous stores a row), then the in-bound copy by pairs of source columns, the pair
@@ -164,7 +164,8 @@ def iterate_pairs(sch, copy, at) -> None:
     whole-vector loads, shuffles into the even and odd halves, two vector stores). Otherwise the
     guarded copy by pairs of columns, as :func:`iterate_even_odd` iterates it. That guarded copy
     was vectorized with masked gathers (the bound test per lane) in some kernels: 5x5/2
-    144x56x56 + SiLU spent ~30% of its time in them."""
+    144x56x56 + SiLU spent ~30% of its time in them. Returns whether the copy was split into the
+    zeros and the unguarded copy."""
     loops = sch.get_loops(copy)
     pos = next((i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(at))), None)
     fill = None
@@ -184,6 +185,7 @@ def iterate_pairs(sch, copy, at) -> None:
         sch.reorder(parity, half)
         sch.unroll(parity)
         sch.vectorize(half)
+    return fill is not None
 
 
 def _dt(expr) -> str:

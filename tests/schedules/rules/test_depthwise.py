@@ -101,6 +101,7 @@ def test_depthwise_nchw_stride2_even_odd_copy_is_vectorized(size, pairs):
     assert "split even/odd" in why, why
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     assert ("pad_temp_pad_const" in names) == pairs, names
+    assert ("copied by pairs of columns" in why) == pairs, why
     loops = sch.get_loops(sch.get_sblock("pad_temp"))
     kinds = [int(sch.get(lp).kind) for lp in loops]  # ForKind: 0 serial, 3 unrolled
     extents = [int(sch.get(lp).extent) for lp in loops]
