@@ -143,13 +143,7 @@ def plane_group(sch, pre, channels: int) -> int:
     18 -> 8 (planes of 360 bytes; 5x5 windows' 528-byte planes stay one a channel)."""
     if not pre or channels % 2:
         return 1
-    shape = [as_int(d) for d in sch.get(pre[-1]).writes[0].source.shape]
-    if None in shape or len(shape) < 3:
-        return 1
-    plane = 4
-    for d in shape[2:]:
-        plane *= d
-    return 2 if 2 * plane <= PLANE_GROUP_BYTES else 1
+    return 2 if 2 * plane_bytes(sch.get(pre[-1]).writes[0].source) <= PLANE_GROUP_BYTES else 1
 
 
 def planes_pair(m: DepthwiseMatch, c: dict, lanes: int) -> bool:
@@ -167,9 +161,15 @@ def planes_pair(m: DepthwiseMatch, c: dict, lanes: int) -> bool:
 
 
 def plane_bytes(buf) -> int:
-    """Bytes of one channel plane (the last two dims) of a float32 buffer (large if unknown)."""
-    dims = [as_int(d) for d in buf.shape[-2:]]
-    return 4 * dims[0] * dims[1] if None not in dims else 1 << 30
+    """Bytes of one channel plane of a float32 ``[N, C, ..]`` buffer: its dims after the channel
+    (``[H, W]``, or ``[H, 2, W/2]`` laid out even/odd); large if unknown or not that shape."""
+    dims = [as_int(d) for d in buf.shape[2:]]
+    if not dims or None in dims:
+        return 1 << 30
+    size = 4
+    for d in dims:
+        size *= d
+    return size
 
 
 # Stride 2: a padded input plane up to this size is zeroed, then copied by pairs of columns
