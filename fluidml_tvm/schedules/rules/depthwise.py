@@ -52,7 +52,6 @@ from .pad import (
     iterate_even_odd,
     iterate_pairs,
     lay_out_even_odd,
-    lay_out_pairs,
     schedule_padded_copy,
 )
 from .tiles import up
@@ -181,9 +180,8 @@ def schedule_depthwise(func: tirx.PrimFunc, cpu: CPUInfo, nv: int | None = None,
         last = as_int(wbuf.shape[-1])
         reads_main = [r.source for r in sch.get(main).reads]
         if last is not None and last % 2 == 0 and any(b.same_as(wbuf) for b in reads_main):
-            pairs = plane_bytes(wbuf) <= PAIRS_PLANE_BYTES and lay_out_pairs(sch, pb)
-            if not pairs:
-                lay_out_even_odd(sch, pb)
+            pairs = plane_bytes(wbuf) <= PAIRS_PLANE_BYTES
+            lay_out_even_odd(sch, pb, by_pairs=pairs)
             split_pad = True
     if m.f_is_vector and mr:
         return _schedule_nhwc(sch, main, m, pre, out, nv or 1, mr, lanes, padded, guarded)

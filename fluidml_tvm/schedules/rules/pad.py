@@ -107,22 +107,23 @@ def schedule_padded_copy(sch, block, lanes: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def lay_out_even_odd(sch, copy, odd_ok: bool = False) -> None:
+def lay_out_even_odd(sch, copy, odd_ok: bool = False, by_pairs: bool = False) -> None:
     """Lay the buffer the padding stage ``copy`` writes out as ``[.., column % 2, column // 2]``
     (even columns, then odd ones), so a stride-2 window's taps read contiguous vectors, and
     iterate the copy as it stores: vectorized stores, where the column order stored every other
     element one scalar at a time (depthwise 64 channels 112 -> 56: 387 -> 153 us, the copy was
     the kernel's time). The row must be even, unless ``odd_ok``: then the odd half gets one
     slot more than it has columns, written with zero and never read (a window's taps read
-    columns below the row's length only)."""
+    columns below the row's length only). ``by_pairs``: the copy keeps iterating over the
+    padded row's columns, to be iterated by :func:`iterate_pairs`."""
     width = sch.get(copy).writes[0].source.shape[-1]
     pad = None
     if odd_ok and int(width) % 2:
         pad = tirx.FloatImm(str(sch.get(copy).writes[0].source.dtype), 0.0)
     sch.transform_layout(copy, ("write", 0), lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2],
                          pad_value=pad)
-    if pad is not None:  # the padded transform already iterates the copy as it stores
-        return
+    if pad is not None or by_pairs:  # the padded transform already iterates the copy as it
+        return  # stores; by pairs: iterate_pairs splits the columns
     try:
         ivs = sch.get(copy).iter_vars
         sch.transform_block_layout(copy, tirx.IndexMap.from_func(
@@ -145,21 +146,10 @@ def iterate_even_odd(sch, copy) -> None:
     sch.unroll(sch.get_loops(copy)[-1])
 
 
-def lay_out_pairs(sch, copy) -> bool:
-    """:func:`lay_out_even_odd` for a copy then iterated by :func:`iterate_pairs`: the buffer
-    ``copy`` writes laid out ``[.., column % 2, column // 2]``, the copy still iterating over the
-    padded row's columns. False (nothing changed) where the padded row is odd."""
-    width = as_int(sch.get(copy).writes[0].source.shape[-1])
-    if width is None or width % 2:
-        return False
-    sch.transform_layout(copy, ("write", 0), lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2])
-    return True
-
-
 def iterate_pairs(sch, copy, at) -> bool:
-    """Iterate a copy laid out by :func:`lay_out_pairs`, computed under loop ``at``, as two loop
-    nests without a guard where it decomposes so: zeros over its region (an even and an odd run
-    of contiguous stores a row), then the in-bound copy by pairs of source columns, the pair
+    """Iterate a copy laid out by :func:`lay_out_even_odd` ``by_pairs``, computed under ``at``,
+    as two loop nests without a guard where it decomposes so: zeros over its region (an even and an
+    odd run of contiguous stores a row), then the in-bound copy by pairs of source columns, the pair
     unrolled and the pair loop left to LLVM's loop vectorizer (one interleaved access group: two
     whole-vector loads, shuffles into the even and odd halves, two vector stores). Otherwise the
     guarded copy by pairs of columns, as :func:`iterate_even_odd` iterates it. That guarded copy
