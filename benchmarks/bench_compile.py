@@ -23,10 +23,10 @@ machine the numbers compare variants, they are not headline figures.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -208,24 +208,33 @@ def main(argv=None) -> int:
     p.add_argument("--no-unbounded", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--name", default=None)
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the libraries and caches of every compile (several GB for the "
+                        "whole corpus) in the work folder named on stderr")
     args = p.parse_args(argv)
     started = time.time()
     models = [(m, None) for m in args.models.split(",") if m] + corpus_models(args.corpus)
     work = tempfile.mkdtemp(prefix="bench-compile-")
+    print(f"work folder {work} ({'kept' if args.keep_work else 'deleted at the end'})",
+          file=sys.stderr)
     rows = []
     stem = args.name or f"{time.strftime('%Y-%m-%d')}-compile-time"
-    for model, shapes in models:
-        try:
-            rows.append(bench_model(model, shapes, work, args))
-        except Exception as err:  # noqa: BLE001 - one model's failure is a row, not the end
-            rows.append({"model": model, "error": str(err)})
-        with open(os.path.join(args.out, stem + ".json"), "w") as f:
-            json.dump({"rows": rows, "threads": args.threads, "budget": args.budget}, f, indent=1)
-        with open(os.path.join(args.out, stem + ".md"), "w") as f:
-            f.write(markdown(rows, args, started))
+    try:
+        for model, shapes in models:
+            try:
+                rows.append(bench_model(model, shapes, work, args))
+            except Exception as err:  # noqa: BLE001 - one model's failure is a row, not the end
+                rows.append({"model": model, "error": str(err)})
+            with open(os.path.join(args.out, stem + ".json"), "w") as f:
+                json.dump({"rows": rows, "threads": args.threads, "budget": args.budget}, f,
+                          indent=1)
+            with open(os.path.join(args.out, stem + ".md"), "w") as f:
+                f.write(markdown(rows, args, started))
+    finally:
+        # each model's four caches and libraries: ~12 GB for the 26 zoo and corpus models
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
     print(markdown(rows, args, started))
-    for lib in glob.glob(os.path.join(work, "*", "*.so")):
-        os.remove(lib)
     return 0
 
 
