@@ -92,10 +92,11 @@ class Options:
                              "positions - to the channel-vector conv2d tiles). conv1x1 is off by "
                              "default: no gain beyond noise on MobileNetV2/ResNet-50; '' turns "
                              "it on")
-    fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid in the kernels FluidML "
-                           "schedules, nowhere else (exp: relative error <= 2e-7; the others: "
-                           "absolute error <= 3e-7; NaN, +-inf and overflow as IEEE); 0 keeps "
-                           "libm's scalar calls")
+    fast_math: bool = _opt(True, "vectorizable exp/erf/tanh/sigmoid, and x / c (c a constant) "
+                           "as x * (1/c), in the kernels FluidML schedules, nowhere else (exp: "
+                           "relative error <= 2e-7; the others: absolute error <= 3e-7; x / c "
+                           "within 1.5 ulp; NaN, +-inf and overflow as IEEE); 0 keeps libm's "
+                           "scalar calls and the divisions")
     vector_reductions: bool = _opt(True, "row reductions (softmax, LayerNorm) as one vector of "
                                    "partial results a step (rfactor; reassociated as ONNX "
                                    "Runtime's MLAS does: whisper-tiny's 1500-wide softmax 10x "

@@ -109,3 +109,29 @@ def test_scoped_to_fluidml_stock_keeps_libm_after_a_fluidml_compile():
         assert np.isnan(fast[0]) and fast[1] == want[1] and fast[2] == want[2]
         ort = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
         np.testing.assert_allclose(fast, ort, rtol=3e-7, atol=3e-7)  # NaN/inf where ORT has them
+
+
+def test_division_by_a_constant_becomes_a_multiplication_within_1_5_ulp():
+    n = 4096
+    A = te.placeholder((n,), name="A")
+    B = te.compute((n,), lambda i: A[i] / tvm.tirx.const(6.0, "float32"), name="B")
+    C = te.compute((n,), lambda i: A[i] / tvm.tirx.const(0.25, "float32"), name="C")
+    for out in (B, C):
+        sch = tvm.s_tir.Schedule(te.create_prim_func([A, out]))
+        (lp,) = sch.get_loops(sch.get_sblock(out.op.name))
+        sch.vectorize(sch.split(lp, [None, 16])[1])
+        func = fast_math.apply(sch.mod["main"])
+        lib = build(func)
+        assert "fdiv" not in lib.mod.inspect_source("ll")  # no division left
+        x = np.concatenate([np.random.default_rng(0).standard_normal(n - 8).astype("f4") * 1e3,
+                            np.array([0.0, -0.0, 1e-38, -3e38, 3e38, np.inf, -np.inf, np.nan],
+                                     "f4")])
+        y = tvm.runtime.tensor(np.zeros(n, "f4"))
+        lib["main"](tvm.runtime.tensor(x), y)
+        got, want = y.numpy(), x / np.float32(6.0 if out is B else 0.25)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        fin = np.isfinite(want) & (want != 0)
+        ulp = np.spacing(np.abs(want[fin]))
+        err = np.abs(got[fin].astype("f8") - want[fin].astype("f8")) / ulp
+        assert err.max() <= (0.0 if out is C else 1.5)  # 1 / 0.25 is exact: bit for bit
+        assert np.array_equal(got[~fin], want[~fin], equal_nan=True)  # zeros, infinities, NaN
