@@ -80,6 +80,7 @@ def fast_erf_expr(x):
 
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1)
+FP32_TINY, FP32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # normal fp32 range
 EXP_MAX = 88.72283935546875  # the largest x with a finite fp32 exp(x)
 EXP_MIN = -104.0  # exp(x) rounds to 0 in fp32 below about -103.97
 
@@ -177,7 +178,7 @@ def _reciprocal(div):
     b = div.b
     if isinstance(b, tirx.FloatImm) and str(b.ty) == "float32" and b.value != 0.0:
         r = 1.0 / b.value
-        if abs(r) < 3.4e38 and r != 0.0:  # the reciprocal is a normal fp32 number
+        if FP32_TINY <= abs(r) <= FP32_MAX:  # a normal fp32 number (a subnormal one drops bits)
             return div.a * tirx.const(r, "float32")
     return div
 
