@@ -68,19 +68,28 @@ def why_not(conv) -> str:
     w = _const(conv.args[1])
     if w is None:
         return "weight not a constant"
-    if w.dtype != np.float32 or str(conv.args[0].ty.dtype) != "float32":
-        return "not float32"
-    if w.shape[2:] != (3, 3):
-        return f"window {w.shape[2]}x{w.shape[3]} (3x3 only)"
-    if _ints(a.strides) != [1, 1] or _ints(a.dilation) != [1, 1]:
-        return f"stride {_ints(a.strides)}, dilation {_ints(a.dilation)} (1 only)"
-    if int(a.groups) != 1:
-        return f"{int(a.groups)} groups"
-    if static_shape(conv.args[0].ty) is None or static_shape(conv.ty) is None:
+    out = static_shape(conv.ty)
+    if static_shape(conv.args[0].ty) is None or out is None:
         return "dynamic shape"
-    _, _, ho, wo = static_shape(conv.ty)
-    if min(w.shape[0], w.shape[1]) < MIN_CHANNELS:
-        return f"{w.shape[1]} -> {w.shape[0]} channels (fewer than {MIN_CHANNELS})"
+    return why_not_shapes(str(w.dtype), str(conv.args[0].ty.dtype), tuple(w.shape),
+                          _ints(a.strides), _ints(a.dilation), int(a.groups), tuple(out))
+
+
+def why_not_shapes(w_dtype: str, x_dtype: str, w_shape: tuple, strides, dilation, groups: int,
+                   out_shape: tuple) -> str:
+    """:func:`why_not` of an NCHW/OIHW conv2d with a constant weight, from its dtypes, shapes and
+    attributes (also read by the layout stage, which keeps such a convolution NCHW)."""
+    if w_dtype != "float32" or x_dtype != "float32":
+        return "not float32"
+    if tuple(w_shape[2:]) != (3, 3):
+        return f"window {w_shape[2]}x{w_shape[3]} (3x3 only)"
+    if list(strides) != [1, 1] or list(dilation) != [1, 1]:
+        return f"stride {list(strides)}, dilation {list(dilation)} (1 only)"
+    if groups != 1:
+        return f"{groups} groups"
+    _, _, ho, wo = out_shape
+    if min(w_shape[0], w_shape[1]) < MIN_CHANNELS:
+        return f"{w_shape[1]} -> {w_shape[0]} channels (fewer than {MIN_CHANNELS})"
     if min(ho, wo) < TILE:
         return f"output {ho}x{wo} smaller than a {TILE}x{TILE} tile"
     return ""

@@ -51,6 +51,7 @@ from .layouts import (  # noqa: F401
     layout_name,
     phys_shape,
 )
+from .variants import KERNELS_VERSION
 
 
 def block_activation(arr, b: int):
@@ -166,6 +167,41 @@ def depthwise_weight_shape(w_shape) -> tuple:
     return (w_shape[2], w_shape[3], w_shape[0])
 
 
+def takes_winograd(g, i) -> bool:
+    """Whether conv node ``i``, left NCHW, is computed by the Winograd pass that runs after this
+    stage (``fluidml.winograd``, :func:`fluidml_tvm.passes.winograd.why_not_shapes`). Such a
+    node keeps NCHW (:func:`.dp.candidates`, :attr:`.measure.MeasuredCost.nchw_only`): its
+    layout variants are direct convolutions, so timing them alone compares the wrong kernels
+    (SqueezeNet's 3x3 expansions: direct 241-288 us in either layout, Winograd 129 us in NCHW
+    only), and a plan moving it to NHWC loses Winograd (SqueezeNet's all-NHWC plan, modelled
+    10.7% faster, ran on/off 1.105)."""
+    from ..winograd import why_not_shapes
+
+    n = g.nodes[i]
+    c = n.attrs["conv"]
+    x, w = (g.tensors[t] for t in n.inputs)
+    out = g.tensors[n.output]
+    return not why_not_shapes(w.dtype, x.dtype, tuple(w.shape), c["strides"], c["dilation"],
+                              c["groups"], tuple(out.shape))
+
+
+def winograd_nodes(g, options, target) -> set[int]:
+    """Conv nodes of ``g`` that keep NCHW for Winograd (:func:`takes_winograd`); none with
+    ``fluidml.winograd=0``, without the schedule stage or for a non-CPU ``target`` (None), where
+    the pass does not run."""
+    if target is None or not (options.layout_conv and options.winograd and options.schedule):
+        return set()
+    return {i for i in range(len(g.nodes)) if is_conv(g, i) and takes_winograd(g, i)}
+
+
+def winograd_note(g, nodes) -> str:
+    """The report line of the conv nodes kept NCHW for Winograd."""
+    names = [g.nodes[i].output for i in sorted(nodes)]
+    return (f"NCHW kept for {len(names)} 3x3 convolutions Winograd computes (fluidml.winograd; "
+            "their layout variants not timed): " + ", ".join(names[:12])
+            + (", ..." if len(names) > 12 else ""))
+
+
 def is_pool(g, i) -> bool:
     n = g.nodes[i]
     p = n.attrs.get("pool")
@@ -211,7 +247,8 @@ def conv_key(g, i, lin, lout) -> str:
     n = g.nodes[i]
     x, w = (g.tensors[t] for t in n.inputs)
     c = n.attrs["conv"]
-    parts = [x.shape, w.shape, c["strides"], c["padding"], c["dilation"], lin, lout]
+    parts = [x.shape, w.shape, c["strides"], c["padding"], c["dilation"], lin, lout,
+             (KERNELS_VERSION,)]
     key = "conv:" + "|".join(",".join(map(str, p)) for p in parts)
     # a depthwise kernel's timings from before its channels-innermost tiles are not reused
     return key + f"|dw{DEPTHWISE_VERSION}" if is_depthwise(g, i) else key

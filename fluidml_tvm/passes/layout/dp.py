@@ -42,14 +42,16 @@ def _swap_last(rank: int) -> tuple:
 
 
 def candidates(g: OpGraph, matmul_transposes: bool = True,
-               conv_layouts: bool = True, conv_block: int = 0) -> dict[str, list[tuple]]:
+               conv_layouts: bool = True, conv_block: int = 0,
+               nchw_only=frozenset()) -> dict[str, list[tuple]]:
     """Candidate layouts of every tensor (default first).
 
     ``matmul_transposes=False`` drops the transposed forms seeded by matmuls themselves (they
     only pay with explicit transforms around them); permute-seeded layouts stay.
     ``conv_layouts``: NHWC for the activations of conv2d kernels (:mod:`.layout_conv`), and
     with ``conv_block`` > 0 also ``NCHW[conv_block]c`` where the block divides the channels
-    (passed on only through elementwise ops and pools).
+    (passed on only through elementwise ops and pools). Conv nodes in ``nchw_only`` (the ones
+    Winograd computes, :func:`.conv.takes_winograd`) seed no candidate of their own.
     """
     from .layouts import NHWC, blocked
 
@@ -63,7 +65,7 @@ def candidates(g: OpGraph, matmul_transposes: bool = True,
             ax = n.attrs["axes"]
             cand[n.output].add(inverse(ax))  # output aliases its default-layout input
             cand[n.inputs[0]].add(tuple(ax))  # input aliases its default-layout output
-        elif kind == "conv" and conv_layouts:
+        elif kind == "conv" and conv_layouts and i not in nchw_only:
             from .conv import is_depthwise
 
             for t in (n.inputs[0], n.output):

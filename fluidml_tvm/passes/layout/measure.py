@@ -11,12 +11,16 @@ cache with an XGBoost model trained on the cached ones (:mod:`.layout_learned`).
 
 What is measured: the bare matmul (no fused epilogue), with the best of up to 3 of the schedules'
 tiles (their own measured choice, cached) and constant operands passed as constants, so they are
-packed offline as in the real pipeline. A variant in a non-default layout must beat the default by
-:attr:`MeasuredCost.margin`; elementwise/opaque kernels keep their analytic terms. Within a
-bounded tune budget variants take the schedules' cached or analytic tile, and a node the budget
-does not reach keeps the default layouts (:meth:`prepare`); a conv node's variants that keep
-one layout are measured first, the ones that change it (where a chain starts or ends) only
-where a plan takes them (:meth:`refine`).
+packed offline as in the real pipeline. Each call is timed cold, the output flushed from the
+caches first (``measure_funcs(cold=True)``), as in a model where the output buffer was last
+touched a run before: how a layout writes shows only then (SqueezeNet's first conv writing NCHW
+283 us warm, 809 us cold; writing NHWC 194 / 219 us; the plan taking it runs 0.84-0.94x).
+A conv the Winograd pass computes keeps NCHW, its variants not timed (:attr:`nchw_only`). A
+variant in a non-default layout must beat the default by :attr:`MeasuredCost.margin`;
+elementwise/opaque kernels keep their analytic terms. Within a bounded tune budget variants take
+the schedules' cached or analytic tile, and a node the budget does not reach keeps the default
+layouts (:meth:`prepare`); a conv node's variants that keep one layout are measured first, the
+ones that change it (where a chain starts or ends) only where a plan takes them (:meth:`refine`).
 """
 
 from __future__ import annotations
@@ -26,16 +30,9 @@ import math
 
 from ...costdb import target_key
 from .cost import AnalyticCost
-from .layouts import compose, identity, inverse, is_blocked, moves_data, phys_shape
+from .layouts import identity, is_blocked
 from .neighbours import estimate_unmeasured, one_of_each_kind_first
-from .variants import (
-    matmul_key,
-    matmul_variant,
-    reshape_transpose_variant,
-    schedule_and_time,
-    transpose_variant,
-    variant_key,
-)
+from .variants import matmul_key, matmul_variant, permute_variant, schedule_and_time
 
 log = logging.getLogger("fluidml_tvm.layout")
 
@@ -62,7 +59,8 @@ class MeasuredCost(AnalyticCost):
 
     def __init__(self, target, options, db=None, measure: bool = True,
                  conversion_penalty: float = 0.0):
-        super().__init__(conversion_penalty=conversion_penalty)
+        super().__init__(conversion_penalty=conversion_penalty,
+                         inplace_concat=bool(options.memory and options.memory_concat))
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "options", options)
         object.__setattr__(self, "db", db)
@@ -81,6 +79,13 @@ class MeasuredCost(AnalyticCost):
         object.__setattr__(self, "estimated", {})
         object.__setattr__(self, "estimate_notes", [])
         object.__setattr__(self, "tkey", target_key(target))
+        # conv nodes Winograd computes in NCHW (:func:`.conv.takes_winograd`): their other
+        # variants are refused, never timed (set by the stage, :meth:`keep_nchw`)
+        object.__setattr__(self, "nchw_only", frozenset())
+
+    def keep_nchw(self, nodes) -> None:
+        """Conv nodes that keep NCHW: only their NCHW -> NCHW variant is timed or taken."""
+        object.__setattr__(self, "nchw_only", frozenset(nodes))
 
     def __hash__(self):
         return id(self)
@@ -119,6 +124,9 @@ class MeasuredCost(AnalyticCost):
                         if (lx in CONV_LAYOUTS and lo in CONV_LAYOUTS) or (not dw and (
                                 is_blocked(lo) and (lx == identity(4) or is_blocked(lx)))):
                             k = conv_key(g, i, lx, lo)
+                            if i in self.nchw_only and (lx, lo) != (identity(4), identity(4)):
+                                self.refused.add(k)  # Winograd's in NCHW: never taken
+                                continue
                             if dw and not depthwise_offered(lx, lo):
                                 self.refused.add(k)  # never timed, never taken
                                 continue
@@ -128,36 +136,12 @@ class MeasuredCost(AnalyticCost):
             elif kind == "permute" and g.tensors[n.inputs[0]].kind != "const":
                 for lx in cands[n.inputs[0]]:
                     for lo in cands[n.output]:
-                        key, make = self._transpose(g, i, lx, lo)
+                        key, make = permute_variant(g, i, lx, lo)
                         if key is not None:
                             group[key] = make
-            if group:
-                out.append((i, group))
+            if group and not (i in self.nchw_only and len(group) == 1):
+                out.append((i, group))  # (a lone NCHW variant decides nothing: not timed)
         return out
-
-    def _transpose(self, g, i, lx, lo):
-        """Key and builder of permute node ``i``'s kernel for layouts ``lx -> lo``, fused with
-        the reshape that feeds it or follows it, as FuseOps will fuse them (None: an alias)."""
-        n = g.nodes[i]
-        x = g.tensors[n.inputs[0]]
-        q = compose(inverse(lx), compose(n.attrs["axes"], lo))
-        shape = phys_shape(x.shape, lx)
-        if not moves_data(q, shape):
-            return None, None
-        dt = x.dtype
-        p = g.producer.get(n.inputs[0])
-        if p is not None and g.nodes[p].op == "relax.reshape" and lx == identity(len(lx)):
-            src = g.tensors[g.nodes[p].inputs[0]].shape if g.nodes[p].inputs else None
-            if src is not None:
-                return variant_key("rtranspose", src, shape, q), (
-                    lambda: reshape_transpose_variant(src, shape, q, None, dt))
-        cons = g.consumers.get(n.output, [])
-        if len(cons) == 1 and g.nodes[cons[0]].op == "relax.reshape" and lo == identity(len(lo)):
-            after = g.tensors[g.nodes[cons[0]].output].shape
-            if after is not None:
-                return variant_key("transposer", shape, q, after), (
-                    lambda: reshape_transpose_variant(shape, shape, q, after, dt))
-        return variant_key("transpose", shape, q), lambda: transpose_variant(shape, q, dt)
 
     def prepare(self, g, cands) -> int:
         """Measure (or read from the cache) the variants; returns how many were measured.
@@ -389,7 +373,7 @@ class MeasuredCost(AnalyticCost):
                 return 0.0
             lx = layouts.get(n.inputs[0]) or identity(len(x.shape))
             lo = layouts.get(n.output) or identity(len(o.shape))
-            key, _ = self._transpose(g, i, lx, lo)
+            key, _ = permute_variant(g, i, lx, lo)
             plain = lx == identity(len(lx)) and lo == identity(len(lo))
             t = self.table.get(key) if key is not None else 0.0
             if t is None:

@@ -28,6 +28,7 @@ from ... import decisions as dec
 from ... import tuning
 from ...options import Options
 from . import gain as layout_gain
+from .conv import winograd_nodes, winograd_note
 from .cost import AnalyticCost
 from .dp import candidates
 from .graph import build_graph
@@ -93,10 +94,13 @@ class FluidMLLayout:
                     "Codegen" in func.attrs or "Primitive" in func.attrs)):
                 continue
             g, exprs = build_graph(func)
+            nchw = winograd_nodes(g, self.options, self._llvm_target())
             cands = candidates(g, matmul_transposes=self.explicit_transforms,
                                conv_layouts=self.options.layout_conv,
-                               conv_block=self._conv_block())
+                               conv_block=self._conv_block(), nchw_only=nchw)
             seen_notes = len(getattr(model, "estimate_notes", ()))
+            if hasattr(model, "keep_nchw"):
+                model.keep_nchw(nchw)
             if hasattr(model, "prepare"):
                 model.prepare(g, cands)
             plan = plan_layouts(g, model, cands=cands)
@@ -105,6 +109,7 @@ class FluidMLLayout:
             while hasattr(model, "refine") and model.refine(g, plan.layouts):
                 plan = plan_layouts(g, model, cands=cands)
             plan.notes += getattr(model, "estimate_notes", [])[seen_notes:]
+            plan.notes += [winograd_note(g, nchw)] if nchw else []
             if getattr(model, "conversion_penalty", 0.0):  # also record the unrestricted plan
                 plan.notes.append(_unrestricted(g, model, plan))
             if not self.apply:
@@ -121,18 +126,19 @@ class FluidMLLayout:
         # the decisions travel with the module: read them after this pass (compile --report)
         return dec.attach(out, STAGE, self.decisions)
 
+    def _llvm_target(self):
+        """The CPU target the plan is for (None: no target, or not an LLVM one)."""
+        target = self.target or tvm.target.Target.current(allow_none=True)
+        if target is not None and not isinstance(target, tvm.target.Target):
+            target = tvm.target.Target(target)
+        return target if target is not None and target.kind.name == "llvm" else None
+
     def _conv_block(self) -> int:
         """The ``NCHW[b]c`` block of conv candidates: the target's fp32 vector lanes (0: none;
         ``fluidml.layout_blocked=0``, the default, or a non-CPU target)."""
         opts = self.options
-        if not opts.layout_conv or not opts.layout_blocked:
-            return 0
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if target is None:
-            return 0
-        if not isinstance(target, tvm.target.Target):
-            target = tvm.target.Target(target)
-        if target.kind.name != "llvm":
+        target = self._llvm_target()
+        if not opts.layout_conv or not opts.layout_blocked or target is None:
             return 0
         from ...schedules.target_info import cpu_info
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tvm
 from tvm import te
 
-from .layouts import inverse, phys_shape
+from .layouts import compose, identity, inverse, moves_data, phys_shape
 
 
 def matmul_variant(a_shape, b_shape, out_shape, la, lb, lo, dtype="float32"):
@@ -96,13 +96,15 @@ def schedule_and_time(funcs: list, target, options, timings: bool = False) -> li
             mod = FluidMLSchedule(target, options)(mod)
         prims = [g for g, v in mod.functions_items() if isinstance(v, tvm.tirx.PrimFunc)]
         done.append(mod[prims[0]].with_attr("global_symbol", "main"))
-    found = measure_funcs(done, target, min_repeat_ms=10, repeat=3)
+    found = measure_funcs(done, target, min_repeat_ms=10, repeat=3, cold=True)
     return found if timings else [t.seconds for t in found]
 
 
-# Bumped when a schedule rule changes the kernels a key times, so older cached timings are not
-# reused: 2 = tiled transposes and the packed-order copy of K-innermost B (2026-11-26).
-KERNELS_VERSION = 2
+# Bumped when a schedule rule changes the kernels a key times, or how they are timed, so older
+# cached timings are not reused: 2 = tiled transposes and the packed-order copy of K-innermost B
+# (2026-11-26); 3 = timed cold, the output flushed before each call (measure_funcs(cold=True),
+# 2026-12-07; conv keys carry it from 3 on).
+KERNELS_VERSION = 3
 
 
 def variant_key(kind, *parts) -> str:
@@ -118,3 +120,28 @@ def matmul_key(ts, o, la, lb, lo) -> str:
     consts = tuple(j for j, t in enumerate(ts) if t.kind == "const")
     return variant_key("matmul", ts[0].shape, ts[1].shape, o.shape, la, lb, lo, consts,
                        (3, KERNELS_VERSION))
+
+
+def permute_variant(g, i, lx, lo):
+    """Key and builder of permute node ``i``'s kernel for layouts ``lx -> lo``, fused with
+    the reshape that feeds it or follows it, as FuseOps will fuse them (None: an alias)."""
+    n = g.nodes[i]
+    x = g.tensors[n.inputs[0]]
+    q = compose(inverse(lx), compose(n.attrs["axes"], lo))
+    shape = phys_shape(x.shape, lx)
+    if not moves_data(q, shape):
+        return None, None
+    dt = x.dtype
+    p = g.producer.get(n.inputs[0])
+    if p is not None and g.nodes[p].op == "relax.reshape" and lx == identity(len(lx)):
+        src = g.tensors[g.nodes[p].inputs[0]].shape if g.nodes[p].inputs else None
+        if src is not None:
+            return variant_key("rtranspose", src, shape, q), (
+                lambda: reshape_transpose_variant(src, shape, q, None, dt))
+    cons = g.consumers.get(n.output, [])
+    if len(cons) == 1 and g.nodes[cons[0]].op == "relax.reshape" and lo == identity(len(lo)):
+        after = g.tensors[g.nodes[cons[0]].output].shape
+        if after is not None:
+            return variant_key("transposer", shape, q, after), (
+                lambda: reshape_transpose_variant(shape, shape, q, after, dt))
+    return variant_key("transpose", shape, q), lambda: transpose_variant(shape, q, dt)

@@ -223,7 +223,9 @@ def test_depthwise_layout_kernel_gets_the_depthwise_rule_over_channels():
 
 # ---- blocked NCHW[b]c ------------------------------------------------------------------------
 AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # 16 lanes: NCHW16c
-BLOCKED = Options(layout_blocked=True)  # off by default (see Options)
+# blocked layouts are off by default (see Options); Winograd off: the 3x3 16-channel convs of
+# these tests would keep NCHW for it (test_winograd_convs_keep_nchw)
+BLOCKED = Options(layout_blocked=True, winograd=False)
 
 
 @dataclass(frozen=True)
@@ -477,3 +479,63 @@ def test_squeeze_excitation_gate_with_blocked_candidates():
     assert any(is_blocked(lay) for lay in p.plans["main"].layouts.values())
     xv = np.random.default_rng(6).standard_normal((1, 16, 16, 16)).astype("float32")
     np.testing.assert_allclose(_run(after, xv), _run(Before, xv), rtol=1e-4, atol=1e-4)
+
+
+def _winograd_then_pointwise():
+    rng = np.random.default_rng(3)
+    w3 = rng.standard_normal((16, 16, 3, 3)).astype("float32")
+    w1 = rng.standard_normal((8, 16, 1, 1)).astype("float32")
+
+    @I.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((1, 16, 8, 8), "float32")) -> R.Tensor((1, 8, 8, 8), "float32"):
+            with R.dataflow():
+                c1 = R.nn.conv2d(x, R.const(w3), padding=[1, 1, 1, 1])
+                r = R.nn.relu(c1)
+                c2 = R.nn.conv2d(r, R.const(w1))
+                R.output(c2)
+            return c2
+
+    return Mod
+
+
+@pytest.mark.parametrize("winograd", [True, False])
+def test_winograd_convs_keep_nchw(winograd, monkeypatch):
+    """A 3x3 stride-1 conv of 16 channels each side is computed by the Winograd pass if it stays
+    NCHW: the layout stage offers it no NHWC, times none of its variants (direct convs, not the
+    kernel that runs; NCHW is the only one left) and says so; with fluidml.winograd=0 they are
+    timed as any conv's."""
+    from fluidml_tvm import tuning
+    from fluidml_tvm.passes.layout import measure as layout_measure
+    from fluidml_tvm.passes.layout.conv import winograd_nodes
+
+    timed = []
+
+    def fake_measure(self, todo, session, nbytes=0):
+        for k in todo:
+            self.table[k] = 1e-3
+            timed.append(self.pairs.get(k))
+        return len(todo)
+
+    monkeypatch.setattr(layout_measure.MeasuredCost, "_measure", fake_measure)
+    mod = _winograd_then_pointwise()
+    g, _ = build_graph(mod["main"])
+    target = tvm.target.Target({"kind": "llvm"})
+    opts = Options(winograd=winograd)
+    assert winograd_nodes(g, opts, target) == ({0} if winograd else set())
+    assert winograd_nodes(g, opts, None) == set()  # no CPU target: no Winograd pass
+    model = layout_measure.MeasuredCost(target, opts, None, conversion_penalty=10.0)
+    p = FluidMLLayout(target, opts, model=model, explicit_transforms=False)
+    with tuning.TuneSession(budget=-1).activate(), target:
+        p(mod)
+    conv0 = [(lx, lo) for i, lx, lo in filter(None, timed) if i == 0]
+    notes = " | ".join(d.reason for d in p.decisions)
+    if winograd:
+        assert conv0 == []  # its lone NCHW variant decides nothing: not timed either
+        assert "r" not in p.plans["main"].layouts and "c1" not in p.plans["main"].layouts
+        assert "NCHW kept for 1 3x3 convolutions Winograd computes" in notes
+        assert any(k.startswith("conv:") and "0,2,3,1" in k for k in model.refused)
+    else:
+        assert ((0, 1, 2, 3), NHWC) in conv0 and len(conv0) == 2  # input fixed NCHW: 2 outputs
+        assert "Winograd" not in notes

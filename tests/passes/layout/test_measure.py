@@ -11,7 +11,7 @@ def test_measured_kernel_variants_compute_the_right_thing():
     """The PrimFuncs whose timings drive the measured model compute what the rewrite emits."""
     import tvm
 
-    from fluidml_tvm.passes.layout.measure import matmul_variant, reshape_transpose_variant
+    from fluidml_tvm.passes.layout.variants import matmul_variant, reshape_transpose_variant
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 6, 8)).astype("float32")

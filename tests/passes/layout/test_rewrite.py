@@ -296,7 +296,9 @@ def random_axis_module(seed: int):
 def test_axis_op_graphs_keep_their_numbers(seed):
     mod, shape = random_axis_module(seed)
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
-    after = rewrite(mod)
+    # without in-place concats: with them a plan may rightly trade a transpose for a dropped
+    # concat copy, and the permute count is no bound
+    after = strip(FluidMLLayout(model=AnalyticCost(inplace_concat=False))(mod))
     assert relax.analysis.check_well_formed(after)
     assert _permutes(after) <= _permutes(mod)
     np.testing.assert_allclose(_run(after, x), _run(mod, x), rtol=1e-4, atol=1e-5)

@@ -33,7 +33,7 @@ def test_elementwise_kernel_is_parallel_and_vectorized(tmp_path):
     ((1, 32, 96), (1, 32, 3, 32), (0, 2, 1, 3), False),  # innermost dim stays: no tiling
 ])
 def test_transpose_kernels_tile_and_compute_the_same(src, mid, perm, tiled):
-    from fluidml_tvm.passes.layout.measure import reshape_transpose_variant
+    from fluidml_tvm.passes.layout.variants import reshape_transpose_variant
     from fluidml_tvm.schedules.rules import injective
 
     func = reshape_transpose_variant(src, mid, perm, None)
