@@ -51,6 +51,7 @@ def build(
 
     from . import config_keys, instruments
     from .pipeline import get_pipeline
+    from .schedules import stack_buffers
 
     t0 = time.perf_counter()
     keys_registered = config_keys.register()
@@ -104,14 +105,19 @@ def build(
 
         peaks.reserve(tgt, opts, session)
     try:
+        stacked = opts.enable and opts.schedule and opts.stack_buffers
         with session.activate() if own else contextlib.nullcontext(), \
+                stack_buffers.use(stacked), \
                 tvm.transform.PassContext(opt_level=3, config=config, instruments=inst):
             pipeline = get_pipeline(tgt, opts, before_finalize=[externalize] if externalize else ())
             t_start = time.perf_counter()
+            tir = stack_buffers.pipeline_name(tgt, stacked)
             if kstats is not None:
-                ex = kernel_cache.compile(imported.mod, tgt, pipeline, opts.cache_dir, kstats)
+                ex = kernel_cache.compile(imported.mod, tgt, pipeline, opts.cache_dir, kstats,
+                                          tir_pipeline=tir)
             else:
-                ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+                ex = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline,
+                                 tir_pipeline=tir)
             t_end = time.perf_counter()
     except FluidMLError:
         raise

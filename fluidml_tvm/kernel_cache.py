@@ -91,13 +91,13 @@ def build_jobs(target) -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _build_one(one, target, path, opt_level, config) -> None:
+def _build_one(one, target, path, opt_level, config, tir_pipeline="default") -> None:
     """Build the one-kernel module ``one`` and write its object to ``path`` (via a temporary
     name in the same folder: a reader never sees half a file)."""
     import tvm
 
     with tvm.transform.PassContext(opt_level=opt_level, config=config), target:
-        lib = tvm.tirx.build(one, target=target)
+        lib = tvm.tirx.build(one, target=target, pipeline=tir_pipeline)
     fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".o", dir=os.path.dirname(path))
     os.close(fd)
     try:
@@ -109,16 +109,17 @@ def _build_one(one, target, path, opt_level, config) -> None:
 
 
 def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
-                   keep: bool = True) -> list:
+                   keep: bool = True, tir_pipeline: str = "default") -> list:
     """One static-library module per kernel of ``tir_mod``, each the kernel's object file from
-    ``cache_dir`` (built and added there when missing). ``keep`` False: ``cache_dir`` is this
-    compile's temporary folder (nothing to fall back to when it cannot be written)."""
+    ``cache_dir`` (built and added there when missing) by the TIR pipeline ``tir_pipeline``
+    (part of the key). ``keep`` False: ``cache_dir`` is this compile's temporary folder
+    (nothing to fall back to when it cannot be written)."""
     import tvm
 
     stats = stats if stats is not None else Stats()
     ctx = tvm.transform.PassContext.current()
     config = dict(ctx.config)
-    ident = identity(target, config)
+    ident = identity(target, config) + f"\ntir pipeline {tir_pipeline}"
     folder = os.path.join(cache_dir, OBJECTS)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -126,7 +127,7 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
     except OSError:
         writable = False
     if not writable and keep:  # a read-only cache: build everything, for this compile only
-        return _uncached(tir_mod, target, stats)
+        return _uncached(tir_mod, target, stats, tir_pipeline)
     kernels, missing = [], []
     for gvar, func in tir_mod.functions.items():
         path = os.path.join(folder, kernel_key(gvar.name_hint, func, ident) + ".o")
@@ -142,8 +143,8 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
     if missing:
         try:
             with ThreadPoolExecutor(min(build_jobs(target), len(missing))) as pool:
-                done = [pool.submit(_build_one, one, target, path, ctx.opt_level, config)
-                        for one, path in missing]
+                done = [pool.submit(_build_one, one, target, path, ctx.opt_level, config,
+                                    tir_pipeline) for one, path in missing]
                 for fut in done:
                     fut.result()  # a failed build raises here, as tvm.compile's would
         except OSError as err:  # the cache could not take an object (a full disk): not kept
@@ -153,7 +154,7 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
                 raise FluidMLError(f"could not write the compiled kernels to {folder}: "
                                    f"{err}") from err
             stats.found -= len(kernels) - len(missing)
-            return _uncached(tir_mod, target, stats)
+            return _uncached(tir_mod, target, stats, tir_pipeline)
         stats.built += len(missing)
     out = [tvm.runtime.load_static_library(path, [sym]) for path, sym in kernels]  # read now
     if missing:
@@ -161,14 +162,14 @@ def kernel_objects(tir_mod, target, cache_dir: str, stats: Stats | None = None,
     return out
 
 
-def _uncached(tir_mod, target, stats: Stats) -> list:
+def _uncached(tir_mod, target, stats: Stats, tir_pipeline: str = "default") -> list:
     """:func:`kernel_objects` through a temporary folder, deleted after (the objects are read
     into the modules): for a cache that cannot be written."""
     import shutil
 
     tmp = tempfile.mkdtemp(prefix="fluidml-tvm-objects-")
     try:
-        return kernel_objects(tir_mod, target, tmp, stats, keep=False)
+        return kernel_objects(tir_mod, target, tmp, stats, keep=False, tir_pipeline=tir_pipeline)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -200,10 +201,12 @@ def prune(folder: str, max_bytes: int = MAX_BYTES) -> int:
     return removed
 
 
-def compile(mod, target, pipeline, cache_dir: str, stats: Stats | None = None):  # noqa: A001
-    """``tvm.compile(mod, target, relax_pipeline=pipeline)`` for a host LLVM target, with the
-    kernels' objects from (and into) ``cache_dir``: relax.build's own steps (the pipeline
-    under the target, VM code generation, linking), the TIR build replaced."""
+def compile(mod, target, pipeline, cache_dir: str, stats: Stats | None = None,  # noqa: A001
+            tir_pipeline: str = "default"):
+    """``tvm.compile(mod, target, relax_pipeline=pipeline, tir_pipeline=tir_pipeline)`` for a
+    host LLVM target, with the kernels' objects from (and into) ``cache_dir``: relax.build's own
+    steps (the pipeline under the target, VM code generation, linking), the TIR build
+    replaced."""
     import tvm
     from tvm import relax
     from tvm.relax import vm_build
@@ -216,6 +219,7 @@ def compile(mod, target, pipeline, cache_dir: str, stats: Stats | None = None): 
     builder = relax.ExecBuilder()
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
     tir_mod = vm_build._filter_tir(mod)
-    libs = kernel_objects(tir_mod, target, cache_dir, stats) if tir_mod is not None else []
+    libs = kernel_objects(tir_mod, target, cache_dir, stats, tir_pipeline=tir_pipeline) \
+        if tir_mod is not None else []
     lib = tvm.relax._ffi_api.VMLink(builder, target, None, libs + ext_libs, params)
     return relax.VMExecutable(lib)

@@ -97,6 +97,11 @@ class Options:
                            "relative error <= 2e-7; the others: absolute error <= 3e-7; x / c "
                            "within 1.5 ulp; NaN, +-inf and overflow as IEEE); 0 keeps libm's "
                            "scalar calls and the divisions")
+    stack_buffers: bool = _opt(True, "per-iteration buffers (1-64 KB) of the parallel loops in "
+                               "the kernels FluidML builds for CPUs kept on the worker's stack, "
+                               "not a TVMBackendAllocWorkspace call every iteration (a row's "
+                               "buffer of a conv or softmax; MobileNetV3-Small's 1x1 convs 11.6 "
+                               "-> 8.6 us); 0: TVM's lowering as it is")
     vector_reductions: bool = _opt(True, "row reductions (softmax, LayerNorm) as one vector of "
                                    "partial results a step (rfactor; reassociated as ONNX "
                                    "Runtime's MLAS does: whisper-tiny's 1500-wide softmax 10x "

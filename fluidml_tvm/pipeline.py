@@ -193,7 +193,12 @@ def get_pipeline(target: tvm.target.Target, options: Options | None = None,
 
 @relax.register_pipeline("fluidml")
 def _registered(target=None, options: Options | None = None, **kwargs):
-    """``tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("fluidml", target=t))``."""
+    """``tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("fluidml", target=t))``
+    (add ``tir_pipeline=schedules.stack_buffers.PIPELINE``, registered here, for the kernels'
+    row buffers on the stack as ``fluidml_tvm.compile`` builds them)."""
+    from .schedules import stack_buffers
+
+    stack_buffers.register()
     if target is None:
         target = tvm.target.Target.current(allow_none=False)
     if kwargs:

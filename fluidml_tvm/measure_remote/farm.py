@@ -255,10 +255,14 @@ class BoardFarm:
         library each when that fails (a candidate that does not build gets no timing)."""
         import tvm
 
+        from ..schedules.stack_buffers import pipeline_name
+
+        tir = pipeline_name(target)  # as the compile builds them (fluidml.stack_buffers)
+
         def export(items) -> str:
             mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}")
                                 for i, f in items})
-            lib = tvm.compile(mod, target=target)
+            lib = tvm.compile(mod, target=target, tir_pipeline=tir)
             path = os.path.join(self._tmp, f"batch{self.batches}_{items[0][0]}.so")
             cc = self.cross_compiler or targets.resolve(target)[1]
             kwargs = {"fcompile": tvm.support.cc.cross_compiler(cc)} if cc else {}

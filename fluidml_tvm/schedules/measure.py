@@ -132,8 +132,10 @@ def random_args(func: tvm.tirx.PrimFunc, dev, seed: int = 0) -> list:
 
 
 def build(func: tvm.tirx.PrimFunc, target):
+    from .stack_buffers import pipeline_name
+
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    return tvm.compile(mod, target=target).jit()
+    return tvm.compile(mod, target=target, tir_pipeline=pipeline_name(target)).jit()
 
 
 def time_funcs(funcs: list, target, min_repeat_ms: int = 40, repeat: int = 3) -> list:
@@ -160,6 +162,8 @@ def measure_funcs(
     output buffer last touched a whole run ago. What a kernel's write pattern costs shows only
     so: SqueezeNet's first conv writing NCHW ran 283 us warm, 809 us flushed, 578 us in the
     model; writing NHWC 194 / 219 us."""
+    from .stack_buffers import pipeline_name
+
     remote = REMOTE.get()
     if remote is not None and remote.accepts(target):
         return remote.measure(funcs, target, min_repeat_ms, repeat)
@@ -167,7 +171,7 @@ def measure_funcs(
         mod = tvm.IRModule(
             {f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)}
         )
-        lib = tvm.compile(mod, target=target).jit()
+        lib = tvm.compile(mod, target=target, tir_pipeline=pipeline_name(target)).jit()
     except Exception:  # noqa: BLE001 - one bad candidate: build them one by one
         out = []
         for f in funcs:
