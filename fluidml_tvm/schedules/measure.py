@@ -177,7 +177,7 @@ def measure_funcs(
         for f in funcs:
             try:
                 with LoadProbe() as p:
-                    t = time_func(f, target, min_repeat_ms, repeat)
+                    t = time_func(f, target, min_repeat_ms, repeat, cold)
                 q = int(p.load <= QUIET_LOAD)
                 out.append(Timing(t, p.load, q, repeat))
             except Exception:  # noqa: BLE001
@@ -224,11 +224,19 @@ def measure_funcs(
     return out
 
 
-def time_func(func: tvm.tirx.PrimFunc, target, min_repeat_ms: int = 40, repeat: int = 3) -> float:
-    """Seconds per call of ``func`` (min over ``repeat`` rounds of at least ``min_repeat_ms``)."""
+def time_func(func: tvm.tirx.PrimFunc, target, min_repeat_ms: int = 40, repeat: int = 3,
+              cold: bool = False) -> float:
+    """Seconds per call of ``func`` (min over ``repeat`` rounds of at least ``min_repeat_ms``;
+    ``cold``: of ``repeat`` x :data:`COLD_CALLS` calls, each after a cache flush, as
+    :func:`measure_funcs` times them)."""
     lib = build(func, target)
     dev = tvm.cpu()
     args = random_args(func, dev)
     lib["main"](*args)  # warm up, and fail early
-    te = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    if cold:
+        te = lib.time_evaluator("main", dev, number=1, repeat=repeat * COLD_CALLS,
+                                f_preproc="cache_flush_cpu_non_first_arg")
+    else:
+        te = lib.time_evaluator("main", dev, number=1, repeat=repeat,
+                                min_repeat_ms=min_repeat_ms)
     return float(min(te(*args).results))

@@ -79,7 +79,7 @@ def mark(func):
         def on_alloc(alloc):
             buf = alloc.buffer
             n = _nbytes(buf)
-            if (n is None or not TVM_STACK_BYTES <= n or used[0] + n > MAX_BYTES
+            if (n is None or n < TVM_STACK_BYTES or used[0] + n > MAX_BYTES
                     or str(buf.scope()) != "global"):
                 return alloc
             used[0] += n

@@ -29,7 +29,7 @@ import logging
 import math
 
 from ...costdb import target_key
-from .cost import AnalyticCost
+from .cost import AnalyticCost, moved_bytes
 from .layouts import identity, is_blocked
 from .neighbours import estimate_unmeasured, one_of_each_kind_first
 from .variants import matmul_key, matmul_variant, permute_variant, schedule_and_time
@@ -201,7 +201,7 @@ class MeasuredCost(AnalyticCost):
                         and self.db.measured(self.tkey, SKIPPED, node)):
                     self.unmeasured.add(i)  # an earlier compile's budget left it: still so
                     continue
-                moved = sum(g.tensors[t].nbytes for t in (*g.nodes[i].inputs, g.nodes[i].output))
+                moved = moved_bytes(g, i)
                 if not session.affords(session.estimate(len(todo), "layout", moved)):
                     session.skip("layout")
                     self.unmeasured.add(i)
@@ -249,8 +249,7 @@ class MeasuredCost(AnalyticCost):
         batch, moved = {}, 0
         for k in used:
             make, tries, i = self.deferred.pop(k)
-            n = g.nodes[i]
-            nbytes = sum(g.tensors[t].nbytes for t in (*n.inputs, n.output))
+            nbytes = moved_bytes(g, i)
             skipped = not again and self.db is not None and self.db.measured(
                 self.tkey, SKIPPED, k)
             if skipped or left < session.estimate(len(batch) + 1, "layout", moved + nbytes):
@@ -273,7 +272,7 @@ class MeasuredCost(AnalyticCost):
         from .cost import op_kind
 
         n, kind = g.nodes[i], op_kind(g, i)
-        moved = g.tensors[n.output].nbytes + sum(g.tensors[t].nbytes for t in n.inputs)
+        moved = moved_bytes(g, i)
         flops = conv_flops(g, i) if kind == "conv" else 0.0
         if kind == "matmul":
             flops = 2.0 * g.tensors[n.inputs[0]].shape[-1] * math.prod(g.tensors[n.output].shape)
